@@ -1,0 +1,81 @@
+"""Input checks shared by every public entry point.
+
+Each public function validates its arguments once, here, so that a user error
+names the argument, the shape it got and the shape it wanted; inner code trusts
+what passed.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+_FLOAT_DTYPES = (torch.float32, torch.float64)
+
+
+def _shape_str(names: Sequence[str], dims: Mapping[str, int]) -> str:
+    named = ", ".join(names)
+    sized = ", ".join(str(dims[k]) if k in dims else k for k in names)
+    return f"({named}) = ({sized})" if named != sized else f"({named})"
+
+
+def check_tensor(
+    where: str,
+    name: str,
+    value,
+    trailing: Sequence[str],
+    dims: Mapping[str, int],
+    *,
+    batchable: bool = True,
+) -> torch.Tensor:
+    """Check that ``value`` is a finite float tensor of shape ``(B, *trailing)`` or ``trailing``.
+
+    ``trailing`` names each dimension (``"T"``, ``"n"``, ``"n+m"`` ...); ``dims``
+    gives the size of the names that are already known. Names not in ``dims``
+    are learned from ``value`` and written back into ``dims`` (so the first
+    argument checked fixes ``T``, ``n`` and ``m`` for the others).
+    """
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{where}: {name} must be float32 or float64, got {value.dtype}")
+    k = len(trailing)
+    ok_ndim = value.ndim == k or (batchable and value.ndim == k + 1)
+    shape_ok = ok_ndim and all(
+        dims.get(d, s) == s for d, s in zip(trailing, value.shape[value.ndim - k:])
+    )
+    if not shape_ok:
+        want = _shape_str(trailing, dims)
+        if batchable:
+            want = f"{_shape_str(('B', *trailing), dims)} or {want}"
+        raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected {want}")
+    for d, s in zip(trailing, value.shape[value.ndim - k:]):
+        dims.setdefault(d, s)
+    if not bool(torch.isfinite(value).all()):
+        raise ValueError(f"{where}: {name} contains NaN or Inf")
+    return value
+
+
+def check_consistent(where: str, tensors: Mapping[str, torch.Tensor], trailing_ndims: Mapping[str, int]) -> int | None:
+    """Check that dtypes, devices and batch sizes agree; return the batch size (None if unbatched).
+
+    ``trailing_ndims[name]`` is the number of non-batch dimensions of ``name``,
+    so a tensor with one more dimension than that is batched.
+    """
+    items = [(k, v) for k, v in tensors.items() if v is not None]
+    first_name, first = items[0]
+    batch, batch_name = None, None
+    for name, v in items:
+        if v.dtype != first.dtype:
+            raise TypeError(f"{where}: {name} has dtype {v.dtype} but {first_name} has {first.dtype}; "
+                            "all inputs must share one dtype")
+        if v.device != first.device:
+            raise ValueError(f"{where}: {name} is on {v.device} but {first_name} is on {first.device}; "
+                             "all inputs must share one device")
+        if v.ndim > trailing_ndims[name]:
+            if batch is None:
+                batch, batch_name = v.shape[0], name
+            elif v.shape[0] != batch:
+                raise ValueError(f"{where}: batch sizes differ: {batch_name} has B={batch}, "
+                                 f"{name} has B={v.shape[0]}")
+    return batch

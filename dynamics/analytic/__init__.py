@@ -1,0 +1,4 @@
+"""Models with closed-form equations and Jacobians."""
+from .linear import LinearDynamics
+
+__all__ = ["LinearDynamics"]

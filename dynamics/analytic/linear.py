@@ -1,0 +1,62 @@
+"""Linear (affine) dynamics ``x_{t+1} = A_t x_t + B_t u_t + offset_t``, time-invariant or time-varying.
+
+Differentiable with respect to ``x``, ``u``, and ``A``, ``B``, ``offset`` when they
+are learnable (``learnable=True``).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .._validation import check_tensor
+from ..base import Dynamics
+
+__all__ = ["LinearDynamics"]
+
+
+class LinearDynamics(Dynamics):
+    """``x_{t+1} = A_t x_t + B_t u_t + offset_t``.
+
+    Args:
+        A: ``(n, n)``, or ``(T, n, n)`` for a time-varying model.
+        B: ``(n, m)`` or ``(T, n, m)``, time-varying exactly when ``A`` is.
+        offset: ``(n,)``, ``(T, n)`` or None (zero).
+        learnable: register ``A``, ``B``, ``offset`` as parameters (else buffers).
+
+    A time-varying model needs the stage index ``t`` in :meth:`forward` and
+    :meth:`jacobians`.
+    """
+
+    def __init__(self, A: torch.Tensor, B: torch.Tensor, offset: torch.Tensor | None = None, *,
+                 learnable: bool = False):
+        where = "LinearDynamics"
+        dims: dict[str, int] = {}
+        tv = isinstance(A, torch.Tensor) and A.ndim == 3
+        lead = ("T",) if tv else ()
+        A = check_tensor(where, "A", A, (*lead, "n", "n"), dims, batchable=False)
+        B = check_tensor(where, "B", B, (*lead, "n", "m"), dims, batchable=False)
+        if offset is None:
+            offset = A.new_zeros((*A.shape[:-1],))
+        offset = check_tensor(where, "offset", offset, (*lead, "n"), dims, batchable=False)
+        super().__init__(dims["n"], dims["m"])
+        self.time_varying = tv
+        for name, value in (("A", A), ("B", B), ("offset", offset)):
+            if learnable:
+                setattr(self, name, nn.Parameter(value.detach().clone()))
+            else:
+                self.register_buffer(name, value.detach().clone())
+
+    def _at(self, t):
+        if not self.time_varying:
+            return self.A, self.B, self.offset
+        if t is None:
+            raise ValueError("LinearDynamics: this model is time-varying; pass the stage index t")
+        return self.A[t], self.B[t], self.offset[t]
+
+    def forward(self, x, u, t=None):
+        A, B, offset = self._at(t)
+        return x @ A.mT + u @ B.mT + offset
+
+    def jacobians(self, x, u, t=None):
+        A, B, _ = self._at(t)
+        return A.expand(*x.shape[:-1], *A.shape), B.expand(*x.shape[:-1], *B.shape)

@@ -1,0 +1,159 @@
+"""Dynamics interfaces: discrete steps, continuous vector fields, and their derivatives.
+
+A discrete model maps ``(x (B, n), u (B, m), t) -> x_next (B, n)``; a continuous
+model gives ``dx/dt`` and becomes a discrete one through an integrator
+(:mod:`dynamics.integrators`). First derivatives (``A = df/dx``, ``B = df/du``)
+and vector-Hessian products (``lam . f_xx`` and friends, for DDP) default to
+``torch.func`` transforms vmapped over the batch; analytic models override them.
+
+Differentiable with respect to: states, controls and every parameter or buffer
+of the module (the models are ordinary ``nn.Module``s).
+"""
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.func import hessian, jacfwd, jacrev, vmap
+
+from . import integrators
+
+__all__ = ["Dynamics", "ContinuousDynamics", "Discretized"]
+
+
+def _batched(fn):
+    """Let a method written for ``(B, ...)`` inputs also take unbatched ones."""
+    def wrapper(self, x, u, *args, **kwargs):
+        if x.ndim == 1:
+            out = fn(self, x.unsqueeze(0), u.unsqueeze(0), *(a.unsqueeze(0) if isinstance(a, torch.Tensor) else a
+                                                              for a in args), **kwargs)
+            return tuple(o[0] for o in out)
+        return fn(self, x, u, *args, **kwargs)
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+class Dynamics(nn.Module, abc.ABC):
+    """A discrete-time model ``x_{t+1} = forward(x_t, u_t, t)``.
+
+    Subclasses implement :meth:`forward` for batched ``x (B, n)``, ``u (B, m)``
+    (and, by broadcasting, unbatched ``(n,)``, ``(m,)``) and may override
+    :meth:`jacobians` with closed forms. ``t`` is the integer stage index; only
+    models with ``time_varying = True`` look at it.
+
+    Attributes:
+        state_dim: ``n``.
+        control_dim: ``m``.
+        time_varying: whether ``forward`` depends on ``t``.
+        jacobian_mode: ``"rev"`` (``jacrev``: ``n`` backward passes) or ``"fwd"``
+            (``jacfwd``: ``n + m`` forward passes) for the default :meth:`jacobians`.
+    """
+
+    time_varying: bool = False
+    jacobian_mode: str = "rev"
+
+    def __init__(self, state_dim: int, control_dim: int):
+        super().__init__()
+        if state_dim < 1 or control_dim < 1:
+            raise ValueError(f"state_dim and control_dim must be positive, got {state_dim} and {control_dim}")
+        self.state_dim = int(state_dim)
+        self.control_dim = int(control_dim)
+
+    @abc.abstractmethod
+    def forward(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None) -> torch.Tensor:
+        """Next state ``(B, n)`` from ``x (B, n)``, ``u (B, m)`` at stage ``t``."""
+
+    @_batched
+    def jacobians(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None):
+        """``(A, B)``: ``A = d f / d x (B, n, n)``, ``B = d f / d u (B, n, m)`` at each ``(x, u)``.
+
+        Differentiable with respect to ``x``, ``u`` and the model's parameters.
+        """
+        jac = jacrev if self.jacobian_mode == "rev" else jacfwd
+
+        def step(xi, ui):
+            return self(xi.unsqueeze(0), ui.unsqueeze(0), t).squeeze(0)
+
+        return vmap(jac(step, argnums=(0, 1)))(x, u)
+
+    @_batched
+    def vector_hessians(self, x: torch.Tensor, u: torch.Tensor, lam: torch.Tensor, t: int | None = None):
+        """Second-order terms of ``lam' f(x, u)``: ``(f_xx (B,n,n), f_ux (B,m,n), f_uu (B,m,m))`` contracted with ``lam (B, n)``.
+
+        These are what DDP adds to ``Q_xx``, ``Q_ux``, ``Q_uu``; each is the Hessian
+        of one scalar per sample, so the ``(n, n+m, n+m)`` tensor of second
+        derivatives of ``f`` is never formed.
+        """
+        def scalar(xi, ui, li):
+            return (self(xi.unsqueeze(0), ui.unsqueeze(0), t).squeeze(0) * li).sum()
+
+        (hxx, _), (hux, huu) = vmap(hessian(scalar, argnums=(0, 1)))(x, u, lam)
+        return hxx, hux, huu
+
+
+class ContinuousDynamics(nn.Module, abc.ABC):
+    """A continuous-time model ``dx/dt = derivative(x, u, t)``; :meth:`discretize` makes it a :class:`Dynamics`.
+
+    Attributes:
+        state_dim, control_dim: ``n`` and ``m``.
+        positions: indices of the state's position coordinates, for semi-implicit
+            Euler (their derivative is evaluated after the other coordinates,
+            the velocities, are updated); None if the model has no such split.
+        time_varying: whether ``derivative`` depends on ``t`` (the stage index,
+            held constant over a step).
+    """
+
+    positions: Sequence[int] | None = None
+    time_varying: bool = False
+
+    def __init__(self, state_dim: int, control_dim: int):
+        super().__init__()
+        if state_dim < 1 or control_dim < 1:
+            raise ValueError(f"state_dim and control_dim must be positive, got {state_dim} and {control_dim}")
+        self.state_dim = int(state_dim)
+        self.control_dim = int(control_dim)
+
+    @abc.abstractmethod
+    def derivative(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None) -> torch.Tensor:
+        """``dx/dt (B, n)`` at ``x (B, n)``, ``u (B, m)``."""
+
+    def forward(self, x, u, t=None):
+        return self.derivative(x, u, t)
+
+    def discretize(self, dt: float, method: str = "rk4") -> Discretized:
+        """A :class:`Dynamics` stepping this model by ``dt`` with ``method`` in
+        ``"euler"``, ``"semi_implicit_euler"``, ``"rk4"``."""
+        return Discretized(self, dt, method)
+
+
+class Discretized(Dynamics):
+    """A :class:`ContinuousDynamics` stepped by a fixed-step integrator.
+
+    The continuous model is a submodule, so its parameters are this model's.
+    """
+
+    def __init__(self, model: ContinuousDynamics, dt: float, method: str = "rk4"):
+        super().__init__(model.state_dim, model.control_dim)
+        if method not in integrators.METHODS:
+            raise ValueError(f"method must be one of {sorted(integrators.METHODS)}, got {method!r}")
+        if not dt > 0:
+            raise ValueError(f"dt must be positive, got {dt}")
+        if method == "semi_implicit_euler":
+            if model.positions is None:
+                raise ValueError(f"method='semi_implicit_euler' needs {type(model).__name__}.positions "
+                                 "(the indices of the position coordinates)")
+            mask = torch.zeros(model.state_dim, dtype=torch.bool)
+            mask[list(model.positions)] = True
+            self.register_buffer("_positions", mask, persistent=False)
+        self.model = model
+        self.dt = float(dt)
+        self.method = method
+        self.time_varying = model.time_varying
+
+    def forward(self, x, u, t=None):
+        if self.method == "semi_implicit_euler":
+            return integrators.semi_implicit_euler(self.model.derivative, x, u, self.dt, self._positions, t)
+        return integrators.METHODS[self.method](self.model.derivative, x, u, self.dt, t)

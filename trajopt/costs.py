@@ -1,0 +1,225 @@
+"""Trajectory costs and their quadratization.
+
+A cost is ``sum_{t<T} stage(x_t, u_t, t) + terminal(x_T)``. :class:`QuadraticCost`
+is the LQR cost in the ``tau = [x; u]`` form and quadratizes exactly; any other
+:class:`Cost` is quadratized (gradient and Hessian in ``tau``) by ``torch.func``.
+
+Differentiable with respect to: states, controls and the module's parameters.
+"""
+from __future__ import annotations
+
+import abc
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from torch.func import grad, hessian, vmap
+
+from dynamics._validation import check_tensor
+
+__all__ = ["Cost", "QuadraticCost", "Quadratization"]
+
+
+class Quadratization(NamedTuple):
+    """Second-order expansion of a cost around a trajectory, in ``tau = [x; u]``.
+
+    ``cost(X + dX, U + dU) ~ cost(X, U) + sum_t c_t' dtau_t + 1/2 dtau_t' C_t dtau_t
+    + c_final' dx_T + 1/2 dx_T' C_final dx_T``.
+
+    Attributes:
+        C: ``(B, T, n+m, n+m)`` stage Hessians.
+        c: ``(B, T, n+m)`` stage gradients.
+        C_final: ``(B, n, n)`` terminal Hessian.
+        c_final: ``(B, n)`` terminal gradient.
+    """
+
+    C: torch.Tensor
+    c: torch.Tensor
+    C_final: torch.Tensor
+    c_final: torch.Tensor
+
+
+class Cost(nn.Module, abc.ABC):
+    """A trajectory cost with a stage term and a terminal term.
+
+    Subclasses implement :meth:`stage` (and :meth:`terminal` if there is one)
+    for batched inputs. ``time_varying = True`` means :meth:`stage` looks at the
+    stage index ``t``; otherwise all stages are evaluated in one batched call.
+    """
+
+    time_varying: bool = False
+
+    @abc.abstractmethod
+    def stage(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None) -> torch.Tensor:
+        """Stage cost ``(B,)`` of ``x (B, n)``, ``u (B, m)`` at stage ``t``."""
+
+    def terminal(self, x: torch.Tensor) -> torch.Tensor:
+        """Terminal cost ``(B,)`` of ``x_T (B, n)``; zero unless overridden."""
+        return x.new_zeros(x.shape[:-1])
+
+    def _stages(self, fn, X, U):
+        """Apply ``fn(x, u, t) -> tuple of (B, ...)`` to every stage of ``X (B, T, n)``, ``U (B, T, m)``.
+
+        Returns the tuple with each entry stacked to ``(B, T, ...)``.
+        """
+        B, T = U.shape[:2]
+        if self.time_varying:
+            outs = [fn(X[:, t], U[:, t], t) for t in range(T)]
+            return tuple(torch.stack(o, 1) for o in zip(*outs))
+        outs = fn(X.reshape(B * T, -1), U.reshape(B * T, -1), None)
+        return tuple(o.reshape(B, T, *o.shape[1:]) for o in outs)
+
+    def forward(self, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+        """Total cost ``(B,)`` of states ``X (B, T+1, n)`` and controls ``U (B, T, m)``."""
+        stage, = self._stages(lambda x, u, t: (self.stage(x, u, t),), X[..., :-1, :], U)
+        return stage.sum(1) + self.terminal(X[..., -1, :])
+
+    def quadratize(self, X: torch.Tensor, U: torch.Tensor) -> Quadratization:
+        """Gradients and Hessians of the cost at every stage of ``X (B, T+1, n)``, ``U (B, T, m)``.
+
+        By ``torch.func`` (vmapped ``grad`` and ``hessian`` of the per-sample
+        cost); :class:`QuadraticCost` overrides it with the exact closed form.
+        Differentiable with respect to ``X``, ``U`` and the cost's parameters.
+        """
+        n = X.shape[-1]
+
+        def per_stage(x, u, t):
+            def scalar(tau):
+                return self.stage(tau[:n].unsqueeze(0), tau[n:].unsqueeze(0), t).squeeze(0)
+            tau = torch.cat([x, u], -1)
+            return vmap(hessian(scalar))(tau), vmap(grad(scalar))(tau)
+
+        def terminal(x):
+            return self.terminal(x.unsqueeze(0)).squeeze(0)
+
+        C, c = self._stages(per_stage, X[..., :-1, :], U)
+        xT = X[..., -1, :]
+        return Quadratization(C, c, vmap(hessian(terminal))(xT), vmap(grad(terminal))(xT))
+
+
+class QuadraticCost(Cost):
+    """``stage = 1/2 tau' C_t tau + c_t' tau + const_t``, ``terminal = 1/2 x' C_final x + c_final' x + const_final``.
+
+    Args:
+        C: ``(n+m, n+m)`` or time-varying ``(T, n+m, n+m)``; only its symmetric part counts.
+        c: ``(n+m,)`` or ``(T, n+m)``, or None for zero.
+        C_final: ``(n, n)`` or None; c_final: ``(n,)`` or None.
+        const, const_final: constants added to each stage and to the terminal term
+            (they change the cost's value, never its minimizer).
+        learnable: register the tensors as parameters (else buffers).
+
+    Use :meth:`from_weights` for the common ``1/2 (x - x_goal)' Q (x - x_goal) + 1/2 (u - u_goal)' R (u - u_goal)``.
+    """
+
+    def __init__(self, C, c=None, C_final=None, c_final=None, *, const=0.0, const_final=0.0, learnable=False):
+        super().__init__()
+        where = "QuadraticCost"
+        tv = isinstance(C, torch.Tensor) and C.ndim == 3
+        lead = ("T",) if tv else ()
+        dims: dict[str, int] = {}
+        C = check_tensor(where, "C", C, (*lead, "n+m", "n+m"), dims, batchable=False)
+        c = C.new_zeros(C.shape[:-1]) if c is None else check_tensor(where, "c", c, (*lead, "n+m"), dims,
+                                                                      batchable=False)
+        self.time_varying = tv
+        tensors = {"C": C, "c": c}
+        if C_final is not None:
+            tensors["C_final"] = check_tensor(where, "C_final", C_final, ("n", "n"), dims, batchable=False)
+        if c_final is not None:
+            tensors["c_final"] = check_tensor(where, "c_final", c_final, ("n",), dims, batchable=False)
+        if "n" in dims and dims["n"] >= dims["n+m"]:
+            raise ValueError(f"{where}: C_final/c_final have n={dims['n']} but C has n+m={dims['n+m']}; "
+                             "need n < n+m")
+        tensors["const"] = torch.as_tensor(const, dtype=C.dtype, device=C.device).expand(
+            C.shape[:1] if tv else ()).clone()
+        tensors["const_final"] = torch.as_tensor(const_final, dtype=C.dtype, device=C.device)
+        for name, value in tensors.items():
+            if learnable:
+                setattr(self, name, nn.Parameter(value.detach().clone()))
+            else:
+                self.register_buffer(name, value.detach().clone())
+        for name in ("C_final", "c_final"):
+            if name not in tensors:
+                setattr(self, name, None)
+
+    @classmethod
+    def from_weights(cls, Q, R, x_goal=None, u_goal=None, Q_final=None, *, T=None, learnable=False):
+        """``1/2 (x - x_goal)' Q (x - x_goal) + 1/2 (u - u_goal)' R (u - u_goal)`` per stage,
+        plus ``1/2 (x_T - x_goal)' Q_final (x_T - x_goal)`` at the end.
+
+        Args:
+            Q: ``(n, n)`` (or ``(T, n, n)``); R: ``(m, m)`` (or ``(T, m, m)``).
+            x_goal: ``(n,)`` or ``(T, n)``, default zero; u_goal: ``(m,)`` or ``(T, m)``, default zero.
+            Q_final: ``(n, n)`` or None (no terminal term).
+            T: horizon; when given, the cost is made time-varying with ``T`` stages.
+
+        Note the 1/2: the figures of ``problems.py`` (``x'Qx + u'Ru``) need ``Q, R`` doubled.
+        """
+        Q, R = torch.as_tensor(Q), torch.as_tensor(R)
+        R = R.reshape(*R.shape, 1, 1) if R.ndim == 0 else R
+        n, m = Q.shape[-1], R.shape[-1]
+        xg = Q.new_zeros(n) if x_goal is None else torch.as_tensor(x_goal, dtype=Q.dtype)
+        ug = Q.new_zeros(m) if u_goal is None else torch.as_tensor(u_goal, dtype=Q.dtype)
+        lengths = [a.shape[0] for a, k in ((Q, 2), (R, 2), (xg, 1), (ug, 1)) if a.ndim == k + 1]
+        if T is None and lengths:
+            T = lengths[0]
+        if T is not None:
+            Q, R = Q.expand(T, n, n), R.expand(T, m, m)
+            xg, ug = xg.expand(T, n), ug.expand(T, m)
+        C = torch.cat([torch.cat([Q, Q.new_zeros(*Q.shape[:-1], m)], -1),
+                       torch.cat([R.new_zeros(*R.shape[:-1], n), R], -1)], -2)
+        Qxg, Rug = (Q @ xg.unsqueeze(-1)).squeeze(-1), (R @ ug.unsqueeze(-1)).squeeze(-1)
+        c = -torch.cat([Qxg, Rug], -1)
+        const = 0.5 * ((xg * Qxg).sum(-1) + (ug * Rug).sum(-1))
+        if Q_final is None:
+            return cls(C, c, const=const, learnable=learnable)
+        Qf = torch.as_tensor(Q_final, dtype=Q.dtype)
+        xgT = xg[-1] if xg.ndim == 2 else xg
+        Qfx = Qf @ xgT
+        return cls(C, c, Qf, -Qfx, const=const, const_final=0.5 * (xgT * Qfx).sum(), learnable=learnable)
+
+    def _at(self, t):
+        if not self.time_varying:
+            return self.C, self.c, self.const
+        if t is None:
+            raise ValueError("QuadraticCost: this cost is time-varying; pass the stage index t")
+        return self.C[t], self.c[t], self.const[t]
+
+    def stage(self, x, u, t=None):
+        C, c, const = self._at(t)
+        tau = torch.cat([x, u], -1)
+        return 0.5 * ((tau @ C) * tau).sum(-1) + tau @ c + const
+
+    def terminal(self, x):
+        out = x.new_zeros(x.shape[:-1]) + self.const_final
+        if self.C_final is not None:
+            out = out + 0.5 * ((x @ self.C_final) * x).sum(-1)
+        if self.c_final is not None:
+            out = out + x @ self.c_final
+        return out
+
+    def _stage_tensors(self, T):
+        """``C (T, n+m, n+m)`` symmetrized, ``c (T, n+m)``, ``const (T,)``, for a horizon ``T``."""
+        C = 0.5 * (self.C + self.C.mT)
+        if self.time_varying:
+            if self.C.shape[0] != T:
+                raise ValueError(f"QuadraticCost: the cost has T={self.C.shape[0]} stages but the trajectory has {T}")
+            return C, self.c, self.const
+        return C.expand(T, *C.shape), self.c.expand(T, *self.c.shape), self.const.expand(T)
+
+    def forward(self, X, U):
+        T = U.shape[-2]
+        C, c, const = self._stage_tensors(T)
+        tau = torch.cat([X[..., :-1, :], U], -1)
+        stage = 0.5 * torch.einsum("...ti,tij,...tj->...", tau, C, tau) + (tau * c).sum((-1, -2)) + const.sum()
+        return stage + self.terminal(X[..., -1, :])
+
+    def quadratize(self, X, U):
+        """Exact: ``C_t``, ``C_t tau_t + c_t`` and the terminal ones."""
+        B, T, n = X.shape[0], U.shape[-2], X.shape[-1]
+        C, c, _ = self._stage_tensors(T)
+        tau = torch.cat([X[..., :-1, :], U], -1)
+        xT = X[..., -1, :]
+        Cf = X.new_zeros(n, n) if self.C_final is None else 0.5 * (self.C_final + self.C_final.mT)
+        cf = xT @ Cf + (0.0 if self.c_final is None else self.c_final)
+        return Quadratization(C.expand(B, *C.shape), (tau.unsqueeze(-2) @ C).squeeze(-2) + c,
+                              Cf.expand(B, n, n), cf)

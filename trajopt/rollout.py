@@ -1,0 +1,80 @@
+"""The one batched rollout, and the linearization of a model along a trajectory.
+
+Every solver calls these instead of stepping a model itself.
+
+Differentiable with respect to: ``x0``, ``U`` and the model's parameters.
+"""
+from __future__ import annotations
+
+import torch
+
+from dynamics import Dynamics
+from dynamics._validation import check_consistent, check_tensor
+
+__all__ = ["rollout", "linearize"]
+
+
+def _check_model(where, dynamics):
+    if not isinstance(dynamics, Dynamics):
+        raise TypeError(f"{where}: dynamics must be a dynamics.Dynamics (a discrete model; "
+                        f"call .discretize(dt) on a ContinuousDynamics), got {type(dynamics).__name__}")
+    return {"n": dynamics.state_dim, "m": dynamics.control_dim}
+
+
+def rollout(dynamics: Dynamics, x0: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """States ``X (B, T+1, n)`` reached from ``x0 (B, n)`` under controls ``U (B, T, m)``.
+
+    Unbatched ``x0 (n,)`` and ``U (T, m)`` give unbatched ``X (T+1, n)``; an
+    unbatched ``x0`` with batched ``U`` (or the reverse) is broadcast.
+    Differentiable with respect to ``x0``, ``U`` and the model's parameters.
+    """
+    where = "rollout"
+    dims = _check_model(where, dynamics)
+    check_tensor(where, "x0", x0, ("n",), dims)
+    check_tensor(where, "U", U, ("T", "m"), dims)
+    batch = check_consistent(where, {"x0": x0, "U": U}, {"x0": 1, "U": 2})
+    if batch is None:
+        return rollout(dynamics, x0.unsqueeze(0), U.unsqueeze(0)).squeeze(0)
+    x0 = x0.expand(batch, dims["n"])
+    U = U.expand(batch, *U.shape[-2:])
+    xs = [x0]
+    for t in range(U.shape[1]):
+        xs.append(dynamics(xs[-1], U[:, t], t))
+    return torch.stack(xs, 1)
+
+
+def linearize(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor):
+    """Affine model of ``dynamics`` around a trajectory, in the ``tau = [x; u]`` form of :func:`trajopt.lqr`.
+
+    Args:
+        X: states ``(B, T+1, n)`` (only ``X[:, :T]`` is used) or ``(B, T, n)``.
+        U: controls ``(B, T, m)``.
+
+    Returns:
+        ``F (B, T, n, n+m)`` and ``f (B, T, n)`` with ``F_t tau_t + f_t = dynamics(x_t, u_t, t)``
+        at the given points and the model's first derivatives there.
+
+    Differentiable with respect to ``X``, ``U`` and the model's parameters.
+    """
+    where = "linearize"
+    dims = _check_model(where, dynamics)
+    T = U.shape[-2] if isinstance(U, torch.Tensor) and U.ndim >= 2 else None
+    check_tensor(where, "U", U, ("T", "m"), dims)
+    if isinstance(X, torch.Tensor) and X.ndim >= 2 and X.shape[-2] == T + 1:
+        X = X[..., :T, :]
+    check_tensor(where, "X", X, ("T", "n"), dims)
+    B = check_consistent(where, {"X": X, "U": U}, {"X": 2, "U": 2})
+    if B is None:
+        F, f = linearize(dynamics, X.unsqueeze(0), U.unsqueeze(0))
+        return F[0], f[0]
+    n, m = dims["n"], dims["m"]
+    X, U = X.expand(B, T, n), U.expand(B, T, m)
+    if dynamics.time_varying:
+        steps = [(dynamics(X[:, t], U[:, t], t), *dynamics.jacobians(X[:, t], U[:, t], t)) for t in range(T)]
+        nxt, A, Bu = (torch.stack(z, 1) for z in zip(*steps))
+    else:
+        x, u = X.reshape(B * T, n), U.reshape(B * T, -1)
+        nxt, A, Bu = (z.reshape(B, T, *z.shape[1:]) for z in (dynamics(x, u), *dynamics.jacobians(x, u)))
+    F = torch.cat([A, Bu], -1)
+    f = nxt - (A @ X.unsqueeze(-1)).squeeze(-1) - (Bu @ U.unsqueeze(-1)).squeeze(-1)
+    return F, f

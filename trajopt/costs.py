@@ -154,7 +154,8 @@ class QuadraticCost(Cost):
 
         Note the 1/2: the figures of ``problems.py`` (``x'Qx + u'Ru``) need ``Q, R`` doubled.
         """
-        Q, R = torch.as_tensor(Q), torch.as_tensor(R)
+        Q = torch.as_tensor(Q)
+        R = torch.as_tensor(R, dtype=Q.dtype, device=Q.device)
         R = R.reshape(*R.shape, 1, 1) if R.ndim == 0 else R
         n, m = Q.shape[-1], R.shape[-1]
         xg = Q.new_zeros(n) if x_goal is None else torch.as_tensor(x_goal, dtype=Q.dtype)

@@ -1,0 +1,114 @@
+import pytest
+import torch
+
+import trajopt
+from trajopt import Cost, QuadraticCost
+
+D = dict(dtype=torch.float64)
+
+
+def random_spd(k, g, lead=()):
+    L = torch.randn(*lead, k, k, generator=g, **D)
+    return L @ L.mT + 0.1 * torch.eye(k, **D)
+
+
+def trajectory(B=3, T=5, n=3, m=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, T + 1, n, generator=g, **D), torch.randn(B, T, m, generator=g, **D), g
+
+
+@pytest.mark.parametrize("time_varying", [False, True])
+def test_quadratic_cost_quadratization_is_exact(time_varying):
+    X, U, g = trajectory()
+    lead = (5,) if time_varying else ()
+    cost = QuadraticCost(torch.randn(*lead, 5, 5, generator=g, **D), torch.randn(*lead, 5, generator=g, **D),
+                         random_spd(3, g), torch.randn(3, generator=g, **D), const=0.7, const_final=-0.2)
+    q = cost.quadratize(X, U)
+    dX, dU = torch.randn_like(X), torch.randn_like(U)
+    dtau = torch.cat([dX[:, :-1], dU], -1)
+    predicted = (cost(X, U) + (q.c * dtau).sum((1, 2)) + 0.5 * torch.einsum("bti,btij,btj->b", dtau, q.C, dtau)
+                 + (q.c_final * dX[:, -1]).sum(-1) + 0.5 * torch.einsum("bi,bij,bj->b", dX[:, -1], q.C_final, dX[:, -1]))
+    torch.testing.assert_close(cost(X + dX, U + dU), predicted, atol=1e-10, rtol=1e-12)
+    for exact, auto in zip(q, Cost.quadratize(cost, X, U)):   # the torch.func route agrees
+        torch.testing.assert_close(exact, auto, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(cost(X, U), Cost.forward(cost, X, U), atol=1e-12, rtol=1e-12)
+
+
+def test_from_weights_is_the_goal_regulation_cost():
+    X, U, g = trajectory(T=4)
+    Q, R, Qf = random_spd(3, g), random_spd(2, g), random_spd(3, g)
+    xg, ug = torch.randn(3, generator=g, **D), torch.randn(2, generator=g, **D)
+    cost = QuadraticCost.from_weights(Q, R, xg, ug, Qf)
+    ex, eu = X - xg, U - ug
+    expected = (0.5 * torch.einsum("bti,ij,btj->b", ex[:, :-1], Q, ex[:, :-1])
+                + 0.5 * torch.einsum("bti,ij,btj->b", eu, R, eu)
+                + 0.5 * torch.einsum("bi,ij,bj->b", ex[:, -1], Qf, ex[:, -1]))
+    torch.testing.assert_close(cost(X, U), expected, atol=1e-12, rtol=1e-12)
+    tv = QuadraticCost.from_weights(Q, R, xg.expand(4, 3), ug, Qf)
+    assert tv.time_varying and tv.C.shape == (4, 5, 5)
+    torch.testing.assert_close(tv(X, U), expected, atol=1e-12, rtol=1e-12)
+
+
+def test_scalar_control_weight_and_learnable_weights_get_gradients():
+    X, U, g = trajectory(m=1)
+    cost = QuadraticCost.from_weights(torch.eye(3, **D), 0.5, learnable=True)
+    assert cost.C.shape == (4, 4)
+    cost(X, U).sum().backward()
+    assert cost.C.grad is not None and torch.isfinite(cost.C.grad).all()
+
+
+class SoftCost(Cost):
+    """A non-quadratic cost: 1 - cos of the first state, log-cosh of the controls, and a quartic terminal term."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(2.0, **D))
+
+    def stage(self, x, u, t=None):
+        return self.w * (1 - torch.cos(x[..., 0])) + torch.log(torch.cosh(u)).sum(-1) + 0.1 * (x[..., 1] * u[..., 0])
+
+    def terminal(self, x):
+        return (x ** 4).sum(-1)
+
+
+def test_autodiff_quadratization_agrees_with_finite_differences():
+    X, U, _ = trajectory(B=2, T=3)
+    cost = SoftCost()
+    q = cost.quadratize(X, U)
+    eps = 1e-5
+    n = 3
+    for b, t, i in [(0, 0, 0), (1, 2, 1), (0, 1, 3), (1, 0, 4)]:
+        def tau_grad(delta):
+            Xp, Up = X.clone(), U.clone()
+            if i < n:
+                Xp[b, t, i] += delta
+            else:
+                Up[b, t, i - n] += delta
+            return cost.quadratize(Xp, Up).c[b, t]
+        with torch.no_grad():
+            Xp, Up = X.clone(), U.clone()
+            if i < n:
+                Xp[b, t, i] += eps
+                hi = cost(Xp, Up)[b]
+                Xp[b, t, i] -= 2 * eps
+            else:
+                Up[b, t, i - n] += eps
+                hi = cost(Xp, Up)[b]
+                Up[b, t, i - n] -= 2 * eps
+            lo = cost(Xp, Up)[b]
+        assert float(q.c[b, t, i].detach()) == pytest.approx(float((hi - lo) / (2 * eps)), rel=1e-6, abs=1e-8)
+        hess_col = (tau_grad(eps) - tau_grad(-eps)) / (2 * eps)
+        torch.testing.assert_close(q.C[b, t, :, i], hess_col, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(q.c_final, 4 * X[:, -1] ** 3)
+    torch.testing.assert_close(q.C_final, torch.diag_embed(12 * X[:, -1] ** 2))
+
+
+def test_quadratic_cost_rejects_bad_shapes():
+    with pytest.raises(ValueError, match=r"c has shape \(4,\); expected \(n\+m\) = \(5\)"):
+        QuadraticCost(torch.eye(5, **D), torch.zeros(4, **D))
+    with pytest.raises(ValueError, match="need n < n\\+m"):
+        QuadraticCost(torch.eye(3, **D), C_final=torch.eye(3, **D))
+    cost = QuadraticCost(torch.eye(5, **D).expand(4, 5, 5))
+    X, U, _ = trajectory(T=3)
+    with pytest.raises(ValueError, match="T=4 stages but the trajectory has 3"):
+        cost(X, U)

@@ -27,13 +27,16 @@ def check_tensor(
     dims: Mapping[str, int],
     *,
     batchable: bool = True,
+    finite: bool = True,
 ) -> torch.Tensor:
     """Check that ``value`` is a finite float tensor of shape ``(B, *trailing)`` or ``trailing``.
 
     ``trailing`` names each dimension (``"T"``, ``"n"``, ``"n+m"`` ...); ``dims``
     gives the size of the names that are already known. Names not in ``dims``
     are learned from ``value`` and written back into ``dims`` (so the first
-    argument checked fixes ``T``, ``n`` and ``m`` for the others).
+    argument checked fixes ``T``, ``n`` and ``m`` for the others). ``finite=False``
+    skips the NaN/Inf scan, for callers that run :func:`check_finite` only when
+    their output turns out non-finite (a pass over large inputs is not free).
     """
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(value).__name__}")
@@ -51,9 +54,16 @@ def check_tensor(
         raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected {want}")
     for d, s in zip(trailing, value.shape[value.ndim - k:]):
         dims.setdefault(d, s)
-    if not bool(torch.isfinite(value).all()):
-        raise ValueError(f"{where}: {name} contains NaN or Inf")
+    if finite:
+        check_finite(where, {name: value})
     return value
+
+
+def check_finite(where: str, tensors: Mapping[str, torch.Tensor | None]) -> None:
+    """Raise a ValueError naming the first tensor that holds NaN or Inf."""
+    for name, value in tensors.items():
+        if value is not None and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{where}: {name} contains NaN or Inf")
 
 
 def check_consistent(where: str, tensors: Mapping[str, torch.Tensor], trailing_ndims: Mapping[str, int]) -> int | None:

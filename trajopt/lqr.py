@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from dynamics._validation import check_consistent, check_tensor
+from dynamics._validation import check_consistent, check_finite, check_tensor
 from .problem import Solution
 
 __all__ = ["lqr"]
@@ -74,7 +74,7 @@ def lqr(
     if grad not in ("implicit", "unroll", None):
         raise ValueError(f"{where}: grad must be 'implicit', 'unroll' or None, got {grad!r}")
     dims: dict[str, int] = {}
-    F = check_tensor(where, "F", F, ("T", "n", "n+m"), dims)
+    F = check_tensor(where, "F", F, ("T", "n", "n+m"), dims, finite=False)
     n, T = dims["n"], dims["T"]
     m = dims["n+m"] - n
     if m < 1:
@@ -83,12 +83,12 @@ def lqr(
         raise ValueError(f"{where}: F has shape {tuple(F.shape)}; the horizon T must be at least 1")
     inputs = {
         "F": F,
-        "f": None if f is None else check_tensor(where, "f", f, ("T", "n"), dims),
-        "C": check_tensor(where, "C", C, ("T", "n+m", "n+m"), dims),
-        "c": None if c is None else check_tensor(where, "c", c, ("T", "n+m"), dims),
-        "x0": check_tensor(where, "x0", x0, ("n",), dims),
-        "C_final": None if C_final is None else check_tensor(where, "C_final", C_final, ("n", "n"), dims),
-        "c_final": None if c_final is None else check_tensor(where, "c_final", c_final, ("n",), dims),
+        "f": None if f is None else check_tensor(where, "f", f, ("T", "n"), dims, finite=False),
+        "C": check_tensor(where, "C", C, ("T", "n+m", "n+m"), dims, finite=False),
+        "c": None if c is None else check_tensor(where, "c", c, ("T", "n+m"), dims, finite=False),
+        "x0": check_tensor(where, "x0", x0, ("n",), dims, finite=False),
+        "C_final": None if C_final is None else check_tensor(where, "C_final", C_final, ("n", "n"), dims, finite=False),
+        "c_final": None if c_final is None else check_tensor(where, "c_final", c_final, ("n",), dims, finite=False),
     }
     ndims = {"F": 3, "f": 2, "C": 3, "c": 2, "x0": 1, "C_final": 2, "c_final": 1}
     batch = check_consistent(where, inputs, ndims)
@@ -106,11 +106,15 @@ def lqr(
     )
     with torch.set_grad_enabled(grad is not None and torch.is_grad_enabled()):
         if grad == "implicit":
-            X, U, K, k, pd = _LQRFunction.apply(*args)
+            X, U, cost, K, k, pd = _LQRFunction.apply(*args)
         else:
-            X, U, K, k, pd = _solve(*args).outputs()
+            X, U, cost, K, k, pd = _solve(*args, keep=False).outputs()
+    if not (bool(pd.all()) and bool(torch.isfinite(cost).all()) and bool(torch.isfinite(X).all())
+            and bool(torch.isfinite(U).all())):
+        # NaN/Inf anywhere in the inputs reaches the solution; only then pay for a scan that names it.
+        check_finite(where, inputs)
         _raise_if_not_pd(pd)
-        cost = lqr_cost(X, U, *args[2:4], *args[5:])
+        raise ValueError(f"{where}: the solution overflowed (inputs are finite; |X| or |U| exceeded the dtype's range)")
     converged = torch.ones(B, dtype=torch.bool, device=F.device)
     if batch is None:
         X, U, cost, converged, K, k = X[0], U[0], cost[0], converged[0], K[0], k[0]
@@ -146,134 +150,189 @@ def _raise_if_not_pd(pd: torch.Tensor) -> None:
 
 
 # ----------------------------------------------------------------------------- internals
-# Layout inside: time-major (T, B, ...) and contiguous, so that stage t is one
-# contiguous batch; homogeneous coordinates ordered [x; 1; u] (n1 = n + 1).
+# Homogeneous coordinates ordered [1; x; u] (n1 = n + 1, N = n + m + 1), so that
+# Fh = [[1, 0], [f, F]] and Ch = [[0, c'], [c, C]] hold F and C as contiguous
+# blocks, and the quadratic form 1/2 [1; x]' Vh [1; x] is the cost-to-go (the
+# optimal cost is read off Vh_0 at x0). Problem data stay batch-first (stage t
+# is a strided batch of matrices); per-stage results are collected time-major.
 
 
 def _augment(F, f, C, c, C_final, c_final):
-    """Time-major homogeneous blocks: Fh (T,B,n+1,N), Ch (T,B,N,N), VTh (B,n+1,n+1), N = n+m+1."""
+    """Homogeneous blocks Fh (B,T,n+1,N), Ch (B,T,N,N), VTh (B,n+1,n+1); only the symmetric part of C is used."""
     B, T, n, nm = F.shape
-    N = nm + 1
-    one = F.new_zeros(N)
-    one[n] = 1.0
-    Fh = torch.cat([torch.cat([F[..., :n], f.unsqueeze(-1), F[..., n:]], -1), one.expand(B, T, 1, N)], -2)
-    Cs = 0.5 * (C + C.mT)
-    cx, cu = c[..., :n, None], c[..., n:, None]
-    Ch = torch.cat([
-        torch.cat([Cs[..., :n, :n], cx, Cs[..., :n, n:]], -1),
-        torch.cat([cx.mT, F.new_zeros(B, T, 1, 1), cu.mT], -1),
-        torch.cat([Cs[..., n:, :n], cu, Cs[..., n:, n:]], -1),
-    ], -2)
-    Cf = 0.5 * (C_final + C_final.mT)
-    VTh = torch.cat([torch.cat([Cf, c_final.unsqueeze(-1)], -1),
-                     torch.cat([c_final.unsqueeze(-2), F.new_zeros(B, 1, 1)], -1)], -2)
-    return Fh.transpose(0, 1).contiguous(), Ch.transpose(0, 1).contiguous(), VTh
+    Fh = F.new_empty(B, T, n + 1, nm + 1)
+    Fh[..., 1:, 1:] = F
+    Fh[..., 1:, 0] = f
+    Fh[..., 0, :] = 0.0
+    Fh[..., 0, 0] = 1.0
+    Ch = _symmetric_padded(C, c)
+    VTh = _symmetric_padded(C_final, c_final)
+    return Fh, Ch, VTh
 
 
-def _gauss_jordan(M: torch.Tensor, pivots: range):
-    """Eliminate the columns ``pivots`` of a batched matrix ``M (..., r, c)``, pivoting on the diagonal.
+def _symmetric_padded(C, c):
+    """``[[0, c'], [c, (C + C')/2]]`` in one pass over ``C`` when no graph is recorded."""
+    out = C.new_empty(*C.shape[:-2], C.shape[-2] + 1, C.shape[-1] + 1)
+    if torch.is_grad_enabled() and C.requires_grad:
+        out[..., 1:, 1:] = torch.lerp(C, C.mT, 0.5)
+    else:
+        torch.lerp(C, C.mT, 0.5, out=out[..., 1:, 1:])
+    out[..., 1:, 0] = c
+    out[..., 0, 1:] = c
+    out[..., 0, 0] = 0.0
+    return out
 
-    After the call, each pivot row ``j`` holds ``A^{-1}`` times the original rows
-    (``A`` the pivot block), and every other row holds its Schur complement. The
-    diagonal pivots are those of a Cholesky factorization of ``A``, so they are
-    all positive exactly when ``A`` is positive definite; they are returned
-    (one ``(..., 1, 1)`` tensor each) for that test. Unrolled over the pivots, each
-    step is three batched element-wise operations, which beats a batched LAPACK
-    call for the small control blocks of trajectory optimization at large batch.
+
+class _Stages:
+    """Collects one tensor per stage into a time-major ``(T, ...)`` tensor.
+
+    Large stages with no graph to record are copied into one buffer while still
+    in cache, so nothing else of the stage is kept alive; small ones (where a
+    copy per stage costs more than one stack at the end) and ones on a graph
+    (in-place writes would chain it) are stacked at the end.
     """
-    eye = torch.eye(M.shape[-2], dtype=M.dtype, device=M.device)
+
+    BUFFER_MIN_NUMEL = 4096
+
+    def __init__(self, T: int):
+        self.T = T
+        self.items: list = [None] * T
+        self.buffer = None
+
+    def put(self, t: int, x: torch.Tensor) -> None:
+        if (torch.is_grad_enabled() and x.requires_grad) or x.numel() < self.BUFFER_MIN_NUMEL:
+            self.items[t] = x
+            return
+        if self.buffer is None:
+            self.buffer = x.new_empty((self.T, *x.shape))
+        self.buffer[t] = x
+
+    def get(self) -> torch.Tensor:
+        return self.buffer if self.buffer is not None else torch.stack(self.items)
+
+
+def _gauss_jordan(M: torch.Tensor, col0: int, eye_cols=None):
+    """Gauss-Jordan elimination of the rows of ``M (..., r, c)`` on the pivot block ``A = M[..., :, col0:col0+r]``.
+
+    Returns ``A^{-1} M`` (so the pivot block becomes the identity) and the pivots,
+    one ``(..., 1, 1)`` tensor each: they are those of a Cholesky factorization
+    of ``A`` (squared), all positive exactly when ``A`` is positive definite.
+    Unrolled over the ``r`` pivots, each step is three batched element-wise
+    operations on a small tensor, which beats batched LAPACK calls for the small
+    control blocks of trajectory optimization (no per-matrix call, no thread
+    wake-up). ``eye_cols`` are the columns ``(r, 1)`` of the identity, if at hand.
+    """
+    r = M.shape[-2]
+    if eye_cols is None:
+        eye_cols = torch.eye(r, dtype=M.dtype, device=M.device).split(1, dim=1)
     pivs = []
-    for j in pivots:
-        p = M[..., j:j + 1, j:j + 1]
-        row = M[..., j:j + 1, :] / p
-        col = M[..., :, j:j + 1] - eye[:, j:j + 1]
-        M = torch.addcmul(M, col, row, value=-1.0)
+    for i in range(r):
+        row = M.narrow(-2, i, 1)
+        p = row.narrow(-1, col0 + i, 1)
+        M = torch.addcmul(M, M.narrow(-1, col0 + i, 1) - eye_cols[i], row / p, value=-1.0)
         pivs.append(p)
     return M, pivs
 
 
-def _use_elimination(B: int, m: int) -> bool:
-    """Whether the unrolled Gauss-Jordan stage beats Cholesky (measured in benchmarks/lqr)."""
-    return B >= 16 and m <= 4
+def _use_elimination(m: int) -> bool:
+    """Whether the unrolled Gauss-Jordan stage beats LAPACK's Cholesky (measured in benchmarks/lqr)."""
+    return m <= 4
 
 
-def _riccati(Fh, Ch, VTh, elimination: bool):
+def _riccati(Fh, Ch, VTh, elimination: bool, keep: bool):
     """Backward Riccati recursion in homogeneous coordinates.
 
-    Returns gains ``Kh (T,B,m,n+1)`` (``u = Kh [x; 1]``), value matrices
-    ``Vh (T+1,B,n+1,n+1)`` (``[[V, v], [v', .]]``), control Hessians ``Quu (T,B,m,m)``
-    and ``pd (T,B)``, whether each ``Quu`` was positive definite.
+    Returns gains ``Kh (T,B,m,n+1)`` (``u = Kh [1; x]``), value matrices
+    ``Vh (T+1,B,n+1,n+1)`` (``[[2 s, v'], [v, V]]``; only ``Vh[:1]`` unless
+    ``keep``), control Hessians ``Quu (T,B,m,m)`` (None unless ``keep``) and
+    ``pd (T,B)``, whether each ``Quu`` was positive definite.
     """
-    T, B, n1, N = Fh.shape
+    B, T, n1, N = Fh.shape
     m = N - n1
-    FhT = Fh.mT.contiguous()
     V = VTh
-    Vs, Quus, Ks, Ys, Ls, oks = [V], [], [], [], [], []
+    Ks, oks, Vs, Quus, Ls, Ys = _Stages(T), [], _Stages(T + 1), _Stages(T), _Stages(T), _Stages(T)
+    eye_cols = torch.eye(m, dtype=Fh.dtype, device=Fh.device).split(1, dim=1)
+    if keep:
+        Vs.put(T, V)
     for t in range(T - 1, -1, -1):
-        Q = torch.bmm(FhT[t], torch.bmm(V, Fh[t])) + Ch[t]
-        Quus.append(Q[:, n1:, n1:])
+        Ft = Fh.select(1, t)
+        Q = torch.baddbmm(Ch.select(1, t), Ft.mT, torch.bmm(V, Ft))
+        Qx, Qu = Q.split([n1, m], dim=1)
+        if keep:
+            Quus.put(t, Qu.narrow(2, n1, m))
         if elimination:
-            Q, pivs = _gauss_jordan(Q, range(n1, N))
-            Ks.append(-Q[:, n1:, :n1])
-            oks.append(torch.cat(pivs, -1).flatten(1).gt(0).all(-1))
-            V = Q[:, :n1, :n1]
+            R, pivs = _gauss_jordan(Qu, n1, eye_cols)    # [Quu^-1 Qux, I]
+            G = R.narrow(2, 0, n1)
+            Qxx, Qxu = Qx.split([n1, m], dim=2)
+            V = torch.baddbmm(Qxx, Qxu, G, alpha=-1.0)
+            Ks.put(t, G)
+            oks.extend(pivs[::-1])
         else:
-            Qx, Qu = Q.split([n1, m], dim=1)
-            L, info = torch.linalg.cholesky_ex(Qu[:, :, n1:])
-            Y = torch.linalg.solve_triangular(L, Qu[:, :, :n1], upper=False)
-            V = Qx[:, :, :n1] - Y.mT @ Y
-            Ls.append(L)
-            Ys.append(Y)
-            oks.append(info == 0)
-        Vs.append(V)
-    if not elimination:
-        L = torch.stack(Ls[::-1])
-        Ks = -torch.linalg.solve_triangular(L.mT, torch.stack(Ys[::-1]), upper=True)
+            Qux, Quu = Qu.split([n1, m], dim=2)
+            L, info = torch.linalg.cholesky_ex(Quu)
+            Y = torch.linalg.solve_triangular(L, Qux, upper=False)
+            V = torch.baddbmm(Qx.narrow(2, 0, n1), Y.mT, Y, alpha=-1.0)
+            Ls.put(t, L)
+            Ys.put(t, Y)
+            oks.append(info)
+        if keep:
+            Vs.put(t, V)
+    if elimination:
+        Kh = -Ks.get()
+        pd = torch.cat(oks[::-1], -1).view(B, T, m).gt(0).all(-1).T
     else:
-        Ks = torch.stack(Ks[::-1])
-    return Ks, torch.stack(Vs[::-1]), torch.stack(Quus[::-1]), torch.stack(oks[::-1])
+        Kh = -torch.linalg.solve_triangular(Ls.get().mT, Ys.get(), upper=True)
+        pd = torch.stack(oks[::-1]) == 0
+    Vh = Vs.get() if keep else V.unsqueeze(0)
+    Quu = Quus.get() if keep else None
+    return Kh, Vh, Quu, pd
+
+
+def _step(Fh, Kh, xh, t):
+    """``[1; x_{t+1}] = Fh_t [1; x_t; u_t]`` with ``u_t = Kh_t [1; x_t]``; also returns ``u_t (B, m, 1)``."""
+    u = torch.bmm(Kh[t], xh)
+    return torch.bmm(Fh.select(1, t), torch.cat([xh, u], 1)), u
 
 
 @dataclass
 class _Solved:
-    Fh: torch.Tensor     # (T,B,n1,N)
+    Fh: torch.Tensor     # (B,T,n1,N)
     Kh: torch.Tensor     # (T,B,m,n1)
-    Vh: torch.Tensor     # (T+1,B,n1,n1)
-    Quu: torch.Tensor    # (T,B,m,m)
-    Acl: torch.Tensor    # (T,B,n1,n1) closed-loop dynamics in homogeneous coordinates
+    Vh: torch.Tensor     # (T+1,B,n1,n1), or (1,B,n1,n1) unless kept
+    Quu: torch.Tensor    # (T,B,m,m), or None unless kept
     Xh: torch.Tensor     # (T+1,B,n1,1)
     Uh: torch.Tensor     # (T,B,m,1)
+    cost: torch.Tensor   # (B,)
     pd: torch.Tensor     # (T,B)
 
     def outputs(self):
-        n = self.Xh.shape[2] - 1
-        X = self.Xh[:, :, :n, 0].transpose(0, 1)
+        X = self.Xh[:, :, 1:, 0].transpose(0, 1)
         U = self.Uh[..., 0].transpose(0, 1)
-        K = self.Kh[..., :n].transpose(0, 1)
-        k = self.Kh[..., n].transpose(0, 1)
-        return X, U, K, k, self.pd
+        K = self.Kh[..., 1:].transpose(0, 1)
+        k = self.Kh[..., 0].transpose(0, 1)
+        return X, U, self.cost, K, k, self.pd
 
 
-def _solve(F, f, C, c, x0, C_final, c_final) -> _Solved:
+def _solve(F, f, C, c, x0, C_final, c_final, keep: bool = True) -> _Solved:
+    """Forward solve; ``keep`` retains what the adjoint backward needs (Vh, Quu)."""
     B, T, n, nm = F.shape
-    n1 = n + 1
     Fh, Ch, VTh = _augment(F, f, C, c, C_final, c_final)
-    Kh, Vh, Quu, pd = _riccati(Fh, Ch, VTh, _use_elimination(B, nm - n))
-    Acl = Fh[..., :n1] + Fh[..., n1:] @ Kh
-    xh = torch.cat([x0, x0.new_ones(B, 1)], -1).unsqueeze(-1)
-    Xh = [xh]
+    Kh, Vh, Quu, pd = _riccati(Fh, Ch, VTh, _use_elimination(nm - n), keep)
+    xh = torch.cat([x0.new_ones(B, 1), x0], -1).unsqueeze(-1)
+    cost = 0.5 * (xh.mT @ Vh[0] @ xh).view(B)
+    Xh, Uh = _Stages(T + 1), _Stages(T)
+    Xh.put(0, xh)
     for t in range(T):
-        xh = torch.bmm(Acl[t], xh)
-        Xh.append(xh)
-    Xh = torch.stack(Xh)
-    return _Solved(Fh, Kh, Vh, Quu, Acl, Xh, Kh @ Xh[:-1], pd)
+        xh, u = _step(Fh, Kh, xh, t)
+        Xh.put(t + 1, xh)
+        Uh.put(t, u)
+    return _Solved(Fh, Kh, Vh, Quu, Xh.get(), Uh.get(), cost, pd)
 
 
 def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``A^{-1} b`` for a batch of small positive-definite ``A (..., m, m)``, ``b (..., m, 1)``."""
-    m = A.shape[-1]
-    M, _ = _gauss_jordan(torch.cat([A, b], -1), range(m))
-    return M[..., m:]
+    M, _ = _gauss_jordan(torch.cat([A, b], -1), 0)
+    return M[..., A.shape[-1]:]
 
 
 class _LQRFunction(torch.autograd.Function):
@@ -281,60 +340,75 @@ class _LQRFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, F, f, C, c, x0, C_final, c_final):
-        s = _solve(F, f, C, c, x0, C_final, c_final)
-        ctx.save_for_backward(s.Fh, s.Kh, s.Vh, s.Quu, s.Acl, s.Xh, s.Uh)
-        X, U, K, k, pd = s.outputs()
+        s = _solve(F, f, C, c, x0, C_final, c_final, keep=any(ctx.needs_input_grad))
+        ctx.save_for_backward(s.Fh, s.Kh, s.Vh, s.Quu, s.Xh, s.Uh)
+        X, U, cost, K, k, pd = s.outputs()
         ctx.mark_non_differentiable(K, k, pd)
-        return X, U, K, k, pd
+        return X, U, cost, K, k, pd
 
     @staticmethod
-    def backward(ctx, dX, dU, dK, dk, dpd):
-        Fh, Kh, Vh, Quu, Acl, Xh, Uh = ctx.saved_tensors
-        T, B, n1, N = Fh.shape
+    def backward(ctx, dX, dU, dcost, dK, dk, dpd):
+        Fh, Kh, Vh, Quu, Xh, Uh = ctx.saved_tensors
+        B, T, n1, N = Fh.shape
         n = n1 - 1
         gX = dX.transpose(0, 1).unsqueeze(-1)            # (T+1,B,n,1)
         gU = dU.transpose(0, 1).unsqueeze(-1)            # (T,B,m,1)
-        Kx = Kh[..., :n]                                 # (T,B,m,n)
-        Bu = Fh[:, :, :n, n1:]                           # (T,B,n,m)
-        A = Acl[:, :, :n, :n]                            # closed-loop A + B K
-        AT = A.mT.contiguous()
+        Kx = Kh[..., 1:]                                 # (T,B,m,n)
+        F = Fh[:, :, 1:, 1:]                             # (B,T,n,n+m)
 
-        # adjoint value gradient: v_t = (A + B K)' v_{t+1} + g_x + K' g_u, v_T = g_T
+        # The adjoint LQR has the same F, C (so the same gains K) and linear terms g = dL/dtau, f = 0,
+        # x0 = 0. Its value gradient obeys v_t = A_t' v + K_t' (B_t' v + g_u,t) + g_x,t, v_T = g_T.
         offset = gX[:-1] + Kx.mT @ gU
         v = gX[T]
-        vs = [v]
+        vs, Bvs = _Stages(T + 1), _Stages(T)
+        vs.put(T, v)
         for t in range(T - 1, -1, -1):
-            v = torch.baddbmm(offset[t], AT[t], v)
-            vs.append(v)
-        vs = torch.stack(vs[::-1])                       # (T+1,B,n,1)
-        kt = -_spd_solve(Quu, gU + Bu.mT @ vs[1:])       # (T,B,m,1)
+            w = torch.bmm(F[:, t].mT, v)                 # [A' v; B' v]
+            Bvs.put(t, w[:, n:])
+            v = torch.baddbmm(offset[t] + w[:, :n], Kx[t].mT, w[:, n:])
+            vs.put(t, v)
+        vs = vs.get()                                    # (T+1,B,n,1)
+        kt = -_spd_solve(Quu, gU + Bvs.get())            # (T,B,m,1)
 
-        # adjoint rollout from x~_0 = 0
-        Bk = Bu @ kt
+        # adjoint rollout from x~_0 = 0, u~_t = K_t x~_t + k~_t
         xt = torch.zeros_like(vs[0])
-        xs = [xt]
+        xs, us = _Stages(T + 1), _Stages(T)
+        xs.put(0, xt)
         for t in range(T):
-            xt = torch.baddbmm(Bk[t], A[t], xt)
-            xs.append(xt)
-        xs = torch.stack(xs)                             # (T+1,B,n,1)
-        ut = Kx @ xs[:-1] + kt
+            u = torch.baddbmm(kt[t], Kx[t], xt)
+            xt = torch.bmm(F[:, t], torch.cat([xt, u], 1))
+            xs.put(t + 1, xt)
+            us.put(t, u)
+        xs, ut = xs.get(), us.get()                      # (T+1,B,n,1), (T,B,m,1)
 
-        # costates lambda_t = V_{t+1} x_{t+1} + v_{t+1}, t = 0..T-1, for both problems
-        lam_t = Vh[1:, :, :n, :n] @ xs[1:] + vs[1:]
-        lam = (Vh[1:] @ Xh[1:])[:, :, :n]
-        tau = torch.cat([Xh[:-1, :, :n], Uh], 2)         # (T,B,n+m,1)
+        # costates lambda_t = V_{t+1} x_{t+1} + v_{t+1}, t = -1..T-1, of the adjoint and the primal,
+        # from one product with the homogeneous [0; x~] and [1; x]
+        both = Vh @ torch.cat([torch.cat([torch.zeros_like(xs[..., :1, :]), xs], 2), Xh], -1)
+        lam_t = both[1:, :, 1:, :1] + vs[1:]
+        lam = both[:, :, 1:, 1:]                         # (T+1,B,n,1), lam[0] is lambda_{-1}
+        tau = torch.cat([Xh[:-1, :, 1:], Uh], 2)         # (T,B,n+m,1)
         tau_t = torch.cat([xs[:-1], ut], 2)
+        # the optimal cost's own gradient (envelope theorem): dJ/dC_t = tau tau'/2, dJ/dc_t = tau,
+        # dJ/dF_t = lambda_t tau_t', dJ/df_t = lambda_t, dJ/dx0 = lambda_{-1}; folded in with weight dcost.
+        w = dcost.view(1, B, 1, 1)
+        lin_t = tau_t + w * tau                          # gradient of the linear terms
+        lam_all = lam_t + w * lam[1:]
 
-        def bf(x):  # time-major -> batch-first
-            return x.transpose(0, 1)
+        def bf(x):  # time-major -> batch-first, contiguous (small vectors only)
+            return x.transpose(0, 1).contiguous()
 
+        # every matrix gradient is a sum of two outer products, written once, batch-first
         need = ctx.needs_input_grad
-        dF = bf(lam_t @ tau.mT + lam @ tau_t.mT) if need[0] else None
-        df = bf(lam_t[..., 0]) if need[1] else None
-        dC = bf(0.5 * (tau_t @ tau.mT + tau @ tau_t.mT)) if need[2] else None
-        dc = bf(tau_t[..., 0]) if need[3] else None
-        dx0 = vs[0, :, :, 0] if need[4] else None
-        xT, xtT = Xh[T, :, :n], xs[T]
-        dCf = 0.5 * (xtT @ xT.mT + xT @ xtT.mT) if need[5] else None
-        dcf = xtT[..., 0] if need[6] else None
+        dF = torch.addcmul(bf(lam_all) * bf(tau).mT, bf(lam[1:]), bf(tau_t).mT) if need[0] else None
+        df = bf(lam_all[..., 0]) if need[1] else None
+        dC = None
+        if need[2]:
+            half, tau_b = bf(0.5 * tau_t + 0.25 * w * tau), bf(tau)      # dC = half tau' + tau half'
+            dC = torch.addcmul(half * tau_b.mT, tau_b, half.mT)
+        dc = bf(lin_t[..., 0]) if need[3] else None
+        dx0 = (vs[0] + w[0] * lam[0])[..., 0] if need[4] else None
+        xT, xtT, wT = Xh[T, :, 1:], xs[T], w[0]
+        halfT = 0.5 * xtT + 0.25 * wT * xT
+        dCf = torch.addcmul(halfT * xT.mT, xT, halfT.mT) if need[5] else None
+        dcf = (xtT + wT * xT)[..., 0] if need[6] else None
         return dF, df, dC, dc, dx0, dCf, dcf

@@ -1,0 +1,32 @@
+"""``python -m benchmarks [suite ...] [--repeat N]``: run benchmark suites and print their reports."""
+import argparse
+import sys
+
+import benchmarks  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
+import torch
+
+from benchmarks import lqr
+from benchmarks.timing import environment
+
+SUITES = {"lqr": lqr.run}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("suites", nargs="*", default=["lqr"], help=f"suites to run, from {sorted(SUITES)}")
+    parser.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (median reported)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    args = parser.parse_args(argv)
+    unknown = [s for s in args.suites if s not in SUITES]
+    if unknown:
+        parser.error(f"unknown suite(s) {unknown}; choose from {sorted(SUITES)}")
+    torch.set_num_threads(args.threads)
+    print(environment())
+    for name in args.suites:
+        print()
+        print(SUITES[name](repeat=args.repeat))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,7 @@ def test_lqr_cost_and_final_state_follow_the_solution():
     tau = np.concatenate([X_ref, U_ref], -1)
     cost_ref = 0.5 * np.einsum("bti,btij,btj->b", tau, p["C"], tau) + np.einsum("bti,bti->b", p["c"], tau)
     np.testing.assert_allclose(sol.cost.numpy(), cost_ref, rtol=1e-10)
+    np.testing.assert_allclose(trajopt.lqr_cost(sol.X, sol.U, t["C"], t["c"]).numpy(), cost_ref, rtol=1e-10)
     xT = np.einsum("bij,bj->bi", p["F"][:, -1], tau[:, -1]) + p["f"][:, -1]
     np.testing.assert_allclose(sol.X[:, -1].numpy(), xT, atol=1e-10)
 

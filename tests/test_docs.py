@@ -1,0 +1,25 @@
+"""The docs' Python examples run as written, and the API page lists exactly the public surface."""
+import re
+from pathlib import Path
+
+import pytest
+
+import dynamics
+import trajopt
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+EXAMPLES = [(page.name, i, block) for page in sorted(DOCS.glob("*.md"))
+            for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S))]
+
+
+@pytest.mark.parametrize("page,index,code", EXAMPLES, ids=[f"{p}-{i}" for p, i, _ in EXAMPLES])
+def test_docs_example_runs(page, index, code):
+    exec(compile(code, f"{page}[{index}]", "exec"), {"__name__": "__docs__"})
+
+
+def test_api_page_lists_the_public_surface():
+    text = (DOCS / "api.md").read_text()
+    section = {name: set(re.findall(r"^\| `(\w+)", body, re.M))
+               for name, body in re.findall(r"^## `(\w+)`\n(.*?)(?=^## |\Z)", text, re.M | re.S)}
+    assert section["trajopt"] == set(trajopt.__all__)
+    assert section["dynamics"] == set(dynamics.__all__)

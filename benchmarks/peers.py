@@ -51,32 +51,10 @@ def pypose_lqr(pp, F, f, C, c, x0):
     B, T, n, nm = F.shape
 
     class P1System(pp.module.LTV):
-        def _at(self, M):
-            return M[:, min(int(self._t), T - 1)]
+        """pypose's LTV with stacked (B, T, ...) matrices, indexed by the system's clock."""
 
-        @property
-        def A(self):
-            return self._at(self._A)
-
-        @property
-        def B(self):
-            return self._at(self._B)
-
-        @property
-        def c1(self):
-            return self._at(self._c1)
-
-        @property
-        def C(self):
-            return self._at(self._C)
-
-        @property
-        def D(self):
-            return self._at(self._D)
-
-        @property
-        def c2(self):
-            return self._at(self._c2)
+    for name in ("A", "B", "C", "D", "c1", "c2"):
+        setattr(P1System, name, property(lambda self, name=name: getattr(self, "_" + name)[:, min(int(self._t), T - 1)]))
 
     system = P1System(F[..., :n], F[..., n:], torch.eye(n, dtype=F.dtype).expand(B, T, n, n),
                       torch.zeros(B, T, n, nm - n, dtype=F.dtype), f, torch.zeros_like(f))

@@ -36,7 +36,27 @@ def _batched(fn):
     return wrapper
 
 
-class Dynamics(nn.Module, abc.ABC):
+def register_tensors(module: nn.Module, learnable: bool, **tensors) -> None:
+    """Attach tensors to ``module`` as parameters (``learnable``) or buffers, detached copies either way."""
+    for name, value in tensors.items():
+        if learnable:
+            setattr(module, name, nn.Parameter(value.detach().clone()))
+        else:
+            module.register_buffer(name, value.detach().clone())
+
+
+class _Model(nn.Module, abc.ABC):
+    """What discrete and continuous models share: their dimensions."""
+
+    def __init__(self, state_dim: int, control_dim: int):
+        super().__init__()
+        if state_dim < 1 or control_dim < 1:
+            raise ValueError(f"state_dim and control_dim must be positive, got {state_dim} and {control_dim}")
+        self.state_dim = int(state_dim)
+        self.control_dim = int(control_dim)
+
+
+class Dynamics(_Model):
     """A discrete-time model ``x_{t+1} = forward(x_t, u_t, t)``.
 
     Subclasses implement :meth:`forward` for batched ``x (B, n)``, ``u (B, m)``
@@ -54,13 +74,6 @@ class Dynamics(nn.Module, abc.ABC):
 
     time_varying: bool = False
     jacobian_mode: str = "rev"
-
-    def __init__(self, state_dim: int, control_dim: int):
-        super().__init__()
-        if state_dim < 1 or control_dim < 1:
-            raise ValueError(f"state_dim and control_dim must be positive, got {state_dim} and {control_dim}")
-        self.state_dim = int(state_dim)
-        self.control_dim = int(control_dim)
 
     @abc.abstractmethod
     def forward(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None) -> torch.Tensor:
@@ -94,7 +107,7 @@ class Dynamics(nn.Module, abc.ABC):
         return hxx, hux, huu
 
 
-class ContinuousDynamics(nn.Module, abc.ABC):
+class ContinuousDynamics(_Model):
     """A continuous-time model ``dx/dt = derivative(x, u, t)``; :meth:`discretize` makes it a :class:`Dynamics`.
 
     Attributes:
@@ -108,13 +121,6 @@ class ContinuousDynamics(nn.Module, abc.ABC):
 
     positions: Sequence[int] | None = None
     time_varying: bool = False
-
-    def __init__(self, state_dim: int, control_dim: int):
-        super().__init__()
-        if state_dim < 1 or control_dim < 1:
-            raise ValueError(f"state_dim and control_dim must be positive, got {state_dim} and {control_dim}")
-        self.state_dim = int(state_dim)
-        self.control_dim = int(control_dim)
 
     @abc.abstractmethod
     def derivative(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None) -> torch.Tensor:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.func import grad, hessian, vmap
 
 from dynamics._validation import check_tensor
+from dynamics.base import register_tensors
 
 __all__ = ["Cost", "QuadraticCost", "Quadratization"]
 
@@ -132,11 +133,7 @@ class QuadraticCost(Cost):
         tensors["const"] = torch.as_tensor(const, dtype=C.dtype, device=C.device).expand(
             C.shape[:1] if tv else ()).clone()
         tensors["const_final"] = torch.as_tensor(const_final, dtype=C.dtype, device=C.device)
-        for name, value in tensors.items():
-            if learnable:
-                setattr(self, name, nn.Parameter(value.detach().clone()))
-            else:
-                self.register_buffer(name, value.detach().clone())
+        register_tensors(self, learnable, **tensors)
         for name in ("C_final", "c_final"):
             if name not in tensors:
                 setattr(self, name, None)

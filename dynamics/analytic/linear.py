@@ -6,10 +6,9 @@ are learnable (``learnable=True``).
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from .._validation import check_tensor
-from ..base import Dynamics
+from ..base import Dynamics, register_tensors
 
 __all__ = ["LinearDynamics"]
 
@@ -40,11 +39,7 @@ class LinearDynamics(Dynamics):
         offset = check_tensor(where, "offset", offset, (*lead, "n"), dims, batchable=False)
         super().__init__(dims["n"], dims["m"])
         self.time_varying = tv
-        for name, value in (("A", A), ("B", B), ("offset", offset)):
-            if learnable:
-                setattr(self, name, nn.Parameter(value.detach().clone()))
-            else:
-                self.register_buffer(name, value.detach().clone())
+        register_tensors(self, learnable, A=A, B=B, offset=offset)
 
     def _at(self, t):
         if not self.time_varying:

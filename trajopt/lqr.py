@@ -9,12 +9,13 @@ For every problem in a batch, solves
 Planning and Control", with an optional terminal term) by a backward Riccati
 recursion and a forward rollout with ``u_t = K_t x_t + k_t``.
 
-The recursion runs in homogeneous coordinates ``[x; 1]`` so that the quadratic
-and linear parts of the value function update in one product per stage, and the
-closed-loop rollout is one product per stage. The gradient of a loss on the
-solution is the solution of a second LQR with the same ``F``, ``C`` and the
-incoming gradients as its linear terms (Amos et al. 2018, section 4); it reuses
-the gains of the forward solve, so a backward pass costs less than a forward one.
+The recursion runs in homogeneous coordinates ``[1; x; u]`` so that one pair of
+products per stage updates the quadratic and linear parts of the value function
+together, and the optimal cost is read off the value function at ``x0``. The
+gradient of a loss on the solution is the solution of a second LQR with the same
+``F``, ``C`` and the incoming gradients as its linear terms (Amos et al. 2018,
+section 4); it reuses the gains of the forward solve, so a backward pass costs
+two matrix-vector sweeps, less than a forward solve.
 
 Differentiable with respect to: ``F, f, C, c, x0, C_final, c_final`` (``X``, ``U``
 and ``cost``; the gains ``K``, ``k`` are differentiable only with ``grad="unroll"``).
@@ -28,7 +29,7 @@ import torch
 from dynamics._validation import check_consistent, check_finite, check_tensor
 from .problem import Solution
 
-__all__ = ["lqr"]
+__all__ = ["lqr", "lqr_cost"]
 
 
 def lqr(

@@ -3,7 +3,8 @@
 This package knows nothing of solvers; :mod:`trajopt` builds on it.
 """
 from . import integrators
-from .analytic import LinearDynamics
+from .analytic import Acrobot, CartPole, DoubleIntegrator, KinematicBicycle, LinearDynamics, Pendulum, Quadrotor2D
 from .base import ContinuousDynamics, Discretized, Dynamics
 
-__all__ = ["Dynamics", "ContinuousDynamics", "Discretized", "LinearDynamics", "integrators"]
+__all__ = ["Dynamics", "ContinuousDynamics", "Discretized", "integrators", "LinearDynamics", "Pendulum", "CartPole",
+           "KinematicBicycle", "DoubleIntegrator", "Quadrotor2D", "Acrobot"]

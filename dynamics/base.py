@@ -24,16 +24,30 @@ __all__ = ["Dynamics", "ContinuousDynamics", "Discretized"]
 
 
 def _batched(fn):
-    """Let a method written for ``(B, ...)`` inputs also take unbatched ones."""
+    """Let a method written for ``(B, ...)`` inputs also take unbatched ones (one output or a tuple).
+
+    Running unbatched input as a batch of one also keeps its dtype: a model's 0-dim
+    float64 parameters would otherwise promote 0-dim float32 intermediates.
+    """
     def wrapper(self, x, u, *args, **kwargs):
         if x.ndim == 1:
             out = fn(self, x.unsqueeze(0), u.unsqueeze(0), *(a.unsqueeze(0) if isinstance(a, torch.Tensor) else a
                                                               for a in args), **kwargs)
-            return tuple(o[0] for o in out)
+            return out[0] if isinstance(out, torch.Tensor) else tuple(o[0] for o in out)
         return fn(self, x, u, *args, **kwargs)
     wrapper.__doc__ = fn.__doc__
     wrapper.__name__ = fn.__name__
     return wrapper
+
+
+def _autodiff_jacobians(fn, x, u, t, mode):
+    """Per-sample Jacobians of ``fn(x, u, t)`` in ``x (B, n)`` and ``u (B, m)`` by vmapped jacrev/jacfwd."""
+    jac = jacrev if mode == "rev" else jacfwd
+
+    def single(xi, ui):
+        return fn(xi.unsqueeze(0), ui.unsqueeze(0), t).squeeze(0)
+
+    return vmap(jac(single, argnums=(0, 1)))(x, u)
 
 
 def register_tensors(module: nn.Module, learnable: bool, **tensors) -> None:
@@ -85,12 +99,7 @@ class Dynamics(_Model):
 
         Differentiable with respect to ``x``, ``u`` and the model's parameters.
         """
-        jac = jacrev if self.jacobian_mode == "rev" else jacfwd
-
-        def step(xi, ui):
-            return self(xi.unsqueeze(0), ui.unsqueeze(0), t).squeeze(0)
-
-        return vmap(jac(step, argnums=(0, 1)))(x, u)
+        return _autodiff_jacobians(self.forward, x, u, t, self.jacobian_mode)
 
     @_batched
     def vector_hessians(self, x: torch.Tensor, u: torch.Tensor, lam: torch.Tensor, t: int | None = None):
@@ -112,6 +121,7 @@ class ContinuousDynamics(_Model):
 
     Attributes:
         state_dim, control_dim: ``n`` and ``m``.
+        default_dt, default_method: the discretization :meth:`discretize` uses when not told.
         positions: indices of the state's position coordinates, for semi-implicit
             Euler (their derivative is evaluated after the other coordinates,
             the velocities, are updated); None if the model has no such split.
@@ -121,18 +131,33 @@ class ContinuousDynamics(_Model):
 
     positions: Sequence[int] | None = None
     time_varying: bool = False
+    jacobian_mode: str = "rev"
+    default_dt: float | None = None
+    default_method: str = "rk4"
 
     @abc.abstractmethod
     def derivative(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None) -> torch.Tensor:
         """``dx/dt (B, n)`` at ``x (B, n)``, ``u (B, m)``."""
 
+    @_batched
+    def derivative_jacobians(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None):
+        """``(d g / d x (B, n, n), d g / d u (B, n, m))`` of the vector field ``g``; by ``torch.func``
+        unless a model overrides it with closed forms (then its discretizations' Jacobians are closed-form too).
+        """
+        return _autodiff_jacobians(self.derivative, x, u, t, self.jacobian_mode)
+
+    @_batched
     def forward(self, x, u, t=None):
         return self.derivative(x, u, t)
 
-    def discretize(self, dt: float, method: str = "rk4") -> Discretized:
+    def discretize(self, dt: float | None = None, method: str | None = None) -> Discretized:
         """A :class:`Dynamics` stepping this model by ``dt`` with ``method`` in
-        ``"euler"``, ``"semi_implicit_euler"``, ``"rk4"``."""
-        return Discretized(self, dt, method)
+        ``"euler"``, ``"semi_implicit_euler"``, ``"rk4"``; by default the model's
+        ``default_dt`` and ``default_method`` (those of its canonical problem)."""
+        dt = self.default_dt if dt is None else dt
+        if dt is None:
+            raise ValueError(f"{type(self).__name__} has no default_dt; pass dt")
+        return Discretized(self, dt, self.default_method if method is None else method)
 
 
 class Discretized(Dynamics):
@@ -159,7 +184,15 @@ class Discretized(Dynamics):
         self.method = method
         self.time_varying = model.time_varying
 
+    @_batched
     def forward(self, x, u, t=None):
-        if self.method == "semi_implicit_euler":
-            return integrators.semi_implicit_euler(self.model.derivative, x, u, self.dt, self._positions, t)
-        return integrators.METHODS[self.method](self.model.derivative, x, u, self.dt, t)
+        step, _ = integrators.METHODS[self.method]
+        return step(self.model.derivative, x, u, self.dt, t, positions=getattr(self, "_positions", None))
+
+    @_batched
+    def jacobians(self, x, u, t=None):
+        """Jacobians of the step by the chain rule through the integrator's stages, from the
+        continuous model's :meth:`~ContinuousDynamics.derivative_jacobians` (closed-form where it is)."""
+        _, jac = integrators.METHODS[self.method]
+        return jac(self.model.derivative, self.model.derivative_jacobians, x, u, self.dt, t,
+                   positions=getattr(self, "_positions", None))

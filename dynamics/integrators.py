@@ -1,23 +1,35 @@
-"""Fixed-step integrators that turn ``dx/dt = g(x, u, t)`` into a discrete step.
+"""Fixed-step integrators that turn ``dx/dt = g(x, u, t)`` into a discrete step, and the step's Jacobians.
 
-Each takes the vector field ``g``, batched ``x (B, n)``, ``u (B, m)`` (held
+Each step takes the vector field ``g``, batched ``x (B, n)``, ``u (B, m)`` (held
 constant over the step), the step ``dt`` and the stage index ``t``, and returns
-``x_next (B, n)``. All are differentiable with respect to their inputs and to
-whatever ``g`` closes over.
+``x_next (B, n)``; each ``*_jacobians`` also takes ``jac(x, u, t) -> (g_x, g_u)``
+and returns ``(A (B, n, n), B (B, n, m))`` of the step by the chain rule through
+its stages (closed-form whenever ``jac`` is). All are differentiable with respect
+to their inputs and to whatever ``g`` closes over.
 """
 from __future__ import annotations
 
 import torch
 
-__all__ = ["euler", "semi_implicit_euler", "rk4", "METHODS"]
+__all__ = ["euler", "semi_implicit_euler", "rk4", "euler_jacobians", "semi_implicit_euler_jacobians",
+           "rk4_jacobians", "METHODS"]
 
 
-def euler(g, x, u, dt, t=None):
+def _eye(x):
+    return torch.eye(x.shape[-1], dtype=x.dtype, device=x.device)
+
+
+def euler(g, x, u, dt, t=None, positions=None):
     """Explicit Euler: ``x + dt g(x, u)``. First order."""
     return x + dt * g(x, u, t)
 
 
-def semi_implicit_euler(g, x, u, dt, positions: torch.Tensor, t=None):
+def euler_jacobians(g, jac, x, u, dt, t=None, positions=None):
+    gx, gu = jac(x, u, t)
+    return _eye(x) + dt * gx, dt * gu
+
+
+def semi_implicit_euler(g, x, u, dt, t=None, positions: torch.Tensor = None):
     """Semi-implicit (symplectic) Euler: velocities first, then positions with the new velocities.
 
     ``positions (n,)`` is a bool mask of the position coordinates; the others are
@@ -25,11 +37,22 @@ def semi_implicit_euler(g, x, u, dt, positions: torch.Tensor, t=None):
     ``v+ = v + dt a(q, v, u)``, ``q+ = q + dt v+`` (Gymnasium's Pendulum-v1 step).
     The vector field is evaluated twice, so any kinematics ``q' = h(q, v)`` works.
     """
-    velocities_updated = torch.where(positions, x, x + dt * g(x, u, t))
-    return torch.where(positions, x + dt * g(velocities_updated, u, t), velocities_updated)
+    y = torch.where(positions, x, x + dt * g(x, u, t))
+    return torch.where(positions, x + dt * g(y, u, t), y)
 
 
-def rk4(g, x, u, dt, t=None):
+def semi_implicit_euler_jacobians(g, jac, x, u, dt, t=None, positions: torch.Tensor = None):
+    p = positions.to(x.dtype).unsqueeze(-1)           # (n, 1) selects position rows
+    eye = _eye(x)
+    gx, gu = jac(x, u, t)
+    y = torch.where(positions, x, x + dt * g(x, u, t))
+    dy_dx, dy_du = eye + dt * (1 - p) * gx, dt * (1 - p) * gu
+    hx, hu = jac(y, u, t)
+    M = eye + dt * p * hx
+    return M @ dy_dx, M @ dy_du + dt * p * hu
+
+
+def rk4(g, x, u, dt, t=None, positions=None):
     """Classic fourth-order Runge-Kutta with the control held over the step."""
     k1 = g(x, u, t)
     k2 = g(x + 0.5 * dt * k1, u, t)
@@ -38,4 +61,27 @@ def rk4(g, x, u, dt, t=None):
     return x + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
 
-METHODS = {"euler": euler, "semi_implicit_euler": semi_implicit_euler, "rk4": rk4}
+def rk4_jacobians(g, jac, x, u, dt, t=None, positions=None):
+    eye = _eye(x)
+    ks, dk_dx, dk_du = [], [], []
+    for c in (0.0, 0.5, 0.5, 1.0):
+        if ks:
+            xi = x + c * dt * ks[-1]
+            dxi_dx, dxi_du = eye + c * dt * dk_dx[-1], c * dt * dk_du[-1]
+        else:
+            xi, dxi_dx, dxi_du = x, eye, None
+        gx, gu = jac(xi, u, t)
+        ks.append(g(xi, u, t) if c < 1.0 else None)
+        dk_dx.append(gx @ dxi_dx)
+        dk_du.append(gu if dxi_du is None else gx @ dxi_du + gu)
+    w = (1.0, 2.0, 2.0, 1.0)
+    A = eye + dt / 6.0 * sum(wi * d for wi, d in zip(w, dk_dx))
+    B = dt / 6.0 * sum(wi * d for wi, d in zip(w, dk_du))
+    return A, B
+
+
+METHODS = {
+    "euler": (euler, euler_jacobians),
+    "semi_implicit_euler": (semi_implicit_euler, semi_implicit_euler_jacobians),
+    "rk4": (rk4, rk4_jacobians),
+}

@@ -1,0 +1,60 @@
+"""The classic cart-pole (Barto et al. 1983; Gymnasium's CartPole-v1 equations) with a continuous force.
+
+State ``(p, p_dot, theta, theta_dot)`` with ``theta = 0`` upright, control the
+force on the cart. ``l`` is the pole's half-length, as in Gymnasium. P3 steps it
+by explicit Euler with ``dt = 0.05`` (the default here); Gymnasium uses 0.02.
+
+Differentiable with respect to: state, control, ``mc``, ``mp``, ``l``, ``g``.
+"""
+import torch
+
+from ..base import ContinuousDynamics
+from ._params import scalar_parameters
+
+
+class CartPole(ContinuousDynamics):
+    """Parameters ``mc`` (cart mass), ``mp`` (pole mass), ``l`` (half-length), ``g``."""
+
+    positions = (0, 2)
+    default_dt = 0.05
+    default_method = "euler"
+
+    def __init__(self, mc: float = 1.0, mp: float = 0.1, l: float = 0.5, g: float = 9.8):
+        super().__init__(4, 1)
+        scalar_parameters(self, mc=mc, mp=mp, l=l, g=g)
+
+    def _terms(self, x, u):
+        thd, th, force = x[..., 3], x[..., 2], u[..., 0]
+        s, c = torch.sin(th), torch.cos(th)
+        M = self.mc + self.mp
+        temp = (force + self.mp * self.l * thd ** 2 * s) / M
+        den = self.l * (4.0 / 3.0 - self.mp * c ** 2 / M)
+        thdd = (self.g * s - c * temp) / den
+        pdd = temp - self.mp * self.l * thdd * c / M
+        return s, c, M, temp, den, thdd, pdd
+
+    def derivative(self, x, u, t=None):
+        *_, thdd, pdd = self._terms(x, u)
+        return torch.stack([x[..., 1], pdd, x[..., 3], thdd], -1)
+
+    def derivative_jacobians(self, x, u, t=None):
+        s, c, M, temp, den, thdd, pdd = self._terms(x, u)
+        thd = x[..., 3]
+        ml = self.mp * self.l
+        temp_th, temp_thd, temp_f = ml * thd ** 2 * c / M, 2 * ml * thd * s / M, 1.0 / M
+        den_th = self.l * 2 * self.mp * c * s / M
+        num = self.g * s - c * temp
+        num_th = self.g * c + s * temp - c * temp_th
+        thdd_th = (num_th * den - num * den_th) / den ** 2
+        thdd_thd = -c * temp_thd / den
+        thdd_f = -c * temp_f / den
+        pdd_th = temp_th - ml / M * (thdd_th * c - thdd * s)
+        pdd_thd = temp_thd - ml / M * c * thdd_thd
+        pdd_f = temp_f - ml / M * c * thdd_f
+        z, o = torch.zeros_like(thd), torch.ones_like(thd)
+        gx = torch.stack([torch.stack([z, o, z, z], -1),
+                          torch.stack([z, z, pdd_th, pdd_thd], -1),
+                          torch.stack([z, z, z, o], -1),
+                          torch.stack([z, z, thdd_th, thdd_thd], -1)], -2)
+        gu = torch.stack([z, pdd_f * o, z, thdd_f * o], -1).unsqueeze(-1)
+        return gx, gu

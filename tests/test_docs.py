@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import dynamics
+import dynamics.contact
 import trajopt
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -20,6 +21,7 @@ def test_docs_example_runs(page, index, code):
 def test_api_page_lists_the_public_surface():
     text = (DOCS / "api.md").read_text()
     section = {name: set(re.findall(r"^\| `(\w+)", body, re.M))
-               for name, body in re.findall(r"^## `(\w+)`\n(.*?)(?=^## |\Z)", text, re.M | re.S)}
+               for name, body in re.findall(r"^## `([\w.]+)`\n(.*?)(?=^## |\Z)", text, re.M | re.S)}
     assert section["trajopt"] == set(trajopt.__all__)
     assert section["dynamics"] == set(dynamics.__all__)
+    assert section["dynamics.contact"] == set(dynamics.contact.__all__)

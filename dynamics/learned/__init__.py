@@ -1,0 +1,7 @@
+"""Learned dynamics models, their datasets and fitting."""
+from .data import Transitions, collect_from_env, collect_from_model
+from .fit import fit, open_loop_error
+from .models import MLPDynamics, ProbabilisticEnsemble, ResidualDynamics
+
+__all__ = ["MLPDynamics", "ProbabilisticEnsemble", "ResidualDynamics", "Transitions", "collect_from_model",
+           "collect_from_env", "fit", "open_loop_error"]

@@ -1,0 +1,76 @@
+"""Transition datasets: collected by rolling out any model or a Gymnasium environment."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..base import Dynamics
+
+
+@dataclass
+class Transitions:
+    """``N`` transitions: states ``x (N, n)``, controls ``u (N, m)``, next states ``x_next (N, n)``."""
+
+    x: torch.Tensor
+    u: torch.Tensor
+    x_next: torch.Tensor
+
+    def __post_init__(self):
+        n = len(self.x)
+        if not (len(self.u) == len(self.x_next) == n) or self.x.shape != self.x_next.shape:
+            raise ValueError(f"Transitions: x {tuple(self.x.shape)}, u {tuple(self.u.shape)} and x_next "
+                             f"{tuple(self.x_next.shape)} must be (N, n), (N, m), (N, n)")
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, index) -> Transitions:
+        return Transitions(self.x[index], self.u[index], self.x_next[index])
+
+    def split(self, fraction: float, generator: torch.Generator | None = None):
+        """A random ``(1 - fraction, fraction)`` split, e.g. into training and validation sets."""
+        perm = torch.randperm(len(self), generator=generator)
+        cut = len(self) - max(1, int(round(fraction * len(self))))
+        return self[perm[:cut]], self[perm[cut:]]
+
+
+def collect_from_model(model: Dynamics, x0: torch.Tensor, steps: int, u_low, u_high, *,
+                       noise_std: float = 0.0, generator: torch.Generator | None = None) -> Transitions:
+    """Roll ``model`` out from ``x0 (B, n)`` for ``steps`` with uniform random controls in ``[u_low, u_high]``.
+
+    Returns ``B * steps`` transitions. ``noise_std`` adds Gaussian noise to the recorded states
+    (both ``x`` and ``x_next``, as a sensor would), not to the simulated ones.
+    """
+    B, m = x0.shape[0], model.control_dim
+    low = torch.as_tensor(u_low, dtype=x0.dtype).expand(m)
+    high = torch.as_tensor(u_high, dtype=x0.dtype).expand(m)
+    U = low + (high - low) * torch.rand(B, steps, m, generator=generator, dtype=x0.dtype)
+    xs = [x0]
+    with torch.no_grad():
+        for t in range(steps):
+            xs.append(model(xs[-1], U[:, t], t))
+    X = torch.stack(xs, 1)
+    if noise_std > 0:
+        X = X + noise_std * torch.randn(X.shape, generator=generator, dtype=X.dtype)
+    n = X.shape[-1]
+    return Transitions(X[:, :-1].reshape(-1, n), U.reshape(-1, m), X[:, 1:].reshape(-1, n))
+
+
+def collect_from_env(env, steps: int, *, seed: int = 0, policy=None) -> Transitions:
+    """Step a Gymnasium environment ``steps`` times (random actions unless a ``policy(obs) -> action`` is
+    given), resetting when an episode ends; transitions are ``(observation, action, next observation)``."""
+    obs, _ = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    xs, us, nxt = [], [], []
+    for _ in range(steps):
+        action = env.action_space.sample() if policy is None else policy(obs)
+        new_obs, _, terminated, truncated, _ = env.step(action)
+        xs.append(np.asarray(obs, dtype=np.float64))
+        us.append(np.atleast_1d(np.asarray(action, dtype=np.float64)))
+        nxt.append(np.asarray(new_obs, dtype=np.float64))
+        obs = new_obs
+        if terminated or truncated:
+            obs, _ = env.reset()
+    return Transitions(*(torch.tensor(np.stack(a)) for a in (xs, us, nxt)))

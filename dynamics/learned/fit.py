@@ -1,0 +1,74 @@
+"""Fitting learned models to transitions, and measuring their prediction errors."""
+from __future__ import annotations
+
+import copy
+
+import torch
+from tqdm.auto import tqdm
+
+from ..base import Dynamics
+from .data import Transitions
+from .models import ProbabilisticEnsemble
+
+
+def fit(model, data: Transitions, *, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3,
+        weight_decay: float = 0.0, val_fraction: float = 0.1, patience: int = 20, seed: int = 0,
+        progress: bool = True) -> dict:
+    """Train ``model`` (any of :mod:`dynamics.learned`) on ``data`` with Adam on minibatches.
+
+    A ``val_fraction`` of the data is held out; training stops once the validation loss has not
+    improved for ``patience`` epochs, and the best weights are restored. Ensembles train each
+    member on its own bootstrap resample of the training set. Normalization statistics are
+    fitted on the training set first.
+
+    Returns a history: ``train_loss`` and ``val_loss`` per epoch, ``best_epoch``, ``epochs``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    train, val = data.split(val_fraction, generator=g)
+    model.fit_normalization(train)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    ensemble = isinstance(model, ProbabilisticEnsemble)
+    boot = torch.randint(len(train), (model.members, len(train)), generator=g) if ensemble else None
+    history = {"train_loss": [], "val_loss": [], "best_epoch": 0}
+    best, best_state, waited = float("inf"), copy.deepcopy(model.state_dict()), 0
+    bar = tqdm(range(epochs), desc=f"fit {type(model).__name__}", disable=not progress, leave=False)
+    for epoch in bar:
+        model.train()
+        perm = torch.randperm(len(train), generator=g)
+        total = 0.0
+        for start in range(0, len(train), batch_size):
+            rows = perm[start:start + batch_size]
+            batch = train[boot[:, rows]] if ensemble else train[rows]
+            loss = model.loss(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(rows)
+        model.eval()
+        with torch.no_grad():
+            val_loss = float(model.loss(val))
+        history["train_loss"].append(total / len(train))
+        history["val_loss"].append(val_loss)
+        bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}", val=f"{val_loss:.4g}")
+        if val_loss < best:
+            best, best_state, waited, history["best_epoch"] = val_loss, copy.deepcopy(model.state_dict()), 0, epoch
+        else:
+            waited += 1
+            if waited >= patience:
+                break
+    model.load_state_dict(best_state)
+    history["epochs"] = len(history["val_loss"])
+    return history
+
+
+@torch.no_grad()
+def open_loop_error(model: Dynamics, reference: Dynamics, x0: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """RMS error ``(T,)`` over the batch of ``model``'s open-loop rollout against ``reference``'s, from
+    ``x0 (B, n)`` under ``U (B, T, m)``; entry ``k-1`` is the ``k``-step error (entry 0: one step)."""
+    x, y, errs = x0, x0, []
+    for t in range(U.shape[1]):
+        x, y = model(x, U[:, t], t), reference(y, U[:, t], t)
+        errs.append((x - y).square().sum(-1).mean().sqrt())
+    return torch.stack(errs)

@@ -1,0 +1,112 @@
+"""System identification: fit a model's physical parameters to transitions by least squares on the
+one-step prediction residuals, by gradient (L-BFGS or Adam) or by theseus-ai's Levenberg-Marquardt.
+
+Both routes minimize the same objective: the mean over transitions of the squared residual
+``model(x, u) - x_next``, each state coordinate scaled by the spread of its observed change
+(so that angles and rates weigh alike).
+"""
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call
+
+from ..base import Dynamics
+from .data import Transitions
+
+
+def _select(model: Dynamics, names):
+    params = dict(model.named_parameters())
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ValueError(f"identify: unknown parameter(s) {unknown}; the model has {sorted(params)}")
+    return [params[n] for n in names]
+
+
+def residuals(model: Dynamics, data: Transitions, values: dict) -> torch.Tensor:
+    """Scaled one-step residuals ``(N, n)`` of ``model`` with the parameters in ``values`` substituted."""
+    scale = (data.x_next - data.x).std(0).clamp_min(1e-12)
+    return (functional_call(model, values, (data.x, data.u)) - data.x_next) / scale
+
+
+def identify(model: Dynamics, data: Transitions, names, *, method: str = "lbfgs", steps: int = 200,
+             lr: float = 1e-2, tolerance: float = 1e-12) -> dict:
+    """Fit the parameters ``names`` (as in ``model.named_parameters()``) to ``data``, in place.
+
+    ``method``: ``"lbfgs"`` (strong-Wolfe L-BFGS, the default), ``"adam"`` (``steps`` of Adam at ``lr``)
+    or ``"levenberg_marquardt"`` (theseus-ai; see :func:`identify_theseus`). The other
+    parameters are held fixed. Returns ``{name: value}`` of the fitted parameters.
+    """
+    if method == "levenberg_marquardt":
+        return identify_theseus(model, data, names, max_iterations=steps)
+    if method not in ("lbfgs", "adam"):
+        raise ValueError(f"identify: method must be 'lbfgs', 'adam' or 'levenberg_marquardt', got {method!r}")
+    params = _select(model, names)
+    frozen = [p for p in model.parameters() if all(p is not q for q in params)]
+    state = [p.requires_grad for p in frozen]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        def objective():
+            return residuals(model, data, {}).square().mean()
+
+        if method == "adam":
+            opt = torch.optim.Adam(params, lr=lr)
+            for _ in range(steps):
+                opt.zero_grad()
+                loss = objective()
+                loss.backward()
+                opt.step()
+        else:
+            opt = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, line_search_fn="strong_wolfe",
+                                    tolerance_grad=tolerance, tolerance_change=tolerance ** 2)
+
+            def closure():
+                opt.zero_grad()
+                loss = objective()
+                loss.backward()
+                return loss
+            opt.step(closure)
+    finally:
+        for p, s in zip(frozen, state):
+            p.requires_grad_(s)
+    return {n: p.detach().clone() for n, p in zip(names, params)}
+
+
+def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iterations: int = 50,
+                     damping: float = 1e-3) -> dict:
+    """Levenberg-Marquardt on the residuals with theseus-ai (each parameter a ``th.Vector`` of size 1,
+    forward-mode Jacobians). The fitted values are written into the model and returned."""
+    try:
+        import theseus as th
+    except ImportError as err:  # pragma: no cover - exercised where theseus-ai is absent
+        raise ImportError("identify(method='levenberg_marquardt') needs theseus-ai; see the README for its "
+                          "install (pip install --no-build-isolation --no-deps theseus-ai ...)") from err
+    params = _select(model, names)
+    dtype = params[0].dtype
+    variables = [th.Vector(1, name=f"p{i}", dtype=dtype) for i in range(len(names))]
+    n = data.x.shape[-1]
+    X, U, Xn = (th.Variable(t.to(dtype).unsqueeze(0), name=k) for k, t in
+                (("x", data.x), ("u", data.u), ("x_next", data.x_next)))
+
+    def err_fn(optim_vars, aux_vars):
+        x, u, xn = (a.tensor for a in aux_vars)
+        values = {name: v.tensor.reshape(-1)[0] for name, v in zip(names, optim_vars)}
+        batch = x.shape[0]
+        res = [residuals(model, Transitions(x[b], u[b], xn[b]), values).reshape(-1) for b in range(batch)]
+        return torch.stack(res) / len(data) ** 0.5
+
+    cost = th.AutoDiffCostFunction(variables, err_fn, len(data) * n, aux_vars=[X, U, Xn],
+                                   cost_weight=th.ScaleCostWeight(torch.ones(1, 1, dtype=dtype)),
+                                   autograd_strategy="forward-mode", autograd_mode="dense", autograd_vectorize=True,
+                                   autograd_create_graph=False, name="residuals")
+    objective = th.Objective(dtype=dtype)
+    objective.add(cost)
+    optimizer = th.LevenbergMarquardt(objective, max_iterations=max_iterations, abs_err_tolerance=1e-20,
+                                      rel_err_tolerance=1e-14)
+    layer = th.TheseusLayer(optimizer)
+    inputs = {f"p{i}": p.detach().reshape(1, 1).clone() for i, p in enumerate(params)}
+    solution, _ = layer.forward(inputs, optimizer_kwargs={"damping": damping, "track_best_solution": True})
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            p.copy_(solution[f"p{i}"].reshape(()))
+    return {n: p.detach().clone() for n, p in zip(names, params)}

@@ -5,10 +5,10 @@ import sys
 import benchmarks  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch
 
-from benchmarks import lqr
+from benchmarks import learned, lqr
 from benchmarks.timing import environment
 
-SUITES = {"lqr": lqr.run}
+SUITES = {"lqr": lqr.run, "learned": learned.run}
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ import pytest
 
 import dynamics
 import dynamics.contact
+import dynamics.learned
 import trajopt
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -25,3 +26,4 @@ def test_api_page_lists_the_public_surface():
     assert section["trajopt"] == set(trajopt.__all__)
     assert section["dynamics"] == set(dynamics.__all__)
     assert section["dynamics.contact"] == set(dynamics.contact.__all__)
+    assert section["dynamics.learned"] == set(dynamics.learned.__all__)

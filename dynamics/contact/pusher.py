@@ -51,6 +51,6 @@ class PlanarPusher(ContinuousDynamics):
         damping = 2 * self.damping_ratio * torch.sqrt(self.stiffness * self.mass)
         push = self.stiffness * softplus_penetration(gap, self.k) + damping * closing * soft_step(-gap, self.k)
         weight = self.mass * self.g
-        friction = smooth_coulomb_friction(v, weight.expand_as(push), self.mu, self.friction_k)
+        friction = smooth_coulomb_friction(v, torch.zeros_like(push) + weight, self.mu, self.friction_k)
         accel = (-push.unsqueeze(-1) * normal + friction) / self.mass
         return torch.cat([u, v, accel], -1)

@@ -37,11 +37,14 @@ class Transitions:
 
 
 def collect_from_model(model: Dynamics, x0: torch.Tensor, steps: int, u_low, u_high, *,
-                       noise_std: float = 0.0, generator: torch.Generator | None = None) -> Transitions:
+                       noise_std: float = 0.0, relative_noise: float = 0.0,
+                       generator: torch.Generator | None = None) -> Transitions:
     """Roll ``model`` out from ``x0 (B, n)`` for ``steps`` with uniform random controls in ``[u_low, u_high]``.
 
-    Returns ``B * steps`` transitions. ``noise_std`` adds Gaussian noise to the recorded states
-    (both ``x`` and ``x_next``, as a sensor would), not to the simulated ones.
+    Returns ``B * steps`` transitions. Noise is added to the recorded states as a sensor would
+    (each recorded state once, so ``x`` of one transition is ``x_next`` of the one before), not to
+    the simulated ones: Gaussian with standard deviation ``noise_std`` plus ``relative_noise`` times
+    each coordinate's spread over the rollouts.
     """
     B, m = x0.shape[0], model.control_dim
     low = torch.as_tensor(u_low, dtype=x0.dtype).expand(m)
@@ -52,8 +55,9 @@ def collect_from_model(model: Dynamics, x0: torch.Tensor, steps: int, u_low, u_h
         for t in range(steps):
             xs.append(model(xs[-1], U[:, t], t))
     X = torch.stack(xs, 1)
-    if noise_std > 0:
-        X = X + noise_std * torch.randn(X.shape, generator=generator, dtype=X.dtype)
+    if noise_std > 0 or relative_noise > 0:
+        std = noise_std + relative_noise * X.reshape(-1, X.shape[-1]).std(0)
+        X = X + std * torch.randn(X.shape, generator=generator, dtype=X.dtype)
     n = X.shape[-1]
     return Transitions(X[:, :-1].reshape(-1, n), U.reshape(-1, m), X[:, 1:].reshape(-1, n))
 

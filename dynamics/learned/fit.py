@@ -19,12 +19,13 @@ def fit(model, data: Transitions, *, epochs: int = 100, batch_size: int = 256, l
     A ``val_fraction`` of the data is held out; training stops once the validation loss has not
     improved for ``patience`` epochs, and the best weights are restored. Ensembles train each
     member on its own bootstrap resample of the training set. Normalization statistics are
-    fitted on the training set first.
+    fitted on the training set first. The model is moved to the data's dtype and device.
 
     Returns a history: ``train_loss`` and ``val_loss`` per epoch, ``best_epoch``, ``epochs``.
     """
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
+    model.to(dtype=data.x.dtype, device=data.x.device)
     train, val = data.split(val_fraction, generator=g)
     model.fit_normalization(train)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -119,10 +119,29 @@ def test_closed_form_jacobians_equal_autodiff(name):
             torch.testing.assert_close(ours, auto, atol=1e-10, rtol=0)
 
 
-@pytest.mark.parametrize("name", MODELS)
+def _all_discrete_models():
+    from dynamics.contact import BouncingMass, PlanarPusher
+    from dynamics.learned import MLPDynamics, ProbabilisticEnsemble, ResidualDynamics
+    models = {name: (lambda make=make: make().discretize()) for name, make in MODELS.items()}
+    models.update({
+        "bouncing": lambda: BouncingMass(k=100.0, stiffness=1e4).discretize(),
+        "pusher": lambda: PlanarPusher().discretize(),
+        "mlp": lambda: MLPDynamics(3, 2, hidden=(16,)),
+        "ensemble": lambda: ProbabilisticEnsemble(3, 2, members=2, hidden=(16,)),
+        "residual": lambda: ResidualDynamics(dynamics.Pendulum().discretize(), hidden=(16,)),
+    })
+    return models
+
+
+ALL_MODELS = _all_discrete_models()
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_models_run_in_both_dtypes_batched_and_unbatched(name, dtype):
-    model = MODELS[name]().discretize()
+    model = ALL_MODELS[name]()
+    if name in ("mlp", "ensemble", "residual"):
+        model = model.to(dtype)                  # a network's weights have a dtype of their own
     x, u = random_point(model, dtype=dtype)
     nxt = model(x, u)
     A, B = model.jacobians(x, u)
@@ -133,10 +152,10 @@ def test_models_run_in_both_dtypes_batched_and_unbatched(name, dtype):
     torch.testing.assert_close(B1, B[3])
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_model_linearizes_for_lqr(name):
     """Linearize along a rollout and solve the LQR of the deviations: a regulator around the trajectory."""
-    model = MODELS[name]().discretize()
+    model = ALL_MODELS[name]().to(torch.float64)
     n, m, T = model.state_dim, model.control_dim, 20
     g = torch.Generator().manual_seed(4)
     x0 = 0.1 * torch.randn(3, n, generator=g, **D64)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import dynamics
-from dynamics.learned import Transitions, collect_from_model, identify, residuals
+from dynamics.learned import collect_from_model, identify, residuals
 
 D64 = dict(dtype=torch.float64)
 
@@ -21,29 +21,21 @@ def theseus_or_skip():
             pytest.importorskip("theseus")
 
 
-def noisy_rollouts(model, x0, steps, u_low, u_high, seed, noise=0.01):
-    """Transitions of rollouts whose recorded states carry Gaussian noise of ``noise`` times each coordinate's spread."""
-    g = torch.Generator().manual_seed(seed)
-    clean = collect_from_model(model, x0, steps, u_low, u_high, generator=g)
-    B, n = x0.shape
-    X = torch.cat([clean.x.reshape(B, steps, n), clean.x_next.reshape(B, steps, n)[:, -1:]], 1)
-    X = X + noise * clean.x.std(0) * torch.randn(X.shape, generator=g, **D64)
-    return Transitions(X[:, :-1].reshape(-1, n), clean.u, X[:, 1:].reshape(-1, n))
-
-
 @pytest.fixture(scope="module")
 def pendulum_data():
     g = torch.Generator().manual_seed(0)
     x0 = torch.stack([(torch.rand(100, generator=g, **D64) * 2 - 1) * math.pi, torch.rand(100, generator=g, **D64) * 2 - 1], -1)
-    return noisy_rollouts(dynamics.Pendulum().discretize(), x0, 100, -2.0, 2.0, seed=1)
+    return collect_from_model(dynamics.Pendulum().discretize(), x0, 100, -2.0, 2.0, relative_noise=0.01,
+                              generator=torch.Generator().manual_seed(1))
 
 
 @pytest.fixture(scope="module")
 def bicycle_data():
     g = torch.Generator().manual_seed(0)
     x0 = torch.cat([torch.randn(100, 3, generator=g, **D64), (torch.rand(100, 1, generator=g, **D64) * 2 - 1) * 0.5], -1)
-    return noisy_rollouts(dynamics.KinematicBicycle().discretize(), x0, 50, torch.tensor([-5.0, -0.5], **D64),
-                          torch.tensor([5.0, 0.5], **D64), seed=2)
+    return collect_from_model(dynamics.KinematicBicycle().discretize(), x0, 50, torch.tensor([-5.0, -0.5], **D64),
+                              torch.tensor([5.0, 0.5], **D64), relative_noise=0.01,
+                              generator=torch.Generator().manual_seed(2))
 
 
 CASES = {
@@ -81,3 +73,14 @@ def test_residuals_vanish_for_the_true_model_on_clean_data():
     model = dynamics.Pendulum().discretize()
     data = collect_from_model(model, torch.randn(5, 2, generator=g, **D64), 20, -2.0, 2.0, generator=g)
     assert residuals(model, data, {}).abs().max() < 1e-10
+
+
+def test_relative_noise_is_one_percent_of_each_coordinates_spread():
+    g = torch.Generator().manual_seed(0)
+    model = dynamics.Pendulum().discretize()
+    x0 = torch.randn(50, 2, generator=g, **D64)
+    clean = collect_from_model(model, x0, 40, -2.0, 2.0, generator=torch.Generator().manual_seed(3))
+    noisy = collect_from_model(model, x0, 40, -2.0, 2.0, relative_noise=0.01, generator=torch.Generator().manual_seed(3))
+    ratio = (noisy.x - clean.x).std(0) / clean.x.std(0)
+    assert torch.all((ratio > 0.009) & (ratio < 0.011))
+    torch.testing.assert_close(noisy.x.reshape(50, 40, 2)[:, 1:], noisy.x_next.reshape(50, 40, 2)[:, :-1])

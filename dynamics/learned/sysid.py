@@ -7,6 +7,8 @@ Both routes minimize the same objective: the mean over transitions of the square
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch.func import functional_call
 
@@ -77,7 +79,9 @@ def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iteration
     """Levenberg-Marquardt on the residuals with theseus-ai (each parameter a ``th.Vector`` of size 1,
     forward-mode Jacobians). The fitted values are written into the model and returned."""
     try:
-        import theseus as th
+        with warnings.catch_warnings():   # without scikit-sparse theseus warns that CHOLMOD is unavailable
+            warnings.simplefilter("ignore", UserWarning)
+            import theseus as th
     except ImportError as err:  # pragma: no cover - exercised where theseus-ai is absent
         raise ImportError("identify(method='levenberg_marquardt') needs theseus-ai; see the README for its "
                           "install (pip install --no-build-isolation --no-deps theseus-ai ...)") from err
@@ -105,7 +109,9 @@ def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iteration
                                       rel_err_tolerance=1e-14)
     layer = th.TheseusLayer(optimizer)
     inputs = {f"p{i}": p.detach().reshape(1, 1).clone() for i, p in enumerate(params)}
-    solution, _ = layer.forward(inputs, optimizer_kwargs={"damping": damping, "track_best_solution": True})
+    with warnings.catch_warnings():   # theseus 0.2.3 calls np.array(tensor, copy=False), which numpy 2 flags
+        warnings.simplefilter("ignore", DeprecationWarning)
+        solution, _ = layer.forward(inputs, optimizer_kwargs={"damping": damping, "track_best_solution": True})
     with torch.no_grad():
         for i, p in enumerate(params):
             p.copy_(solution[f"p{i}"].reshape(()))

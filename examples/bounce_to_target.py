@@ -8,6 +8,7 @@ to print the result and save ``docs/images/bounce_to_target.png``.
 from __future__ import annotations
 
 import torch
+from _plot import save, subplots
 
 import trajopt
 from dynamics.contact import BouncingMass
@@ -52,10 +53,7 @@ def main(path="docs/images/bounce_to_target.png", target=TARGET):
         print(f"initial velocity ({v[0]:+.4f}, {v[1]:+.4f}) m/s: miss {d:.2e} m")
     best = int(miss.argmin())
     print(f"best of {len(miss)} guesses: ({v0[best, 0]:+.4f}, {v0[best, 1]:+.4f}) m/s, miss {miss[best]:.1e} m")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = subplots(figsize=(6, 3))
     for b in range(X.shape[0]):
         ax.plot(X[b, :, 0], X[b, :, 1], label=f"v0 = ({v0[b, 0]:.2f}, {v0[b, 1]:.2f})")
     ax.axhline(0.0, color="k", lw=0.8)
@@ -63,9 +61,7 @@ def main(path="docs/images/bounce_to_target.png", target=TARGET):
     ax.set_xlabel("x (m)")
     ax.set_ylabel("z (m)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"saved {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

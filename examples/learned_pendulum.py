@@ -8,6 +8,7 @@ from one start are plotted against the truth and the wrong physics. Run
 import math
 
 import torch
+from _plot import save, subplots
 
 import dynamics
 import trajopt
@@ -34,10 +35,7 @@ def main(path="docs/images/learned.png"):
     models = train()
     x0 = torch.tensor([[0.5, 0.0]], **D64)
     U = 1.5 * torch.sin(torch.arange(40, **D64) / 4).reshape(1, 40, 1)
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3))
+    fig, ax = subplots(figsize=(6, 3))
     for name, model in models.items():
         with torch.no_grad():
             X = trajopt.rollout(model, x0, U)
@@ -45,9 +43,7 @@ def main(path="docs/images/learned.png"):
     ax.set_xlabel("step (0.05 s)")
     ax.set_ylabel("theta (rad)")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"saved {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Run ``python examples/models_gallery.py`` to save ``docs/images/models.png``.
 import math
 
 import torch
+from _plot import save, subplots
 
 import dynamics
 import trajopt
@@ -32,11 +33,8 @@ def trajectories(T=100):
 
 
 def main(path="docs/images/models.png"):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     trajs = trajectories()
-    fig, axes = plt.subplots(1, len(trajs), figsize=(3.2 * len(trajs), 3))
+    fig, axes = subplots(1, len(trajs), figsize=(3.2 * len(trajs), 3))
     for ax, (name, X) in zip(axes, trajs.items()):
         if "Bicycle" in name or "Quadrotor" in name:
             ax.plot(X[:, 0], X[:, 1])
@@ -49,9 +47,7 @@ def main(path="docs/images/models.png"):
             ax.set_xlabel("step")
             ax.legend(fontsize=7)
         ax.set_title(name, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"saved {path}")
+    save(fig, path)
 
 
 if __name__ == "__main__":

@@ -413,3 +413,101 @@ class _LQRFunction(torch.autograd.Function):
         dCf = torch.addcmul(halfT * xT.mT, xT, halfT.mT) if need[5] else None
         dcf = (xtT + wT * xT)[..., 0] if need[6] else None
         return dF, df, dC, dc, dx0, dCf, dcf
+
+
+# ----------------------------------------------------------------------------- box-constrained LQR step
+# The backward pass of box-constrained iLQR (Tassa, Mansard and Todorov 2014, "Control-limited differential
+# dynamic programming"): at every stage a small box QP gives the feedforward step, and the feedback acts on the
+# controls that are free at its solution.
+
+
+def box_qp(H, g, lower, upper, x0=None, max_iter: int = 50, tol: float = 1e-12):
+    """Batched ``min_x 1/2 x' H x + g' x`` s.t. ``lower <= x <= upper`` by projected Newton.
+
+    ``H (B, m, m)`` positive definite, ``g, lower, upper (B, m)`` (``lower <= 0 <= upper`` is not required,
+    ``lower <= upper`` is). Returns ``x (B, m)``, the free mask ``(B, m)`` (components not clamped at the
+    solution), the Cholesky factor ``L (B, m, m)`` of the free block (identity rows elsewhere) and ``ok (B,)``,
+    whether the free block was positive definite.
+    """
+    eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
+    if H.shape[-1] == 1:                       # one control: the clamped Newton step is exact
+        h = H[..., 0]
+        ok = h > 0
+        x = torch.clamp(-g / torch.where(ok, h, torch.ones_like(h)), lower, upper)
+        grad = h * x + g
+        free = ~(((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0)))
+        return x, free, torch.sqrt(torch.where(ok, h, torch.ones_like(h))).unsqueeze(-1), ok[..., 0]
+    x = torch.clamp(torch.zeros_like(g) if x0 is None else x0, lower, upper)
+    for _ in range(max_iter):
+        grad = (H @ x.unsqueeze(-1)).squeeze(-1) + g
+        clamped = ((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0))
+        free = ~clamped
+        M = free.to(H.dtype)
+        Hf = H * M.unsqueeze(-1) * M.unsqueeze(-2) + eye * (1 - M).unsqueeze(-1)
+        L, info = torch.linalg.cholesky_ex(Hf)
+        # Newton step on the free components, the clamped ones held where they are
+        rhs = -(M * grad).unsqueeze(-1)
+        step = torch.cholesky_solve(rhs, L).squeeze(-1) * M
+        # projected backtracking (Armijo) on the quadratic, batched
+        f0 = 0.5 * (x * (H @ x.unsqueeze(-1)).squeeze(-1)).sum(-1) + (g * x).sum(-1)
+        alpha = torch.ones_like(f0)
+        for _ in range(30):
+            cand = torch.clamp(x + alpha.unsqueeze(-1) * step, lower, upper)
+            f = 0.5 * (cand * (H @ cand.unsqueeze(-1)).squeeze(-1)).sum(-1) + (g * cand).sum(-1)
+            good = f <= f0 + 0.1 * (grad * (cand - x)).sum(-1)
+            if bool(good.all()):
+                break
+            alpha = torch.where(good, alpha, 0.5 * alpha)
+        new = torch.where((info == 0).unsqueeze(-1), cand, x)
+        done = bool(((new - x).abs().amax(-1) <= tol * (1 + x.abs().amax(-1))).all())
+        x = new
+        if done:
+            break
+    grad = (H @ x.unsqueeze(-1)).squeeze(-1) + g
+    free = ~(((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0)))
+    M = free.to(H.dtype)
+    L, info = torch.linalg.cholesky_ex(H * M.unsqueeze(-1) * M.unsqueeze(-2) + eye * (1 - M).unsqueeze(-1))
+    return x, free, L, info == 0
+
+
+def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, k_init=None):
+    """Backward pass of box-constrained iLQR on a linearized, quadratized problem in deltas.
+
+    Args:
+        F: ``(B, T, n, n+m)`` dynamics Jacobians; C, c: ``(B, T, n+m, n+m)``, ``(B, T, n+m)`` cost Hessians and
+            gradients; C_final, c_final: ``(B, n, n)``, ``(B, n)``.
+        du_lower, du_upper: ``(B, T, m)`` bounds on the control step (bound minus current control).
+        mu: ``(B,)`` Levenberg-Marquardt regularization added to ``Q_uu``.
+        k_init: ``(B, T, m)`` warm start for the box QPs.
+
+    Returns ``K (B, T, m, n)`` (zero rows for clamped controls), ``k (B, T, m)``, the expected cost
+    decrease terms ``(d1, d2)`` (each ``(B,)``: the change for a step ``alpha k`` is ``alpha d1 + alpha^2 d2``),
+    the free masks ``(B, T, m)`` and ``ok (B,)`` (every stage's regularized free ``Q_uu`` positive definite).
+    """
+    B, T, n, nm = F.shape
+    m = nm - n
+    V, v = 0.5 * (C_final + C_final.mT), c_final
+    eye = torch.eye(m, dtype=F.dtype, device=F.device)
+    K, k, free, ok = [None] * T, [None] * T, [None] * T, torch.ones(B, dtype=torch.bool, device=F.device)
+    d1 = F.new_zeros(B)
+    d2 = F.new_zeros(B)
+    for t in range(T - 1, -1, -1):
+        Ft = F[:, t]
+        Q = 0.5 * (C[:, t] + C[:, t].mT) + Ft.mT @ V @ Ft
+        q = c[:, t] + (Ft.mT @ v.unsqueeze(-1)).squeeze(-1)
+        Qxx, Qux, Quu = Q[:, :n, :n], Q[:, n:, :n], Q[:, n:, n:]
+        qx, qu = q[:, :n], q[:, n:]
+        Quu_reg = Quu + mu.view(B, 1, 1) * eye
+        kt, ft, L, okt = box_qp(Quu_reg, qu, du_lower[:, t], du_upper[:, t],
+                                None if k_init is None else k_init[:, t])
+        M = ft.to(F.dtype).unsqueeze(-1)
+        Kt = -torch.cholesky_solve(M * Qux, L) * M
+        ok &= okt
+        V = Qxx + Kt.mT @ Quu @ Kt + Kt.mT @ Qux + Qux.mT @ Kt
+        V = 0.5 * (V + V.mT)
+        v = (qx + (Kt.mT @ (Quu @ kt.unsqueeze(-1))).squeeze(-1) + (Kt.mT @ qu.unsqueeze(-1)).squeeze(-1)
+             + (Qux.mT @ kt.unsqueeze(-1)).squeeze(-1))
+        d1 = d1 + (kt * qu).sum(-1)
+        d2 = d2 + 0.5 * (kt * (Quu @ kt.unsqueeze(-1)).squeeze(-1)).sum(-1)
+        K[t], k[t], free[t] = Kt, kt, ft
+    return torch.stack(K, 1), torch.stack(k, 1), (d1, d2), torch.stack(free, 1), ok

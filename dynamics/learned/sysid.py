@@ -92,12 +92,10 @@ def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iteration
     X, U, Xn = (th.Variable(t.to(dtype).unsqueeze(0), name=k) for k, t in
                 (("x", data.x), ("u", data.u), ("x_next", data.x_next)))
 
-    def err_fn(optim_vars, aux_vars):
-        x, u, xn = (a.tensor for a in aux_vars)
-        values = {name: v.tensor.reshape(-1)[0] for name, v in zip(names, optim_vars)}
-        batch = x.shape[0]
-        res = [residuals(model, Transitions(x[b], u[b], xn[b]), values).reshape(-1) for b in range(batch)]
-        return torch.stack(res) / len(data) ** 0.5
+    def err_fn(optim_vars, aux_vars):           # theseus batch of one: the whole dataset is one problem
+        x, u, xn = (a.tensor[0] for a in aux_vars)
+        values = {name: v.tensor[0, 0] for name, v in zip(names, optim_vars)}
+        return residuals(model, Transitions(x, u, xn), values).reshape(1, -1) / len(data) ** 0.5
 
     cost = th.AutoDiffCostFunction(variables, err_fn, len(data) * n, aux_vars=[X, U, Xn],
                                    cost_weight=th.ScaleCostWeight(torch.ones(1, 1, dtype=dtype)),

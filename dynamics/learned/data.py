@@ -47,9 +47,9 @@ def collect_from_model(model: Dynamics, x0: torch.Tensor, steps: int, u_low, u_h
     each coordinate's spread over the rollouts.
     """
     B, m = x0.shape[0], model.control_dim
-    low = torch.as_tensor(u_low, dtype=x0.dtype).expand(m)
-    high = torch.as_tensor(u_high, dtype=x0.dtype).expand(m)
-    U = low + (high - low) * torch.rand(B, steps, m, generator=generator, dtype=x0.dtype)
+    low = torch.as_tensor(u_low, dtype=x0.dtype).cpu().expand(m)      # drawn on the CPU (the generator's
+    high = torch.as_tensor(u_high, dtype=x0.dtype).cpu().expand(m)    # device), then moved to x0's
+    U = (low + (high - low) * torch.rand(B, steps, m, generator=generator, dtype=x0.dtype)).to(x0.device)
     xs = [x0]
     with torch.no_grad():
         for t in range(steps):
@@ -57,7 +57,7 @@ def collect_from_model(model: Dynamics, x0: torch.Tensor, steps: int, u_low, u_h
     X = torch.stack(xs, 1)
     if noise_std > 0 or relative_noise > 0:
         std = noise_std + relative_noise * X.reshape(-1, X.shape[-1]).std(0)
-        X = X + std * torch.randn(X.shape, generator=generator, dtype=X.dtype)
+        X = X + std * torch.randn(X.shape, generator=generator, dtype=X.dtype).to(X.device)
     n = X.shape[-1]
     return Transitions(X[:, :-1].reshape(-1, n), U.reshape(-1, m), X[:, 1:].reshape(-1, n))
 

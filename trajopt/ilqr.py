@@ -57,8 +57,8 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
         horizon: ``T`` when ``U_init`` is None.
         u_lower, u_upper: bounds broadcastable to ``(B, T, m)`` (per problem, per step, per control), or None.
         max_iter: iteration budget per problem.
-        tol: stop when an accepted step lowers the cost by less than ``tol`` relative to it...
-        grad_tol: ...or when the projected gradient's largest entry is below ``grad_tol``.
+        tol, grad_tol: a problem has converged when an accepted step lowers its cost by less than
+            ``tol`` relative and its projected gradient's largest entry is at most ``grad_tol``.
         mu_init, mu_min, mu_max: Levenberg-Marquardt regularization of ``Q_uu``.
 
     Returns:
@@ -147,7 +147,9 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
                     break
             step_small = has & (rel < tol)
             stalled = pending & ~has
-            converged |= step_small
+            if bool(step_small.any()):        # a small step is convergence only where the gradient agrees
+                pg = projected_gradient(dynamics, cost, x0, U, lower, upper).abs().flatten(1).amax(-1)
+                converged |= step_small & (pg <= grad_tol)
             history.append(J.clone())
             if bool((converged | stalled | ~pending).all()):
                 break

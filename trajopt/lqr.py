@@ -69,7 +69,8 @@ def lqr(
             control Hessian ``Q_uu`` of the Riccati recursion that is not positive definite.
         TypeError: a non-tensor or non-float input, or mismatched dtypes.
 
-    Differentiable with respect to: F, f, C, c, x0, C_final, c_final.
+    Differentiable with respect to: F, f, C, c, x0, C_final, c_final (once, on the implicit route;
+    ``grad="unroll"`` supports higher-order derivatives).
     """
     where = "lqr"
     if grad not in ("implicit", "unroll", None):
@@ -209,7 +210,12 @@ class _Stages:
         self.buffer[t] = x
 
     def get(self) -> torch.Tensor:
-        return self.buffer if self.buffer is not None else torch.stack(self.items)
+        if self.buffer is None:
+            return torch.stack(self.items)
+        if all(item is None for item in self.items):
+            return self.buffer
+        # some stages carry a graph and others not (e.g. x0 without grad, later states with)
+        return torch.stack([self.buffer[t] if item is None else item for t, item in enumerate(self.items)])
 
 
 def _gauss_jordan(M: torch.Tensor, col0: int, eye_cols=None):
@@ -348,6 +354,7 @@ class _LQRFunction(torch.autograd.Function):
         return X, U, cost, K, k, pd
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dX, dU, dcost, dK, dk, dpd):
         Fh, Kh, Vh, Quu, Xh, Uh = ctx.saved_tensors
         B, T, n1, N = Fh.shape
@@ -458,7 +465,7 @@ def box_qp(H, g, lower, upper, x0=None, max_iter: int = 50, tol: float = 1e-12):
             if bool(good.all()):
                 break
             alpha = torch.where(good, alpha, 0.5 * alpha)
-        new = torch.where((info == 0).unsqueeze(-1), cand, x)
+        new = torch.where(((info == 0) & good).unsqueeze(-1), cand, x)
         done = bool(((new - x).abs().amax(-1) <= tol * (1 + x.abs().amax(-1))).all())
         x = new
         if done:
@@ -481,12 +488,15 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, k_init=N
         k_init: ``(B, T, m)`` warm start for the box QPs.
 
     Returns ``K (B, T, m, n)`` (zero rows for clamped controls), ``k (B, T, m)``, the expected cost
-    decrease terms ``(d1, d2)`` (each ``(B,)``: the change for a step ``alpha k`` is ``alpha d1 + alpha^2 d2``),
-    the free masks ``(B, T, m)`` and ``ok (B,)`` (every stage's regularized free ``Q_uu`` positive definite).
+    change terms ``(d1, d2)`` (each ``(B,)``: the model's change for the closed-loop step ``alpha k`` is
+    ``alpha d1 + alpha^2 d2``; ``d1`` is the exact slope at ``alpha = 0``, from the gradient of the
+    policy's cost-to-go, which the regularized or clamped value update does not give), the free masks
+    ``(B, T, m)`` and ``ok (B,)`` (every stage's regularized free ``Q_uu`` positive definite).
     """
     B, T, n, nm = F.shape
     m = nm - n
     V, v = 0.5 * (C_final + C_final.mT), c_final
+    w = c_final                                            # gradient of the policy's cost-to-go
     eye = torch.eye(m, dtype=F.dtype, device=F.device)
     K, k, free, ok = [None] * T, [None] * T, [None] * T, torch.ones(B, dtype=torch.bool, device=F.device)
     d1 = F.new_zeros(B)
@@ -507,7 +517,9 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, k_init=N
         V = 0.5 * (V + V.mT)
         v = (qx + (Kt.mT @ (Quu @ kt.unsqueeze(-1))).squeeze(-1) + (Kt.mT @ qu.unsqueeze(-1)).squeeze(-1)
              + (Qux.mT @ kt.unsqueeze(-1)).squeeze(-1))
-        d1 = d1 + (kt * qu).sum(-1)
+        p = c[:, t] + (Ft.mT @ w.unsqueeze(-1)).squeeze(-1)
+        w = p[:, :n] + (Kt.mT @ p[:, n:].unsqueeze(-1)).squeeze(-1)
+        d1 = d1 + (kt * p[:, n:]).sum(-1)
         d2 = d2 + 0.5 * (kt * (Quu @ kt.unsqueeze(-1)).squeeze(-1)).sum(-1)
         K[t], k[t], free[t] = Kt, kt, ft
     return torch.stack(K, 1), torch.stack(k, 1), (d1, d2), torch.stack(free, 1), ok

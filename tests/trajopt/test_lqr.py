@@ -228,3 +228,24 @@ def test_lqr_reports_indefinite_control_hessian(m):
 def test_lqr_rejects_unknown_grad_mode():
     with pytest.raises(ValueError, match="grad must be"):
         trajopt.lqr(**_good(), grad="adjoint")
+
+
+def test_unroll_with_large_batch_and_some_inputs_without_grad():
+    """Stages without a graph (x0) and with one (later states) are collected together correctly."""
+    t, _ = p1_tensors(1100, 3, 4, 2)
+    F = t["F"].clone().requires_grad_()
+    sol = trajopt.lqr(F, t["f"], t["C"], t["c"], t["x0"], grad="unroll")
+    ref = trajopt.lqr(t["F"], t["f"], t["C"], t["c"], t["x0"], grad=None)
+    torch.testing.assert_close(sol.X.detach(), ref.X, atol=1e-12, rtol=0)
+    assert sol.X.requires_grad
+    (g_unroll,) = torch.autograd.grad(sol.X.square().sum(), F)
+    implicit = trajopt.lqr(F, t["f"], t["C"], t["c"], t["x0"])
+    (g_implicit,) = torch.autograd.grad(implicit.X.square().sum(), F)
+    torch.testing.assert_close(g_unroll, g_implicit, atol=1e-9, rtol=1e-9)
+
+
+def test_implicit_route_refuses_double_backward():
+    args, w = _grad_inputs(2)
+    (gc,) = torch.autograd.grad(_loss(args, "implicit", w), args[3], create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
+        torch.autograd.grad(gc.sum(), args[2])

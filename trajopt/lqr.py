@@ -362,32 +362,33 @@ class _LQRFunction(torch.autograd.Function):
         gX = dX.transpose(0, 1).unsqueeze(-1)            # (T+1,B,n,1)
         gU = dU.transpose(0, 1).unsqueeze(-1)            # (T,B,m,1)
         Kx = Kh[..., 1:]                                 # (T,B,m,n)
-        F = Fh[:, :, 1:, 1:]                             # (B,T,n,n+m)
+        Ft = Fh[:, :, 1:, 1:].transpose(0, 1)            # (T,B,n,n+m)
+        A, Bu = Ft[..., :n], Ft[..., n:]
+        Acl = torch.baddbmm(A.reshape(T * B, n, n), Bu.reshape(T * B, n, -1),
+                            Kx.reshape(T * B, -1, n)).view(T, B, n, n)   # closed loop A + B K, one batched product
 
         # The adjoint LQR has the same F, C (so the same gains K) and linear terms g = dL/dtau, f = 0,
-        # x0 = 0. Its value gradient obeys v_t = A_t' v + K_t' (B_t' v + g_u,t) + g_x,t, v_T = g_T.
+        # x0 = 0. Its value gradient obeys v_t = (A + B K)_t' v_{t+1} + g_x,t + K_t' g_u,t, v_T = g_T.
         offset = gX[:-1] + Kx.mT @ gU
         v = gX[T]
-        vs, Bvs = _Stages(T + 1), _Stages(T)
+        vs = _Stages(T + 1)
         vs.put(T, v)
         for t in range(T - 1, -1, -1):
-            w = torch.bmm(F[:, t].mT, v)                 # [A' v; B' v]
-            Bvs.put(t, w[:, n:])
-            v = torch.baddbmm(offset[t] + w[:, :n], Kx[t].mT, w[:, n:])
+            v = torch.baddbmm(offset[t], Acl[t].mT, v)
             vs.put(t, v)
         vs = vs.get()                                    # (T+1,B,n,1)
-        kt = -_spd_solve(Quu, gU + Bvs.get())            # (T,B,m,1)
+        kt = -_spd_solve(Quu, gU + Bu.mT @ vs[1:])       # (T,B,m,1)
 
-        # adjoint rollout from x~_0 = 0, u~_t = K_t x~_t + k~_t
+        # adjoint rollout from x~_0 = 0 under u~_t = K_t x~_t + k~_t
+        Bk = Bu @ kt
         xt = torch.zeros_like(vs[0])
-        xs, us = _Stages(T + 1), _Stages(T)
+        xs = _Stages(T + 1)
         xs.put(0, xt)
         for t in range(T):
-            u = torch.baddbmm(kt[t], Kx[t], xt)
-            xt = torch.bmm(F[:, t], torch.cat([xt, u], 1))
+            xt = torch.baddbmm(Bk[t], Acl[t], xt)
             xs.put(t + 1, xt)
-            us.put(t, u)
-        xs, ut = xs.get(), us.get()                      # (T+1,B,n,1), (T,B,m,1)
+        xs = xs.get()                                    # (T+1,B,n,1)
+        ut = Kx @ xs[:-1] + kt
 
         # costates lambda_t = V_{t+1} x_{t+1} + v_{t+1}, t = -1..T-1, of the adjoint and the primal,
         # from one product with the homogeneous [0; x~] and [1; x]

@@ -364,8 +364,7 @@ class _LQRFunction(torch.autograd.Function):
         Kx = Kh[..., 1:]                                 # (T,B,m,n)
         Ft = Fh[:, :, 1:, 1:].transpose(0, 1)            # (T,B,n,n+m)
         A, Bu = Ft[..., :n], Ft[..., n:]
-        Acl = torch.baddbmm(A.reshape(T * B, n, n), Bu.reshape(T * B, n, -1),
-                            Kx.reshape(T * B, -1, n)).view(T, B, n, n)   # closed loop A + B K, one batched product
+        Acl = A + Bu @ Kx                                # closed loop A + B K, one batched product
 
         # The adjoint LQR has the same F, C (so the same gains K) and linear terms g = dL/dtau, f = 0,
         # x0 = 0. Its value gradient obeys v_t = (A + B K)_t' v_{t+1} + g_x,t + K_t' g_u,t, v_T = g_T.
@@ -408,17 +407,17 @@ class _LQRFunction(torch.autograd.Function):
 
         # every matrix gradient is a sum of two outer products, written once, batch-first
         need = ctx.needs_input_grad
-        dF = torch.addcmul(bf(lam_all) * bf(tau).mT, bf(lam[1:]), bf(tau_t).mT) if need[0] else None
+        dF = (bf(lam_all) * bf(tau).mT).addcmul_(bf(lam[1:]), bf(tau_t).mT) if need[0] else None
         df = bf(lam_all[..., 0]) if need[1] else None
         dC = None
         if need[2]:
             half, tau_b = bf(0.5 * tau_t + 0.25 * w * tau), bf(tau)      # dC = half tau' + tau half'
-            dC = torch.addcmul(half * tau_b.mT, tau_b, half.mT)
+            dC = (half * tau_b.mT).addcmul_(tau_b, half.mT)
         dc = bf(lin_t[..., 0]) if need[3] else None
         dx0 = (vs[0] + w[0] * lam[0])[..., 0] if need[4] else None
         xT, xtT, wT = Xh[T, :, 1:], xs[T], w[0]
         halfT = 0.5 * xtT + 0.25 * wT * xT
-        dCf = torch.addcmul(halfT * xT.mT, xT, halfT.mT) if need[5] else None
+        dCf = (halfT * xT.mT).addcmul_(xT, halfT.mT) if need[5] else None
         dcf = (xtT + wT * xT)[..., 0] if need[6] else None
         return dF, df, dC, dc, dx0, dCf, dcf
 

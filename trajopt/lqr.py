@@ -155,19 +155,20 @@ def _raise_if_not_pd(pd: torch.Tensor) -> None:
 # Homogeneous coordinates ordered [1; x; u] (n1 = n + 1, N = n + m + 1), so that
 # Fh = [[1, 0], [f, F]] and Ch = [[0, c'], [c, C]] hold F and C as contiguous
 # blocks, and the quadratic form 1/2 [1; x]' Vh [1; x] is the cost-to-go (the
-# optimal cost is read off Vh_0 at x0). Problem data stay batch-first (stage t
-# is a strided batch of matrices); per-stage results are collected time-major.
+# optimal cost is read off Vh_0 at x0). Everything inside is time-major (T, B, ...),
+# so that stage t is one contiguous batch; the layout change costs nothing extra, as
+# the homogeneous blocks are copies anyway.
 
 
 def _augment(F, f, C, c, C_final, c_final):
-    """Homogeneous blocks Fh (B,T,n+1,N), Ch (B,T,N,N), VTh (B,n+1,n+1); only the symmetric part of C is used."""
+    """Homogeneous blocks Fh (T,B,n+1,N), Ch (T,B,N,N), VTh (B,n+1,n+1); only the symmetric part of C is used."""
     B, T, n, nm = F.shape
-    Fh = F.new_empty(B, T, n + 1, nm + 1)
-    Fh[..., 1:, 1:] = F
-    Fh[..., 1:, 0] = f
+    Fh = F.new_empty(T, B, n + 1, nm + 1)
+    Fh[..., 1:, 1:] = F.transpose(0, 1)
+    Fh[..., 1:, 0] = f.transpose(0, 1)
     Fh[..., 0, :] = 0.0
     Fh[..., 0, 0] = 1.0
-    Ch = _symmetric_padded(C, c)
+    Ch = _symmetric_padded(C.transpose(0, 1), c.transpose(0, 1))
     VTh = _symmetric_padded(C_final, c_final)
     return Fh, Ch, VTh
 
@@ -254,7 +255,7 @@ def _riccati(Fh, Ch, VTh, elimination: bool, keep: bool):
     ``keep``), control Hessians ``Quu (T,B,m,m)`` (None unless ``keep``) and
     ``pd (T,B)``, whether each ``Quu`` was positive definite.
     """
-    B, T, n1, N = Fh.shape
+    T, B, n1, N = Fh.shape
     m = N - n1
     V = VTh
     Ks, oks, Vs, Quus, Ls, Ys = _Stages(T), [], _Stages(T + 1), _Stages(T), _Stages(T), _Stages(T)
@@ -262,8 +263,8 @@ def _riccati(Fh, Ch, VTh, elimination: bool, keep: bool):
     if keep:
         Vs.put(T, V)
     for t in range(T - 1, -1, -1):
-        Ft = Fh.select(1, t)
-        Q = torch.baddbmm(Ch.select(1, t), Ft.mT, torch.bmm(V, Ft))
+        Ft = Fh[t]
+        Q = torch.baddbmm(Ch[t], Ft.mT, torch.bmm(V, Ft))
         Qx, Qu = Q.split([n1, m], dim=1)
         if keep:
             Quus.put(t, Qu.narrow(2, n1, m))
@@ -298,12 +299,12 @@ def _riccati(Fh, Ch, VTh, elimination: bool, keep: bool):
 def _step(Fh, Kh, xh, t):
     """``[1; x_{t+1}] = Fh_t [1; x_t; u_t]`` with ``u_t = Kh_t [1; x_t]``; also returns ``u_t (B, m, 1)``."""
     u = torch.bmm(Kh[t], xh)
-    return torch.bmm(Fh.select(1, t), torch.cat([xh, u], 1)), u
+    return torch.bmm(Fh[t], torch.cat([xh, u], 1)), u
 
 
 @dataclass
 class _Solved:
-    Fh: torch.Tensor     # (B,T,n1,N)
+    Fh: torch.Tensor     # (T,B,n1,N)
     Kh: torch.Tensor     # (T,B,m,n1)
     Vh: torch.Tensor     # (T+1,B,n1,n1), or (1,B,n1,n1) unless kept
     Quu: torch.Tensor    # (T,B,m,m), or None unless kept
@@ -357,12 +358,12 @@ class _LQRFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dX, dU, dcost, dK, dk, dpd):
         Fh, Kh, Vh, Quu, Xh, Uh = ctx.saved_tensors
-        B, T, n1, N = Fh.shape
+        T, B, n1, N = Fh.shape
         n = n1 - 1
         gX = dX.transpose(0, 1).unsqueeze(-1)            # (T+1,B,n,1)
         gU = dU.transpose(0, 1).unsqueeze(-1)            # (T,B,m,1)
         Kx = Kh[..., 1:]                                 # (T,B,m,n)
-        Ft = Fh[:, :, 1:, 1:].transpose(0, 1)            # (T,B,n,n+m)
+        Ft = Fh[:, :, 1:, 1:]                            # (T,B,n,n+m)
         A, Bu = Ft[..., :n], Ft[..., n:]
         Acl = A + Bu @ Kx                                # closed loop A + B K, one batched product
 

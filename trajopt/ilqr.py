@@ -120,7 +120,7 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
             # Backward and forward passes at growing regularization until every pending problem has
             # an accepted step (or hit mu_max); the linearization is reused across the attempts.
             for _ in range(_MAX_ATTEMPTS):
-                K, k, (d1, d2), free, ok = box_lqr_backward(F, q.C, q.c, q.C_final, q.c_final,
+                K, k, (d1, d2), _, ok = box_lqr_backward(F, q.C, q.c, q.C_final, q.c_final,
                                                              lower_t - U, upper_t - U, mu)
                 Xa, Ua = _forward(dynamics, x0, X, U, K, k, alphas, lower_t, upper_t)
                 Ja = cost(Xa.flatten(0, 1), Ua.flatten(0, 1)).view(len(_ALPHAS), B)

@@ -1,11 +1,10 @@
-import math
-
 import gymnasium
 import pytest
 import torch
 
 import dynamics
 import trajopt
+from benchmarks.learned import pendulum_starts
 from dynamics.learned import (MLPDynamics, ProbabilisticEnsemble, ResidualDynamics, Transitions, collect_from_env,
                               collect_from_model, fit, open_loop_error)
 
@@ -19,11 +18,6 @@ def float64_and_seeded():
     torch.manual_seed(0)                       # network initializations do not depend on the test order
     yield
     torch.set_default_dtype(previous)
-
-
-def pendulum_starts(B, g):
-    return torch.stack([(torch.rand(B, generator=g, **D64) * 2 - 1) * math.pi,
-                        (torch.rand(B, generator=g, **D64) * 2 - 1)], -1)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-import trajopt
 from trajopt import Cost, QuadraticCost
 
 D = dict(dtype=torch.float64)

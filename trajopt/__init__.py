@@ -4,9 +4,9 @@ Solvers are functions that return a :class:`Solution`; dynamics models live in
 the sibling package :mod:`dynamics`.
 """
 from .costs import Cost, QuadraticCost, Quadratization
-from .ilqr import ilqr, projected_gradient
+from .ilqr import ddp, ilqr, projected_gradient
 from .lqr import lqr, lqr_cost
 from .problem import Solution
 from .rollout import linearize, rollout
 
-__all__ = ["lqr", "lqr_cost", "ilqr", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]
+__all__ = ["lqr", "lqr_cost", "ilqr", "ddp", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]

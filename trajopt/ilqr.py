@@ -1,51 +1,68 @@
-"""Box-constrained iLQR for batches of nonlinear trajectory-optimization problems.
+"""Box-constrained iLQR and DDP for batches of nonlinear trajectory-optimization problems.
 
 Each iteration linearizes the dynamics and quadratizes the cost along the current
-trajectory (the shared :func:`~trajopt.linearize` and ``Cost.quadratize``), runs the
-box-constrained LQR backward pass of Tassa, Mansard and Todorov (2014) (a projected-Newton
-box QP per stage, feedback on the free controls only; :func:`trajopt.lqr.box_lqr_backward`),
-and line-searches the true cost over several step sizes at once. Levenberg-Marquardt
+trajectory (the shared :func:`~trajopt.linearize` and ``Cost.quadratize``), computes the
+exact gradient with respect to the controls by the adjoint pass (for the stopping test),
+runs the box-constrained LQR backward pass of Tassa, Mansard and Todorov (2014) (a box QP
+per stage, feedback on the free controls only; :func:`trajopt.lqr.box_lqr_backward`), and
+line-searches the true cost over several step sizes at once. Levenberg-Marquardt
 regularization of ``Q_uu`` grows on failure and shrinks on success. Every problem of the
 batch has its own regularization, step size and stopping test, and stops changing once it
 has converged.
 
-Differentiable with respect to: nothing yet (the solution is returned detached); implicit
-gradients through the converged solution are planned (issue 4).
+With ``second_order=True`` (:func:`ddp`) the quadratic model also holds the dynamics'
+second derivatives contracted with the costates of the current trajectory, from
+vector-Hessian products (never a full Hessian of the model): the backward pass is then the
+exact Newton step on the controls (the stagewise Newton method of Dunn and Bertsekas 1989,
+which DDP approximates to second order).
+
+Differentiable with respect to ``x0`` and every tensor of ``dynamics`` and ``cost`` that
+requires grad: ``grad="implicit"`` differentiates the optimality conditions of the converged
+solution (the adjoint LQR of the exact Newton system on the free controls, active set
+fixed); ``grad="unroll"`` records the iterations for autograd.
 """
 from __future__ import annotations
+
+import itertools
 
 import torch
 
 from dynamics import Dynamics
 from dynamics._validation import check_consistent, check_tensor
 from .costs import Cost
-from .lqr import box_lqr_backward
+from .lqr import box_lqr_backward, costates, lqr
 from .problem import Solution
 from .rollout import linearize, rollout
 
-__all__ = ["ilqr", "projected_gradient"]
+__all__ = ["ilqr", "ddp", "projected_gradient"]
 
 _MAX_ATTEMPTS = 12
 _ALPHAS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 0.003, 0.001)
+_ROUNDOFF = 1e-12       # relative cost increases below this are taken for rounding
 
 
 def projected_gradient(dynamics: Dynamics, cost: Cost, x0, U, u_lower=None, u_upper=None):
-    """Gradient of the total cost with respect to the controls ``(B, T, m)``, with the components that
-    push against an active bound zeroed (the first-order optimality residual of the box-constrained problem)."""
+    """First-order optimality residual of the box-constrained problem, ``(B, T, m)``: the projected gradient
+    ``U - clamp(U - g, u_lower, u_upper)`` with ``g`` the gradient of the total cost in the controls. It
+    equals ``g`` on controls away from their bounds and is zero on a control held at a bound by its gradient."""
     with torch.enable_grad():
         U = U.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(cost(rollout(dynamics, x0, U), U).sum(), U)
-    if u_lower is not None:
-        g = torch.where((U.detach() <= u_lower) & (g > 0), torch.zeros_like(g), g)
-    if u_upper is not None:
-        g = torch.where((U.detach() >= u_upper) & (g < 0), torch.zeros_like(g), g)
-    return g
+    bound = [None if b is None else torch.as_tensor(b, dtype=g.dtype, device=g.device) for b in (u_lower, u_upper)]
+    return _project(g, U.detach(), *bound)
+
+
+def _project(g, U, lower, upper):
+    step = U - g
+    step = step if lower is None else torch.maximum(step, lower)
+    step = step if upper is None else torch.minimum(step, upper)
+    return U - step
 
 
 def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
-         horizon: int | None = None, u_lower=None, u_upper=None, max_iter: int = 100, tol: float = 1e-9,
-         grad_tol: float = 1e-7, mu_init: float = 1e-6, mu_min: float = 1e-9, mu_max: float = 1e10,
-         progress: bool = False) -> Solution:
+         horizon: int | None = None, u_lower=None, u_upper=None, max_iter: int = 100, tol: float = 1e-12,
+         grad_tol: float = 1e-6, second_order: bool = False, grad: str | None = "implicit",
+         mu_init: float = 1e-6, mu_min: float = 1e-9, mu_max: float = 1e10) -> Solution:
     """Solve ``min_U cost(rollout(x0, U), U)`` subject to ``u_lower <= U <= u_upper`` for a batch of problems.
 
     Args:
@@ -57,23 +74,33 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
         horizon: ``T`` when ``U_init`` is None.
         u_lower, u_upper: bounds broadcastable to ``(B, T, m)`` (per problem, per step, per control), or None.
         max_iter: iteration budget per problem.
-        tol, grad_tol: a problem has converged when an accepted step lowers its cost by less than
-            ``tol`` relative and its projected gradient's largest entry is at most ``grad_tol``.
+        tol: a problem also stops (without being flagged converged) once its model predicts a relative
+            decrease below ``tol`` and its accepted steps no longer lower the cost by more than that.
+        grad_tol: a problem has converged when its projected gradient's largest entry is at most ``grad_tol``.
+        second_order: add the dynamics' second-order terms (see :func:`ddp`).
+        grad: ``"implicit"`` (default), ``"unroll"`` or None (a detached solution).
         mu_init, mu_min, mu_max: Levenberg-Marquardt regularization of ``Q_uu``.
 
     Returns:
         ``Solution`` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``, ``converged (B,)``,
         ``iterations`` (the most any problem used), feedback ``K (B, T, m, n)`` and feedforward ``k``
-        of the last backward pass, and ``history`` (cost per iteration ``(iters, B)``, the final
-        projected-gradient norm and regularization).
+        of the last backward pass, and ``history``: ``cost`` per iteration ``(iters+1, B)``,
+        ``projected_gradient`` (final largest entry, ``(B,)``), ``mu`` and ``iterations`` ``(B,)``.
 
-    Differentiable with respect to: nothing yet; the solution is detached.
+    Differentiable (``X``, ``U``, ``cost``) with respect to ``x0`` and the tensors of ``dynamics`` and
+    ``cost`` that require grad, not with respect to the bounds or ``U_init``. The implicit route is exact
+    at a converged strict local minimum; controls clamped at a bound get zero gradient, problems that did
+    not converge get none through the solve (only through the final rollout), as with mpc.pytorch's
+    ``detach_unconverged``; it raises if the reduced Hessian on the free controls of a converged problem is
+    not positive definite. ``K`` and ``k`` are detached.
     """
-    where = "ilqr"
+    where = "ddp" if second_order else "ilqr"
     if not isinstance(dynamics, Dynamics):
         raise TypeError(f"{where}: dynamics must be a dynamics.Dynamics, got {type(dynamics).__name__}")
     if not isinstance(cost, Cost):
         raise TypeError(f"{where}: cost must be a trajopt.Cost, got {type(cost).__name__}")
+    if grad not in ("implicit", "unroll", None):
+        raise ValueError(f"{where}: grad must be 'implicit', 'unroll' or None, got {grad!r}")
     dims = {"n": dynamics.state_dim, "m": dynamics.control_dim}
     x0 = check_tensor(where, "x0", x0, ("n",), dims)
     if U_init is None:
@@ -81,82 +108,219 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
             raise ValueError(f"{where}: give U_init (B, T, m) or a positive horizon")
         U_init = x0.new_zeros((*x0.shape[:-1], horizon, dims["m"]))
     U_init = check_tensor(where, "U_init", U_init, ("T", "m"), dims)
+    options = dict(u_lower=u_lower, u_upper=u_upper, max_iter=max_iter, tol=tol, grad_tol=grad_tol,
+                   second_order=second_order, grad=grad, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)
     batch = check_consistent(where, {"x0": x0, "U_init": U_init}, {"x0": 1, "U_init": 2})
     if batch is None:
-        sol = ilqr(dynamics, cost, x0.unsqueeze(0), U_init.unsqueeze(0), u_lower=u_lower, u_upper=u_upper,
-                   max_iter=max_iter, tol=tol, grad_tol=grad_tol, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)
+        sol = ilqr(dynamics, cost, x0.unsqueeze(0), U_init.unsqueeze(0), **options)
         return Solution(X=sol.X[0], U=sol.U[0], cost=sol.cost[0], converged=sol.converged[0],
-                        iterations=sol.iterations, K=sol.K[0], k=sol.k[0], history=sol.history)
+                        iterations=sol.iterations, K=sol.K[0], k=sol.k[0],
+                        history={k: v[..., 0] if k == "cost" else v[0] for k, v in sol.history.items()})
     B, T, m = batch, U_init.shape[-2], dims["m"]
-    x0 = x0.expand(B, dims["n"]).detach()
+    x0 = x0.expand(B, dims["n"])
     shape = (B, T, m)
     lower = None if u_lower is None else _bound(where, "u_lower", u_lower, shape, x0)
     upper = None if u_upper is None else _bound(where, "u_upper", u_upper, shape, x0)
     if lower is not None and upper is not None and bool((lower > upper).any()):
         raise ValueError(f"{where}: u_lower exceeds u_upper somewhere")
-    inf = torch.full(shape, float("inf"), dtype=x0.dtype, device=x0.device)
+    U0 = U_init.detach().expand(shape)
+    U0 = U0 if lower is None else torch.maximum(U0, lower)
+    U0 = U0 if upper is None else torch.minimum(U0, upper)
+
+    unroll = grad == "unroll" and torch.is_grad_enabled()
+    with torch.set_grad_enabled(unroll):
+        out = _solve(dynamics, cost, x0 if unroll else x0.detach(), U0, lower, upper, where, **options)
+    if grad == "implicit" and torch.is_grad_enabled():
+        inputs = [x0] + _grad_tensors(dynamics, cost)
+        if any(z.requires_grad for z in inputs):
+            problem = (dynamics, cost, out.U, lower, upper, out.converged)
+            U = _ImplicitControls.apply(out.U, problem, *inputs)
+            X = rollout(dynamics, x0, U)
+            out.X, out.U, out.cost = X, U, cost(X, U)
+    out.history["projected_gradient"] = out.history.pop("pg").abs().flatten(1).amax(-1)
+    return out
+
+
+def ddp(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, **options) -> Solution:
+    """:func:`ilqr` with ``second_order=True``: the backward pass adds ``sum_i lam_i f_i''`` (the dynamics'
+    second derivatives contracted with the costates of the current trajectory, by
+    :meth:`dynamics.Dynamics.vector_hessians`) to the cost's Hessians, so each step is a Newton step on
+    the controls, regularized where the Hessian is not positive definite. Same arguments and result."""
+    return ilqr(dynamics, cost, x0, U_init, second_order=True, **options)
+
+
+def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_tol, second_order,
+           mu_init, mu_min, mu_max, **_):
+    """The iterations; differentiable when grad mode is on (the unroll route)."""
+    B, T, m = U.shape
+    opts = dict(dtype=x0.dtype, device=x0.device)
+    inf = torch.full((B, T, m), float("inf"), **opts)
     lower_t = -inf if lower is None else lower
     upper_t = inf if upper is None else upper
-
-    with torch.no_grad():
-        U = torch.clamp(U_init.expand(shape).detach(), lower_t, upper_t)
-        X = rollout(dynamics, x0, U)
-        J = cost(X, U)
-        if not bool(torch.isfinite(J).all()):
-            raise ValueError(f"{where}: the initial rollout is not finite for batch element(s) "
-                             f"{(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}")
-        mu = torch.full((B,), mu_init, dtype=x0.dtype, device=x0.device)
-        converged = torch.zeros(B, dtype=torch.bool, device=x0.device)
-        history = [J.clone()]
-        alphas = torch.tensor(_ALPHAS, dtype=x0.dtype, device=x0.device)
-        K = k = None
-        it = 0
-        for it in range(1, max_iter + 1):
-            F, _ = linearize(dynamics, X, U)
-            q = cost.quadratize(X, U)
-            pending = ~converged
-            has = torch.zeros(B, dtype=torch.bool, device=x0.device)
-            rel = torch.zeros_like(J)
-            # Backward and forward passes at growing regularization until every pending problem has
-            # an accepted step (or hit mu_max); the linearization is reused across the attempts.
-            for _ in range(_MAX_ATTEMPTS):
-                K, k, (d1, d2), _, ok = box_lqr_backward(F, q.C, q.c, q.C_final, q.c_final,
-                                                             lower_t - U, upper_t - U, mu)
-                Xa, Ua = _forward(dynamics, x0, X, U, K, k, alphas, lower_t, upper_t)
-                Ja = cost(Xa.flatten(0, 1), Ua.flatten(0, 1)).view(len(_ALPHAS), B)
-                expected = alphas.unsqueeze(-1) * d1 + alphas.unsqueeze(-1) ** 2 * d2      # (A, B), <= 0
-                decrease = J - Ja
-                accept = torch.isfinite(Ja) & (decrease > 0) & (decrease >= -1e-4 * expected)
-                accept &= (ok & pending & ~has).unsqueeze(0)
-                got = accept.any(0)
-                first = torch.argmax(accept.to(torch.int8), 0)                         # largest accepted step
-                idx = torch.arange(B, device=x0.device)
-                newJ = torch.where(got, Ja[first, idx], J)
-                rel = torch.where(got, (J - newJ) / J.abs().clamp_min(1e-30), rel)
-                X = torch.where(got.view(B, 1, 1), Xa[first, idx], X)
-                U = torch.where(got.view(B, 1, 1), Ua[first, idx], U)
-                J = newJ
-                has |= got
-                waiting = pending & ~has
-                # trust the model more after a full step, less after a short one
-                step = alphas[first]
-                mu = torch.where(got & (step >= 0.5), torch.clamp(mu / 4, min=mu_min), mu)
-                mu = torch.where(got & (step < 0.1), torch.clamp(mu * 4, max=mu_max), mu)
-                mu = torch.where(waiting, torch.clamp(mu * 10, max=mu_max), mu)
-                if not bool((waiting & (mu < mu_max)).any()):
-                    break
-            step_small = has & (rel < tol)
-            stalled = pending & ~has
-            if bool(step_small.any()):        # a small step is convergence only where the gradient agrees
-                pg = projected_gradient(dynamics, cost, x0, U, lower, upper).abs().flatten(1).amax(-1)
-                converged |= step_small & (pg <= grad_tol)
-            history.append(J.clone())
-            if bool((converged | stalled | ~pending).all()):
+    X = rollout(dynamics, x0, U)
+    J = cost(X, U)
+    if not bool(torch.isfinite(J).all()):
+        raise ValueError(f"{where}: the initial rollout is not finite for batch element(s) "
+                         f"{(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}")
+    mu = torch.full((B,), mu_init, **opts)
+    converged = torch.zeros(B, dtype=torch.bool, device=x0.device)
+    done = converged.clone()
+    ended = converged.clone()
+    fine = converged.clone()
+    polished = converged.clone()
+    pg_prev = torch.full((B,), float("inf"), **opts)
+    iterations = torch.zeros(B, dtype=torch.long, device=x0.device)
+    history = [J.detach()]
+    alphas = torch.tensor(_ALPHAS, **opts)
+    idx = torch.arange(B, device=x0.device)
+    K = k = None
+    it = 0
+    for it in range(1, max_iter + 2):
+        F, _ = linearize(dynamics, X, U)
+        q = cost.quadratize(X, U)
+        g, lam = costates(F, q.C, q.c, q.C_final, q.c_final)
+        pg = _project(g, U, lower, upper)
+        pg_max = pg.abs().flatten(1).amax(-1)
+        converged = converged | (~done & (pg_max <= grad_tol))
+        # once steps are below rounding, Newton steps go on only while they still shrink the gradient
+        ended = ended | (polished & (pg_max > 0.5 * pg_prev))
+        done = done | converged | ended        # an ended problem gets one more gradient test first
+        pg_prev = pg_max
+        if it > max_iter or bool(done.all()):
+            break
+        # Newton's model where asked, and where Gauss-Newton steps have reached rounding (at a strict local
+        # minimum the exact Hessian is positive definite and its steps converge quadratically)
+        # (a problem whose Newton model fails to give an accepted step falls back to Gauss-Newton first)
+        newton = fine | second_order
+        S = _second_order_terms(dynamics, X, U, lam) if bool(newton.any()) else None
+        C = q.C if S is None else q.C + S * newton.view(B, 1, 1, 1)
+        has = torch.zeros(B, dtype=torch.bool, device=x0.device)
+        # Backward and forward passes at growing regularization until every pending problem has an
+        # accepted step or hit mu_max; the linearization is reused.
+        for _ in range(_MAX_ATTEMPTS):
+            K, k, (d1, d2), _, ok = box_lqr_backward(F, C, q.c, q.C_final, q.c_final,
+                                                       lower_t - U, upper_t - U, mu)
+            waiting = ~done & ~has
+            scale = J.abs().clamp_min(1.0)
+            fine = ok & (-d1 <= tol * scale)       # the model's decrease is too small for the cost to verify
+            Xa, Ua = _forward(dynamics, x0, X, U, K, k, alphas, lower_t, upper_t)
+            Ja = cost(Xa.flatten(0, 1), Ua.flatten(0, 1)).view(len(_ALPHAS), B)
+            expected = alphas.unsqueeze(-1) * d1 + alphas.unsqueeze(-1) ** 2 * d2      # (A, B), < 0
+            decrease = J - Ja
+            accept = torch.isfinite(Ja) & torch.where(
+                fine, (alphas == 1.0).unsqueeze(-1) & (decrease >= -_ROUNDOFF * scale),
+                (decrease > 0) & (decrease >= -1e-4 * expected))
+            accept &= (ok & waiting).unsqueeze(0)
+            got = accept.any(0)
+            first = torch.argmax(accept.to(torch.int8), 0)                         # largest accepted step
+            newJ = torch.where(got, Ja[first, idx], J)
+            X = torch.where(got.view(B, 1, 1), Xa[first, idx], X)
+            U = torch.where(got.view(B, 1, 1), Ua[first, idx], U)
+            J = newJ
+            has = has | got
+            step = alphas[first]
+            # trust the model more after a full step, less after a short one
+            mu = torch.where(got & (step >= 0.5), torch.clamp(mu / 4, min=mu_min), mu)
+            mu = torch.where(got & (step < 0.1), torch.clamp(mu * 4, max=mu_max), mu)
+            failed = waiting & ~got
+            mu = torch.where(failed & ~newton, torch.clamp(mu * 10, max=mu_max), mu)
+            if bool((failed & newton).any()):
+                newton = newton & ~failed
+                C = q.C + S * newton.view(B, 1, 1, 1)
+            if not bool((failed & ((mu < mu_max) | newton)).any()):
                 break
-        pg = projected_gradient(dynamics, cost, x0, U, lower, upper).abs().flatten(1).amax(-1)
-        converged |= pg <= grad_tol
-    return Solution(X=X, U=U, cost=J, converged=converged, iterations=it, K=K, k=k,
-                    history={"cost": torch.stack(history), "projected_gradient": pg, "mu": mu})
+        fine = fine & has
+        polished = fine & newton
+        iterations = torch.where(done, iterations, iterations + 1)
+        ended = ~done & ~has & (mu >= mu_max)
+        history.append(J.detach())
+    return Solution(X=X, U=U, cost=J, converged=converged, iterations=int(iterations.max()),
+                    K=None if K is None else K.detach(), k=None if k is None else k.detach(),
+                    history={"cost": torch.stack(history), "pg": pg.detach(), "mu": mu,
+                             "iterations": iterations})
+
+
+def _second_order_terms(dynamics, X, U, lam):
+    """``sum_i lam_{t+1,i} d^2 f_i / d tau_t^2`` as ``(B, T, n+m, n+m)`` blocks."""
+    B, T, n = U.shape[0], U.shape[1], X.shape[-1]
+    if dynamics.time_varying:
+        parts = [dynamics.vector_hessians(X[:, t], U[:, t], lam[:, t + 1], t) for t in range(T)]
+        hxx, hux, huu = (torch.stack(z, 1) for z in zip(*parts))
+    else:
+        hxx, hux, huu = (z.view(B, T, *z.shape[1:]) for z in dynamics.vector_hessians(
+            X[:, :T].reshape(B * T, n), U.reshape(B * T, -1), lam[:, 1:].reshape(B * T, n)))
+    return torch.cat([torch.cat([hxx, hux.mT], -1), torch.cat([hux, huu], -1)], -2)
+
+
+def _grad_tensors(dynamics, cost):
+    """The tensors of the model and the cost that gradients can flow to (parameters or buffers)."""
+    seen, out = set(), []
+    for z in itertools.chain(dynamics.parameters(), dynamics.buffers(), cost.parameters(), cost.buffers()):
+        if z.requires_grad and id(z) not in seen:
+            seen.add(id(z))
+            out.append(z)
+    return out
+
+
+class _ImplicitControls(torch.autograd.Function):
+    """Identity on the converged controls whose backward is the implicit-function theorem.
+
+    At a converged solution the free controls satisfy ``g_f(U, theta) = 0`` (``g = dJ/dU``), so
+    ``dU_f/dtheta = -H_ff^{-1} dg_f/dtheta`` with ``H`` the Hessian of the total cost in the controls.
+    The backward solves ``H_ff z = -dL/dU_f`` by one LQR (the Newton system: the Lagrangian's Hessians
+    with ``F``; clamped controls removed) and returns ``z' dg/dtheta`` by a vector-Jacobian product.
+    """
+
+    @staticmethod
+    def forward(ctx, U, problem, *inputs):
+        ctx.problem, ctx.inputs = problem, inputs
+        return U.clone()
+
+    @staticmethod
+    def backward(ctx, gU):
+        dynamics, cost, U, lower, upper, converged = ctx.problem
+        x0, *tensors = ctx.inputs
+        with torch.enable_grad():
+            x0 = x0.detach().requires_grad_(True)
+            U = U.detach().requires_grad_(True)
+            X = rollout(dynamics, x0, U)
+            (g,) = torch.autograd.grad(cost(X, U).sum(), U, create_graph=True)
+            z = _newton_solve(dynamics, cost, X.detach(), U.detach(), g.detach(), gU, lower, upper, converged)
+            wrt = [x0] + [w for w in tensors if w.requires_grad]
+            grads = iter(torch.autograd.grad(g, wrt, z, allow_unused=True))
+        return (None, None, next(grads) if ctx.needs_input_grad[2] else None,
+                *[next(grads) if w.requires_grad else None for w in tensors])
+
+
+def _newton_solve(dynamics, cost, X, U, g, rhs, lower, upper, converged):
+    """``z = -H_ff^{-1} rhs_f`` (zero on the clamped controls, and on problems that did not converge)
+    by one LQR on the Newton system."""
+    B, T, m = U.shape
+    n = X.shape[-1]
+    clamped = torch.zeros_like(U, dtype=torch.bool)
+    if lower is not None:
+        clamped |= (U <= lower) & (g > 0)
+    if upper is not None:
+        clamped |= (U >= upper) & (g < 0)
+    with torch.no_grad():
+        F, _ = linearize(dynamics, X, U)
+        q = cost.quadratize(X, U)
+        _, lam = costates(F, q.C, q.c, q.C_final, q.c_final)
+        C = q.C + _second_order_terms(dynamics, X, U, lam)
+        C = torch.where(converged.view(B, 1, 1, 1), C, torch.eye(C.shape[-1], dtype=C.dtype, device=C.device))
+        keep = (~clamped & converged.view(B, 1, 1)).to(U.dtype)
+        F = torch.cat([F[..., :n], F[..., n:] * keep.unsqueeze(-2)], -1)
+        mask = torch.cat([torch.ones(B, T, n, dtype=U.dtype, device=U.device), keep], -1)
+        C = C * mask.unsqueeze(-1) * mask.unsqueeze(-2) + torch.diag_embed(1 - mask)
+        c = torch.cat([torch.zeros(B, T, n, dtype=U.dtype, device=U.device), rhs * keep], -1)
+        try:
+            sol = lqr(F, None, C, c, torch.zeros(B, n, dtype=U.dtype, device=U.device),
+                      C_final=q.C_final, c_final=torch.zeros_like(q.c_final), grad=None)
+        except ValueError as err:
+            raise ValueError("ilqr (grad='implicit'): the Hessian of the cost in the free controls is not "
+                             "positive definite at the solution (not a strict local minimum, or not converged); "
+                             "use grad='unroll' or solve to convergence") from err
+    return sol.U * keep
 
 
 def _bound(where, name, value, shape, like):

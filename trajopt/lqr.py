@@ -478,49 +478,73 @@ def box_qp(H, g, lower, upper, x0=None, max_iter: int = 50, tol: float = 1e-12):
     return x, free, L, info == 0
 
 
-def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, k_init=None):
+def costates(F, C, c, C_final, c_final):
+    """Adjoint pass of a linearized, quadratized trajectory: the gradient of the total cost with respect to
+    the controls, with the states eliminated (open loop), and the costates.
+
+    ``lam_T = c_final``, ``[lam_t; g_t] = c_t + F_t' lam_{t+1}`` (the Hessians are not needed and only their
+    shapes are read). Returns ``g (B, T, m)`` and ``lam (B, T+1, n)``.
+    """
+    B, T, n, nm = F.shape
+    FT, cT = F.transpose(0, 1), c.transpose(0, 1)
+    lam, gs, lams = c_final, [None] * T, [None] * (T + 1)
+    lams[T] = c_final
+    for t in range(T - 1, -1, -1):
+        p = torch.baddbmm(cT[t].unsqueeze(-1), FT[t].mT, lam.unsqueeze(-1)).squeeze(-1)
+        lam, gs[t] = p[:, :n], p[:, n:]
+        lams[t] = lam
+    return torch.stack(gs, 1), torch.stack(lams, 1)
+
+
+def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu):
     """Backward pass of box-constrained iLQR on a linearized, quadratized problem in deltas.
 
     Args:
         F: ``(B, T, n, n+m)`` dynamics Jacobians; C, c: ``(B, T, n+m, n+m)``, ``(B, T, n+m)`` cost Hessians and
             gradients; C_final, c_final: ``(B, n, n)``, ``(B, n)``.
         du_lower, du_upper: ``(B, T, m)`` bounds on the control step (bound minus current control).
-        mu: ``(B,)`` Levenberg-Marquardt regularization added to ``Q_uu``.
-        k_init: ``(B, T, m)`` warm start for the box QPs.
+        mu: ``(B,)`` Levenberg-Marquardt regularization added to ``Q_uu`` for the step (the value function is
+            that of the resulting policy, unregularized).
 
-    Returns ``K (B, T, m, n)`` (zero rows for clamped controls), ``k (B, T, m)``, the expected cost
-    change terms ``(d1, d2)`` (each ``(B,)``: the model's change for the closed-loop step ``alpha k`` is
-    ``alpha d1 + alpha^2 d2``; ``d1`` is the exact slope at ``alpha = 0``, from the gradient of the
-    policy's cost-to-go, which the regularized or clamped value update does not give), the free masks
-    ``(B, T, m)`` and ``ok (B,)`` (every stage's regularized free ``Q_uu`` positive definite).
+    Returns ``K (B, T, m, n)`` (zero rows for clamped controls), ``k (B, T, m)``, the expected cost change
+    terms ``(d1, d2)`` (each ``(B,)``; under the model the closed-loop step ``alpha k`` changes the cost by
+    exactly ``alpha d1 + alpha^2 d2``), the free masks ``(B, T, m)`` and ``ok (B,)`` (every stage's
+    regularized free ``Q_uu`` positive definite).
+
+    Works in the homogeneous coordinates of :func:`lqr`: with ``Mpol = [I; Kh]`` the closed-loop map
+    ``[1; dx] -> [1; dx; du]``, the policy's value is ``Mpol' Qh Mpol``, and one extra column carries the
+    gradient ``w`` of the policy's cost-to-go at ``alpha = 0``, whose leading entry sums the slope ``d1``.
     """
     B, T, n, nm = F.shape
-    m = nm - n
-    V, v = 0.5 * (C_final + C_final.mT), c_final
-    w = c_final                                            # gradient of the policy's cost-to-go
-    eye = torch.eye(m, dtype=F.dtype, device=F.device)
-    K, k, free, ok = [None] * T, [None] * T, [None] * T, torch.ones(B, dtype=torch.bool, device=F.device)
-    d1 = F.new_zeros(B)
-    d2 = F.new_zeros(B)
+    m, n1 = nm - n, n + 1
+    Fh, Ch, VTh = _augment(F, F.new_zeros(B, T, n), C, c, C_final, c_final)
+    lo, hi = du_lower.transpose(0, 1), du_upper.transpose(0, 1)
+    VW = torch.cat([VTh, VTh[..., :1]], -1)                 # [Vh | wh], wh = [0; c_final]
+    eye = torch.eye(n1, dtype=F.dtype, device=F.device).expand(B, n1, n1)
+    eye_m = torch.eye(m, dtype=F.dtype, device=F.device)
+    Kh, frees, oks = [None] * T, [None] * T, [None] * T
     for t in range(T - 1, -1, -1):
-        Ft = F[:, t]
-        Q = 0.5 * (C[:, t] + C[:, t].mT) + Ft.mT @ V @ Ft
-        q = c[:, t] + (Ft.mT @ v.unsqueeze(-1)).squeeze(-1)
-        Qxx, Qux, Quu = Q[:, :n, :n], Q[:, n:, :n], Q[:, n:, n:]
-        qx, qu = q[:, :n], q[:, n:]
-        Quu_reg = Quu + mu.view(B, 1, 1) * eye
-        kt, ft, L, okt = box_qp(Quu_reg, qu, du_lower[:, t], du_upper[:, t],
-                                None if k_init is None else k_init[:, t])
-        M = ft.to(F.dtype).unsqueeze(-1)
-        Kt = -torch.cholesky_solve(M * Qux, L) * M
-        ok &= okt
-        V = Qxx + Kt.mT @ Quu @ Kt + Kt.mT @ Qux + Qux.mT @ Kt
-        V = 0.5 * (V + V.mT)
-        v = (qx + (Kt.mT @ (Quu @ kt.unsqueeze(-1))).squeeze(-1) + (Kt.mT @ qu.unsqueeze(-1)).squeeze(-1)
-             + (Qux.mT @ kt.unsqueeze(-1)).squeeze(-1))
-        p = c[:, t] + (Ft.mT @ w.unsqueeze(-1)).squeeze(-1)
-        w = p[:, :n] + (Kt.mT @ p[:, n:].unsqueeze(-1)).squeeze(-1)
-        d1 = d1 + (kt * p[:, n:]).sum(-1)
-        d2 = d2 + 0.5 * (kt * (Quu @ kt.unsqueeze(-1)).squeeze(-1)).sum(-1)
-        K[t], k[t], free[t] = Kt, kt, ft
-    return torch.stack(K, 1), torch.stack(k, 1), (d1, d2), torch.stack(free, 1), ok
+        G = Fh[t].mT @ VW
+        Qh = torch.baddbmm(Ch[t], G[..., :n1], Fh[t])
+        p = G[..., n1] + Ch[t, :, :, 0]
+        R = Qh[:, n1:, :n1]                                 # [q_u, Q_ux]
+        if m == 1:                                          # the clamped Newton step is exact
+            h = Qh[:, n1:, n1] + mu.unsqueeze(-1)
+            oks[t] = h[:, 0] > 0
+            h = torch.where(oks[t].unsqueeze(-1), h, torch.ones_like(h))
+            k_free = -R[..., 0] / h
+            k = torch.clamp(k_free, lo[t], hi[t])
+            free = k == k_free
+            K = R[..., 1:] * (free / h).mul_(-1).unsqueeze(-1)
+        else:
+            k, free, L, oks[t] = box_qp(Qh[:, n1:, n1:] + mu.view(B, 1, 1) * eye_m, R[..., 0], lo[t], hi[t])
+            M = free.to(F.dtype).unsqueeze(-1)
+            K = -torch.cholesky_solve(M * R[..., 1:], L) * M
+        Kh[t] = torch.cat([k.unsqueeze(-1), K], -1)
+        frees[t] = free
+        Mpol = torch.cat([eye, Kh[t]], -2)
+        VW = Mpol.mT @ torch.cat([Qh @ Mpol, p.unsqueeze(-1)], -1)
+    Kh = torch.stack(Kh, 1)
+    d1 = VW[:, 0, n1]
+    d2 = 0.5 * VW[:, 0, 0] - d1
+    return Kh[..., 1:], Kh[..., 0], (d1, d2), torch.stack(frees, 1), torch.stack(oks, 1).all(1)

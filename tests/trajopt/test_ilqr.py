@@ -79,9 +79,9 @@ def test_ilqr_lowers_the_pendulum_cost_and_keeps_the_bounds():
     history = sol.history["cost"]
     assert (history[1:] <= history[:-1] + 1e-12).all()                    # monotone per problem
     assert (sol.U.abs() <= 2.0).all() and torch.isfinite(sol.X).all()
-    numpy_cost = [problems.trajectory_cost(problems.pendulum_step, x0[b].numpy(), sol.U[b].numpy(), P["Q"], P["R"])
+    numpy_cost = [problems.trajectory_cost(problems.pendulum_step, x0[b].numpy(), sol.U[b].detach().numpy(), P["Q"], P["R"])
                   for b in range(4)]
-    np.testing.assert_allclose(sol.cost.numpy(), numpy_cost, rtol=1e-9)    # our cost is problems.py's
+    np.testing.assert_allclose(sol.cost.detach().numpy(), numpy_cost, rtol=1e-9)    # our cost is problems.py's
 
 
 def test_ilqr_rejects_bad_input():
@@ -96,3 +96,73 @@ def test_ilqr_rejects_bad_input():
         trajopt.ilqr(model, lambda X, U: X.sum(), x0, horizon=T)
     with pytest.raises(ValueError, match=r"x0 has shape"):
         trajopt.ilqr(model, cost, torch.zeros(3, 4, **D64), horizon=T)
+
+
+def pendulum_problem(u_max=1.5, T=25):
+    P = problems.PENDULUM
+    model = dynamics.Pendulum().discretize()
+    cost = trajopt.QuadraticCost.from_weights(2 * torch.tensor(P["Q"]), 2 * torch.tensor([[P["R"]]]), learnable=True)
+    x0 = torch.tensor([[2.5, 0.3], [-1.0, 0.5], [0.6, -2.0]], **D64)
+    return model, cost, x0, dict(horizon=T, u_lower=-u_max, u_upper=u_max, max_iter=300, grad_tol=1e-11)
+
+
+def test_implicit_gradients_match_finite_differences_with_active_bounds():
+    model, cost, x0, options = pendulum_problem()
+    x0.requires_grad_(True)
+    weights = torch.tensor([1.0, -2.0, 0.5], **D64)
+
+    def loss(sol):
+        return (sol.U.sum(-1).sum(-1) * weights).sum() + (sol.X[..., 1] ** 2).sum()
+
+    sol = trajopt.ilqr(model, cost, x0, **options)
+    assert sol.converged.all()
+    at_bound = sol.U.detach().abs() >= 1.5
+    assert at_bound.any() and not at_bound.all()
+    mass, C = model.model.m, cost.C
+    g_x0, g_mass, g_C = torch.autograd.grad(loss(sol), [x0, mass, C])
+
+    def central(tensor, index, eps=1e-6):
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                tensor[index] += sign * eps
+                values.append(float(loss(trajopt.ilqr(model, cost, x0.detach(), grad=None, **options))))
+                tensor[index] -= sign * eps
+        return (values[0] - values[1]) / (2 * eps)
+
+    with torch.no_grad():
+        x0_data = x0.detach()
+    for index in [(0, 0), (1, 1), (2, 0)]:
+        assert float(g_x0[index]) == pytest.approx(central(x0_data, index), rel=1e-5)
+    assert float(g_mass) == pytest.approx(central(mass.data, ()), rel=1e-5)
+    # a cost weight: theta's weight and the theta-torque coupling (C is used through its symmetric part)
+    for index in [(0, 0), (1, 1)]:
+        assert float(g_C[index]) == pytest.approx(central(C.data, index), rel=1e-5, abs=1e-8)
+    unrolled = trajopt.ilqr(model, cost, x0, grad="unroll", **options)
+    for a, b in zip(torch.autograd.grad(loss(unrolled), [x0, mass]), (g_x0, g_mass)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_ddp_reaches_ilqr_optimum_with_no_more_iterations():
+    model, cost, x0, options = pendulum_problem(u_max=2.0, T=30)
+    a = trajopt.ilqr(model, cost, x0, grad=None, **options)
+    b = trajopt.ddp(model, cost, x0, grad=None, **options)
+    assert a.converged.all() and b.converged.all()
+    torch.testing.assert_close(a.cost, b.cost, rtol=1e-10, atol=0)
+    assert b.iterations <= a.iterations
+    assert float(b.history["projected_gradient"].max()) <= 1e-11
+
+
+def test_unconverged_problems_get_no_gradient_through_the_solve():
+    model, cost, x0, options = pendulum_problem()
+    x0 = x0.clone().requires_grad_(True)
+    options["grad_tol"] = 1e-6
+    budgets = trajopt.ilqr(model, cost, x0.detach(), grad=None, **options).history["iterations"]
+    last = int(budgets.argmax())
+    options["max_iter"] = int(budgets.max()) - 1                 # the slowest start stops short
+    sol = trajopt.ilqr(model, cost, x0, **options)
+    assert not sol.converged[last] and sol.converged.sum() == len(budgets) - 1
+    (g,) = torch.autograd.grad(sol.U.sum(), x0)
+    others = torch.arange(len(budgets)) != last
+    assert (g[last] == 0).all() and (g[others] != 0).any() and torch.isfinite(g).all()
+    assert trajopt.projected_gradient(model, cost, x0.detach(), sol.U.detach(), -1.5, 1.5).shape == sol.U.shape

@@ -1,20 +1,22 @@
-"""``python -m benchmarks [suite ...] [--repeat N]``: run benchmark suites and print their reports."""
+"""``python -m benchmarks [suite ...] [--repeat N] [--quick]``: run benchmark suites and print their reports."""
 import argparse
+import inspect
 import sys
 
 import benchmarks  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch
 
-from benchmarks import learned, lqr
+from benchmarks import ilqr, learned, lqr
 from benchmarks.timing import environment
 
-SUITES = {"lqr": lqr.run, "learned": learned.run}
+SUITES = {"lqr": lqr.run, "ilqr": ilqr.run, "learned": learned.run}
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("suites", nargs="*", default=["lqr"], help=f"suites to run, from {sorted(SUITES)}")
     parser.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (median reported)")
+    parser.add_argument("--quick", action="store_true", help="fewer sizes where a suite has them (ilqr: B = 1, 32)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args(argv)
     unknown = [s for s in args.suites if s not in SUITES]
@@ -24,7 +26,8 @@ def main(argv=None):
     print(environment())
     for name in args.suites:
         print()
-        print(SUITES[name](repeat=args.repeat))
+        quick = args.quick and "quick" in inspect.signature(SUITES[name]).parameters
+        print(SUITES[name](repeat=args.repeat, **({"quick": True} if quick else {})))
     return 0
 
 

@@ -2,7 +2,8 @@
 
 mpc.pytorch (package ``mpc``; it pins numpy<2, so install it with ``pip install --no-deps mpc``).
 Its convention has ``T`` states ``x_0..x_{T-1}`` and ``T-1`` transitions, the same problem as
-``problems.lqr_reference``: our ``F[:, :T-1]``.
+``problems.lqr_reference``: our ``F[:, :T-1]``. For the nonlinear problems (P2, P3) that is also
+``problems.trajectory_cost``'s: ``T`` costed stages ``(x_t, u_t)``, the last ``u`` free, no terminal term.
 """
 from __future__ import annotations
 
@@ -30,6 +31,38 @@ def mpc_lqr(mpc, F, f, C, c, x0, *, backprop: bool):
                      backprop=backprop, grad_method=mpc.GradMethods.ANALYTIC)
     X, U, _ = solver(x0, mpc.QuadCost(tm(C), tm(c)), mpc.LinDx(tm(F[:, :T - 1]), tm(f[:, :T - 1])))
     return tm(X), tm(U)
+
+
+class _MPCDynamics(torch.nn.Module):
+    """One of our discrete models as mpc.pytorch calls it: ``forward(x, u)`` and ``grad_input(x, u)``
+    (our closed-form Jacobians, for its default ``GradMethods.ANALYTIC``); counts its linearizations."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.linearizations = model, 0
+
+    def forward(self, x, u):
+        return self.model(x, u)
+
+    def grad_input(self, x, u):
+        self.linearizations += 1
+        return self.model.jacobians(x, u)
+
+
+def mpc_ilqr(mpc, dynamics, C, c, x0, T, u_lower, u_upper, *, lqr_iter: int, **options):
+    """Box-constrained iLQR of mpc.pytorch (``mpc.MPC``) on ``x_{t+1} = dynamics(x_t, u_t)`` from zero controls.
+
+    ``C (n+m, n+m)``, ``c (n+m,)``: the stage cost ``1/2 tau' C tau + c' tau`` of every stage; ``u_lower``,
+    ``u_upper`` floats; ``options`` override mpc's other defaults (``exit_unconverged`` is False, ``verbose`` -1).
+    Returns ``(X (B, T, n), U (B, T, m), iterations)``, iterations counted by its linearizations.
+    """
+    (B, n), m = x0.shape, C.shape[-1] - x0.shape[-1]
+    dx = _MPCDynamics(dynamics)
+    bound = lambda v: torch.full((T, B, m), float(v), dtype=x0.dtype)  # noqa: E731
+    solver = mpc.MPC(n, m, T, u_lower=bound(u_lower), u_upper=bound(u_upper), lqr_iter=lqr_iter, n_batch=B,
+                     **{"exit_unconverged": False, "verbose": -1, **options})
+    X, U, _ = solver(x0, mpc.QuadCost(C, c), dx)
+    return X.transpose(0, 1), U.transpose(0, 1), dx.linearizations - 1  # the last one is its final, no-op pass
 
 
 def pypose_module():

@@ -1,0 +1,124 @@
+"""iLQR suite: P2 (pendulum swing-up) and P3 (cart-pole swing-up) of ``problems.py``, from zero controls.
+
+For each problem and batch size (starts ``pendulum_x0`` / ``cartpole_x0`` with seed 0): the mean final
+cost in ``problems.py``'s convention, iterations, how many problems converged, the time of one solve and
+of one backward pass (``sol.cost.sum()`` with respect to ``x0``), and, when mpc.pytorch is importable,
+its mean cost (its controls re-rolled by ``problems.trajectory_cost``), iterations, converged count and
+time with the same iteration budget. "Converged" is one test for both: the largest entry of the
+projected gradient of the cost with respect to the controls is at most ``GRAD_TOL``. The solves take
+seconds, so each is timed once.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+import dynamics
+import trajopt
+from benchmarks import peers, problems
+
+SIZES, QUICK_SIZES = (1, 32, 256), (1, 32)
+MAX_ITER, GRAD_TOL = 100, 1e-6
+CHECKED = 3  # starts per row whose cost is recomputed by problems.trajectory_cost
+PROBLEMS = {"P2 pendulum": (problems.PENDULUM, problems.pendulum_step, problems.pendulum_x0, dynamics.Pendulum),
+            "P3 cart-pole": (problems.CARTPOLE, problems.cartpole_step, problems.cartpole_x0, dynamics.CartPole)}
+
+
+def problem(name: str, B: int) -> dict:
+    """Model, cost (``problems.py``'s, no 1/2: ``from_weights(2 Q, 2 R)``), starts ``(B, n)``, bound of a problem."""
+    spec, step, starts, model = PROBLEMS[name]
+    Q, R = np.asarray(spec["Q"], float), np.atleast_2d(spec["R"]).astype(float)
+    return dict(dynamics=model().discretize().requires_grad_(False), step=step, Q=Q, R=R, T=spec["T"],
+                cost=trajopt.QuadraticCost.from_weights(torch.tensor(2 * Q), torch.tensor(2 * R)),
+                x0=torch.tensor(starts(B, seed=0)), u_max=float(spec["u_max"]))
+
+
+def solve(p: dict, x0: torch.Tensor, max_iter: int = MAX_ITER, **options) -> trajopt.Solution:
+    return trajopt.ilqr(p["dynamics"], p["cost"], x0, horizon=p["T"], u_lower=-p["u_max"], u_upper=p["u_max"],
+                        max_iter=max_iter, grad_tol=GRAD_TOL, **options)
+
+
+def numpy_costs(p: dict, U, count=None) -> np.ndarray:
+    """``problems.trajectory_cost`` of the controls ``U (B, T, m)`` from the problem's starts (the first ``count``)."""
+    U = U.detach().numpy()
+    return np.array([problems.trajectory_cost(p["step"], x, u, p["Q"], p["R"])
+                     for x, u in zip(p["x0"].numpy()[:count], U[:count])])
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def measure(name: str, B: int, max_iter: int = MAX_ITER) -> dict:
+    p = problem(name, B)
+    x0 = p["x0"].clone().requires_grad_(True)
+    sol, seconds = _timed(lambda: solve(p, x0, max_iter, grad="implicit"))
+    iters = sol.history["iterations"]
+    row = {"problem": name, "B": B, "J": float(sol.cost.detach().mean()), "conv": f"{int(sol.converged.sum())}/{B}",
+           "iters": f"{float(iters.float().mean()):.0f}/{int(iters.max())}",
+           "s": seconds, "bwd_s": "n/a"}
+    J_np = numpy_costs(p, sol.U, CHECKED)
+    row["check"] = float(np.max(np.abs(sol.cost.detach().numpy()[:CHECKED] - J_np) / J_np))
+    if sol.cost.requires_grad:
+        try:
+            row["bwd_s"] = f"{_timed(lambda: sol.cost.sum().backward())[1]:.2f}"
+        except Exception as e:  # noqa: BLE001 - e.g. a reduced Hessian that is not positive definite
+            row["bwd_s"], row["bwd_error"] = "error", f"{type(e).__name__}: {e}"
+    mpc = peers.mpc_pytorch()
+    if mpc is not None:
+        (_, U, its), row["mpc_s"] = _timed(lambda: peers.mpc_ilqr(
+            mpc, p["dynamics"], p["cost"].C, p["cost"].c, p["x0"], p["T"], -p["u_max"], p["u_max"], lqr_iter=max_iter))
+        U, bound = U.detach(), torch.full_like(U, p["u_max"])
+        pg = trajopt.projected_gradient(p["dynamics"], p["cost"], p["x0"], U, -bound, bound)
+        row.update(mpc_J=float(numpy_costs(p, U).mean()), mpc_iters=str(its), x_mpc=row["mpc_s"] / seconds,
+                   mpc_conv=f"{int((pg.abs().flatten(1).amax(-1) <= GRAD_TOL).sum())}/{B}")
+    return row
+
+
+COLUMNS = [("problem", "problem", "s"), ("B", "B", "d"), ("J", "mean J", ".2f"), ("iters", "iters mean/max", "s"),
+           ("conv", "converged", "s"), ("s", "solve s", ".2f"), ("bwd_s", "backward s", "s"),
+           ("mpc_J", "mpc mean J", ".2f"), ("mpc_iters", "mpc iters", "s"), ("mpc_conv", "mpc converged", "s"),
+           ("mpc_s", "mpc solve s", ".2f"), ("x_mpc", "mpc s / ours", ".1f")]
+
+
+def markdown(rows: list[dict], columns=COLUMNS) -> str:
+    """Markdown table; ``columns`` are ``(key, header, format)`` as for ``timing.table``; missing values are '-'."""
+    lines = ["| " + " | ".join(h for _, h, _ in columns) + " |", "|" + " --- |" * len(columns)]
+    cell = lambda r, k, f: "-" if r.get(k) is None else format(r[k], f)  # noqa: E731
+    lines += ["| " + " | ".join(cell(r, k, f) for k, _, f in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def run(repeat: int = 1, quick: bool = False, progress: bool = True, max_iter: int = MAX_ITER) -> str:
+    """``repeat`` is ignored: each solve is timed once."""
+    for name in PROBLEMS:  # warm-up: first calls pay for lazy initialization
+        measure(name, 2, max_iter=2)
+    rows = []
+    for name in PROBLEMS:
+        for B in QUICK_SIZES if quick else SIZES:
+            rows.append(measure(name, B, max_iter))
+            if progress:
+                print(f"  measured {name} B={B}", flush=True)
+    mpc_line = ("mpc.pytorch: mpc.MPC with lqr_iter = max_iter, exit_unconverged=False, verbose=-1, its defaults "
+                "otherwise (grad_method=ANALYTIC, given our closed-form Jacobians; eps=1e-7 on the control step; "
+                "linesearch_decay=0.2, max_linesearch_iter=10; not_improved_lim=5, best_cost_eps=1e-4); "
+                "iterations counted by its linearizations"
+                if peers.mpc_pytorch() is not None else
+                "mpc.pytorch not importable: its columns are empty (pip install --no-deps mpc)")
+    errors = sorted({r["bwd_error"] for r in rows if "bwd_error" in r})
+    return "\n".join([
+        f"iLQR on P2 (T={problems.PENDULUM['T']}) and P3 (T={problems.CARTPOLE['T']}), float64, zero initial controls, "
+        f"|u| <= u_max; max_iter={max_iter}, converged: largest projected-gradient entry <= {GRAD_TOL:g} "
+        "(the same test on mpc's solution); mean J in problems.py's convention (no 1/2, no terminal term)",
+        "ours: trajopt.ilqr, its defaults otherwise; backward: sol.cost.sum().backward() w.r.t. x0 (grad='implicit'; "
+        "unconverged problems get no gradient through the solve); one timed run per cell",
+        mpc_line, "",
+        markdown(rows), "",
+        f"ours' cost against problems.trajectory_cost on the first {CHECKED} starts of each row: max rel. difference "
+        f"{max(r['check'] for r in rows):.1e}",
+        *(f"backward 'error': {e}" for e in errors),
+    ])

@@ -1,0 +1,29 @@
+"""pytest-benchmark cases for iLQR on P2 (pendulum swing-up), B=32, a short budget: ``pytest benchmarks``.
+
+``python -m benchmarks ilqr`` prints the full comparison with mpc.pytorch; these cases keep a history
+(``--benchmark-autosave``) for ``--benchmark-compare``. A solve takes seconds, so a few rounds only.
+The backward case is the implicit route (problems not converged after 20 iterations get no gradient
+through the solve, only through the final rollout).
+"""
+import torch
+
+from benchmarks.ilqr import problem, solve
+
+B, MAX_ITER, ROUNDS = 32, 20, 3
+
+
+def test_ilqr_p2_forward(benchmark):
+    p = problem("P2 pendulum", B)
+    sol = benchmark.pedantic(lambda: solve(p, p["x0"], MAX_ITER, grad=None), rounds=ROUNDS)
+    assert torch.isfinite(sol.cost).all()
+
+
+def test_ilqr_p2_forward_backward(benchmark):
+    p = problem("P2 pendulum", B)
+    x0 = p["x0"].clone().requires_grad_(True)
+
+    def step():
+        x0.grad = None
+        solve(p, x0, MAX_ITER, grad="implicit").cost.sum().backward()
+    benchmark.pedantic(step, rounds=ROUNDS)
+    assert torch.isfinite(x0.grad).all()

@@ -6,7 +6,8 @@ the sibling package :mod:`dynamics`.
 from .costs import Cost, QuadraticCost, Quadratization
 from .ilqr import ddp, ilqr, projected_gradient
 from .lqr import lqr, lqr_cost
+from .mpc import MPC
 from .problem import Solution
 from .rollout import linearize, rollout
 
-__all__ = ["lqr", "lqr_cost", "ilqr", "ddp", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]
+__all__ = ["lqr", "lqr_cost", "ilqr", "ddp", "MPC", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]

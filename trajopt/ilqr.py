@@ -288,7 +288,8 @@ class _ImplicitControls(torch.autograd.Function):
             z = _newton_solve(dynamics, cost, X.detach(), U.detach(), g.detach(), gU, lower, upper, converged)
             wrt = [x0] + [w for w in tensors if w.requires_grad]
             grads = iter(torch.autograd.grad(g, wrt, z, allow_unused=True))
-        return (None, None, next(grads) if ctx.needs_input_grad[2] else None,
+        g_x0 = next(grads)
+        return (None, None, g_x0 if ctx.needs_input_grad[2] else None,
                 *[next(grads) if w.requires_grad else None for w in tensors])
 
 

@@ -135,6 +135,8 @@ def test_implicit_gradients_match_finite_differences_with_active_bounds():
     for index in [(0, 0), (1, 1), (2, 0)]:
         assert float(g_x0[index]) == pytest.approx(central(x0_data, index), rel=1e-5)
     assert float(g_mass) == pytest.approx(central(mass.data, ()), rel=1e-5)
+    (g_mass_alone,) = torch.autograd.grad(loss(trajopt.ilqr(model, cost, x0.detach(), **options)), [mass])
+    torch.testing.assert_close(g_mass_alone, g_mass)                     # x0 without grad changes nothing
     # a cost weight: theta's weight and the theta-torque coupling (C is used through its symmetric part)
     for index in [(0, 0), (1, 1)]:
         assert float(g_C[index]) == pytest.approx(central(C.data, index), rel=1e-5, abs=1e-8)

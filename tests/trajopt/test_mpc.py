@@ -1,0 +1,71 @@
+import pytest
+import torch
+
+import dynamics
+import trajopt
+
+D64 = dict(dtype=torch.float64)
+
+
+def linear_quadratic(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = torch.eye(3, **D64) + 0.1 * torch.randn(3, 3, generator=g, **D64)
+    Bu = torch.randn(3, 2, generator=g, **D64)
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(3, **D64), 0.1 * torch.eye(2, **D64), learnable=True)
+    return dynamics.LinearDynamics(A, Bu), cost, torch.randn(4, 3, generator=g, **D64)
+
+
+def test_mpc_control_and_its_state_gradient_are_those_of_lqr():
+    model, cost, x = linear_quadratic()
+    x.requires_grad_(True)
+    T, n, m = 12, 3, 2
+    mpc = trajopt.MPC(model, cost, T, max_iter=5, grad_tol=1e-10)
+    u, plan = mpc(x)
+    ref = trajopt.lqr(torch.cat([model.A, model.B], -1).expand(T, n, n + m), None,
+                      cost.C.detach().expand(T, n + m, n + m), cost.c.detach().expand(T, n + m), x.detach())
+    torch.testing.assert_close(u, ref.U[:, 0], atol=1e-10, rtol=0)
+    assert plan.converged.all()
+    # d u_0 / d x_0 is the first LQR gain: u_0 = K_0 x_0 + k_0
+    jac = torch.stack([torch.autograd.grad(u[:, i].sum(), x, retain_graph=True)[0] for i in range(m)], 1)
+    torch.testing.assert_close(jac, ref.K[:, 0], atol=1e-9, rtol=0)
+
+
+def test_mpc_warm_starts_from_the_shifted_plan():
+    P = dict(u_max=2.0)
+    model = dynamics.Pendulum().discretize().requires_grad_(False)
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)), torch.tensor([[0.002]], **D64))
+    x = torch.tensor([[2.0, 0.0], [-1.0, 1.0]], **D64)
+    mpc = trajopt.MPC(model, cost, 30, u_lower=-P["u_max"], u_upper=P["u_max"], max_iter=100, grad=None)
+    u, first = mpc(x)
+    x1 = model(x, u)
+    _, warm = mpc(x1)
+    mpc.reset()
+    _, cold = mpc(x1)
+    assert warm.converged.all() and cold.converged.all()
+    assert int(warm.history["iterations"].sum()) < int(cold.history["iterations"].sum())
+    # the shifted plan is where the warm solve started: its first iteration's cost is the shifted plan's
+    shifted = torch.cat([first.U[:, 1:], first.U[:, -1:]], 1)
+    torch.testing.assert_close(warm.history["cost"][0], cost(trajopt.rollout(model, x1, shifted), shifted))
+
+
+def test_mpc_rejects_bad_arguments():
+    model, cost, _ = linear_quadratic()
+    with pytest.raises(TypeError, match="dynamics must be a dynamics.Dynamics"):
+        trajopt.MPC(lambda x, u: x, cost, 5)
+    with pytest.raises(ValueError, match="horizon and max_iter must be positive"):
+        trajopt.MPC(model, cost, 0)
+    tv = trajopt.QuadraticCost(torch.eye(5, **D64).expand(4, 5, 5))
+    with pytest.raises(ValueError, match="time-invariant"):
+        trajopt.MPC(model, tv, 4)
+
+
+def test_imitation_example_recovers_the_pendulum_mass_and_length():
+    import pathlib
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).parents[2] / "examples"))
+    import imitation
+
+    learner, history = imitation.learn(evaluations=30, B=6, progress=False)
+    assert history[-1][0] < 1e-10 < history[0][0]
+    assert learner.dynamics.model.m.item() == pytest.approx(1.0, abs=1e-4)
+    assert learner.dynamics.model.l.item() == pytest.approx(1.0, abs=1e-4)

@@ -151,9 +151,15 @@ def ddp(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor |
 
 def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_tol, second_order,
            mu_init, mu_min, mu_max, **_):
-    """The iterations; differentiable when grad mode is on (the unroll route)."""
+    """The iterations; differentiable when grad mode is on (the unroll route).
+
+    Each iteration works on the problems still iterating only, and each retry of the backward pass (at a
+    larger regularization) and each round of the line search (the full step first, the shorter ones only
+    where it was rejected) on the problems still waiting, so that a batch costs what its slow members need.
+    """
     B, T, m = U.shape
     opts = dict(dtype=x0.dtype, device=x0.device)
+    flags = dict(dtype=torch.bool, device=x0.device)
     inf = torch.full((B, T, m), float("inf"), **opts)
     lower_t = -inf if lower is None else lower
     upper_t = inf if upper is None else upper
@@ -163,81 +169,95 @@ def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_to
         raise ValueError(f"{where}: the initial rollout is not finite for batch element(s) "
                          f"{(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}")
     mu = torch.full((B,), mu_init, **opts)
-    converged = torch.zeros(B, dtype=torch.bool, device=x0.device)
-    done = converged.clone()
-    ended = converged.clone()
-    fine = converged.clone()
-    polished = converged.clone()
+    converged, done, fine_before, polished = (torch.zeros(B, **flags) for _ in range(4))
+    pg = torch.zeros(B, T, m, **opts)
     pg_prev = torch.full((B,), float("inf"), **opts)
     iterations = torch.zeros(B, dtype=torch.long, device=x0.device)
     history = [J.detach()]
     alphas = torch.tensor(_ALPHAS, **opts)
-    idx = torch.arange(B, device=x0.device)
-    K = k = None
+    K = torch.zeros(B, T, m, x0.shape[-1], **opts)
+    k = torch.zeros(B, T, m, **opts)
     it = 0
     for it in range(1, max_iter + 2):
-        F, _ = linearize(dynamics, X, U)
-        q = cost.quadratize(X, U)
+        a = (~done).nonzero().flatten()                    # the problems still iterating
+        Xa, Ua, lo, hi = X[a], U[a], lower_t[a], upper_t[a]
+        F, _ = linearize(dynamics, Xa, Ua)
+        q = cost.quadratize(Xa, Ua)
         g, lam = costates(F, q.C, q.c, q.C_final, q.c_final)
-        pg = _project(g, U, lower, upper)
-        pg_max = pg.abs().flatten(1).amax(-1)
-        converged = converged | (~done & (pg_max <= grad_tol))
+        pga = _project(g, Ua, lo, hi).detach()
+        pg = pg.index_put((a,), pga)
+        pg_max = pga.abs().flatten(1).amax(-1)
+        now_converged = pg_max <= grad_tol
         # once steps are below rounding, Newton steps go on only while they still shrink the gradient
-        ended = ended | (polished & (pg_max > 0.5 * pg_prev))
-        done = done | converged | ended        # an ended problem gets one more gradient test first
-        pg_prev = pg_max
+        stop = now_converged | (polished[a] & (pg_max > 0.5 * pg_prev[a]))
+        converged = converged.index_put((a,), converged[a] | now_converged)
+        done = done.index_put((a,), stop)
+        pg_prev = pg_prev.index_put((a,), pg_max)
         if it > max_iter or bool(done.all()):
             break
+        go = (~stop).nonzero().flatten()
+        a = a[go]
+        F, lam = F[go], lam[go]
+        q = type(q)(*(z[go] for z in q))
         # Newton's model where asked, and where Gauss-Newton steps have reached rounding (at a strict local
-        # minimum the exact Hessian is positive definite and its steps converge quadratically)
-        # (a problem whose Newton model fails to give an accepted step falls back to Gauss-Newton first)
-        newton = fine | second_order
-        S = _second_order_terms(dynamics, X, U, lam) if bool(newton.any()) else None
-        C = q.C if S is None else q.C + S * newton.view(B, 1, 1, 1)
-        has = torch.zeros(B, dtype=torch.bool, device=x0.device)
-        # Backward and forward passes at growing regularization until every pending problem has an
-        # accepted step or hit mu_max; the linearization is reused.
+        # minimum the exact Hessian is positive definite and its steps converge quadratically); a problem
+        # whose Newton model gives no accepted step falls back to Gauss-Newton before mu grows
+        newton = fine_before[a] | second_order
+        S = _second_order_terms(dynamics, X[a], U[a], lam) if bool(newton.any()) else None
+        has = torch.zeros(len(a), **flags)
+        fine = torch.zeros(len(a), **flags)
+        s = torch.arange(len(a), device=x0.device)         # positions in ``a`` still waiting for a step
         for _ in range(_MAX_ATTEMPTS):
-            K, k, (d1, d2), _, ok = box_lqr_backward(F, C, q.c, q.C_final, q.c_final,
-                                                       lower_t - U, upper_t - U, mu)
-            waiting = ~done & ~has
-            scale = J.abs().clamp_min(1.0)
-            fine = ok & (-d1 <= tol * scale)       # the model's decrease is too small for the cost to verify
-            Xa, Ua = _forward(dynamics, x0, X, U, K, k, alphas, lower_t, upper_t)
-            Ja = cost(Xa.flatten(0, 1), Ua.flatten(0, 1)).view(len(_ALPHAS), B)
-            expected = alphas.unsqueeze(-1) * d1 + alphas.unsqueeze(-1) ** 2 * d2      # (A, B), < 0
-            decrease = J - Ja
-            accept = torch.isfinite(Ja) & torch.where(
-                fine, (alphas == 1.0).unsqueeze(-1) & (decrease >= -_ROUNDOFF * scale),
-                (decrease > 0) & (decrease >= -1e-4 * expected))
-            accept &= (ok & waiting).unsqueeze(0)
-            got = accept.any(0)
-            first = torch.argmax(accept.to(torch.int8), 0)                         # largest accepted step
-            newJ = torch.where(got, Ja[first, idx], J)
-            X = torch.where(got.view(B, 1, 1), Xa[first, idx], X)
-            U = torch.where(got.view(B, 1, 1), Ua[first, idx], U)
-            J = newJ
-            has = has | got
-            step = alphas[first]
+            b = a[s]
+            C = q.C[s] if S is None else q.C[s] + S[s] * newton[s].view(-1, 1, 1, 1)
+            Ks, ks, (d1, d2), _, ok = box_lqr_backward(F[s], C, q.c[s], q.C_final[s], q.c_final[s],
+                                                         lower_t[b] - U[b], upper_t[b] - U[b], mu[b])
+            K, k = K.index_put((b,), Ks.detach()), k.index_put((b,), ks.detach())
+            scale = J[b].abs().clamp_min(1.0)
+            fine_s = ok & (-d1 <= tol * scale)            # the model's decrease is too small for the cost to verify
+            fine = fine.index_put((s,), fine_s)
+            got = torch.zeros(len(s), **flags)
+            step = torch.zeros(len(s), **opts)
+            # the full step for all; the shorter ones where it was rejected (never below rounding)
+            for group in (alphas[:1], alphas[1:]):
+                r = (ok & ~got & (~fine_s if len(group) > 1 else True)).nonzero().flatten()
+                if len(r) == 0:
+                    continue
+                br = b[r]
+                Xt, Ut = _forward(dynamics, x0[br], X[br], U[br], Ks[r], ks[r], group, lower_t[br], upper_t[br])
+                Jt = cost(Xt.flatten(0, 1), Ut.flatten(0, 1)).view(len(group), len(r))
+                decrease = J[br] - Jt
+                expected = group.unsqueeze(-1) * d1[r] + group.unsqueeze(-1) ** 2 * d2[r]   # (A, R), < 0
+                accept = torch.isfinite(Jt) & torch.where(
+                    fine_s[r], decrease >= -_ROUNDOFF * scale[r], (decrease > 0) & (decrease >= -1e-4 * expected))
+                hit = accept.any(0)
+                first = torch.argmax(accept.to(torch.int8), 0)                     # largest accepted step
+                w, pick = br[hit], first[hit]
+                sel = hit.nonzero().flatten()
+                X = X.index_put((w,), Xt[pick, sel])
+                U = U.index_put((w,), Ut[pick, sel])
+                J = J.index_put((w,), Jt[pick, sel])
+                got = got.index_put((r,), hit)
+                step = step.index_put((r[hit],), group[pick])
+            has = has.index_put((s,), got)
             # trust the model more after a full step, less after a short one
-            mu = torch.where(got & (step >= 0.5), torch.clamp(mu / 4, min=mu_min), mu)
-            mu = torch.where(got & (step < 0.1), torch.clamp(mu * 4, max=mu_max), mu)
-            failed = waiting & ~got
-            mu = torch.where(failed & ~newton, torch.clamp(mu * 10, max=mu_max), mu)
-            if bool((failed & newton).any()):
-                newton = newton & ~failed
-                C = q.C + S * newton.view(B, 1, 1, 1)
-            if not bool((failed & ((mu < mu_max) | newton)).any()):
+            mb = mu[b]
+            mb = torch.where(got & (step >= 0.5), torch.clamp(mb / 4, min=mu_min), mb)
+            mb = torch.where(got & (step < 0.1), torch.clamp(mb * 4, max=mu_max), mb)
+            fallback = ~got & newton[s]
+            mb = torch.where(~got & ~fallback, torch.clamp(mb * 10, max=mu_max), mb)
+            mu = mu.index_put((b,), mb)
+            newton = newton.index_put((s,), newton[s] & ~fallback)
+            s = s[~got & ((mb < mu_max) | fallback)]
+            if len(s) == 0:
                 break
-        fine = fine & has
-        polished = fine & newton
-        iterations = torch.where(done, iterations, iterations + 1)
-        ended = ~done & ~has & (mu >= mu_max)
+        iterations = iterations.index_put((a,), iterations[a] + 1)
+        fine_before = fine_before.index_put((a,), fine & has)
+        polished = polished.index_put((a,), fine & has & newton)
+        done = done.index_put((a,), ~has & (mu[a] >= mu_max))       # no step even at mu_max: stalled
         history.append(J.detach())
-    return Solution(X=X, U=U, cost=J, converged=converged, iterations=int(iterations.max()),
-                    K=None if K is None else K.detach(), k=None if k is None else k.detach(),
-                    history={"cost": torch.stack(history), "pg": pg.detach(), "mu": mu,
-                             "iterations": iterations})
+    return Solution(X=X, U=U, cost=J, converged=converged, iterations=int(iterations.max()), K=K, k=k,
+                    history={"cost": torch.stack(history), "pg": pg, "mu": mu, "iterations": iterations})
 
 
 def _second_order_terms(dynamics, X, U, lam):

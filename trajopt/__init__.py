@@ -7,7 +7,8 @@ from .costs import Cost, QuadraticCost, Quadratization
 from .ilqr import ddp, ilqr, projected_gradient
 from .lqr import lqr, lqr_cost
 from .mpc import MPC
+from .multistart import multistart
 from .problem import Solution
 from .rollout import linearize, rollout
 
-__all__ = ["lqr", "lqr_cost", "ilqr", "ddp", "MPC", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]
+__all__ = ["lqr", "lqr_cost", "ilqr", "ddp", "MPC", "multistart", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]

@@ -9,7 +9,7 @@ import torch
 from benchmarks import ilqr, learned, lqr
 from benchmarks.timing import environment
 
-SUITES = {"lqr": lqr.run, "ilqr": ilqr.run, "learned": learned.run}
+SUITES = {"lqr": lqr.run, "ilqr": ilqr.run, "ilqr-optimality": lambda repeat: ilqr.optimality(), "learned": learned.run}
 
 
 def main(argv=None):

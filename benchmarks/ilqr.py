@@ -122,3 +122,45 @@ def run(repeat: int = 1, quick: bool = False, progress: bool = True, max_iter: i
         f"{max(r['check'] for r in rows):.1e}",
         *(f"backward 'error': {e}" for e in errors),
     ])
+
+
+def optimality(B: int = 32, max_iter: int = 300) -> str:
+    """Final costs against scipy's L-BFGS-B (tight tolerances, same bounds) started from our solutions.
+
+    P2 and P3 from zero controls (``B`` starts), P4 (one start) from a forward-velocity guess (from zero
+    controls our steps carry the steering angle past pi/2, where the model's tan is discontinuous).
+    """
+    import scipy.optimize
+
+    P4 = problems.BICYCLE
+    cases = {name: problem(name, B) for name in PROBLEMS}
+    bike = dict(dynamics=dynamics.KinematicBicycle().discretize().requires_grad_(False), T=P4["T"],
+                cost=trajopt.QuadraticCost.from_weights(2 * torch.tensor(P4["Q"]), 2 * torch.tensor(P4["R"]),
+                                                        x_goal=torch.tensor(P4["target"])),
+                x0=torch.zeros(1, 4, dtype=torch.float64), u_max=torch.tensor(P4["u_max"]))
+    U4 = torch.zeros(1, P4["T"], 2, dtype=torch.float64)
+    U4[..., 0] = 1.0
+    cases["P4 bicycle"] = bike
+    lines = ["| problem | B | converged | max projected gradient | max rel. (ours - L-BFGS-B) / ours | "
+             "min rel. | bounds hold |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, p in cases.items():
+        ub = torch.as_tensor(p["u_max"], dtype=torch.float64)
+        sol = trajopt.ilqr(p["dynamics"], p["cost"], p["x0"], U4 if name == "P4 bicycle" else None, horizon=p["T"],
+                           u_lower=-ub, u_upper=ub, max_iter=max_iter, grad=None)
+        rel = []
+        for b in range(len(p["x0"])):
+            shape = sol.U[b].shape
+
+            def f(u, b=b):
+                U = torch.tensor(u.reshape(1, *shape), requires_grad=True)
+                J = p["cost"](trajopt.rollout(p["dynamics"], p["x0"][b:b + 1], U), U).sum()
+                J.backward()
+                return J.item(), U.grad.numpy().ravel()
+            bounds = np.stack([-ub.expand(shape).numpy().ravel(), ub.expand(shape).numpy().ravel()], 1)
+            ref = scipy.optimize.minimize(f, sol.U[b].numpy().ravel(), jac=True, bounds=bounds, method="L-BFGS-B",
+                                          options=dict(ftol=1e-15, gtol=1e-12, maxiter=20000, maxfun=50000))
+            rel.append((float(sol.cost[b]) - ref.fun) / float(sol.cost[b]))
+        ok = bool(((sol.U >= -ub) & (sol.U <= ub)).all())
+        lines.append(f"| {name} | {len(p['x0'])} | {int(sol.converged.sum())}/{len(p['x0'])} | "
+                     f"{float(sol.history['projected_gradient'].max()):.1e} | {max(rel):.1e} | {min(rel):.1e} | {ok} |")
+    return "\n".join(["iLQR against L-BFGS-B started from its solution (positive: L-BFGS-B found lower)", *lines])

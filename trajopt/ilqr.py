@@ -180,6 +180,8 @@ def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_to
     it = 0
     for it in range(1, max_iter + 2):
         a = (~done).nonzero().flatten()                    # the problems still iterating
+        if len(a) == 0:
+            break
         Xa, Ua, lo, hi = X[a], U[a], lower_t[a], upper_t[a]
         F, _ = linearize(dynamics, Xa, Ua)
         q = cost.quadratize(Xa, Ua)

@@ -429,33 +429,41 @@ class _LQRFunction(torch.autograd.Function):
 # controls that are free at its solution.
 
 
-def box_qp(H, g, lower, upper, x0=None, max_iter: int = 50, tol: float = 1e-12):
+def _spd_solve_small(A, b):
+    """``A^{-1} b`` for ``A (B, m, m)`` symmetric and ``b (B, m, r)``, and whether each ``A`` is positive
+    definite: unrolled elimination for small ``m`` (no LAPACK call per matrix, no thread wake-up),
+    Cholesky otherwise."""
+    m = A.shape[-1]
+    if _use_elimination(m):
+        M, pivots = _gauss_jordan(torch.cat([A, b], -1), 0)
+        ok = torch.stack([p[..., 0, 0] > 0 for p in pivots], -1).all(-1)
+        return M[..., m:], ok
+    L, info = torch.linalg.cholesky_ex(A)
+    return torch.cholesky_solve(b, L), info == 0
+
+
+def box_qp(H, g, lower, upper, x0=None, rhs=None, max_iter: int = 50, tol: float = 1e-12):
     """Batched ``min_x 1/2 x' H x + g' x`` s.t. ``lower <= x <= upper`` by projected Newton.
 
     ``H (B, m, m)`` positive definite, ``g, lower, upper (B, m)`` (``lower <= 0 <= upper`` is not required,
     ``lower <= upper`` is). Returns ``x (B, m)``, the free mask ``(B, m)`` (components not clamped at the
-    solution), the Cholesky factor ``L (B, m, m)`` of the free block (identity rows elsewhere) and ``ok (B,)``,
-    whether the free block was positive definite.
+    solution), ``ok (B,)`` (whether the free block is positive definite) and, when ``rhs (B, m, r)`` is
+    given, ``-H_ff^{-1} rhs_f`` with zero rows on the clamped components (else None).
     """
     eye = torch.eye(H.shape[-1], dtype=H.dtype, device=H.device)
-    if H.shape[-1] == 1:                       # one control: the clamped Newton step is exact
-        h = H[..., 0]
-        ok = h > 0
-        x = torch.clamp(-g / torch.where(ok, h, torch.ones_like(h)), lower, upper)
-        grad = h * x + g
-        free = ~(((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0)))
-        return x, free, torch.sqrt(torch.where(ok, h, torch.ones_like(h))).unsqueeze(-1), ok[..., 0]
+
+    def free_block(free):
+        M = free.to(H.dtype)
+        return H * M.unsqueeze(-1) * M.unsqueeze(-2) + eye * (1 - M).unsqueeze(-1), M
+
     x = torch.clamp(torch.zeros_like(g) if x0 is None else x0, lower, upper)
     for _ in range(max_iter):
         grad = (H @ x.unsqueeze(-1)).squeeze(-1) + g
-        clamped = ((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0))
-        free = ~clamped
-        M = free.to(H.dtype)
-        Hf = H * M.unsqueeze(-1) * M.unsqueeze(-2) + eye * (1 - M).unsqueeze(-1)
-        L, info = torch.linalg.cholesky_ex(Hf)
+        free = ~(((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0)))
+        Hf, M = free_block(free)
         # Newton step on the free components, the clamped ones held where they are
-        rhs = -(M * grad).unsqueeze(-1)
-        step = torch.cholesky_solve(rhs, L).squeeze(-1) * M
+        step, ok = _spd_solve_small(Hf, -(M * grad).unsqueeze(-1))
+        step = step.squeeze(-1) * M
         # projected backtracking (Armijo) on the quadratic, batched
         f0 = 0.5 * (x * (H @ x.unsqueeze(-1)).squeeze(-1)).sum(-1) + (g * x).sum(-1)
         alpha = torch.ones_like(f0)
@@ -466,16 +474,16 @@ def box_qp(H, g, lower, upper, x0=None, max_iter: int = 50, tol: float = 1e-12):
             if bool(good.all()):
                 break
             alpha = torch.where(good, alpha, 0.5 * alpha)
-        new = torch.where(((info == 0) & good).unsqueeze(-1), cand, x)
+        new = torch.where((ok & good).unsqueeze(-1), cand, x)
         done = bool(((new - x).abs().amax(-1) <= tol * (1 + x.abs().amax(-1))).all())
         x = new
         if done:
             break
     grad = (H @ x.unsqueeze(-1)).squeeze(-1) + g
     free = ~(((x <= lower) & (grad > 0)) | ((x >= upper) & (grad < 0)))
-    M = free.to(H.dtype)
-    L, info = torch.linalg.cholesky_ex(H * M.unsqueeze(-1) * M.unsqueeze(-2) + eye * (1 - M).unsqueeze(-1))
-    return x, free, L, info == 0
+    Hf, M = free_block(free)
+    sol, ok = _spd_solve_small(Hf, (M.unsqueeze(-1) * rhs) if rhs is not None else M.unsqueeze(-1))
+    return x, free, ok, (None if rhs is None else -sol * M.unsqueeze(-1))
 
 
 def costates(F, C, c, C_final, c_final):
@@ -537,9 +545,8 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu):
             free = k == k_free
             K = R[..., 1:] * (free / h).mul_(-1).unsqueeze(-1)
         else:
-            k, free, L, oks[t] = box_qp(Qh[:, n1:, n1:] + mu.view(B, 1, 1) * eye_m, R[..., 0], lo[t], hi[t])
-            M = free.to(F.dtype).unsqueeze(-1)
-            K = -torch.cholesky_solve(M * R[..., 1:], L) * M
+            k, free, oks[t], K = box_qp(Qh[:, n1:, n1:] + mu.view(B, 1, 1) * eye_m, R[..., 0], lo[t], hi[t],
+                                        rhs=R[..., 1:])
         Kh[t] = torch.cat([k.unsqueeze(-1), K], -1)
         frees[t] = free
         Mpol = torch.cat([eye, Kh[t]], -2)

@@ -18,7 +18,7 @@ def test_box_qp_matches_scipy(m):
     H = A @ A.mT + 0.1 * torch.eye(m, **D64)
     q = 3 * torch.randn(40, m, generator=g, **D64)
     lo, hi = -torch.rand(40, m, generator=g, **D64), torch.rand(40, m, generator=g, **D64)
-    x, free, _, ok = box_qp(H, q, lo, hi)
+    x, free, ok, _ = box_qp(H, q, lo, hi)
     assert ok.all() and (x >= lo).all() and (x <= hi).all()
     for b in range(40):
         Hb, qb = H[b].numpy(), q[b].numpy()
@@ -168,3 +168,28 @@ def test_unconverged_problems_get_no_gradient_through_the_solve():
     others = torch.arange(len(budgets)) != last
     assert (g[last] == 0).all() and (g[others] != 0).any() and torch.isfinite(g).all()
     assert trajopt.projected_gradient(model, cost, x0.detach(), sol.U.detach(), -1.5, 1.5).shape == sol.U.shape
+
+
+def test_p4_optimum_matches_lbfgsb_started_from_it():
+    P = problems.BICYCLE
+    model = dynamics.KinematicBicycle().discretize().requires_grad_(False)
+    cost = trajopt.QuadraticCost.from_weights(2 * torch.tensor(P["Q"]), 2 * torch.tensor(P["R"]),
+                                              x_goal=torch.tensor(P["target"]))
+    x0, ub = torch.zeros(1, 4, **D64), torch.tensor(P["u_max"])
+    U0 = torch.zeros(1, P["T"], 2, **D64)
+    U0[..., 0] = 1.0                                          # drive forward
+    sol = trajopt.ddp(model, cost, x0, U0, u_lower=-ub, u_upper=ub, max_iter=100, grad=None)
+    assert sol.converged.all() and float(sol.history["projected_gradient"].max()) <= 1e-6
+    assert ((sol.U >= -ub) & (sol.U <= ub)).all()
+
+    def f(u):
+        U = torch.tensor(u.reshape(1, P["T"], 2), requires_grad=True)
+        J = cost(trajopt.rollout(model, x0, U), U).sum()
+        J.backward()
+        return J.item(), U.grad.numpy().ravel()
+    bounds = np.stack([-ub.expand(P["T"], 2).numpy().ravel(), ub.expand(P["T"], 2).numpy().ravel()], 1)
+    ref = scipy.optimize.minimize(f, sol.U.numpy().ravel(), jac=True, bounds=bounds, method="L-BFGS-B",
+                                  options=dict(ftol=1e-15, gtol=1e-10, maxiter=300))
+    assert float(sol.cost[0]) == pytest.approx(ref.fun, rel=1e-9)
+    assert float(sol.cost[0]) == pytest.approx(problems.trajectory_cost(
+        problems.bicycle_step, x0[0].numpy(), sol.U[0].numpy(), P["Q"], P["R"], P["target"]), rel=1e-12)

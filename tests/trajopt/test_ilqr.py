@@ -193,3 +193,35 @@ def test_p4_optimum_matches_lbfgsb_started_from_it():
     assert float(sol.cost[0]) == pytest.approx(ref.fun, rel=1e-9)
     assert float(sol.cost[0]) == pytest.approx(problems.trajectory_cost(
         problems.bicycle_step, x0[0].numpy(), sol.U[0].numpy(), P["Q"], P["R"], P["target"]), rel=1e-12)
+
+
+def test_p4_implicit_gradients_match_finite_differences_with_active_bounds():
+    P = problems.BICYCLE
+    model = dynamics.KinematicBicycle().discretize()
+    cost = trajopt.QuadraticCost.from_weights(2 * torch.tensor(P["Q"]), 2 * torch.tensor(P["R"]),
+                                              x_goal=torch.tensor(P["target"]), learnable=True)
+    ub, x0 = torch.tensor(P["u_max"]), torch.zeros(1, 4, **D64, requires_grad=True)
+    U0 = torch.zeros(1, P["T"], 2, **D64)
+    U0[..., 0] = 1.0
+    options = dict(u_lower=-ub, u_upper=ub, max_iter=200, grad_tol=1e-11)
+    sol = trajopt.ddp(model, cost, x0, U0, **options)
+    assert sol.converged.all() and 0.2 < float((sol.U.detach().abs() >= ub).double().mean()) < 0.8
+
+    def loss(s):
+        return s.U[..., 1].sum() + (s.X[:, -1, :2] ** 2).sum()
+    wheelbase = model.model.L
+    g_x0, g_C, g_L = torch.autograd.grad(loss(sol), [x0, cost.C, wheelbase])
+    start = sol.U.detach()
+
+    def central(tensor, index, eps=1e-6):
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                tensor[index] += sign * eps
+                values.append(loss(trajopt.ddp(model, cost, x0.detach(), start, grad=None, **options)).item())
+                tensor[index] -= sign * eps
+        return (values[0] - values[1]) / (2 * eps)
+
+    assert g_x0[0, 1].item() == pytest.approx(central(x0.data, (0, 1)), rel=1e-5)
+    assert g_C[1, 1].item() == pytest.approx(central(cost.C.data, (1, 1)), rel=1e-5)     # the y weight
+    assert g_L.item() == pytest.approx(central(wheelbase.data, ()), rel=1e-5)           # the wheelbase

@@ -3,6 +3,7 @@
 Solvers are functions that return a :class:`Solution`; dynamics models live in
 the sibling package :mod:`dynamics`.
 """
+from .constrained import Constraint, constrained_ilqr
 from .costs import Cost, QuadraticCost, Quadratization
 from .ilqr import ddp, ilqr, projected_gradient
 from .lqr import lqr, lqr_cost
@@ -11,4 +12,4 @@ from .multistart import multistart
 from .problem import Solution
 from .rollout import linearize, rollout
 
-__all__ = ["lqr", "lqr_cost", "ilqr", "ddp", "MPC", "multistart", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]
+__all__ = ["lqr", "lqr_cost", "ilqr", "ddp", "MPC", "multistart", "constrained_ilqr", "Constraint", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]

@@ -59,6 +59,23 @@ def _project(g, U, lower, upper):
     return U - step
 
 
+def check_problem(where, dynamics, cost, x0, U_init, horizon):
+    """Check the arguments every trajectory solver shares; returns ``x0``, ``U_init`` (zeros of length
+    ``horizon`` when None) and the dimensions ``{"n": n, "m": m}``."""
+    if not isinstance(dynamics, Dynamics):
+        raise TypeError(f"{where}: dynamics must be a dynamics.Dynamics (call .discretize() on a "
+                        f"ContinuousDynamics), got {type(dynamics).__name__}")
+    if not isinstance(cost, Cost):
+        raise TypeError(f"{where}: cost must be a trajopt.Cost, got {type(cost).__name__}")
+    dims = {"n": dynamics.state_dim, "m": dynamics.control_dim}
+    x0 = check_tensor(where, "x0", x0, ("n",), dims)
+    if U_init is None:
+        if horizon is None or horizon < 1:
+            raise ValueError(f"{where}: give U_init (B, T, m) or a positive horizon")
+        U_init = x0.new_zeros((*x0.shape[:-1], horizon, dims["m"]))
+    return x0, check_tensor(where, "U_init", U_init, ("T", "m"), dims), dims
+
+
 def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
          horizon: int | None = None, u_lower=None, u_upper=None, max_iter: int = 100, tol: float = 1e-12,
          grad_tol: float = 1e-6, second_order: bool = False, grad: str | None = "implicit",
@@ -74,8 +91,8 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
         horizon: ``T`` when ``U_init`` is None.
         u_lower, u_upper: bounds broadcastable to ``(B, T, m)`` (per problem, per step, per control), or None.
         max_iter: iteration budget per problem.
-        tol: a problem also stops (without being flagged converged) once its model predicts a relative
-            decrease below ``tol`` and its accepted steps no longer lower the cost by more than that.
+        tol: below this relative decrease predicted by the model, the cost can no longer tell progress from
+            rounding: steps are then judged by the gradient and use Newton's model (see the module docstring).
         grad_tol: a problem has converged when its projected gradient's largest entry is at most ``grad_tol``.
         second_order: add the dynamics' second-order terms (see :func:`ddp`).
         grad: ``"implicit"`` (default), ``"unroll"`` or None (a detached solution).
@@ -87,6 +104,9 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
         of the last backward pass, and ``history``: ``cost`` per iteration ``(iters+1, B)``,
         ``projected_gradient`` (final largest entry, ``(B,)``), ``mu`` and ``iterations`` ``(B,)``.
 
+    The model and the cost must treat the rows of a batch independently: the solver evaluates them on
+    selections of the batch (the problems still iterating, several step sizes at once).
+
     Differentiable (``X``, ``U``, ``cost``) with respect to ``x0`` and the tensors of ``dynamics`` and
     ``cost`` that require grad, not with respect to the bounds or ``U_init``. The implicit route is exact
     at a converged strict local minimum; controls clamped at a bound get zero gradient, problems that did
@@ -95,19 +115,9 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
     not positive definite. ``K`` and ``k`` are detached.
     """
     where = "ddp" if second_order else "ilqr"
-    if not isinstance(dynamics, Dynamics):
-        raise TypeError(f"{where}: dynamics must be a dynamics.Dynamics, got {type(dynamics).__name__}")
-    if not isinstance(cost, Cost):
-        raise TypeError(f"{where}: cost must be a trajopt.Cost, got {type(cost).__name__}")
     if grad not in ("implicit", "unroll", None):
         raise ValueError(f"{where}: grad must be 'implicit', 'unroll' or None, got {grad!r}")
-    dims = {"n": dynamics.state_dim, "m": dynamics.control_dim}
-    x0 = check_tensor(where, "x0", x0, ("n",), dims)
-    if U_init is None:
-        if horizon is None or horizon < 1:
-            raise ValueError(f"{where}: give U_init (B, T, m) or a positive horizon")
-        U_init = x0.new_zeros((*x0.shape[:-1], horizon, dims["m"]))
-    U_init = check_tensor(where, "U_init", U_init, ("T", "m"), dims)
+    x0, U_init, dims = check_problem(where, dynamics, cost, x0, U_init, horizon)
     options = dict(u_lower=u_lower, u_upper=u_upper, max_iter=max_iter, tol=tol, grad_tol=grad_tol,
                    second_order=second_order, grad=grad, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)
     batch = check_consistent(where, {"x0": x0, "U_init": U_init}, {"x0": 1, "U_init": 2})

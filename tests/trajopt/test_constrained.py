@@ -1,0 +1,257 @@
+import pytest
+import scipy.optimize
+import torch
+
+import dynamics
+import trajopt
+from trajopt.constrained import Constraint, _AugmentedLagrangianCost, _FunctionConstraint, _Tagged, constrained_ilqr
+
+D64 = dict(dtype=torch.float64)
+T = 12
+V_MAX = 0.5
+
+
+def double_integrator():
+    """1-D double integrator driven from rest towards q = 1: unconstrained, its speed peaks above ``V_MAX``."""
+    model = dynamics.DoubleIntegrator().discretize()
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([1.0, 0.1], **D64)), 0.01 * torch.eye(1, **D64),
+                                              x_goal=torch.tensor([1.0, 0.0], **D64))
+    return model, cost
+
+
+def speed_limit(x, u):
+    return x[..., 1:] - V_MAX
+
+
+class Corridor(Constraint):
+    """``q_t <= 0.1 (t + 1)`` (time-varying) and ``q_T <= 0.9`` (terminal)."""
+
+    time_varying = True
+
+    def stage(self, x, u, t=None):
+        return x[..., :1] - 0.1 * (t + 1)
+
+    def terminal(self, x):
+        return x[..., :1] - 0.9
+
+
+def slsqp(model, cost, constraint, x0, U_start, bound=None):
+    """Reference: scipy SLSQP at tight tolerance on the flattened controls of one problem, from ``U_start``."""
+    Tn, m = U_start.shape
+
+    def f(u):
+        U = torch.tensor(u.reshape(1, Tn, m), requires_grad=True, **D64)
+        J = cost(trajopt.rollout(model, x0[None], U), U).sum()
+        (g,) = torch.autograd.grad(J, U)
+        return float(J.detach()), g.numpy().ravel()
+
+    def g(u):                                                      # scipy wants >= 0
+        U = u.view(1, Tn, m)
+        G, GT = constraint(trajopt.rollout(model, x0[None], U), U)
+        return -torch.cat([G.flatten(), GT.flatten()])
+
+    def fun(u):
+        with torch.no_grad():
+            return g(torch.as_tensor(u, **D64)).numpy()
+
+    def jac(u):
+        return torch.autograd.functional.jacobian(g, torch.as_tensor(u, **D64), vectorize=True).numpy()
+
+    bounds = None if bound is None else [(-bound, bound)] * (Tn * m)
+    ref = scipy.optimize.minimize(f, U_start.numpy().ravel(), jac=True, bounds=bounds, method="SLSQP",
+                                  constraints=[dict(type="ineq", fun=fun, jac=jac)],
+                                  options=dict(ftol=1e-14, maxiter=1000))
+    assert -fun(ref.x).min() <= 1e-8
+    return ref.fun
+
+
+def test_constrained_ilqr_matches_slsqp_with_an_active_state_bound_per_problem():
+    model, cost = double_integrator()
+    x0 = torch.tensor([[0.0, 0.0], [0.8, 0.0], [-0.5, 0.2]], **D64)    # the middle one never reaches V_MAX
+    sol = constrained_ilqr(model, cost, speed_limit, x0, horizon=T, u_lower=-3.0, u_upper=3.0)
+    with torch.no_grad():
+        free = trajopt.ilqr(model, cost, x0, horizon=T, u_lower=-3.0, u_upper=3.0)
+    assert free.X[[0, 2], :, 1].amax(-1).min() > V_MAX + 0.1 and free.X[1, :, 1].max() < V_MAX
+    assert sol.converged.all()
+    assert (sol.history["violation"] <= 1e-6).all() and (sol.X[..., 1] <= V_MAX + 1e-6).all()
+    assert (sol.U.abs() <= 3.0).all() and (sol.U.abs() == 3.0).any()      # the control bounds hold, some active
+    assert sol.K.shape == (3, T, 1, 2) and sol.k.shape == (3, T, 1)
+    lam = sol.history["multipliers"][..., 0]
+    assert (lam[[0, 2]] > 0).any(-1).all() and (lam[1] == 0).all()       # each problem its own multipliers
+    assert (lam[sol.X[:, :-1, 1] < V_MAX - 1e-4] == 0).all()              # zero on inactive stages
+    for b in (0, 2):
+        ref = slsqp(model, cost, _FunctionConstraint(speed_limit), x0[b], torch.zeros(T, 1, **D64), bound=3.0)
+        # (violations up to constraint_tol = 1e-6 lower the cost by up to sum(lambda g) ~ 1e-7 relative)
+        assert float(sol.cost[b]) == pytest.approx(ref, rel=1e-7)
+    # the problem the constraint does not touch is the unconstrained solution, found in one tight solve
+    torch.testing.assert_close(sol.U[1], free.U[1], atol=1e-6, rtol=0)
+    assert sol.history["outer_iterations"][1] <= 2
+
+
+def test_time_varying_and_terminal_constraints_match_slsqp():
+    model, _ = double_integrator()
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([1.0, 0.1], **D64)), 0.01 * torch.eye(1, **D64),
+                                              x_goal=torch.tensor([1.0, 0.0], **D64),
+                                              Q_final=10 * torch.eye(2, **D64))
+    x0 = torch.zeros(2, **D64)                                           # unbatched in, unbatched out
+    sol = constrained_ilqr(model, cost, Corridor(), x0, horizon=T)
+    assert sol.X.shape == (T + 1, 2) and sol.U.shape == (T, 1) and sol.cost.ndim == 0
+    assert bool(sol.converged) and float(sol.history["violation"]) <= 1e-6
+    assert float(sol.history["terminal_multipliers"][0]) > 0               # q_T <= 0.9 is active
+    assert abs(float(sol.X[-1, 0]) - 0.9) < 1e-6
+    assert float(sol.cost) == pytest.approx(slsqp(model, cost, Corridor(), x0, torch.zeros(T, 1, **D64)), rel=1e-8)
+
+
+def test_nonlinear_obstacle_constraint_is_a_local_minimum():
+    """A disc in the way of a planar double integrator (a nonconvex constraint, indefinite Hessian)."""
+    model = dynamics.DoubleIntegrator(dim=2).discretize()
+    goal = torch.tensor([1.0, 0.0, 0.0, 0.0], **D64)
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([1.0, 1.0, 0.1, 0.1], **D64)),
+                                              0.01 * torch.eye(2, **D64), x_goal=goal)
+    centre = torch.tensor([0.5, 0.05], **D64)
+
+    def outside_disc(x, u):
+        return (0.2 ** 2 - ((x[..., :2] - centre) ** 2).sum(-1)).unsqueeze(-1)
+
+    x0 = torch.zeros(4, **D64)
+    sol = constrained_ilqr(model, cost, outside_disc, x0, horizon=T)
+    assert bool(sol.converged) and float(sol.history["violation"]) <= 1e-6
+    assert float(outside_disc(sol.X, None).max()) > -1e-6                # it touches the disc
+    ref = slsqp(model, cost, _FunctionConstraint(outside_disc), x0, sol.U)       # started at ours: no better nearby
+    assert float(sol.cost) == pytest.approx(ref, rel=1e-7)
+
+
+def test_augmented_lagrangian_cost_is_its_formula_per_problem_and_quadratizes_exactly():
+    g = torch.Generator().manual_seed(0)
+    B, Tn, n, m = 2, 4, 2, 1
+    _, cost = double_integrator()
+
+    class Curved(Constraint):                                            # nonlinear in x and u
+        def stage(self, x, u, t=None):
+            return torch.stack([x[..., 0] ** 2 + x[..., 1] * u[..., 0] - 0.3, -x[..., 0]], -1)
+
+        def terminal(self, x):
+            return (x ** 2).sum(-1, keepdim=True) - 0.5
+
+    lam = torch.rand(B, Tn, 2, generator=g, **D64) * (torch.rand(B, Tn, 2, generator=g, **D64) > 0.3)
+    rho = 1 + 5 * torch.rand(B, Tn, 2, generator=g, **D64)
+    lam_T, rho_T = torch.rand(B, 1, generator=g, **D64), torch.tensor([[3.0], [0.5]], **D64)
+    al = _AugmentedLagrangianCost(cost, Curved(), lam, rho, lam_T, rho_T)
+    # trajectories of the problems in any order and number, each tagged with its problem's index
+    problem = torch.tensor([1, 0, 1])
+    X = torch.randn(3, Tn + 1, n, generator=g, **D64)
+    U = torch.randn(3, Tn, m, generator=g, **D64)
+    tagged = torch.cat([X, problem.to(X.dtype).view(3, 1, 1).expand(3, Tn + 1, 1)], -1)
+    G, GT = Curved()(X, U)
+    expected = (cost(X, U) + _phr(G, lam[problem], rho[problem]).sum(-1)
+                + _phr(GT, lam_T[problem], rho_T[problem]))
+    torch.testing.assert_close(al(tagged, U), expected)
+    torch.testing.assert_close(sum(al.stage(tagged[:, t], U[:, t], t) for t in range(Tn)) + al.terminal(tagged[:, -1]),
+                               expected)
+    # the quadratization is the autograd Hessian and gradient of each stage's term (and of the terminal one);
+    # the tag (entry n of tau) has none
+    q = al.quadratize(tagged, U)
+    keep = [i for i in range(n + 1 + m) if i != n]
+    assert (q.C[..., n, :] == 0).all() and (q.c[..., n] == 0).all() and (q.C_final[:, n] == 0).all()
+    for r, b in enumerate(problem.tolist()):
+        for t in range(Tn):
+            def stage(tau, b=b, t=t):
+                x, u = tau[None, :n], tau[None, n:]
+                return (cost.stage(x, u) + _phr(Curved().stage(x, u), lam[b, t], rho[b, t]))[0]
+            tau = torch.cat([X[r, t], U[r, t]])
+            torch.testing.assert_close(q.C[r, t][keep][:, keep], torch.autograd.functional.hessian(stage, tau))
+            torch.testing.assert_close(q.c[r, t][keep], torch.autograd.functional.jacobian(stage, tau))
+
+        def terminal(x, b=b):
+            return (cost.terminal(x[None]) + _phr(Curved().terminal(x[None]), lam_T[b], rho_T[b]))[0]
+        torch.testing.assert_close(q.C_final[r, :n, :n], torch.autograd.functional.hessian(terminal, X[r, -1]))
+        torch.testing.assert_close(q.c_final[r, :n], torch.autograd.functional.jacobian(terminal, X[r, -1]))
+
+
+def _phr(g, lam, rho):
+    return (((lam + rho * g).clamp_min(0) ** 2 - lam ** 2) / (2 * rho)).sum(-1)
+
+
+def test_tagged_dynamics_carry_the_problem_index_and_their_derivatives_are_autodiffs():
+    g = torch.Generator().manual_seed(1)
+    model = dynamics.KinematicBicycle().discretize()
+    tagged = _Tagged(model)
+    x = torch.cat([0.3 * torch.randn(4, 4, generator=g, **D64), torch.arange(4, **D64).unsqueeze(-1)], -1)
+    u, lam = torch.randn(4, 2, generator=g, **D64), torch.randn(4, 5, generator=g, **D64)
+    nxt = tagged(x, u)
+    torch.testing.assert_close(nxt, torch.cat([model(x[:, :4], u), x[:, 4:]], -1))
+    for ours, autodiff in zip(tagged.jacobians(x, u), dynamics.Dynamics.jacobians(tagged, x, u)):
+        torch.testing.assert_close(ours, autodiff)
+    for ours, autodiff in zip(tagged.vector_hessians(x, u, lam), dynamics.Dynamics.vector_hessians(tagged, x, u, lam)):
+        torch.testing.assert_close(ours, autodiff)
+
+
+def test_options_have_their_effect(capsys):
+    model, cost = double_integrator()
+    x0 = torch.tensor([[0.0, 0.0], [-0.5, 0.2]], **D64)
+    base = constrained_ilqr(model, cost, speed_limit, x0, horizon=T)
+    assert base.converged.all()
+    assert max(base.history["inner_grad_tol"]) > 1e-3 and base.history["inner_grad_tol"][-1] == 1e-6
+    one = constrained_ilqr(model, cost, speed_limit, x0, horizon=T, max_outer=1, progress=True)
+    assert not one.converged.any() and (one.history["outer_iterations"] == 1).all()
+    assert (one.history["violation"] > 1e-3).all()
+    assert "constrained_ilqr" in capsys.readouterr().err                   # the progress bar
+    tight = constrained_ilqr(model, cost, speed_limit, x0, horizon=T, intermediate_grad_tol=None, max_outer=3)
+    assert tight.history["inner_grad_tol"] == [1e-6] * 3
+    # penalties start at penalty_init and grow by penalty_growth only where the violation did not shrink enough
+    rho = base.history["penalty"]
+    assert rho.min() == 1.0 and rho.max() > 1.0
+    assert torch.allclose(torch.log10(rho), torch.log10(rho).round())
+    grown = constrained_ilqr(model, cost, speed_limit, x0, horizon=T, penalty_init=10.0, penalty_growth=100.0,
+                             penalty_max=1e3)
+    assert grown.converged.all() and grown.history["penalty"].min() == 10.0
+    assert grown.history["penalty"].max() == 1e3
+    loose = constrained_ilqr(model, cost, speed_limit, x0, horizon=T, constraint_tol=1e-3)
+    assert loose.converged.all() and loose.history["outer_iterations"].max() < base.history["outer_iterations"].max()
+    assert (loose.history["violation"] <= 1e-3).all()
+
+
+def test_float32_stays_finite():
+    model, cost = double_integrator()
+    sol = constrained_ilqr(model.to(torch.float32), cost.to(torch.float32), speed_limit,
+                           torch.zeros(1, 2), horizon=T, constraint_tol=1e-4, grad_tol=1e-4, max_outer=6)
+    assert sol.X.dtype == torch.float32 and torch.isfinite(sol.X).all() and torch.isfinite(sol.cost).all()
+    assert float(sol.history["violation"].max()) < 1e-2
+
+
+def test_constrained_ilqr_rejects_bad_input():
+    model, cost = double_integrator()
+    x0 = torch.zeros(2, 2, **D64)
+    with pytest.raises(TypeError, match="constraint must be a trajopt.Constraint or a callable"):
+        constrained_ilqr(model, cost, 3.0, x0, horizon=T)
+    with pytest.raises(ValueError, match=r"constraint returned shape \(24,\).*expected \(N, k\) = \(24, k\)"
+                                         r".*unsqueeze"):
+        constrained_ilqr(model, cost, lambda x, u: x[..., 1] - V_MAX, x0, horizon=T)
+    with pytest.raises(ValueError, match=r"constraint.terminal returned shape"):
+        class BadTerminal(Constraint):
+            def terminal(self, x):
+                return x.sum()
+        constrained_ilqr(model, cost, BadTerminal(), x0, horizon=T)
+    with pytest.raises(ValueError, match="no constraints"):
+        constrained_ilqr(model, cost, Constraint(), x0, horizon=T)
+    with pytest.raises(TypeError, match="cost must be a trajopt.Cost"):
+        constrained_ilqr(model, lambda X, U: X.sum(), speed_limit, x0, horizon=T)
+    with pytest.raises(TypeError, match="dynamics must be a dynamics.Dynamics"):
+        constrained_ilqr(dynamics.DoubleIntegrator(), cost, speed_limit, x0, horizon=T)
+    with pytest.raises(ValueError, match=r"x0 has shape \(2, 3\); expected \(B, n\) = \(B, 2\)"):
+        constrained_ilqr(model, cost, speed_limit, torch.zeros(2, 3, **D64), horizon=T)
+    with pytest.raises(ValueError, match="U_init .* or a positive horizon"):
+        constrained_ilqr(model, cost, speed_limit, x0)
+    with pytest.raises(ValueError, match=r"u_lower has shape \(5,\); expected a shape broadcastable to \(B, T, m\)"):
+        constrained_ilqr(model, cost, speed_limit, x0, horizon=T, u_lower=torch.zeros(5, **D64))
+    with pytest.raises(ValueError, match="u_lower exceeds u_upper"):
+        constrained_ilqr(model, cost, speed_limit, x0, horizon=T, u_lower=1.0, u_upper=0.0)
+    for name, value in [("penalty_growth", 1.0), ("violation_shrink", 1.5), ("constraint_tol", 0.0),
+                        ("max_outer", 0), ("penalty_max", 0.5), ("intermediate_grad_tol", -1.0)]:
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            constrained_ilqr(model, cost, speed_limit, x0, horizon=T, **{name: value})
+    with pytest.raises(ValueError, match="constraint at the initial trajectory contains NaN"):
+        constrained_ilqr(model, cost, lambda x, u: torch.full_like(x[..., :1], float("nan")), x0, horizon=T)
+    with pytest.raises(ValueError, match=r"initial rollout is not finite for batch element\(s\) \[1\]"):
+        constrained_ilqr(model, cost, speed_limit, torch.tensor([[0.0, 0.0], [0.0, 1.7e308]], **D64),
+                         torch.full((T, 1), 1e308, **D64))

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from dynamics import Dynamics
 from dynamics._validation import check_consistent, check_finite
 from .costs import Cost, Quadratization
-from .ilqr import check_problem, ilqr
+from .ilqr import _bound, check_problem, ilqr
 from .problem import Solution
 from .rollout import rollout
 
@@ -424,15 +424,6 @@ def _check_options(where, **values):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not (ok and test(value)):
             raise ValueError(f"{where}: {name} must be {wanted}, got {value!r}")
-
-
-def _bound(where, name, value, shape, like):
-    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    try:
-        return value.expand(shape).clone()
-    except RuntimeError:
-        raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected a shape broadcastable "
-                         f"to (B, T, m) = {shape}") from None
 
 
 def _evaluate(where, constraint, X, U):

@@ -23,16 +23,46 @@ SIZES, QUICK_SIZES = (1, 32, 256), (1, 32)
 MAX_ITER, GRAD_TOL = 100, 1e-6
 CHECKED = 3  # starts per row whose cost is recomputed by problems.trajectory_cost
 PROBLEMS = {"P2 pendulum": (problems.PENDULUM, problems.pendulum_step, problems.pendulum_x0, dynamics.Pendulum),
-            "P3 cart-pole": (problems.CARTPOLE, problems.cartpole_step, problems.cartpole_x0, dynamics.CartPole)}
+            "P3 cart-pole": (problems.CARTPOLE, problems.cartpole_step, problems.cartpole_x0, dynamics.CartPole),
+            "P4 bicycle": (problems.BICYCLE, problems.bicycle_step, None, dynamics.KinematicBicycle)}
+SUITE = ("P2 pendulum", "P3 cart-pole")
 
 
 def problem(name: str, B: int) -> dict:
-    """Model, cost (``problems.py``'s, no 1/2: ``from_weights(2 Q, 2 R)``), starts ``(B, n)``, bound of a problem."""
+    """One of P2-P4 as our solvers take it: model (parameters frozen), cost (``problems.py``'s, no 1/2:
+    ``from_weights(2 Q, 2 R)``), starts ``x0 (B, n)`` (P4: all at the origin), bound ``u_max`` (a tensor),
+    horizon ``T``, ``U_init`` (P4: a forward-velocity guess, ``v = 1``; None otherwise: zero controls) and
+    what ``problems.trajectory_cost`` needs."""
     spec, step, starts, model = PROBLEMS[name]
     Q, R = np.asarray(spec["Q"], float), np.atleast_2d(spec["R"]).astype(float)
-    return dict(dynamics=model().discretize().requires_grad_(False), step=step, Q=Q, R=R, T=spec["T"],
-                cost=trajopt.QuadraticCost.from_weights(torch.tensor(2 * Q), torch.tensor(2 * R)),
-                x0=torch.tensor(starts(B, seed=0)), u_max=float(spec["u_max"]))
+    target = spec.get("target")
+    goal = None if target is None else torch.tensor(target)
+    x0 = torch.zeros(B, len(Q), dtype=torch.float64) if starts is None else torch.tensor(starts(B, seed=0))
+    U_init = None
+    if name == "P4 bicycle":       # from zero controls the steering angle is carried past pi/2, where tan jumps
+        U_init = torch.zeros(B, spec["T"], 2, dtype=torch.float64)
+        U_init[..., 0] = 1.0
+    return dict(dynamics=model().discretize().requires_grad_(False), step=step, Q=Q, R=R, target=target,
+                T=spec["T"], x0=x0, U_init=U_init, u_max=torch.as_tensor(spec["u_max"], dtype=torch.float64),
+                cost=trajopt.QuadraticCost.from_weights(torch.tensor(2 * Q), torch.tensor(2 * R), x_goal=goal))
+
+
+def lbfgsb(p: dict, b: int, U_start: torch.Tensor, **options) -> float:
+    """Cost reached by scipy's L-BFGS-B (tight tolerances, the same bounds) on problem ``b``'s flattened
+    controls, started from ``U_start (T, m)``: the reference the iLQR optimum is checked against."""
+    import scipy.optimize
+
+    shape = U_start.shape
+
+    def f(u):
+        U = torch.tensor(u.reshape(1, *shape), requires_grad=True)
+        J = p["cost"](trajopt.rollout(p["dynamics"], p["x0"][b:b + 1], U), U).sum()
+        J.backward()
+        return J.item(), U.grad.numpy().ravel()
+    ub = p["u_max"].expand(shape).numpy().ravel()
+    options = dict(dict(ftol=1e-15, gtol=1e-12, maxiter=20000, maxfun=50000), **options)
+    return float(scipy.optimize.minimize(f, U_start.detach().numpy().ravel(), jac=True, method="L-BFGS-B",
+                                         bounds=np.stack([-ub, ub], 1), options=options).fun)
 
 
 def solve(p: dict, x0: torch.Tensor, max_iter: int = MAX_ITER, **options) -> trajopt.Solution:
@@ -43,7 +73,7 @@ def solve(p: dict, x0: torch.Tensor, max_iter: int = MAX_ITER, **options) -> tra
 def numpy_costs(p: dict, U, count=None) -> np.ndarray:
     """``problems.trajectory_cost`` of the controls ``U (B, T, m)`` from the problem's starts (the first ``count``)."""
     U = U.detach().numpy()
-    return np.array([problems.trajectory_cost(p["step"], x, u, p["Q"], p["R"])
+    return np.array([problems.trajectory_cost(p["step"], x, u, p["Q"], p["R"], p["target"])
                      for x, u in zip(p["x0"].numpy()[:count], U[:count])])
 
 
@@ -72,7 +102,7 @@ def measure(name: str, B: int, max_iter: int = MAX_ITER) -> dict:
     if mpc is not None:
         (_, U, its), row["mpc_s"] = _timed(lambda: peers.mpc_ilqr(
             mpc, p["dynamics"], p["cost"].C, p["cost"].c, p["x0"], p["T"], -p["u_max"], p["u_max"], lqr_iter=max_iter))
-        U, bound = U.detach(), torch.full_like(U, p["u_max"])
+        U, bound = U.detach(), p["u_max"].expand_as(U)
         pg = trajopt.projected_gradient(p["dynamics"], p["cost"], p["x0"], U, -bound, bound)
         row.update(mpc_J=float(numpy_costs(p, U).mean()), mpc_iters=str(its), x_mpc=row["mpc_s"] / seconds,
                    mpc_conv=f"{int((pg.abs().flatten(1).amax(-1) <= GRAD_TOL).sum())}/{B}")
@@ -95,10 +125,10 @@ def markdown(rows: list[dict], columns=COLUMNS) -> str:
 
 def run(repeat: int = 1, quick: bool = False, progress: bool = True, max_iter: int = MAX_ITER) -> str:
     """``repeat`` is ignored: each solve is timed once."""
-    for name in PROBLEMS:  # warm-up: first calls pay for lazy initialization
+    for name in SUITE:  # warm-up: first calls pay for lazy initialization
         measure(name, 2, max_iter=2)
     rows = []
-    for name in PROBLEMS:
+    for name in SUITE:
         for B in QUICK_SIZES if quick else SIZES:
             rows.append(measure(name, B, max_iter))
             if progress:
@@ -130,36 +160,14 @@ def optimality(B: int = 32, max_iter: int = 300) -> str:
     P2 and P3 from zero controls (``B`` starts), P4 (one start) from a forward-velocity guess (from zero
     controls our steps carry the steering angle past pi/2, where the model's tan is discontinuous).
     """
-    import scipy.optimize
-
-    P4 = problems.BICYCLE
-    cases = {name: problem(name, B) for name in PROBLEMS}
-    bike = dict(dynamics=dynamics.KinematicBicycle().discretize().requires_grad_(False), T=P4["T"],
-                cost=trajopt.QuadraticCost.from_weights(2 * torch.tensor(P4["Q"]), 2 * torch.tensor(P4["R"]),
-                                                        x_goal=torch.tensor(P4["target"])),
-                x0=torch.zeros(1, 4, dtype=torch.float64), u_max=torch.tensor(P4["u_max"]))
-    U4 = torch.zeros(1, P4["T"], 2, dtype=torch.float64)
-    U4[..., 0] = 1.0
-    cases["P4 bicycle"] = bike
     lines = ["| problem | B | converged | max projected gradient | max rel. (ours - L-BFGS-B) / ours | "
              "min rel. | bounds hold |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, p in cases.items():
-        ub = torch.as_tensor(p["u_max"], dtype=torch.float64)
-        sol = trajopt.ilqr(p["dynamics"], p["cost"], p["x0"], U4 if name == "P4 bicycle" else None, horizon=p["T"],
-                           u_lower=-ub, u_upper=ub, max_iter=max_iter, grad=None)
-        rel = []
-        for b in range(len(p["x0"])):
-            shape = sol.U[b].shape
-
-            def f(u, b=b):
-                U = torch.tensor(u.reshape(1, *shape), requires_grad=True)
-                J = p["cost"](trajopt.rollout(p["dynamics"], p["x0"][b:b + 1], U), U).sum()
-                J.backward()
-                return J.item(), U.grad.numpy().ravel()
-            bounds = np.stack([-ub.expand(shape).numpy().ravel(), ub.expand(shape).numpy().ravel()], 1)
-            ref = scipy.optimize.minimize(f, sol.U[b].numpy().ravel(), jac=True, bounds=bounds, method="L-BFGS-B",
-                                          options=dict(ftol=1e-15, gtol=1e-12, maxiter=20000, maxfun=50000))
-            rel.append((float(sol.cost[b]) - ref.fun) / float(sol.cost[b]))
+    for name in PROBLEMS:
+        p = problem(name, 1 if name == "P4 bicycle" else B)
+        ub = p["u_max"]
+        sol = trajopt.ilqr(p["dynamics"], p["cost"], p["x0"], p["U_init"], horizon=p["T"], u_lower=-ub, u_upper=ub,
+                           max_iter=max_iter, grad=None)
+        rel = [(float(sol.cost[b]) - lbfgsb(p, b, sol.U[b])) / float(sol.cost[b]) for b in range(len(p["x0"]))]
         ok = bool(((sol.U >= -ub) & (sol.U <= ub)).all())
         lines.append(f"| {name} | {len(p['x0'])} | {int(sol.converged.sum())}/{len(p['x0'])} | "
                      f"{float(sol.history['projected_gradient'].max()):.1e} | {max(rel):.1e} | {min(rel):.1e} | {ok} |")

@@ -12,9 +12,9 @@ import time
 import torch
 from _plot import save, subplots
 
-import dynamics
 import trajopt
 from benchmarks import problems
+from benchmarks.ilqr import problem
 
 D64 = dict(dtype=torch.float64)
 P = problems.PENDULUM
@@ -31,25 +31,20 @@ def pumping_guesses(T=P["T"], dt=P["dt"], u_max=P["u_max"], periods=(1.2, 1.6, 2
     return torch.stack(guesses).unsqueeze(-1)
 
 
-def problem():
-    model = dynamics.Pendulum().discretize().requires_grad_(False)
-    cost = trajopt.QuadraticCost.from_weights(2 * torch.tensor(P["Q"]), 2 * torch.tensor([[P["R"]]]))
-    return model, cost, dict(u_lower=-P["u_max"], u_upper=P["u_max"])
-
-
 def swing_up(B=32, screen_iter=40, max_iter=300):
-    model, cost, bounds = problem()
-    x0 = torch.tensor(problems.pendulum_x0(B, seed=0))
-    return x0, trajopt.multistart(model, cost, x0, pumping_guesses(), screen_iter=screen_iter,
-                                  max_iter=max_iter, grad=None, **bounds)
+    p = problem("P2 pendulum", B)
+    sol = trajopt.multistart(p["dynamics"], p["cost"], p["x0"], pumping_guesses(), screen_iter=screen_iter,
+                             max_iter=max_iter, grad=None, u_lower=-p["u_max"], u_upper=p["u_max"])
+    return p, sol
 
 
 def main(path="docs/images/swing_up.png"):
     t0 = time.perf_counter()
-    x0, sol = swing_up()
+    p, sol = swing_up()
     seconds = time.perf_counter() - t0
-    model, cost, bounds = problem()
-    plain = trajopt.ilqr(model, cost, x0, horizon=P["T"], max_iter=300, grad=None, **bounds)
+    x0 = p["x0"]
+    plain = trajopt.ilqr(p["dynamics"], p["cost"], x0, horizon=p["T"], max_iter=300, grad=None,
+                         u_lower=-p["u_max"], u_upper=p["u_max"])
     print(f"swing-up recipe: mean {sol.cost.mean():.2f} over {len(x0)} starts, hanging start {sol.cost[0]:.2f}, "
           f"{int(sol.converged.sum())}/{len(x0)} converged, {seconds:.1f} s")
     print(f"plain iLQR from zero controls: mean {plain.cost.mean():.2f}, hanging start {plain.cost[0]:.2f}")

@@ -330,8 +330,8 @@ def _newton_solve(dynamics, cost, X, U, g, rhs, lower, upper, converged):
     by one LQR on the Newton system."""
     B, T, m = U.shape
     n = X.shape[-1]
-    clamped = torch.zeros_like(U, dtype=torch.bool)
-    if lower is not None:
+    clamped = torch.zeros_like(U, dtype=torch.bool)         # held at a bound by their gradient (exact test: the
+    if lower is not None:                                    # projected gradient rounds tiny free entries to 0)
         clamped |= (U <= lower) & (g > 0)
     if upper is not None:
         clamped |= (U >= upper) & (g < 0)

@@ -6,6 +6,7 @@ import torch
 import dynamics
 import trajopt
 from benchmarks import problems
+from benchmarks.ilqr import lbfgsb, problem
 from trajopt.lqr import box_qp
 
 D64 = dict(dtype=torch.float64)
@@ -171,45 +172,30 @@ def test_unconverged_problems_get_no_gradient_through_the_solve():
 
 
 def test_p4_optimum_matches_lbfgsb_started_from_it():
-    P = problems.BICYCLE
-    model = dynamics.KinematicBicycle().discretize().requires_grad_(False)
-    cost = trajopt.QuadraticCost.from_weights(2 * torch.tensor(P["Q"]), 2 * torch.tensor(P["R"]),
-                                              x_goal=torch.tensor(P["target"]))
-    x0, ub = torch.zeros(1, 4, **D64), torch.tensor(P["u_max"])
-    U0 = torch.zeros(1, P["T"], 2, **D64)
-    U0[..., 0] = 1.0                                          # drive forward
-    sol = trajopt.ddp(model, cost, x0, U0, u_lower=-ub, u_upper=ub, max_iter=100, grad=None)
+    p = problem("P4 bicycle", 1)
+    ub = p["u_max"]
+    sol = trajopt.ddp(p["dynamics"], p["cost"], p["x0"], p["U_init"], u_lower=-ub, u_upper=ub, max_iter=100,
+                      grad=None)
     assert sol.converged.all() and float(sol.history["projected_gradient"].max()) <= 1e-6
     assert ((sol.U >= -ub) & (sol.U <= ub)).all()
-
-    def f(u):
-        U = torch.tensor(u.reshape(1, P["T"], 2), requires_grad=True)
-        J = cost(trajopt.rollout(model, x0, U), U).sum()
-        J.backward()
-        return J.item(), U.grad.numpy().ravel()
-    bounds = np.stack([-ub.expand(P["T"], 2).numpy().ravel(), ub.expand(P["T"], 2).numpy().ravel()], 1)
-    ref = scipy.optimize.minimize(f, sol.U.numpy().ravel(), jac=True, bounds=bounds, method="L-BFGS-B",
-                                  options=dict(ftol=1e-15, gtol=1e-10, maxiter=300))
-    assert float(sol.cost[0]) == pytest.approx(ref.fun, rel=1e-9)
+    assert float(sol.cost[0]) == pytest.approx(lbfgsb(p, 0, sol.U[0], gtol=1e-10, maxiter=300), rel=1e-9)
+    P = problems.BICYCLE
     assert float(sol.cost[0]) == pytest.approx(problems.trajectory_cost(
-        problems.bicycle_step, x0[0].numpy(), sol.U[0].numpy(), P["Q"], P["R"], P["target"]), rel=1e-12)
+        problems.bicycle_step, p["x0"][0].numpy(), sol.U[0].numpy(), P["Q"], P["R"], P["target"]), rel=1e-12)
 
 
 def test_p4_implicit_gradients_match_finite_differences_with_active_bounds():
-    P = problems.BICYCLE
-    model = dynamics.KinematicBicycle().discretize()
-    cost = trajopt.QuadraticCost.from_weights(2 * torch.tensor(P["Q"]), 2 * torch.tensor(P["R"]),
-                                              x_goal=torch.tensor(P["target"]), learnable=True)
-    ub, x0 = torch.tensor(P["u_max"]), torch.zeros(1, 4, **D64, requires_grad=True)
-    U0 = torch.zeros(1, P["T"], 2, **D64)
-    U0[..., 0] = 1.0
+    p = problem("P4 bicycle", 1)
+    model, cost, ub = p["dynamics"], p["cost"], p["u_max"]
+    wheelbase = model.model.L.requires_grad_(True)
+    cost.C.requires_grad_(True)
+    x0 = p["x0"].requires_grad_(True)
     options = dict(u_lower=-ub, u_upper=ub, max_iter=200, grad_tol=1e-11)
-    sol = trajopt.ddp(model, cost, x0, U0, **options)
+    sol = trajopt.ddp(model, cost, x0, p["U_init"], **options)
     assert sol.converged.all() and 0.2 < float((sol.U.detach().abs() >= ub).double().mean()) < 0.8
 
     def loss(s):
         return s.U[..., 1].sum() + (s.X[:, -1, :2] ** 2).sum()
-    wheelbase = model.model.L
     g_x0, g_C, g_L = torch.autograd.grad(loss(sol), [x0, cost.C, wheelbase])
     start = sol.U.detach()
 

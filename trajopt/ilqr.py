@@ -5,8 +5,11 @@ trajectory (the shared :func:`~trajopt.linearize` and ``Cost.quadratize``), comp
 exact gradient with respect to the controls by the adjoint pass (for the stopping test),
 runs the box-constrained LQR backward pass of Tassa, Mansard and Todorov (2014) (a box QP
 per stage, feedback on the free controls only; :func:`trajopt.lqr.box_lqr_backward`), and
-line-searches the true cost over several step sizes at once. Levenberg-Marquardt
-regularization of ``Q_uu`` grows on failure and shrinks on success. Every problem of the
+line-searches the true cost over several step sizes at once. The regularization ``mu`` of
+the next value Hessian (``Q_uu + mu B'B``, Tassa et al. 2012) grows on failure and shrinks
+on success. From a state guess (``X_init``) the gaps of the infeasible trajectory enter the
+backward pass and each step closes a fraction of them (feasibility-driven DDP, Mastalli et
+al. 2020). Every problem of the
 batch has its own regularization, step size and stopping test, and stops changing once it
 has converged.
 
@@ -77,7 +80,7 @@ def check_problem(where, dynamics, cost, x0, U_init, horizon):
 
 
 def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
-         horizon: int | None = None, u_lower=None, u_upper=None, max_iter: int = 100, tol: float = 1e-12,
+         X_init: torch.Tensor | None = None, horizon: int | None = None, u_lower=None, u_upper=None, max_iter: int = 100, tol: float = 1e-12,
          grad_tol: float = 1e-6, second_order: bool = False, grad: str | None = "implicit",
          mu_init: float = 1e-6, mu_min: float = 1e-9, mu_max: float = 1e10) -> Solution:
     """Solve ``min_U cost(rollout(x0, U), U)`` subject to ``u_lower <= U <= u_upper`` for a batch of problems.
@@ -88,6 +91,14 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
         x0: initial states ``(B, n)`` (or ``(n,)``).
         U_init: initial controls ``(B, T, m)`` (or ``(T, m)``), clipped into the bounds; zeros of
             length ``horizon`` if None.
+        X_init: an optional state guess ``(B, T+1, n)`` (or ``(T+1, n)``), which need not be a rollout of
+            ``U_init`` nor start at ``x0``: the solver then starts from this infeasible trajectory and each
+            accepted step of size ``alpha`` closes the fraction ``alpha`` of every gap
+            ``dynamics(x_t, u_t) - x_{t+1}`` (feasibility-driven DDP, Mastalli et al. 2020), so the first
+            full step makes it a rollout. A guess near the goal often leads to a better local minimum
+            than a rollout of ``U_init`` (crocoddyl's default guess is the zero state). A problem counts as
+            converged only once feasible; one still infeasible at the end is returned as the rollout of
+            its controls.
         horizon: ``T`` when ``U_init`` is None.
         u_lower, u_upper: bounds broadcastable to ``(B, T, m)`` (per problem, per step, per control), or None.
         max_iter: iteration budget per problem.
@@ -96,7 +107,7 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
         grad_tol: a problem has converged when its projected gradient's largest entry is at most ``grad_tol``.
         second_order: add the dynamics' second-order terms (see :func:`ddp`).
         grad: ``"implicit"`` (default), ``"unroll"`` or None (a detached solution).
-        mu_init, mu_min, mu_max: Levenberg-Marquardt regularization of ``Q_uu``.
+        mu_init, mu_min, mu_max: the regularization ``mu`` (see :func:`trajopt.lqr.box_lqr_backward`).
 
     Returns:
         ``Solution`` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``, ``converged (B,)``,
@@ -120,9 +131,15 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
     x0, U_init, dims = check_problem(where, dynamics, cost, x0, U_init, horizon)
     options = dict(u_lower=u_lower, u_upper=u_upper, max_iter=max_iter, tol=tol, grad_tol=grad_tol,
                    second_order=second_order, grad=grad, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)
-    batch = check_consistent(where, {"x0": x0, "U_init": U_init}, {"x0": 1, "U_init": 2})
+    tensors, ranks = {"x0": x0, "U_init": U_init}, {"x0": 1, "U_init": 2}
+    if X_init is not None:
+        tensors["X_init"] = X_init = check_tensor(where, "X_init", X_init, ("T+1", "n"),
+                                                  {**dims, "T+1": U_init.shape[-2] + 1})
+        ranks["X_init"] = 2
+    batch = check_consistent(where, tensors, ranks)
     if batch is None:
-        sol = ilqr(dynamics, cost, x0.unsqueeze(0), U_init.unsqueeze(0), **options)
+        sol = ilqr(dynamics, cost, x0.unsqueeze(0), U_init.unsqueeze(0),
+                   X_init=None if X_init is None else X_init.unsqueeze(0), **options)
         return Solution(X=sol.X[0], U=sol.U[0], cost=sol.cost[0], converged=sol.converged[0],
                         iterations=sol.iterations, K=sol.K[0], k=sol.k[0],
                         history={k: v[..., 0] if k == "cost" else v[0] for k, v in sol.history.items()})
@@ -139,7 +156,8 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
 
     unroll = grad == "unroll" and torch.is_grad_enabled()
     with torch.set_grad_enabled(unroll):
-        out = _solve(dynamics, cost, x0 if unroll else x0.detach(), U0, lower, upper, where, **options)
+        X0 = None if X_init is None else X_init.detach().expand(B, T + 1, dims["n"])
+        out = _solve(dynamics, cost, x0 if unroll else x0.detach(), U0, X0, lower, upper, where, **options)
     if grad == "implicit" and torch.is_grad_enabled():
         inputs = [x0] + _grad_tensors(dynamics, cost)
         if any(z.requires_grad for z in inputs):
@@ -159,7 +177,7 @@ def ddp(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor |
     return ilqr(dynamics, cost, x0, U_init, second_order=True, **options)
 
 
-def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_tol, second_order,
+def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, grad_tol, second_order,
            mu_init, mu_min, mu_max, **_):
     """The iterations; differentiable when grad mode is on (the unroll route).
 
@@ -173,11 +191,12 @@ def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_to
     inf = torch.full((B, T, m), float("inf"), **opts)
     lower_t = -inf if lower is None else lower
     upper_t = inf if upper is None else upper
-    X = rollout(dynamics, x0, U)
+    X = rollout(dynamics, x0, U) if X0 is None else X0
+    feasible = torch.full((B,), X0 is None, **flags)       # X is a rollout of U (no gaps)
     J = cost(X, U)
     if not bool(torch.isfinite(J).all()):
-        raise ValueError(f"{where}: the initial rollout is not finite for batch element(s) "
-                         f"{(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}")
+        raise ValueError(f"{where}: the initial {'rollout' if X0 is None else 'guess'} is not finite for batch "
+                         f"element(s) {(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}")
     mu = torch.full((B,), mu_init, **opts)
     converged, done, fine_before, polished = (torch.zeros(B, **flags) for _ in range(4))
     pg = torch.zeros(B, T, m, **opts)
@@ -193,13 +212,14 @@ def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_to
         if len(a) == 0:
             break
         Xa, Ua, lo, hi = X[a], U[a], lower_t[a], upper_t[a]
-        F, _ = linearize(dynamics, Xa, Ua)
+        F, f = linearize(dynamics, Xa, Ua)
         q = cost.quadratize(Xa, Ua)
         g, lam = costates(F, q.C, q.c, q.C_final, q.c_final)
+        gaps, gap0 = _gaps(F, f, Xa, Ua, x0[a], feasible[a], where)
         pga = _project(g, Ua, lo, hi).detach()
         pg = pg.index_put((a,), pga)
         pg_max = pga.abs().flatten(1).amax(-1)
-        now_converged = pg_max <= grad_tol
+        now_converged = (pg_max <= grad_tol) & feasible[a]
         # once steps are below rounding, Newton steps go on only while they still shrink the gradient
         stop = now_converged | (polished[a] & (pg_max > 0.5 * pg_prev[a]))
         converged = converged.index_put((a,), converged[a] | now_converged)
@@ -211,6 +231,8 @@ def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_to
         a = a[go]
         F, lam = F[go], lam[go]
         q = type(q)(*(z[go] for z in q))
+        if gaps is not None:
+            gaps, gap0 = gaps[go], gap0[go]
         # Newton's model where asked, and where Gauss-Newton steps have reached rounding (at a strict local
         # minimum the exact Hessian is positive definite and its steps converge quadratically); a problem
         # whose Newton model gives no accepted step falls back to Gauss-Newton before mu grows
@@ -222,11 +244,12 @@ def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_to
         for _ in range(_MAX_ATTEMPTS):
             b = a[s]
             C = q.C[s] if S is None else q.C[s] + S[s] * newton[s].view(-1, 1, 1, 1)
+            gs, g0 = (None, None) if gaps is None else (gaps[s], gap0[s])
             Ks, ks, (d1, d2), _, ok = box_lqr_backward(F[s], C, q.c[s], q.C_final[s], q.c_final[s],
-                                                         lower_t[b] - U[b], upper_t[b] - U[b], mu[b])
+                                                         lower_t[b] - U[b], upper_t[b] - U[b], mu[b], gs, g0)
             K, k = K.index_put((b,), Ks.detach()), k.index_put((b,), ks.detach())
             scale = J[b].abs().clamp_min(1.0)
-            fine_s = ok & (-d1 <= tol * scale)            # the model's decrease is too small for the cost to verify
+            fine_s = ok & feasible[b] & (-d1 <= tol * scale)            # the model's decrease is too small for the cost to verify
             fine = fine.index_put((s,), fine_s)
             got = torch.zeros(len(s), **flags)
             step = torch.zeros(len(s), **opts)
@@ -236,12 +259,15 @@ def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_to
                 if len(r) == 0:
                     continue
                 br = b[r]
-                Xt, Ut = _forward(dynamics, x0[br], X[br], U[br], Ks[r], ks[r], group, lower_t[br], upper_t[br])
+                Xt, Ut = _forward(dynamics, x0[br], X[br], U[br], Ks[r], ks[r], group, lower_t[br], upper_t[br],
+                                  *((None, None) if gs is None else (gs[r], g0[r])))
                 Jt = cost(Xt.flatten(0, 1), Ut.flatten(0, 1)).view(len(group), len(r))
                 decrease = J[br] - Jt
-                expected = group.unsqueeze(-1) * d1[r] + group.unsqueeze(-1) ** 2 * d2[r]   # (A, R), < 0
-                accept = torch.isfinite(Jt) & torch.where(
-                    fine_s[r], decrease >= -_ROUNDOFF * scale[r], (decrease > 0) & (decrease >= -1e-4 * expected))
+                predicted = -(group.unsqueeze(-1) * d1[r] + group.unsqueeze(-1) ** 2 * d2[r])   # (A, R)
+                # closing gaps may cost: an infeasible problem accepts an increase up to twice the predicted one
+                sufficient = torch.where(feasible[br] | (predicted > 0),
+                                         (decrease > 0) & (decrease >= 1e-4 * predicted), decrease >= 2 * predicted)
+                accept = torch.isfinite(Jt) & torch.where(fine_s[r], decrease >= -_ROUNDOFF * scale[r], sufficient)
                 hit = accept.any(0)
                 first = torch.argmax(accept.to(torch.int8), 0)                     # largest accepted step
                 w, pick = br[hit], first[hit]
@@ -249,6 +275,7 @@ def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_to
                 X = X.index_put((w,), Xt[pick, sel])
                 U = U.index_put((w,), Ut[pick, sel])
                 J = J.index_put((w,), Jt[pick, sel])
+                feasible = feasible.index_put((w,), feasible[w] | (group[pick] == 1))
                 got = got.index_put((r,), hit)
                 step = step.index_put((r[hit],), group[pick])
             has = has.index_put((s,), got)
@@ -268,6 +295,10 @@ def _solve(dynamics, cost, x0, U, lower, upper, where, *, max_iter, tol, grad_to
         polished = polished.index_put((a,), fine & has & newton)
         done = done.index_put((a,), ~has & (mu[a] >= mu_max))       # no step even at mu_max: stalled
         history.append(J.detach())
+    if not bool(feasible.all()):                             # still infeasible: the rollout of the controls
+        i = (~feasible).nonzero().flatten()
+        Xi = rollout(dynamics, x0[i], U[i])
+        X, J = X.index_put((i,), Xi), J.index_put((i,), cost(Xi, U[i]))
     return Solution(X=X, U=U, cost=J, converged=converged, iterations=int(iterations.max()), K=K, k=k,
                     history={"cost": torch.stack(history), "pg": pg, "mu": mu, "iterations": iterations})
 
@@ -365,16 +396,34 @@ def _bound(where, name, value, shape, like):
                          f"to (B, T, m) = {shape}") from None
 
 
-def _forward(dynamics, x0, X, U, K, k, alphas, lower, upper):
-    """Closed-loop rollouts ``u = clamp(U + alpha k + K (x - X))`` for every step size: ``(A, B, T+1, n)``, ``(A, B, T, m)``."""
+def _gaps(F, f, X, U, x0, feasible, where):
+    """The defects of the problems not yet feasible, ``dynamics(x_t, u_t) - x_{t+1}`` ``(B, T, n)`` and
+    ``x0 - X_0`` ``(B, n)`` (exactly zero on feasible problems), or None when all are feasible."""
+    if bool(feasible.all()):
+        return None, None
+    T = U.shape[1]
+    nxt = (F @ torch.cat([X[:, :T], U], -1).unsqueeze(-1)).squeeze(-1) + f
+    gaps = torch.where(feasible.view(-1, 1, 1), 0.0, nxt - X[:, 1:])
+    if not bool(torch.isfinite(gaps).all()):
+        raise ValueError(f"{where}: the model is not finite at the state guess X_init")
+    return gaps, torch.where(feasible.view(-1, 1), 0.0, x0 - X[:, 0])
+
+
+def _forward(dynamics, x0, X, U, K, k, alphas, lower, upper, gaps=None, gap0=None):
+    """Closed-loop rollouts ``u = clamp(U + alpha k + K (x - X))`` for every step size: ``(A, B, T+1, n)``,
+    ``(A, B, T, m)``; with ``gaps`` (and ``gap0``), the fraction ``1 - alpha`` of each is left open."""
     A, (B, T, m) = alphas.shape[0], U.shape
-    x = x0.expand(A, *x0.shape).reshape(A * B, -1)
+    left = (1 - alphas).view(A, 1, 1)
+    x = x0.expand(A, *x0.shape)
+    x = (x if gap0 is None else x - left * gap0).reshape(A * B, -1)
     xs, us = [x], []
     for t in range(T):
         dx = x.view(A, B, -1) - X[:, t]
         u = U[:, t] + alphas.view(A, 1, 1) * k[:, t] + (K[:, t] @ dx.unsqueeze(-1)).squeeze(-1)
         u = torch.clamp(u, lower[:, t], upper[:, t]).reshape(A * B, m)
         x = dynamics(x, u, t)
+        if gaps is not None:
+            x = (x.view(A, B, -1) - left * gaps[:, t]).reshape(A * B, -1)
         xs.append(x)
         us.append(u)
     return torch.stack(xs, 1).view(A, B, T + 1, -1), torch.stack(us, 1).view(A, B, T, m)

@@ -504,19 +504,24 @@ def costates(F, C, c, C_final, c_final):
     return torch.stack(gs, 1), torch.stack(lams, 1)
 
 
-def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu):
+def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=None, dx0=None):
     """Backward pass of box-constrained iLQR on a linearized, quadratized problem in deltas.
 
     Args:
         F: ``(B, T, n, n+m)`` dynamics Jacobians; C, c: ``(B, T, n+m, n+m)``, ``(B, T, n+m)`` cost Hessians and
             gradients; C_final, c_final: ``(B, n, n)``, ``(B, n)``.
         du_lower, du_upper: ``(B, T, m)`` bounds on the control step (bound minus current control).
-        mu: ``(B,)`` Levenberg-Marquardt regularization added to ``Q_uu`` for the step (the value function is
-            that of the resulting policy, unregularized).
+        mu: ``(B,)`` regularization of the step: ``mu I`` added to the next stage's value Hessian in ``Q_uu`` and
+            ``Q_ux`` (Tassa, Erez and Todorov 2012: unlike ``mu I`` on ``Q_uu`` alone, the feedback gains survive
+            a large ``mu``), plus ``1e-6 mu I`` on ``Q_uu``. The value function is that of the resulting policy,
+            unregularized.
+        gaps, dx0: ``(B, T, n)`` and ``(B, n)`` for an infeasible trajectory (multiple shooting): the model is
+            ``dx_{t+1} = F_t dtau_t + alpha gaps_t`` from ``dx_0 = alpha dx0``, so the step closes the fraction
+            ``alpha`` of every gap. None means zero.
 
     Returns ``K (B, T, m, n)`` (zero rows for clamped controls), ``k (B, T, m)``, the expected cost change
     terms ``(d1, d2)`` (each ``(B,)``; under the model the closed-loop step ``alpha k`` changes the cost by
-    exactly ``alpha d1 + alpha^2 d2``), the free masks ``(B, T, m)`` and ``ok (B,)`` (every stage's
+    exactly ``alpha d1 + alpha^2 d2``, gaps included), the free masks ``(B, T, m)`` and ``ok (B,)`` (every stage's
     regularized free ``Q_uu`` positive definite).
 
     Works in the homogeneous coordinates of :func:`lqr`: with ``Mpol = [I; Kh]`` the closed-loop map
@@ -525,7 +530,7 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu):
     """
     B, T, n, nm = F.shape
     m, n1 = nm - n, n + 1
-    Fh, Ch, VTh = _augment(F, F.new_zeros(B, T, n), C, c, C_final, c_final)
+    Fh, Ch, VTh = _augment(F, F.new_zeros(B, T, n) if gaps is None else gaps, C, c, C_final, c_final)
     lo, hi = du_lower.transpose(0, 1), du_upper.transpose(0, 1)
     VW = torch.cat([VTh, VTh[..., :1]], -1)                 # [Vh | wh], wh = [0; c_final]
     eye = torch.eye(n1, dtype=F.dtype, device=F.device).expand(B, n1, n1)
@@ -536,8 +541,14 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu):
         Qh = torch.baddbmm(Ch[t], G[..., :n1], Fh[t])
         p = G[..., n1] + Ch[t, :, :, 0]
         R = Qh[:, n1:, :n1]                                 # [q_u, Q_ux]
+        # the step's regularization: mu I on the next value's state Hessian (and 1e-6 mu I on Q_uu, so that a
+        # control without effect on the state still gets a positive definite block)
+        Fu = Fh[t][:, 1:, n1:]
+        reg = mu.view(B, 1, 1) * (Fu.mT @ Fh[t][:, 1:, 1:])
+        R = torch.cat([R[..., :1], R[..., 1:] + reg[..., :n]], -1)
+        Quu = Qh[:, n1:, n1:] + reg[..., n:] + (1e-6 * mu).view(B, 1, 1) * eye_m
         if m == 1:                                          # the clamped Newton step is exact
-            h = Qh[:, n1:, n1] + mu.unsqueeze(-1)
+            h = Quu[..., 0]
             oks[t] = h[:, 0] > 0
             h = torch.where(oks[t].unsqueeze(-1), h, torch.ones_like(h))
             k_free = -R[..., 0] / h
@@ -545,13 +556,18 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu):
             free = k == k_free
             K = R[..., 1:] * (free / h).mul_(-1).unsqueeze(-1)
         else:
-            k, free, oks[t], K = box_qp(Qh[:, n1:, n1:] + mu.view(B, 1, 1) * eye_m, R[..., 0], lo[t], hi[t],
+            k, free, oks[t], K = box_qp(Quu, R[..., 0], lo[t], hi[t],
                                         rhs=R[..., 1:])
         Kh[t] = torch.cat([k.unsqueeze(-1), K], -1)
         frees[t] = free
         Mpol = torch.cat([eye, Kh[t]], -2)
         VW = Mpol.mT @ torch.cat([Qh @ Mpol, p.unsqueeze(-1)], -1)
     Kh = torch.stack(Kh, 1)
-    d1 = VW[:, 0, n1]
-    d2 = 0.5 * VW[:, 0, 0] - d1
+    if dx0 is None:
+        d1 = VW[:, 0, n1]
+        d2 = 0.5 * VW[:, 0, 0] - d1
+    else:                                                   # the linear and total changes at h0 = [1; dx0]
+        h0 = torch.cat([torch.ones_like(dx0[:, :1]), dx0], -1).unsqueeze(-1)
+        d1 = (VW[:, :, n1:] * h0).sum((-2, -1))
+        d2 = 0.5 * (h0.mT @ VW[:, :, :n1] @ h0)[:, 0, 0] - d1
     return Kh[..., 1:], Kh[..., 0], (d1, d2), torch.stack(frees, 1), torch.stack(oks, 1).all(1)

@@ -194,6 +194,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
     X = rollout(dynamics, x0, U) if X0 is None else X0
     feasible = torch.full((B,), X0 is None, **flags)       # X is a rollout of U (no gaps)
     J = cost(X, U)
+    J = torch.where(torch.isfinite(X).flatten(1).all(-1), J, float("nan"))
     if not bool(torch.isfinite(J).all()):
         raise ValueError(f"{where}: the initial {'rollout' if X0 is None else 'guess'} is not finite for batch "
                          f"element(s) {(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}")
@@ -267,7 +268,8 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
                 # closing gaps may cost: an infeasible problem accepts an increase up to twice the predicted one
                 sufficient = torch.where(feasible[br] | (predicted > 0),
                                          (decrease > 0) & (decrease >= 1e-4 * predicted), decrease >= 2 * predicted)
-                accept = torch.isfinite(Jt) & torch.where(fine_s[r], decrease >= -_ROUNDOFF * scale[r], sufficient)
+                finite = torch.isfinite(Jt) & torch.isfinite(Xt).flatten(2).all(-1)   # a cost may ignore x_T
+                accept = finite & torch.where(fine_s[r], decrease >= -_ROUNDOFF * scale[r], sufficient)
                 hit = accept.any(0)
                 first = torch.argmax(accept.to(torch.int8), 0)                     # largest accepted step
                 w, pick = br[hit], first[hit]

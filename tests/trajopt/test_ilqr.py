@@ -266,3 +266,51 @@ def test_p4_implicit_gradients_match_finite_differences_with_active_bounds():
     assert g_x0[0, 1].item() == pytest.approx(central(x0.data, (0, 1)), rel=1e-5)
     assert g_C[1, 1].item() == pytest.approx(central(cost.C.data, (1, 1)), rel=1e-5)     # the y weight
     assert g_L.item() == pytest.approx(central(wheelbase.data, ()), rel=1e-5)           # the wheelbase
+
+
+def test_cartpole_pole_mass_gradient_matches_finite_differences():
+    """The case where mpc.pytorch's gradient is 16.41 against central differences' 12.55: d sum(U) / d m_pole
+    through the converged P3 solution from the hanging start (43% of the controls at their bounds)."""
+    p = problem("P3 cart-pole", 1)
+    model, cost, ub = p["dynamics"], p["cost"], p["u_max"]
+    pole_mass = model.model.mp.requires_grad_(True)
+    options = dict(u_lower=-ub, u_upper=ub, max_iter=300, grad_tol=1e-10)
+    sol = trajopt.ilqr(model, cost, p["x0"], horizon=p["T"], **options)
+    assert sol.converged.all() and 0.2 < float((sol.U.detach().abs() >= ub).double().mean()) < 0.8
+    (grad,) = torch.autograd.grad(sol.U.sum(), pole_mass)
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            pole_mass += sign * 1e-4
+            again = trajopt.ilqr(model, cost, p["x0"], sol.U.detach(), grad=None, **options)
+            pole_mass -= sign * 1e-4
+        assert again.converged.all()
+        values.append(float(again.U.sum()))
+    assert grad.item() == pytest.approx((values[0] - values[1]) / 2e-4, rel=1e-5)
+
+
+class _BreaksDown(dynamics.Dynamics):
+    """A double integrator whose step returns NaN beyond ``|position| > 1`` (a simulator blowing up)."""
+
+    def __init__(self):
+        super().__init__(2, 1)
+
+    def forward(self, x, u, t=None):
+        nxt = torch.stack([x[..., 0] + 0.1 * x[..., 1], x[..., 1] + 0.1 * u[..., 0]], -1)
+        return torch.where(x[..., :1].abs() > 1, float("nan"), nxt)
+
+
+def test_a_problem_whose_optimum_lies_where_the_model_breaks_down_ends_finite_and_unconverged():
+    model = _BreaksDown()
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(2, **D64), 1e-3 * torch.eye(1, **D64),
+                                              x_goal=torch.tensor([3.0, 0.0], **D64))    # the goal is out of reach
+    x0 = torch.tensor([[0.0, 0.0], [0.5, 0.0]], **D64)
+    U_init = torch.zeros(2, 20, 1, **D64)
+    sol = trajopt.ilqr(model, cost, x0, U_init, max_iter=50)
+    initial = cost(trajopt.rollout(model, x0, U_init), U_init)
+    assert not sol.converged.any()
+    assert torch.isfinite(sol.X).all() and torch.isfinite(sol.cost).all()
+    assert (sol.cost < initial).all()                                   # the best finite iterate, not the start
+    torch.testing.assert_close(sol.cost, cost(trajopt.rollout(model, x0, sol.U), sol.U))
+    with pytest.raises(ValueError, match="initial rollout is not finite for batch element"):
+        trajopt.ilqr(model, cost, x0, torch.full((2, 20, 1), 50.0, **D64))

@@ -12,11 +12,12 @@ of the module (the models are ordinary ``nn.Module``s).
 from __future__ import annotations
 
 import abc
+import itertools
 from collections.abc import Sequence
 
 import torch
 from torch import nn
-from torch.func import hessian, jacfwd, jacrev, vmap
+from torch.func import jacfwd, jacrev, vmap
 
 from . import integrators
 
@@ -108,12 +109,29 @@ class Dynamics(_Model):
         These are what DDP adds to ``Q_xx``, ``Q_ux``, ``Q_uu``; each is the Hessian
         of one scalar per sample, so the ``(n, n+m, n+m)`` tensor of second
         derivatives of ``f`` is never formed.
-        """
-        def scalar(xi, ui, li):
-            return (self(xi.unsqueeze(0), ui.unsqueeze(0), t).squeeze(0) * li).sum()
 
-        (hxx, _), (hux, huu) = vmap(hessian(scalar, argnums=(0, 1)))(x, u, lam)
-        return hxx, hux, huu
+        The rows of the batch are independent, so the Hessian of ``sum_b lam_b' f(x_b, u_b)`` is block
+        diagonal: one batched double backward (``n + m`` vector-Hessian products, vmapped over the basis
+        directions) gives every sample's block. Differentiable (when grad mode is on) with respect to
+        ``x``, ``u``, ``lam`` and the model's parameters.
+        """
+        n, m = x.shape[-1], u.shape[-1]
+        graph = torch.is_grad_enabled() and any(z.requires_grad for z in itertools.chain(
+            (x, u, lam), self.parameters(), self.buffers()))
+        with torch.enable_grad():
+            xg = x if graph and x.requires_grad else x.detach().requires_grad_(True)
+            ug = u if graph and u.requires_grad else u.detach().requires_grad_(True)
+            scalar = (self(xg, ug, t) * lam).sum()
+            gx, gu = torch.autograd.grad(scalar, (xg, ug), create_graph=True, materialize_grads=True)
+            g = torch.cat([gx, gu], -1)
+            if not g.requires_grad:                         # linear in (x, u)
+                H = x.new_zeros(x.shape[0], n + m, n + m)
+            else:
+                basis = torch.eye(n + m, dtype=x.dtype, device=x.device).unsqueeze(1).expand(n + m, *g.shape)
+                hx, hu = torch.autograd.grad(g, (xg, ug), basis, is_grads_batched=True, create_graph=graph,
+                                             materialize_grads=True)
+                H = torch.cat([hx, hu], -1).transpose(0, 1)     # (B, n+m, n+m), row i from direction i
+        return H[:, :n, :n], H[:, n:, :n], H[:, n:, n:]
 
 
 class ContinuousDynamics(_Model):

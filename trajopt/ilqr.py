@@ -39,8 +39,8 @@ from .rollout import linearize, rollout
 
 __all__ = ["ilqr", "ddp", "projected_gradient"]
 
-_MAX_ATTEMPTS = 12
 _ALPHAS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 0.003, 0.001)
+_ROWS_AT_ONCE = 1024    # problems x step sizes evaluated in one forward pass
 _ROUNDOFF = 1e-12       # relative cost increases below this are taken for rounding
 
 
@@ -181,9 +181,10 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
            mu_init, mu_min, mu_max, **_):
     """The iterations; differentiable when grad mode is on (the unroll route).
 
-    Each iteration works on the problems still iterating only, and each retry of the backward pass (at a
-    larger regularization) and each round of the line search (the full step first, the shorter ones only
-    where it was rejected) on the problems still waiting, so that a batch costs what its slow members need.
+    Each iteration works on the problems still iterating only: one linearization, one backward pass and one
+    batched line search for all of them. A problem whose step is rejected grows its regularization and tries
+    again in the next iteration with the others (an iteration is one linearization, as in mpc.pytorch), so
+    that a batch costs what its slow members need and no pass runs for a few stragglers alone.
     """
     B, T, m = U.shape
     opts = dict(dtype=x0.dtype, device=x0.device)
@@ -199,7 +200,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         raise ValueError(f"{where}: the initial {'rollout' if X0 is None else 'guess'} is not finite for batch "
                          f"element(s) {(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}")
     mu = torch.full((B,), mu_init, **opts)
-    converged, done, fine_before, polished = (torch.zeros(B, **flags) for _ in range(4))
+    converged, done, fine_before, polished, gauss_next = (torch.zeros(B, **flags) for _ in range(5))
     pg = torch.zeros(B, T, m, **opts)
     pg_prev = torch.full((B,), float("inf"), **opts)
     iterations = torch.zeros(B, dtype=torch.long, device=x0.device)
@@ -236,66 +237,63 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
             gaps, gap0 = gaps[go], gap0[go]
         # Newton's model where asked, and where Gauss-Newton steps have reached rounding (at a strict local
         # minimum the exact Hessian is positive definite and its steps converge quadratically); a problem
-        # whose Newton model gives no accepted step falls back to Gauss-Newton before mu grows
-        newton = fine_before[a] | second_order
-        S = _second_order_terms(dynamics, X[a], U[a], lam) if bool(newton.any()) else None
-        has = torch.zeros(len(a), **flags)
-        fine = torch.zeros(len(a), **flags)
-        s = torch.arange(len(a), device=x0.device)         # positions in ``a`` still waiting for a step
-        for _ in range(_MAX_ATTEMPTS):
-            b = a[s]
-            C = q.C[s] if S is None else q.C[s] + S[s] * newton[s].view(-1, 1, 1, 1)
-            gs, g0 = (None, None) if gaps is None else (gaps[s], gap0[s])
-            Ks, ks, (d1, d2), _, ok = box_lqr_backward(F[s], C, q.c[s], q.C_final[s], q.c_final[s],
-                                                         lower_t[b] - U[b], upper_t[b] - U[b], mu[b], gs, g0)
-            K, k = K.index_put((b,), Ks.detach()), k.index_put((b,), ks.detach())
-            scale = J[b].abs().clamp_min(1.0)
-            fine_s = ok & feasible[b] & (-d1 <= tol * scale)            # the model's decrease is too small for the cost to verify
-            fine = fine.index_put((s,), fine_s)
-            got = torch.zeros(len(s), **flags)
-            step = torch.zeros(len(s), **opts)
-            # the full step for all; the shorter ones where it was rejected (never below rounding)
-            for group in (alphas[:1], alphas[1:]):
-                r = (ok & ~got & (~fine_s if len(group) > 1 else True)).nonzero().flatten()
-                if len(r) == 0:
-                    continue
-                br = b[r]
-                Xt, Ut = _forward(dynamics, x0[br], X[br], U[br], Ks[r], ks[r], group, lower_t[br], upper_t[br],
-                                  *((None, None) if gs is None else (gs[r], g0[r])))
-                Jt = cost(Xt.flatten(0, 1), Ut.flatten(0, 1)).view(len(group), len(r))
-                decrease = J[br] - Jt
-                predicted = -(group.unsqueeze(-1) * d1[r] + group.unsqueeze(-1) ** 2 * d2[r])   # (A, R)
-                # closing gaps may cost: an infeasible problem accepts an increase up to twice the predicted one
-                sufficient = torch.where(feasible[br] | (predicted > 0),
-                                         (decrease > 0) & (decrease >= 1e-4 * predicted), decrease >= 2 * predicted)
-                finite = torch.isfinite(Jt) & torch.isfinite(Xt).flatten(2).all(-1)   # a cost may ignore x_T
-                accept = finite & torch.where(fine_s[r], decrease >= -_ROUNDOFF * scale[r], sufficient)
-                hit = accept.any(0)
-                first = torch.argmax(accept.to(torch.int8), 0)                     # largest accepted step
-                w, pick = br[hit], first[hit]
-                sel = hit.nonzero().flatten()
-                X = X.index_put((w,), Xt[pick, sel])
-                U = U.index_put((w,), Ut[pick, sel])
-                J = J.index_put((w,), Jt[pick, sel])
-                feasible = feasible.index_put((w,), feasible[w] | (group[pick] == 1))
-                got = got.index_put((r,), hit)
-                step = step.index_put((r[hit],), group[pick])
-            has = has.index_put((s,), got)
-            # trust the model more after a full step, less after a short one
-            mb = mu[b]
-            mb = torch.where(got & (step >= 0.5), torch.clamp(mb / 4, min=mu_min), mb)
-            mb = torch.where(got & (step < 0.1), torch.clamp(mb * 4, max=mu_max), mb)
-            fallback = ~got & newton[s]
-            mb = torch.where(~got & ~fallback, torch.clamp(mb * 10, max=mu_max), mb)
-            mu = mu.index_put((b,), mb)
-            newton = newton.index_put((s,), newton[s] & ~fallback)
-            s = s[~got & ((mb < mu_max) | fallback)]
-            if len(s) == 0:
-                break
+        # whose Newton step was rejected takes one Gauss-Newton step before its regularization grows
+        newton = (fine_before[a] | second_order) & ~gauss_next[a]
+        C = q.C
+        if bool(newton.any()):                              # computed for the Newton rows only
+            i = newton.nonzero().flatten()
+            C = C.index_put((i,), C[i] + _second_order_terms(dynamics, X[a[i]], U[a[i]], lam[i]))
+        Ka, ka, (d1, d2), _, ok = box_lqr_backward(F, C, q.c, q.C_final, q.c_final, lower_t[a] - U[a],
+                                                   upper_t[a] - U[a], mu[a], gaps, gap0)
+        K, k = K.index_put((a,), Ka), k.index_put((a,), ka)
+        scale = J[a].abs().clamp_min(1.0)
+        fine = ok & feasible[a] & (-d1 <= tol * scale)     # the model's decrease is too small for the cost to verify
+        got = torch.zeros(len(a), **flags)
+        step = torch.zeros(len(a), **opts)
+        # all step sizes in one batched forward pass while that is cheap (per-operation overhead dominates);
+        # for large batches the full step first and the shorter ones only where it was rejected. Below
+        # rounding only the full step counts.
+        together = len(a) * len(alphas) <= _ROWS_AT_ONCE
+        for group in ((alphas,) if together else (alphas[:1], alphas[1:])):
+            r = (ok & ~got & (~fine if group[0] < 1 else True)).nonzero().flatten()
+            if len(r) == 0:
+                continue
+            br = a[r]
+            Xt, Ut = _forward(dynamics, x0[br], X[br], U[br], Ka[r], ka[r], group, lower_t[br], upper_t[br],
+                              *((None, None) if gaps is None else (gaps[r], gap0[r])))
+            Jt = cost(Xt.flatten(0, 1), Ut.flatten(0, 1)).view(len(group), len(r))
+            decrease = J[br] - Jt
+            predicted = -(group.unsqueeze(-1) * d1[r] + group.unsqueeze(-1) ** 2 * d2[r])   # (A, R)
+            # closing gaps may cost: an infeasible problem accepts an increase up to twice the predicted one
+            sufficient = torch.where(feasible[br] | (predicted > 0),
+                                     (decrease > 0) & (decrease >= 1e-4 * predicted), decrease >= 2 * predicted)
+            finite = torch.isfinite(Jt) & torch.isfinite(Xt).flatten(2).all(-1)   # a cost may ignore x_T
+            accept = finite & torch.where(fine[r], (decrease >= -_ROUNDOFF * scale[r]) & (group == 1).unsqueeze(-1),
+                                          sufficient)
+            hit = accept.any(0)
+            first = torch.argmax(accept.to(torch.int8), 0)                     # largest accepted step
+            w, pick = br[hit], first[hit]
+            sel = hit.nonzero().flatten()
+            X = X.index_put((w,), Xt[pick, sel])
+            U = U.index_put((w,), Ut[pick, sel])
+            J = J.index_put((w,), Jt[pick, sel])
+            feasible = feasible.index_put((w,), feasible[w] | (group[pick] == 1))
+            got = got.index_put((r,), hit)
+            step = step.index_put((r[hit],), group[pick])
+        # trust the model more after a full step, less after a short one, and grow mu after a rejected one (a
+        # rejected problem tries again in the next iteration, batched with the others: cheaper than a retry)
+        mb = mu[a]
+        mb = torch.where(got & (step >= 0.5), torch.clamp(mb / 4, min=mu_min), mb)
+        mb = torch.where(got & (step < 0.1), torch.clamp(mb * 4, max=mu_max), mb)
+        fallback = ~got & newton
+        stalled = ~got & ~fallback & (mb >= mu_max)         # no step even at mu_max
+        mb = torch.where(~got & ~fallback, torch.clamp(mb * 10, max=mu_max), mb)
+        mu = mu.index_put((a,), mb)
+        gauss_next = gauss_next.index_put((a,), fallback)
         iterations = iterations.index_put((a,), iterations[a] + 1)
-        fine_before = fine_before.index_put((a,), fine & has)
-        polished = polished.index_put((a,), fine & has & newton)
-        done = done.index_put((a,), ~has & (mu[a] >= mu_max))       # no step even at mu_max: stalled
+        fine_before = fine_before.index_put((a,), fine & got)
+        polished = polished.index_put((a,), fine & got & newton)
+        done = done.index_put((a,), stalled)
         history.append(J.detach())
     if not bool(feasible.all()):                             # still infeasible: the rollout of the controls
         i = (~feasible).nonzero().flatten()

@@ -529,39 +529,41 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=Non
     gradient ``w`` of the policy's cost-to-go at ``alpha = 0``, whose leading entry sums the slope ``d1``.
     """
     B, T, n, nm = F.shape
-    m, n1 = nm - n, n + 1
+    m, n1, N = nm - n, n + 1, nm + 1
     Fh, Ch, VTh = _augment(F, F.new_zeros(B, T, n) if gaps is None else gaps, C, c, C_final, c_final)
-    lo, hi = du_lower.transpose(0, 1), du_upper.transpose(0, 1)
+    lo, hi = du_lower.transpose(0, 1).unsqueeze(-1), du_upper.transpose(0, 1).unsqueeze(-1)
+    # one product per stage gives [Qh | p]: [Ch | Ch e0] + G [[Fh, 0], [0, 1]]
+    ChX = torch.cat([Ch, Ch[..., :1]], -1)                  # (T, B, N, N+1)
+    FhX = Fh.new_zeros(T, B, n1 + 1, N + 1)
+    FhX[..., :n1, :N] = Fh
+    FhX[..., n1, N] = 1.0
+    # the step's regularization, on the control rows: mu I on the next value's state Hessian, mu B'[A B]
+    # (Tassa et al. 2012), and 1e-6 mu I on Q_uu so that a control without effect on the state still gets a
+    # positive definite block
+    Fu = Fh[..., 1:, n1:]
+    reg = Fh.new_zeros(T, B, m, N)
+    reg[..., 1:] = mu.view(1, B, 1, 1) * (Fu.mT @ Fh[..., 1:, 1:])
+    reg[..., n1:] += (1e-6 * mu).view(1, B, 1, 1) * torch.eye(m, dtype=F.dtype, device=F.device)
     VW = torch.cat([VTh, VTh[..., :1]], -1)                 # [Vh | wh], wh = [0; c_final]
-    eye = torch.eye(n1, dtype=F.dtype, device=F.device).expand(B, n1, n1)
-    eye_m = torch.eye(m, dtype=F.dtype, device=F.device)
     Kh, frees, oks = [None] * T, [None] * T, [None] * T
     for t in range(T - 1, -1, -1):
-        G = Fh[t].mT @ VW
-        Qh = torch.baddbmm(Ch[t], G[..., :n1], Fh[t])
-        p = G[..., n1] + Ch[t, :, :, 0]
-        R = Qh[:, n1:, :n1]                                 # [q_u, Q_ux]
-        # the step's regularization: mu I on the next value's state Hessian (and 1e-6 mu I on Q_uu, so that a
-        # control without effect on the state still gets a positive definite block)
-        Fu = Fh[t][:, 1:, n1:]
-        reg = mu.view(B, 1, 1) * (Fu.mT @ Fh[t][:, 1:, 1:])
-        R = torch.cat([R[..., :1], R[..., 1:] + reg[..., :n]], -1)
-        Quu = Qh[:, n1:, n1:] + reg[..., n:] + (1e-6 * mu).view(B, 1, 1) * eye_m
+        Qp = torch.baddbmm(ChX[t], Fh[t].mT @ VW, FhX[t])   # [Qh | p]
+        Ru = Qp[:, n1:, :N] + reg[t]                        # [q_u | Q_ux | Q_uu], regularized
         if m == 1:                                          # the clamped Newton step is exact
-            h = Quu[..., 0]
-            oks[t] = h[:, 0] > 0
-            h = torch.where(oks[t].unsqueeze(-1), h, torch.ones_like(h))
-            k_free = -R[..., 0] / h
-            k = torch.clamp(k_free, lo[t], hi[t])
-            free = k == k_free
-            K = R[..., 1:] * (free / h).mul_(-1).unsqueeze(-1)
+            h = Ru[..., n1:]
+            oks[t] = h[:, 0, 0] > 0
+            pol = torch.div(Ru[..., :n1], torch.where(oks[t].view(B, 1, 1), h, 1.0)).neg_()   # [k, K] unclamped
+            k = torch.clamp(pol[..., :1], lo[t], hi[t])
+            free = k == pol[..., :1]
+            Kh[t] = torch.where(free, pol, torch.nn.functional.pad(k, (0, n)))
+            frees[t] = free[..., 0]
         else:
-            k, free, oks[t], K = box_qp(Quu, R[..., 0], lo[t], hi[t],
-                                        rhs=R[..., 1:])
-        Kh[t] = torch.cat([k.unsqueeze(-1), K], -1)
-        frees[t] = free
-        Mpol = torch.cat([eye, Kh[t]], -2)
-        VW = Mpol.mT @ torch.cat([Qh @ Mpol, p.unsqueeze(-1)], -1)
+            k, frees[t], oks[t], K = box_qp(Ru[..., n1:], Ru[..., 0], lo[t, ..., 0], hi[t, ..., 0],
+                                            rhs=Ru[..., 1:n1])
+            Kh[t] = torch.cat([k.unsqueeze(-1), K], -1)
+        # the policy's value [Mpol' Qh Mpol | Mpol' p] with Mpol = [I; Kh]
+        Y = torch.cat([torch.baddbmm(Qp[..., :n1], Qp[..., n1:N], Kh[t]), Qp[..., N:]], -1)
+        VW = torch.baddbmm(Y[:, :n1], Kh[t].mT, Y[:, n1:])
     Kh = torch.stack(Kh, 1)
     if dx0 is None:
         d1 = VW[:, 0, n1]

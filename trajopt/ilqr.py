@@ -200,7 +200,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         raise ValueError(f"{where}: the initial {'rollout' if X0 is None else 'guess'} is not finite for batch "
                          f"element(s) {(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}")
     mu = torch.full((B,), mu_init, **opts)
-    converged, done, fine_before, polished, gauss_next = (torch.zeros(B, **flags) for _ in range(5))
+    converged, done, fine_before, polished = (torch.zeros(B, **flags) for _ in range(4))
     pg = torch.zeros(B, T, m, **opts)
     pg_prev = torch.full((B,), float("inf"), **opts)
     iterations = torch.zeros(B, dtype=torch.long, device=x0.device)
@@ -237,59 +237,71 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
             gaps, gap0 = gaps[go], gap0[go]
         # Newton's model where asked, and where Gauss-Newton steps have reached rounding (at a strict local
         # minimum the exact Hessian is positive definite and its steps converge quadratically); a problem
-        # whose Newton step was rejected takes one Gauss-Newton step before its regularization grows
-        newton = (fine_before[a] | second_order) & ~gauss_next[a]
+        # whose Newton step is rejected tries a Gauss-Newton step at once, before its regularization grows
+        newton = fine_before[a] | second_order
         C = q.C
         if bool(newton.any()):                              # computed for the Newton rows only
             i = newton.nonzero().flatten()
             C = C.index_put((i,), C[i] + _second_order_terms(dynamics, X[a[i]], U[a[i]], lam[i]))
-        Ka, ka, (d1, d2), _, ok = box_lqr_backward(F, C, q.c, q.C_final, q.c_final, lower_t[a] - U[a],
-                                                   upper_t[a] - U[a], mu[a], gaps, gap0)
-        K, k = K.index_put((a,), Ka), k.index_put((a,), ka)
-        scale = J[a].abs().clamp_min(1.0)
-        fine = ok & feasible[a] & (-d1 <= tol * scale)     # the model's decrease is too small for the cost to verify
         got = torch.zeros(len(a), **flags)
+        fine = torch.zeros(len(a), **flags)
         step = torch.zeros(len(a), **opts)
-        # all step sizes in one batched forward pass while that is cheap (per-operation overhead dominates);
-        # for large batches the full step first and the shorter ones only where it was rejected. Below
-        # rounding only the full step counts.
-        together = len(a) * len(alphas) <= _ROWS_AT_ONCE
-        for group in ((alphas,) if together else (alphas[:1], alphas[1:])):
-            r = (ok & ~got & (~fine if group[0] < 1 else True)).nonzero().flatten()
-            if len(r) == 0:
-                continue
-            br = a[r]
-            Xt, Ut = _forward(dynamics, x0[br], X[br], U[br], Ka[r], ka[r], group, lower_t[br], upper_t[br],
-                              *((None, None) if gaps is None else (gaps[r], gap0[r])))
-            Jt = cost(Xt.flatten(0, 1), Ut.flatten(0, 1)).view(len(group), len(r))
-            decrease = J[br] - Jt
-            predicted = -(group.unsqueeze(-1) * d1[r] + group.unsqueeze(-1) ** 2 * d2[r])   # (A, R)
-            # closing gaps may cost: an infeasible problem accepts an increase up to twice the predicted one
-            sufficient = torch.where(feasible[br] | (predicted > 0),
-                                     (decrease > 0) & (decrease >= 1e-4 * predicted), decrease >= 2 * predicted)
-            finite = torch.isfinite(Jt) & torch.isfinite(Xt).flatten(2).all(-1)   # a cost may ignore x_T
-            accept = finite & torch.where(fine[r], (decrease >= -_ROUNDOFF * scale[r]) & (group == 1).unsqueeze(-1),
-                                          sufficient)
-            hit = accept.any(0)
-            first = torch.argmax(accept.to(torch.int8), 0)                     # largest accepted step
-            w, pick = br[hit], first[hit]
-            sel = hit.nonzero().flatten()
-            X = X.index_put((w,), Xt[pick, sel])
-            U = U.index_put((w,), Ut[pick, sel])
-            J = J.index_put((w,), Jt[pick, sel])
-            feasible = feasible.index_put((w,), feasible[w] | (group[pick] == 1))
-            got = got.index_put((r,), hit)
-            step = step.index_put((r[hit],), group[pick])
+        s = torch.arange(len(a), device=x0.device)         # the rows of ``a`` in this pass
+        while True:
+            b = a[s]
+            Ks, ks, (d1, d2), _, ok = box_lqr_backward(F[s], C[s], q.c[s], q.C_final[s], q.c_final[s],
+                                                         lower_t[b] - U[b], upper_t[b] - U[b], mu[b],
+                                                         *((None, None) if gaps is None else (gaps[s], gap0[s])))
+            K, k = K.index_put((b,), Ks), k.index_put((b,), ks)
+            scale = J[b].abs().clamp_min(1.0)
+            fine_s = ok & feasible[b] & (-d1 <= tol * scale)   # the model's decrease is too small for the cost to verify
+            got_s = torch.zeros(len(s), **flags)
+            # all step sizes in one batched forward pass while that is cheap (per-operation overhead dominates);
+            # for large batches the full step first and the shorter ones only where it was rejected. Below
+            # rounding only the full step counts.
+            together = len(s) * len(alphas) <= _ROWS_AT_ONCE
+            for group in ((alphas,) if together else (alphas[:1], alphas[1:])):
+                r = (ok & ~got_s & (~fine_s if group[0] < 1 else True)).nonzero().flatten()
+                if len(r) == 0:
+                    continue
+                br = b[r]
+                Xt, Ut = _forward(dynamics, x0[br], X[br], U[br], Ks[r], ks[r], group, lower_t[br], upper_t[br],
+                                  *((None, None) if gaps is None else (gaps[s[r]], gap0[s[r]])))
+                Jt = cost(Xt.flatten(0, 1), Ut.flatten(0, 1)).view(len(group), len(r))
+                decrease = J[br] - Jt
+                predicted = -(group.unsqueeze(-1) * d1[r] + group.unsqueeze(-1) ** 2 * d2[r])   # (A, R)
+                # closing gaps may cost: an infeasible problem accepts an increase up to twice the predicted one
+                sufficient = torch.where(feasible[br] | (predicted > 0),
+                                         (decrease > 0) & (decrease >= 1e-4 * predicted), decrease >= 2 * predicted)
+                finite = torch.isfinite(Jt) & torch.isfinite(Xt).flatten(2).all(-1)   # a cost may ignore x_T
+                accept = finite & torch.where(fine_s[r], (decrease >= -_ROUNDOFF * scale[r]) &
+                                              (group == 1).unsqueeze(-1), sufficient)
+                hit = accept.any(0)
+                first = torch.argmax(accept.to(torch.int8), 0)                     # largest accepted step
+                w, pick = br[hit], first[hit]
+                sel = hit.nonzero().flatten()
+                X = X.index_put((w,), Xt[pick, sel])
+                U = U.index_put((w,), Ut[pick, sel])
+                J = J.index_put((w,), Jt[pick, sel])
+                feasible = feasible.index_put((w,), feasible[w] | (group[pick] == 1))
+                got_s = got_s.index_put((r,), hit)
+                step = step.index_put((s[r[hit]],), group[pick])
+            got, fine = got.index_put((s,), got_s), fine.index_put((s,), fine_s)
+            retry = ~got_s & newton[s]
+            if not bool(retry.any()):
+                break
+            s = s[retry]
+            newton = newton.index_put((s,), torch.zeros(len(s), **flags))
+            C = C.index_put((s,), q.C[s])
         # trust the model more after a full step, less after a short one, and grow mu after a rejected one (a
-        # rejected problem tries again in the next iteration, batched with the others: cheaper than a retry)
+        # rejected problem tries again in the next iteration, batched with the others: cheaper than retry
+        # passes for a few stragglers)
         mb = mu[a]
         mb = torch.where(got & (step >= 0.5), torch.clamp(mb / 4, min=mu_min), mb)
         mb = torch.where(got & (step < 0.1), torch.clamp(mb * 4, max=mu_max), mb)
-        fallback = ~got & newton
-        stalled = ~got & ~fallback & (mb >= mu_max)         # no step even at mu_max
-        mb = torch.where(~got & ~fallback, torch.clamp(mb * 10, max=mu_max), mb)
+        stalled = ~got & (mb >= mu_max)                     # no step even at mu_max
+        mb = torch.where(~got, torch.clamp(mb * 10, max=mu_max), mb)
         mu = mu.index_put((a,), mb)
-        gauss_next = gauss_next.index_put((a,), fallback)
         iterations = iterations.index_put((a,), iterations[a] + 1)
         fine_before = fine_before.index_put((a,), fine & got)
         polished = polished.index_put((a,), fine & got & newton)

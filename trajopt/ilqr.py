@@ -200,7 +200,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         raise ValueError(f"{where}: the initial {'rollout' if X0 is None else 'guess'} is not finite for batch "
                          f"element(s) {(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}")
     mu = torch.full((B,), mu_init, **opts)
-    converged, done, fine_before, polished = (torch.zeros(B, **flags) for _ in range(4))
+    converged, done, fine_before, polished, gauss_only = (torch.zeros(B, **flags) for _ in range(5))
     pg = torch.zeros(B, T, m, **opts)
     pg_prev = torch.full((B,), float("inf"), **opts)
     iterations = torch.zeros(B, dtype=torch.long, device=x0.device)
@@ -238,7 +238,8 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         # Newton's model where asked, and where Gauss-Newton steps have reached rounding (at a strict local
         # minimum the exact Hessian is positive definite and its steps converge quadratically); a problem
         # whose Newton step is rejected tries a Gauss-Newton step at once, before its regularization grows
-        newton = fine_before[a] | second_order
+        # (and, outside DDP, keeps to Gauss-Newton from then on: its Newton model is not convex there)
+        newton = (fine_before[a] & ~gauss_only[a]) | second_order
         C = q.C
         if bool(newton.any()):                              # computed for the Newton rows only
             i = newton.nonzero().flatten()
@@ -292,6 +293,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
                 break
             s = s[retry]
             newton = newton.index_put((s,), torch.zeros(len(s), **flags))
+            gauss_only = gauss_only.index_put((a[s],), torch.tensor(not second_order, device=x0.device))
             C = C.index_put((s,), q.C[s])
         # trust the model more after a full step, less after a short one, and grow mu after a rejected one (a
         # rejected problem tries again in the next iteration, batched with the others: cheaper than retry

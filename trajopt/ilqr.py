@@ -425,19 +425,25 @@ def _gaps(F, f, X, U, x0, feasible, where):
 
 def _forward(dynamics, x0, X, U, K, k, alphas, lower, upper, gaps=None, gap0=None):
     """Closed-loop rollouts ``u = clamp(U + alpha k + K (x - X))`` for every step size: ``(A, B, T+1, n)``,
-    ``(A, B, T, m)``; with ``gaps`` (and ``gap0``), the fraction ``1 - alpha`` of each is left open."""
+    ``(A, B, T, m)``; with ``gaps`` (and ``gap0``), the fraction ``1 - alpha`` of each is left open.
+
+    Rows run problem-major, ``(B, A)``, so that the feedback of every step size is one batched product."""
     A, (B, T, m) = alphas.shape[0], U.shape
-    left = (1 - alphas).view(A, 1, 1)
-    x = x0.expand(A, *x0.shape)
-    x = (x if gap0 is None else x - left * gap0).reshape(A * B, -1)
+    n = X.shape[-1]
+    a = alphas.view(1, A, 1, 1)
+    feedforward = (U.unsqueeze(1) + a * k.unsqueeze(1)).unbind(2)      # T x (B, A, m)
+    nominal, gains_t = X.unsqueeze(1).unbind(2), K.mT.unbind(1)         # (B, 1, n), (B, n, m)
+    lo, hi = lower.unsqueeze(1).unbind(2), upper.unsqueeze(1).unbind(2)
+    x = x0.unsqueeze(1).expand(B, A, n)
+    if gap0 is not None:
+        x = x - (1 - a[..., 0]) * gap0.unsqueeze(1)
+    left_open = None if gaps is None else ((1 - a) * gaps.unsqueeze(1)).unbind(2)
     xs, us = [x], []
     for t in range(T):
-        dx = x.view(A, B, -1) - X[:, t]
-        u = U[:, t] + alphas.view(A, 1, 1) * k[:, t] + (K[:, t] @ dx.unsqueeze(-1)).squeeze(-1)
-        u = torch.clamp(u, lower[:, t], upper[:, t]).reshape(A * B, m)
-        x = dynamics(x, u, t)
-        if gaps is not None:
-            x = (x.view(A, B, -1) - left * gaps[:, t]).reshape(A * B, -1)
+        u = torch.clamp(torch.baddbmm(feedforward[t], x - nominal[t], gains_t[t]), lo[t], hi[t])
+        x = dynamics(x.reshape(B * A, n), u.reshape(B * A, m), t).view(B, A, n)
+        if left_open is not None:
+            x = x - left_open[t]
         xs.append(x)
         us.append(u)
-    return torch.stack(xs, 1).view(A, B, T + 1, -1), torch.stack(us, 1).view(A, B, T, m)
+    return torch.stack(xs, 2).transpose(0, 1), torch.stack(us, 2).transpose(0, 1)

@@ -26,6 +26,7 @@ PROBLEMS = {"P2 pendulum": (problems.PENDULUM, problems.pendulum_step, problems.
             "P3 cart-pole": (problems.CARTPOLE, problems.cartpole_step, problems.cartpole_x0, dynamics.CartPole),
             "P4 bicycle": (problems.BICYCLE, problems.bicycle_step, None, dynamics.KinematicBicycle)}
 SUITE = ("P2 pendulum", "P3 cart-pole")
+STATE_GUESS = ("P2 pendulum",)  # also solved from the zero-state guess (X_init)
 
 
 def problem(name: str, B: int) -> dict:
@@ -83,12 +84,20 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-def measure(name: str, B: int, max_iter: int = MAX_ITER) -> dict:
+def zero_states(p: dict) -> torch.Tensor:
+    """The zero-state guess ``X_init (B, T+1, n)`` (crocoddyl's default; for P2 and P3 the upright goal)."""
+    return torch.zeros(len(p["x0"]), p["T"] + 1, p["x0"].shape[-1], dtype=p["x0"].dtype)
+
+
+def measure(name: str, B: int, max_iter: int = MAX_ITER, state_guess: bool = False, mpc_row: dict | None = None) -> dict:
+    """One row: our solve (from zero controls, and from the zero-state guess if ``state_guess``) and, unless
+    ``mpc_row`` gives its columns already (mpc.pytorch has no state guess), mpc.pytorch's."""
     p = problem(name, B)
     x0 = p["x0"].clone().requires_grad_(True)
-    sol, seconds = _timed(lambda: solve(p, x0, max_iter, grad="implicit"))
+    X_init = zero_states(p) if state_guess else None
+    sol, seconds = _timed(lambda: solve(p, x0, max_iter, grad="implicit", X_init=X_init))
     iters = sol.history["iterations"]
-    row = {"problem": name, "B": B, "J": float(sol.cost.detach().mean()), "conv": f"{int(sol.converged.sum())}/{B}",
+    row = {"problem": name, "start": "zero states" if state_guess else "rollout", "B": B, "J": float(sol.cost.detach().mean()), "conv": f"{int(sol.converged.sum())}/{B}",
            "iters": f"{float(iters.float().mean()):.0f}/{int(iters.max())}",
            "s": seconds, "bwd_s": "n/a"}
     J_np = numpy_costs(p, sol.U, CHECKED)
@@ -99,7 +108,11 @@ def measure(name: str, B: int, max_iter: int = MAX_ITER) -> dict:
         except Exception as e:  # noqa: BLE001 - e.g. a reduced Hessian that is not positive definite
             row["bwd_s"], row["bwd_error"] = "error", f"{type(e).__name__}: {e}"
     mpc = peers.mpc_pytorch()
-    if mpc is not None:
+    if mpc_row is not None:
+        row.update({k: v for k, v in mpc_row.items() if k.startswith("mpc")})
+        if "mpc_s" in row:
+            row["x_mpc"] = row["mpc_s"] / seconds
+    elif mpc is not None:
         (_, U, its), row["mpc_s"] = _timed(lambda: peers.mpc_ilqr(
             mpc, p["dynamics"], p["cost"].C, p["cost"].c, p["x0"], p["T"], -p["u_max"], p["u_max"], lqr_iter=max_iter))
         U, bound = U.detach(), p["u_max"].expand_as(U)
@@ -109,7 +122,7 @@ def measure(name: str, B: int, max_iter: int = MAX_ITER) -> dict:
     return row
 
 
-COLUMNS = [("problem", "problem", "s"), ("B", "B", "d"), ("J", "mean J", ".2f"), ("iters", "iters mean/max", "s"),
+COLUMNS = [("problem", "problem", "s"), ("start", "start", "s"), ("B", "B", "d"), ("J", "mean J", ".2f"), ("iters", "iters mean/max", "s"),
            ("conv", "converged", "s"), ("s", "solve s", ".2f"), ("bwd_s", "backward s", "s"),
            ("mpc_J", "mpc mean J", ".2f"), ("mpc_iters", "mpc iters", "s"), ("mpc_conv", "mpc converged", "s"),
            ("mpc_s", "mpc solve s", ".2f"), ("x_mpc", "mpc s / ours", ".1f")]
@@ -131,6 +144,8 @@ def run(repeat: int = 1, quick: bool = False, progress: bool = True, max_iter: i
     for name in SUITE:
         for B in QUICK_SIZES if quick else SIZES:
             rows.append(measure(name, B, max_iter))
+            if name in STATE_GUESS:
+                rows.append(measure(name, B, max_iter, state_guess=True, mpc_row=rows[-1]))
             if progress:
                 print(f"  measured {name} B={B}", flush=True)
     mpc_line = ("mpc.pytorch: mpc.MPC with lqr_iter = max_iter, exit_unconverged=False, verbose=-1, its defaults "
@@ -141,7 +156,8 @@ def run(repeat: int = 1, quick: bool = False, progress: bool = True, max_iter: i
                 "mpc.pytorch not importable: its columns are empty (pip install --no-deps mpc)")
     errors = sorted({r["bwd_error"] for r in rows if "bwd_error" in r})
     return "\n".join([
-        f"iLQR on P2 (T={problems.PENDULUM['T']}) and P3 (T={problems.CARTPOLE['T']}), float64, zero initial controls, "
+        f"iLQR on P2 (T={problems.PENDULUM['T']}) and P3 (T={problems.CARTPOLE['T']}), float64, zero initial controls "
+        "(start 'rollout'; 'zero states': also X_init = 0, mpc.pytorch's columns repeated from the row above), "
         f"|u| <= u_max; max_iter={max_iter}, converged: largest projected-gradient entry <= {GRAD_TOL:g} "
         "(the same test on mpc's solution); mean J in problems.py's convention (no 1/2, no terminal term)",
         "ours: trajopt.ilqr, its defaults otherwise; backward: sol.cost.sum().backward() w.r.t. x0 (grad='implicit'; "

@@ -29,11 +29,12 @@ from __future__ import annotations
 import itertools
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from dynamics import Dynamics
 from dynamics._validation import check_consistent, check_tensor
 from .costs import Cost
-from .lqr import box_lqr_backward, costates, lqr
+from .lqr import box_lqr_backward, costates, lqr_with_costates
 from .problem import Solution
 from .rollout import linearize, rollout
 
@@ -113,7 +114,8 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
         ``Solution`` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``, ``converged (B,)``,
         ``iterations`` (the most any problem used), feedback ``K (B, T, m, n)`` and feedforward ``k``
         of the last backward pass, and ``history``: ``cost`` per iteration ``(iters+1, B)``,
-        ``projected_gradient`` (final largest entry, ``(B,)``), ``mu`` and ``iterations`` ``(B,)``.
+        ``projected_gradient`` (final largest entry, ``(B,)``), ``mu`` and ``iterations`` ``(B,)``, and
+        ``costates`` ``(B, T+1, n)`` (the multipliers of the dynamics at the final trajectory; detached).
 
     The model and the cost must treat the rows of a batch independently: the solver evaluates them on
     selections of the batch (the problems still iterating, several step sizes at once).
@@ -157,13 +159,12 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
     unroll = grad == "unroll" and torch.is_grad_enabled()
     with torch.set_grad_enabled(unroll):
         X0 = None if X_init is None else X_init.detach().expand(B, T + 1, dims["n"])
-        out = _solve(dynamics, cost, x0 if unroll else x0.detach(), U0, X0, lower, upper, where, **options)
+        out, at = _solve(dynamics, cost, x0 if unroll else x0.detach(), U0, X0, lower, upper, where, **options)
     if grad == "implicit" and torch.is_grad_enabled():
         inputs = [x0] + _grad_tensors(dynamics, cost)
         if any(z.requires_grad for z in inputs):
-            problem = (dynamics, cost, out.U, lower, upper, out.converged)
-            U = _ImplicitControls.apply(out.U, problem, *inputs)
-            X = rollout(dynamics, x0, U)
+            problem = (dynamics, cost, out.X, out.U, at, lower, upper, out.converged)
+            X, U = _ImplicitSolution.apply(out.X, out.U, problem, *inputs)
             out.X, out.U, out.cost = X, U, cost(X, U)
     out.history["projected_gradient"] = out.history.pop("pg").abs().flatten(1).amax(-1)
     return out
@@ -202,6 +203,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
     mu = torch.full((B,), mu_init, **opts)
     converged, done, fine_before, polished, gauss_only = (torch.zeros(B, **flags) for _ in range(5))
     pg = torch.zeros(B, T, m, **opts)
+    at = None       # the linearization, quadratization and costates at each problem's current trajectory
     pg_prev = torch.full((B,), float("inf"), **opts)
     iterations = torch.zeros(B, dtype=torch.long, device=x0.device)
     history = [J.detach()]
@@ -220,6 +222,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         gaps, gap0 = _gaps(F, f, Xa, Ua, x0[a], feasible[a], where)
         pga = _project(g, Ua, lo, hi).detach()
         pg = pg.index_put((a,), pga)
+        at = _keep(at, a, B, F, q, lam)
         pg_max = pga.abs().flatten(1).amax(-1)
         now_converged = (pg_max <= grad_tol) & feasible[a]
         # once steps are below rounding, Newton steps go on only while they still shrink the gradient
@@ -313,8 +316,21 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         i = (~feasible).nonzero().flatten()
         Xi = rollout(dynamics, x0[i], U[i])
         X, J = X.index_put((i,), Xi), J.index_put((i,), cost(Xi, U[i]))
+        F, _ = linearize(dynamics, Xi, U[i])
+        q = cost.quadratize(Xi, U[i])
+        at = _keep(at, i, B, F, q, costates(F, q.C, q.c, q.C_final, q.c_final)[1])
+    history = {"cost": torch.stack(history), "pg": pg, "mu": mu, "iterations": iterations, "costates": at[-1]}
     return Solution(X=X, U=U, cost=J, converged=converged, iterations=int(iterations.max()), K=K, k=k,
-                    history={"cost": torch.stack(history), "pg": pg, "mu": mu, "iterations": iterations})
+                    history=history), at
+
+
+def _keep(at, rows, B, F, q, lam):
+    """Write ``F``, the quadratization ``q`` and the costates ``lam`` of the problems ``rows`` into ``at``
+    (detached buffers for the whole batch, made on first use)."""
+    parts = (F, *q, lam)
+    if at is None:
+        at = tuple(z.new_zeros(B, *z.shape[1:]) for z in parts)
+    return tuple(buf.index_put((rows,), z.detach()) for buf, z in zip(at, parts))
 
 
 def _second_order_terms(dynamics, X, U, lam):
@@ -339,66 +355,118 @@ def _grad_tensors(dynamics, cost):
     return out
 
 
-class _ImplicitControls(torch.autograd.Function):
-    """Identity on the converged controls whose backward is the implicit-function theorem.
+class _ImplicitSolution(torch.autograd.Function):
+    """Identity on the converged ``(X, U)`` whose backward is the implicit-function theorem on the KKT conditions.
 
-    At a converged solution the free controls satisfy ``g_f(U, theta) = 0`` (``g = dJ/dU``), so
-    ``dU_f/dtheta = -H_ff^{-1} dg_f/dtheta`` with ``H`` the Hessian of the total cost in the controls.
-    The backward solves ``H_ff z = -dL/dU_f`` by one LQR (the Newton system: the Lagrangian's Hessians
-    with ``F``; clamped controls removed) and returns ``z' dg/dtheta`` by a vector-Jacobian product.
+    With ``L`` the Lagrangian (costates ``lam`` of the solution) and the clamped controls held at their bounds,
+    a loss with gradients ``g = (dX, dU)`` has ``dloss/dtheta = -w' d(KKT)/dtheta`` where ``w = (tau~, lam~)``
+    solves the KKT system of one LQR: Hessians ``d^2 L`` (the Newton system), dynamics ``F``, linear terms
+    ``-g``, ``x~_0 = 0``, clamped controls removed; ``lam~`` are its costates. The product with the derivative
+    of the KKT conditions in the parameters is one vector-Jacobian product of the Lagrangian's gradient along
+    ``tau~`` and of the dynamics along ``lam~``, evaluated at all stages at once (no sequential graph), so a
+    backward pass costs one LQR solve, one adjoint sweep and a few batched model evaluations. Problems that did
+    not converge are treated as having every control clamped: they get the gradient of the rollout of their
+    controls (none through the solve).
     """
 
     @staticmethod
-    def forward(ctx, U, problem, *inputs):
+    def forward(ctx, X, U, problem, *inputs):
         ctx.problem, ctx.inputs = problem, inputs
-        return U.clone()
+        return X.clone(), U.clone()
 
     @staticmethod
-    def backward(ctx, gU):
-        dynamics, cost, U, lower, upper, converged = ctx.problem
+    @once_differentiable
+    def backward(ctx, gX, gU):
+        dynamics, cost, X, U, (F, *_, lam), lower, upper, converged = ctx.problem
         x0, *tensors = ctx.inputs
+        X, U = X.detach(), U.detach()
+        gX = torch.zeros_like(X) if gX is None else gX
+        gU = torch.zeros_like(U) if gU is None else gU
+        B, T, m = U.shape
+        n = X.shape[-1]
+        wrt = [z for z in (x0, *tensors) if z.requires_grad]
         with torch.enable_grad():
-            x0 = x0.detach().requires_grad_(True)
-            U = U.detach().requires_grad_(True)
-            X = rollout(dynamics, x0, U)
-            (g,) = torch.autograd.grad(cost(X, U).sum(), U, create_graph=True)
-            z = _newton_solve(dynamics, cost, X.detach(), U.detach(), g.detach(), gU, lower, upper, converged)
-            wrt = [x0] + [w for w in tensors if w.requires_grad]
-            grads = iter(torch.autograd.grad(g, wrt, z, allow_unused=True))
-        g_x0 = next(grads)
-        return (None, None, g_x0 if ctx.needs_input_grad[2] else None,
-                *[next(grads) if w.requires_grad else None for w in tensors])
+            # the Lagrangian sum_t l_t + lam_{t+1}' f_t + l_T (the -lam_t' x_t terms depend on no parameter);
+            # its stages are independent, so its gradient's derivatives along one direction on every stage at
+            # once give every stage's Hessian block
+            Xg, Ug = X.requires_grad_(True), U.requires_grad_(True)
+            nxt = _steps(dynamics, Xg[:, :T], Ug)
+            lagrangian = cost(Xg, Ug).sum() + (lam[:, 1:] * nxt).sum()
+            gx, gu = torch.autograd.grad(lagrangian, (Xg, Ug), create_graph=True, materialize_grads=True)
+            H, H_T = _stage_hessians(gx, gu, Xg, Ug)
+        with torch.no_grad():
+            keep = ~_clamped(U, gu.detach(), lower, upper) & converged.view(B, 1, 1)
+            tau, lam_t = _adjoint_kkt(F, H, H_T, gX, gU, keep, converged)
+        with torch.enable_grad():
+            phi = (gx * tau[..., :n]).sum() + (gu * tau[:, :T, n:]).sum() + (lam_t[:, 1:] * nxt).sum() \
+                + (lam_t[:, 0] * x0).sum()
+            grads = iter(torch.autograd.grad(phi, wrt, allow_unused=True) if phi.requires_grad else [None] * len(wrt))
+        out = [None if not z.requires_grad else _neg(next(grads)) for z in (x0, *tensors)]
+        return (None, None, None, *out)
 
 
-def _newton_solve(dynamics, cost, X, U, g, rhs, lower, upper, converged):
-    """``z = -H_ff^{-1} rhs_f`` (zero on the clamped controls, and on problems that did not converge)
-    by one LQR on the Newton system."""
+def _neg(z):
+    return None if z is None else -z
+
+
+def _stage_hessians(gx, gu, X, U):
+    """Hessian blocks ``(B, T, n+m, n+m)`` and terminal ``(B, n, n)`` of a stagewise-separable function whose
+    gradient ``gx (B, T+1, n)``, ``gu (B, T, m)`` carries a graph to ``X``, ``U``: one batched double backward
+    over the ``n+m`` directions, each set on every stage at once (the graph is kept)."""
     B, T, m = U.shape
-    n = X.shape[-1]
-    clamped = torch.zeros_like(U, dtype=torch.bool)         # held at a bound by their gradient (exact test: the
-    if lower is not None:                                    # projected gradient rounds tiny free entries to 0)
+    n, N = X.shape[-1], X.shape[-1] + U.shape[-1]
+    if not (gx.requires_grad or gu.requires_grad):                       # linear: no curvature
+        return X.new_zeros(B, T, N, N), X.new_zeros(B, n, n)
+    eye = torch.eye(N, dtype=X.dtype, device=X.device)
+    dx = eye[:, :n].view(N, 1, 1, n).expand(N, B, T + 1, n)
+    du = eye[:, n:].view(N, 1, 1, m).expand(N, B, T, m)
+    outs = [(o, d) for o, d in ((gx, dx), (gu, du)) if o.requires_grad]
+    hx, hu = torch.autograd.grad([o for o, _ in outs], (X, U), [d for _, d in outs], retain_graph=True,
+                                 is_grads_batched=True, materialize_grads=True)
+    H = torch.cat([hx[:, :, :T], hu], -1).permute(1, 2, 0, 3)            # row i: the derivative along e_i
+    return H, hx[:n, :, T].transpose(0, 1)
+
+
+def _clamped(U, g, lower, upper):
+    """Controls held at a bound by their gradient ``(B, T, m)`` (an exact test: the projected gradient would
+    round tiny free entries to zero)."""
+    clamped = torch.zeros_like(U, dtype=torch.bool)
+    if lower is not None:
         clamped |= (U <= lower) & (g > 0)
     if upper is not None:
         clamped |= (U >= upper) & (g < 0)
-    with torch.no_grad():
-        F, _ = linearize(dynamics, X, U)
-        q = cost.quadratize(X, U)
-        _, lam = costates(F, q.C, q.c, q.C_final, q.c_final)
-        C = q.C + _second_order_terms(dynamics, X, U, lam)
-        C = torch.where(converged.view(B, 1, 1, 1), C, torch.eye(C.shape[-1], dtype=C.dtype, device=C.device))
-        keep = (~clamped & converged.view(B, 1, 1)).to(U.dtype)
-        F = torch.cat([F[..., :n], F[..., n:] * keep.unsqueeze(-2)], -1)
-        mask = torch.cat([torch.ones(B, T, n, dtype=U.dtype, device=U.device), keep], -1)
-        C = C * mask.unsqueeze(-1) * mask.unsqueeze(-2) + torch.diag_embed(1 - mask)
-        c = torch.cat([torch.zeros(B, T, n, dtype=U.dtype, device=U.device), rhs * keep], -1)
-        try:
-            sol = lqr(F, None, C, c, torch.zeros(B, n, dtype=U.dtype, device=U.device),
-                      C_final=q.C_final, c_final=torch.zeros_like(q.c_final), grad=None)
-        except ValueError as err:
-            raise ValueError("ilqr (grad='implicit'): the Hessian of the cost in the free controls is not "
-                             "positive definite at the solution (not a strict local minimum, or not converged); "
-                             "use grad='unroll' or solve to convergence") from err
-    return sol.U * keep
+    return clamped
+
+
+def _steps(dynamics, X, U):
+    """``dynamics(x_t, u_t, t)`` at every stage, ``(B, T, n)``, in one batched call for a time-invariant model."""
+    B, T, n = X.shape
+    if dynamics.time_varying:
+        return torch.stack([dynamics(X[:, t], U[:, t], t) for t in range(T)], 1)
+    return dynamics(X.reshape(B * T, n), U.reshape(B * T, -1)).view(B, T, n)
+
+
+def _adjoint_kkt(F, H, H_T, gX, gU, keep, converged):
+    """The LQR of the KKT system at the solution (Hessians ``H``, ``H_T`` of the Lagrangian, dynamics ``F``,
+    linear terms ``-g``): ``tau~ (B, T+1, n+m)`` (the last stage holds ``x~_T``, zero controls) and its costates
+    ``lam~ (B, T+1, n)``; the controls not in ``keep`` are held at zero."""
+    B, T, m = gU.shape
+    n = gX.shape[-1]
+    opts = dict(dtype=gU.dtype, device=gU.device)
+    C = torch.where(converged.view(B, 1, 1, 1), H, torch.eye(n + m, **opts))
+    k = keep.to(gU.dtype)
+    Fk = torch.cat([F[..., :n], F[..., n:] * k.unsqueeze(-2)], -1)
+    mask = torch.cat([torch.ones(B, T, n, **opts), k], -1)
+    C = C * mask.unsqueeze(-1) * mask.unsqueeze(-2) + torch.diag_embed(1 - mask)
+    c = -torch.cat([gX[:, :T], gU], -1) * mask
+    try:
+        Xt, Ut, lam_t = lqr_with_costates(Fk, C, c, H_T, -gX[:, T])
+    except ValueError as err:
+        raise ValueError("ilqr (grad='implicit'): the Hessian of the cost in the free controls is not "
+                         "positive definite at the solution (not a strict local minimum, or not converged); "
+                         "use grad='unroll' or solve to convergence") from err
+    tau = torch.cat([Xt[:, :T], Ut], -1)
+    return torch.cat([tau, torch.cat([Xt[:, T:], torch.zeros(B, 1, m, **opts)], -1)], 1), lam_t
 
 
 def _bound(where, name, value, shape, like):

@@ -337,6 +337,17 @@ def _solve(F, f, C, c, x0, C_final, c_final, keep: bool = True) -> _Solved:
     return _Solved(Fh, Kh, Vh, Quu, Xh.get(), Uh.get(), cost, pd)
 
 
+def lqr_with_costates(F, C, c, C_final, c_final):
+    """The LQR with ``f = 0`` and ``x0 = 0`` (the shape of an adjoint system), not differentiable: ``X (B, T+1, n)``,
+    ``U (B, T, m)`` and the costates ``lam (B, T+1, n)`` (the gradient of the optimal cost-to-go at ``x_t``, read
+    off the value function: no extra sweep). Raises ``ValueError`` if some ``Q_uu`` is not positive definite."""
+    B, T, n, _ = F.shape
+    s = _solve(F, F.new_zeros(B, T, n), C, c, F.new_zeros(B, n), C_final, c_final, keep=True)
+    _raise_if_not_pd(s.pd)
+    X, U, *_ = s.outputs()
+    return X, U, (s.Vh[:, :, 1:] @ s.Xh)[..., 0].transpose(0, 1)
+
+
 def _spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``A^{-1} b`` for a batch of small positive-definite ``A (..., m, m)``, ``b (..., m, 1)``."""
     M, _ = _gauss_jordan(torch.cat([A, b], -1), 0)

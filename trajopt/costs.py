@@ -13,7 +13,6 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.func import grad, hessian, vmap
 
 from dynamics._validation import check_tensor
 from dynamics.base import register_tensors
@@ -78,24 +77,45 @@ class Cost(nn.Module, abc.ABC):
     def quadratize(self, X: torch.Tensor, U: torch.Tensor) -> Quadratization:
         """Gradients and Hessians of the cost at every stage of ``X (B, T+1, n)``, ``U (B, T, m)``.
 
-        By ``torch.func`` (vmapped ``grad`` and ``hessian`` of the per-sample
-        cost); :class:`QuadraticCost` overrides it with the exact closed form.
-        Differentiable with respect to ``X``, ``U`` and the cost's parameters.
+        By autograd: the gradient of the total cost, then one batched double backward for all stages' Hessian
+        blocks at once (:func:`stage_hessians`); :class:`QuadraticCost` overrides it with the exact closed
+        form. Differentiable with respect to ``X``, ``U`` and the cost's parameters.
         """
-        n = X.shape[-1]
+        if X.ndim == 2:
+            return Quadratization(*(z[0] for z in self.quadratize(X.unsqueeze(0), U.unsqueeze(0))))
+        T = U.shape[-2]
+        graph = torch.is_grad_enabled() and any(z.requires_grad for z in (X, U, *self.parameters(), *self.buffers()))
+        with torch.enable_grad():
+            Xg = X if graph and X.requires_grad else X.detach().requires_grad_(True)
+            Ug = U if graph and U.requires_grad else U.detach().requires_grad_(True)
+            gx, gu = torch.autograd.grad(self(Xg, Ug).sum(), (Xg, Ug), create_graph=True, materialize_grads=True)
+            C, C_final = stage_hessians(gx, gu, Xg, Ug, create_graph=graph)
+        c = torch.cat([gx[..., :T, :], gu], -1)
+        if not graph:
+            c, gx = c.detach(), gx.detach()
+        return Quadratization(C, c, C_final, gx[..., T, :])
 
-        def per_stage(x, u, t):
-            def scalar(tau):
-                return self.stage(tau[:n].unsqueeze(0), tau[n:].unsqueeze(0), t).squeeze(0)
-            tau = torch.cat([x, u], -1)
-            return vmap(hessian(scalar))(tau), vmap(grad(scalar))(tau)
 
-        def terminal(x):
-            return self.terminal(x.unsqueeze(0)).squeeze(0)
+def stage_hessians(gx, gu, X, U, create_graph: bool = False):
+    """Hessian blocks ``(B, T, n+m, n+m)`` and terminal ``(B, n, n)`` of a stagewise-separable function whose
+    gradient ``gx (B, T+1, n)``, ``gu (B, T, m)`` carries a graph to ``X``, ``U``: one batched double backward
+    over the ``n+m`` directions, each set on every stage at once (the stages are independent, so the Hessian
+    is block diagonal). The graph is kept; the blocks carry one themselves when grad mode is on and the graph
+    reaches tensors that require grad (``create_graph``)."""
+    B, T, m = U.shape
+    n, N = X.shape[-1], X.shape[-1] + U.shape[-1]
+    if not (gx.requires_grad or gu.requires_grad):                       # linear: no curvature
+        return X.new_zeros(B, T, N, N), X.new_zeros(B, n, n)
+    eye = torch.eye(N, dtype=X.dtype, device=X.device)
+    dx = eye[:, :n].view(N, 1, 1, n).expand(N, B, T + 1, n)
+    du = eye[:, n:].view(N, 1, 1, m).expand(N, B, T, m)
+    outs = [(o, d) for o, d in ((gx, dx), (gu, du)) if o.requires_grad]
+    hx, hu = torch.autograd.grad([o for o, _ in outs], (X, U), [d for _, d in outs], retain_graph=True,
+                                 create_graph=torch.is_grad_enabled() and create_graph, is_grads_batched=True,
+                                 materialize_grads=True)
+    H = torch.cat([hx[:, :, :T], hu], -1).permute(1, 2, 0, 3)            # row i: the derivative along e_i
+    return H, hx[:n, :, T].transpose(0, 1)
 
-        C, c = self._stages(per_stage, X[..., :-1, :], U)
-        xT = X[..., -1, :]
-        return Quadratization(C, c, vmap(hessian(terminal))(xT), vmap(grad(terminal))(xT))
 
 
 class QuadraticCost(Cost):

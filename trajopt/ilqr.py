@@ -33,7 +33,7 @@ from torch.autograd.function import once_differentiable
 
 from dynamics import Dynamics
 from dynamics._validation import check_consistent, check_tensor
-from .costs import Cost
+from .costs import Cost, stage_hessians
 from .lqr import box_lqr_backward, costates, lqr_with_costates
 from .problem import Solution
 from .rollout import linearize, rollout
@@ -393,7 +393,7 @@ class _ImplicitSolution(torch.autograd.Function):
             nxt = _steps(dynamics, Xg[:, :T], Ug)
             lagrangian = cost(Xg, Ug).sum() + (lam[:, 1:] * nxt).sum()
             gx, gu = torch.autograd.grad(lagrangian, (Xg, Ug), create_graph=True, materialize_grads=True)
-            H, H_T = _stage_hessians(gx, gu, Xg, Ug)
+            H, H_T = stage_hessians(gx, gu, Xg, Ug)
         with torch.no_grad():
             keep = ~_clamped(U, gu.detach(), lower, upper) & converged.view(B, 1, 1)
             tau, lam_t = _adjoint_kkt(F, H, H_T, gX, gU, keep, converged)
@@ -407,24 +407,6 @@ class _ImplicitSolution(torch.autograd.Function):
 
 def _neg(z):
     return None if z is None else -z
-
-
-def _stage_hessians(gx, gu, X, U):
-    """Hessian blocks ``(B, T, n+m, n+m)`` and terminal ``(B, n, n)`` of a stagewise-separable function whose
-    gradient ``gx (B, T+1, n)``, ``gu (B, T, m)`` carries a graph to ``X``, ``U``: one batched double backward
-    over the ``n+m`` directions, each set on every stage at once (the graph is kept)."""
-    B, T, m = U.shape
-    n, N = X.shape[-1], X.shape[-1] + U.shape[-1]
-    if not (gx.requires_grad or gu.requires_grad):                       # linear: no curvature
-        return X.new_zeros(B, T, N, N), X.new_zeros(B, n, n)
-    eye = torch.eye(N, dtype=X.dtype, device=X.device)
-    dx = eye[:, :n].view(N, 1, 1, n).expand(N, B, T + 1, n)
-    du = eye[:, n:].view(N, 1, 1, m).expand(N, B, T, m)
-    outs = [(o, d) for o, d in ((gx, dx), (gu, du)) if o.requires_grad]
-    hx, hu = torch.autograd.grad([o for o, _ in outs], (X, U), [d for _, d in outs], retain_graph=True,
-                                 is_grads_batched=True, materialize_grads=True)
-    H = torch.cat([hx[:, :, :T], hu], -1).permute(1, 2, 0, 3)            # row i: the derivative along e_i
-    return H, hx[:n, :, T].transpose(0, 1)
 
 
 def _clamped(U, g, lower, upper):

@@ -10,6 +10,7 @@ seconds, so each is timed once.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -46,6 +47,18 @@ def problem(name: str, B: int) -> dict:
     return dict(dynamics=model().discretize().requires_grad_(False), step=step, Q=Q, R=R, target=target,
                 T=spec["T"], x0=x0, U_init=U_init, u_max=torch.as_tensor(spec["u_max"], dtype=torch.float64),
                 cost=trajopt.QuadraticCost.from_weights(torch.tensor(2 * Q), torch.tensor(2 * R), x_goal=goal))
+
+
+def pumping_guesses(T: int, dt: float = 0.05, u_max: float = 2.0, periods=(1.2, 1.6, 2.0), cycles=(1, 2)):
+    """Swing-up guesses for a pendulum (the recipe of ``examples/swing_up.py``): zero, and
+    ``u_max sin(2 pi t / period)`` of either sign, cut after ``cycles`` periods: ``(K, T, 1)``."""
+    t = torch.arange(T, dtype=torch.float64) * dt
+    guesses = [torch.zeros(T, dtype=torch.float64)]
+    for period in periods:
+        for sign in (1.0, -1.0):
+            for c in cycles:
+                guesses.append(torch.where(t < c * period, sign * u_max * torch.sin(2 * math.pi * t / period), 0.0))
+    return torch.stack(guesses).unsqueeze(-1)
 
 
 def lbfgsb(p: dict, b: int, U_start: torch.Tensor, **options) -> float:

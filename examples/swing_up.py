@@ -6,7 +6,6 @@ sign, for one or two periods, then zero) lead it to swing-ups instead; ``trajopt
 all of them for all 32 starts as one batch and keeps each start's cheapest solution. Run
 ``python examples/swing_up.py`` to print the costs and save ``docs/images/swing_up.png``.
 """
-import math
 import time
 
 import torch
@@ -14,27 +13,17 @@ from _plot import save, subplots
 
 import trajopt
 from benchmarks import problems
-from benchmarks.ilqr import problem
+from benchmarks.ilqr import problem, pumping_guesses
 
 D64 = dict(dtype=torch.float64)
 P = problems.PENDULUM
 
 
-def pumping_guesses(T=P["T"], dt=P["dt"], u_max=P["u_max"], periods=(1.2, 1.6, 2.0), cycles=(1, 2)):
-    """Zero, and ``u_max sin(2 pi t / period)`` of either sign, cut after ``cycles`` periods: ``(K, T, 1)``."""
-    t = torch.arange(T, **D64) * dt
-    guesses = [torch.zeros(T, **D64)]
-    for period in periods:
-        for sign in (1.0, -1.0):
-            for c in cycles:
-                guesses.append(torch.where(t < c * period, sign * u_max * torch.sin(2 * math.pi * t / period), 0.0))
-    return torch.stack(guesses).unsqueeze(-1)
-
-
 def swing_up(B=32, screen_iter=40, max_iter=300):
     p = problem("P2 pendulum", B)
-    sol = trajopt.multistart(p["dynamics"], p["cost"], p["x0"], pumping_guesses(), screen_iter=screen_iter,
-                             max_iter=max_iter, grad=None, u_lower=-p["u_max"], u_upper=p["u_max"])
+    guesses = pumping_guesses(P["T"], P["dt"], P["u_max"])
+    sol = trajopt.multistart(p["dynamics"], p["cost"], p["x0"], guesses, screen_iter=screen_iter, max_iter=max_iter,
+                             grad=None, u_lower=-p["u_max"], u_upper=p["u_max"])
     return p, sol
 
 

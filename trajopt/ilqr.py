@@ -203,7 +203,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
     mu = torch.full((B,), mu_init, **opts)
     converged, done, fine_before, polished, gauss_only = (torch.zeros(B, **flags) for _ in range(5))
     pg = torch.zeros(B, T, m, **opts)
-    at = None       # the linearization, quadratization and costates at each problem's current trajectory
+    at = None       # the dynamics' Jacobians and the costates at each problem's current trajectory
     pg_prev = torch.full((B,), float("inf"), **opts)
     iterations = torch.zeros(B, dtype=torch.long, device=x0.device)
     history = [J.detach()]
@@ -222,7 +222,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         gaps, gap0 = _gaps(F, f, Xa, Ua, x0[a], feasible[a], where)
         pga = _project(g, Ua, lo, hi).detach()
         pg = pg.index_put((a,), pga)
-        at = _keep(at, a, B, F, q, lam)
+        at = _keep(at, a, B, F, lam)
         pg_max = pga.abs().flatten(1).amax(-1)
         now_converged = (pg_max <= grad_tol) & feasible[a]
         # once steps are below rounding, Newton steps go on only while they still shrink the gradient
@@ -318,16 +318,16 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         X, J = X.index_put((i,), Xi), J.index_put((i,), cost(Xi, U[i]))
         F, _ = linearize(dynamics, Xi, U[i])
         q = cost.quadratize(Xi, U[i])
-        at = _keep(at, i, B, F, q, costates(F, q.C, q.c, q.C_final, q.c_final)[1])
+        at = _keep(at, i, B, F, costates(F, q.C, q.c, q.C_final, q.c_final)[1])
     history = {"cost": torch.stack(history), "pg": pg, "mu": mu, "iterations": iterations, "costates": at[-1]}
     return Solution(X=X, U=U, cost=J, converged=converged, iterations=int(iterations.max()), K=K, k=k,
                     history=history), at
 
 
-def _keep(at, rows, B, F, q, lam):
-    """Write ``F``, the quadratization ``q`` and the costates ``lam`` of the problems ``rows`` into ``at``
-    (detached buffers for the whole batch, made on first use)."""
-    parts = (F, *q, lam)
+def _keep(at, rows, B, F, lam):
+    """Write the Jacobians ``F`` and the costates ``lam`` of the problems ``rows`` into ``at`` (detached buffers
+    for the whole batch, made on first use)."""
+    parts = (F, lam)
     if at is None:
         at = tuple(z.new_zeros(B, *z.shape[1:]) for z in parts)
     return tuple(buf.index_put((rows,), z.detach()) for buf, z in zip(at, parts))
@@ -377,7 +377,7 @@ class _ImplicitSolution(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gX, gU):
-        dynamics, cost, X, U, (F, *_, lam), lower, upper, converged = ctx.problem
+        dynamics, cost, X, U, (F, lam), lower, upper, converged = ctx.problem
         x0, *tensors = ctx.inputs
         X, U = X.detach(), U.detach()
         gX = torch.zeros_like(X) if gX is None else gX

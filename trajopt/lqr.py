@@ -561,9 +561,8 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=Non
         Qp = torch.baddbmm(ChX[t], Fh[t].mT @ VW, FhX[t])   # [Qh | p]
         Ru = Qp[:, n1:, :N] + reg[t]                        # [q_u | Q_ux | Q_uu], regularized
         if m == 1:                                          # the clamped Newton step is exact
-            h = Ru[..., n1:]
-            oks[t] = h[:, 0, 0] > 0
-            pol = torch.div(Ru[..., :n1], torch.where(oks[t].view(B, 1, 1), h, 1.0)).neg_()   # [k, K] unclamped
+            h = oks[t] = Ru[..., n1:]                       # checked after the loop; a row with h <= 0 fails
+            pol = torch.div(Ru[..., :n1], h).neg_()        # [k, K] unclamped
             k = torch.clamp(pol[..., :1], lo[t], hi[t])
             free = k == pol[..., :1]
             Kh[t] = torch.where(free, pol, torch.nn.functional.pad(k, (0, n)))
@@ -576,6 +575,7 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=Non
         Y = torch.cat([torch.baddbmm(Qp[..., :n1], Qp[..., n1:N], Kh[t]), Qp[..., N:]], -1)
         VW = torch.baddbmm(Y[:, :n1], Kh[t].mT, Y[:, n1:])
     Kh = torch.stack(Kh, 1)
+    ok = (torch.stack(oks, 1).view(B, T) > 0).all(1) if m == 1 else torch.stack(oks, 1).all(1)
     if dx0 is None:
         d1 = VW[:, 0, n1]
         d2 = 0.5 * VW[:, 0, 0] - d1
@@ -583,4 +583,6 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=Non
         h0 = torch.cat([torch.ones_like(dx0[:, :1]), dx0], -1).unsqueeze(-1)
         d1 = (VW[:, :, n1:] * h0).sum((-2, -1))
         d2 = 0.5 * (h0.mT @ VW[:, :, :n1] @ h0)[:, 0, 0] - d1
-    return Kh[..., 1:], Kh[..., 0], (d1, d2), torch.stack(frees, 1), torch.stack(oks, 1).all(1)
+    # a failed row's gains may hold inf or NaN (its Q_uu was not positive definite): zeros instead
+    Kh = torch.where(ok.view(B, 1, 1, 1), Kh, 0.0)
+    return Kh[..., 1:], Kh[..., 0], (d1, d2), torch.stack(frees, 1), ok

@@ -255,7 +255,8 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
             b = a[s]
             Ks, ks, (d1, d2), _, ok = box_lqr_backward(F[s], C[s], q.c[s], q.C_final[s], q.c_final[s],
                                                          lower_t[b] - U[b], upper_t[b] - U[b], mu[b],
-                                                         *((None, None) if gaps is None else (gaps[s], gap0[s])))
+                                                         *((None, None) if gaps is None else (gaps[s], gap0[s])),
+                                                         nonconvex=(newton & fine_before[a])[s])
             K, k = K.index_put((b,), Ks), k.index_put((b,), ks)
             scale = J[b].abs().clamp_min(1.0)
             fine_s = ok & feasible[b] & (-d1 <= tol * scale)   # the model's decrease is too small for the cost to verify

@@ -201,7 +201,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         raise ValueError(f"{where}: the initial {'rollout' if X0 is None else 'guess'} is not finite for batch "
                          f"element(s) {(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}")
     mu = torch.full((B,), mu_init, **opts)
-    converged, done, fine_before, polished, gauss_only = (torch.zeros(B, **flags) for _ in range(5))
+    converged, done, fine_before, polished = (torch.zeros(B, **flags) for _ in range(4))
     pg = torch.zeros(B, T, m, **opts)
     at = None       # the dynamics' Jacobians and the costates at each problem's current trajectory
     pg_prev = torch.full((B,), float("inf"), **opts)
@@ -239,66 +239,64 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         if gaps is not None:
             gaps, gap0 = gaps[go], gap0[go]
         # Newton's model where asked, and where Gauss-Newton steps have reached rounding (at a strict local
-        # minimum the exact Hessian is positive definite and its steps converge quadratically); a problem
-        # whose Newton step is rejected tries a Gauss-Newton step at once, before its regularization grows
-        # (and, outside DDP, keeps to Gauss-Newton from then on: its Newton model is not convex there)
-        newton = (fine_before[a] & ~gauss_only[a]) | second_order
+        # minimum the exact Hessian is positive definite and its steps converge quadratically). A problem on
+        # Newton's model also tries the Gauss-Newton step, in the same batched passes, and keeps the cheaper.
+        newton = fine_before[a] | second_order
+        alt = newton.nonzero().flatten()                    # positions in ``a`` with a Gauss-Newton alternative
         C = q.C
-        if bool(newton.any()):                              # computed for the Newton rows only
-            i = newton.nonzero().flatten()
-            C = C.index_put((i,), C[i] + _second_order_terms(dynamics, X[a[i]], U[a[i]], lam[i]))
-        got = torch.zeros(len(a), **flags)
-        fine = torch.zeros(len(a), **flags)
-        step = torch.zeros(len(a), **opts)
-        s = torch.arange(len(a), device=x0.device)         # the rows of ``a`` in this pass
-        while True:
-            b = a[s]
-            Ks, ks, (d1, d2), _, ok = box_lqr_backward(F[s], C[s], q.c[s], q.C_final[s], q.c_final[s],
-                                                         lower_t[b] - U[b], upper_t[b] - U[b], mu[b],
-                                                         *((None, None) if gaps is None else (gaps[s], gap0[s])),
-                                                         nonconvex=(newton & fine_before[a])[s])
-            K, k = K.index_put((b,), Ks), k.index_put((b,), ks)
-            scale = J[b].abs().clamp_min(1.0)
-            fine_s = ok & feasible[b] & (-d1 <= tol * scale)   # the model's decrease is too small for the cost to verify
-            got_s = torch.zeros(len(s), **flags)
-            # all step sizes in one batched forward pass while that is cheap (per-operation overhead dominates);
-            # for large batches the full step first and the shorter ones only where it was rejected. Below
-            # rounding only the full step counts.
-            together = len(s) * len(alphas) <= _ROWS_AT_ONCE
-            for group in ((alphas,) if together else (alphas[:1], alphas[1:])):
-                r = (ok & ~got_s & (~fine_s if group[0] < 1 else True)).nonzero().flatten()
-                if len(r) == 0:
-                    continue
-                br = b[r]
-                Xt, Ut = _forward(dynamics, x0[br], X[br], U[br], Ks[r], ks[r], group, lower_t[br], upper_t[br],
-                                  *((None, None) if gaps is None else (gaps[s[r]], gap0[s[r]])))
-                Jt = cost(Xt.flatten(0, 1), Ut.flatten(0, 1)).view(len(group), len(r))
-                decrease = J[br] - Jt
-                predicted = -(group.unsqueeze(-1) * d1[r] + group.unsqueeze(-1) ** 2 * d2[r])   # (A, R)
-                # closing gaps may cost: an infeasible problem accepts an increase up to twice the predicted one
-                sufficient = torch.where(feasible[br] | (predicted > 0),
-                                         (decrease > 0) & (decrease >= 1e-4 * predicted), decrease >= 2 * predicted)
-                finite = torch.isfinite(Jt) & torch.isfinite(Xt).flatten(2).all(-1)   # a cost may ignore x_T
-                accept = finite & torch.where(fine_s[r], (decrease >= -_ROUNDOFF * scale[r]) &
-                                              (group == 1).unsqueeze(-1), sufficient)
-                hit = accept.any(0)
-                first = torch.argmax(accept.to(torch.int8), 0)                     # largest accepted step
-                w, pick = br[hit], first[hit]
-                sel = hit.nonzero().flatten()
-                X = X.index_put((w,), Xt[pick, sel])
-                U = U.index_put((w,), Ut[pick, sel])
-                J = J.index_put((w,), Jt[pick, sel])
-                feasible = feasible.index_put((w,), feasible[w] | (group[pick] == 1))
-                got_s = got_s.index_put((r,), hit)
-                step = step.index_put((s[r[hit]],), group[pick])
-            got, fine = got.index_put((s,), got_s), fine.index_put((s,), fine_s)
-            retry = ~got_s & newton[s]
-            if not bool(retry.any()):
-                break
-            s = s[retry]
-            newton = newton.index_put((s,), torch.zeros(len(s), **flags))
-            gauss_only = gauss_only.index_put((a[s],), torch.tensor(not second_order, device=x0.device))
-            C = C.index_put((s,), q.C[s])
+        if len(alt):
+            C = C.index_put((alt,), C[alt] + _second_order_terms(dynamics, X[a[alt]], U[a[alt]], lam[alt]))
+        pos = torch.cat([torch.arange(len(a), device=x0.device), alt])   # each candidate's position in ``a``
+        on_newton = torch.cat([newton, torch.zeros(len(alt), **flags)])
+        b = a[pos]
+        Kc, kc, (d1, d2), _, ok = box_lqr_backward(
+            F[pos], torch.cat([C, q.C[alt]]), q.c[pos], q.C_final[pos], q.c_final[pos], lower_t[b] - U[b],
+            upper_t[b] - U[b], mu[b], *((None, None) if gaps is None else (gaps[pos], gap0[pos])),
+            nonconvex=on_newton & fine_before[b])
+        scale = J[b].abs().clamp_min(1.0)
+        fine_c = ok & feasible[b] & (-d1 <= tol * scale)    # the model's decrease is too small for the cost to verify
+        R, n = len(pos), X.shape[-1]
+        got_c = torch.zeros(R, **flags)
+        J_c, step_c = torch.full((R,), float("inf"), **opts), torch.zeros(R, **opts)
+        X_c, U_c = X.new_zeros(R, T + 1, n), U.new_zeros(R, T, m)
+        # all step sizes in one batched forward pass while that is cheap (per-operation overhead dominates);
+        # for large batches the full step first and the shorter ones only where it was rejected. Below
+        # rounding only the full step counts.
+        together = R * len(alphas) <= _ROWS_AT_ONCE
+        for group in ((alphas,) if together else (alphas[:1], alphas[1:])):
+            r = (ok & ~got_c & (~fine_c if group[0] < 1 else True)).nonzero().flatten()
+            if len(r) == 0:
+                continue
+            br = b[r]
+            Xt, Ut = _forward(dynamics, x0[br], X[br], U[br], Kc[r], kc[r], group, lower_t[br], upper_t[br],
+                              *((None, None) if gaps is None else (gaps[pos[r]], gap0[pos[r]])))
+            Jt = cost(Xt.flatten(0, 1), Ut.flatten(0, 1)).view(len(group), len(r))
+            decrease = J[br] - Jt
+            predicted = -(group.unsqueeze(-1) * d1[r] + group.unsqueeze(-1) ** 2 * d2[r])   # (A, R)
+            # closing gaps may cost: an infeasible problem accepts an increase up to twice the predicted one
+            sufficient = torch.where(feasible[br] | (predicted > 0),
+                                     (decrease > 0) & (decrease >= 1e-4 * predicted), decrease >= 2 * predicted)
+            finite = torch.isfinite(Jt) & torch.isfinite(Xt).flatten(2).all(-1)   # a cost may ignore x_T
+            accept = finite & torch.where(fine_c[r], (decrease >= -_ROUNDOFF * scale[r]) &
+                                          (group == 1).unsqueeze(-1), sufficient)
+            hit = accept.any(0)
+            first = torch.argmax(accept.to(torch.int8), 0)                         # largest accepted step
+            w, pick = r[hit], first[hit]
+            sel = hit.nonzero().flatten()
+            X_c, U_c = X_c.index_put((w,), Xt[pick, sel]), U_c.index_put((w,), Ut[pick, sel])
+            J_c, step_c = J_c.index_put((w,), Jt[pick, sel]), step_c.index_put((w,), group[pick])
+            got_c = got_c.index_put((w,), torch.ones(len(w), **flags))
+        # each problem's candidate: its first, or its Gauss-Newton alternative where that alone was accepted
+        # or was cheaper
+        first_c = torch.arange(len(a), device=x0.device)
+        choice = first_c.index_put((alt,), torch.where(got_c[len(a):] & (~got_c[alt] | (J_c[len(a):] < J_c[alt])),
+                                                         torch.arange(len(a), R, device=x0.device), alt))
+        got, fine, step, used_newton = got_c[choice], fine_c[choice], step_c[choice], on_newton[choice]
+        K, k = K.index_put((a,), Kc[choice]), k.index_put((a,), kc[choice])
+        w = got.nonzero().flatten()
+        cw, aw = choice[w], a[w]
+        X, U, J = X.index_put((aw,), X_c[cw]), U.index_put((aw,), U_c[cw]), J.index_put((aw,), J_c[cw])
+        feasible = feasible.index_put((aw,), feasible[aw] | (step[w] == 1))
         # trust the model more after a full step, less after a short one, and grow mu after a rejected one (a
         # rejected problem tries again in the next iteration, batched with the others: cheaper than retry
         # passes for a few stragglers)
@@ -310,7 +308,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         mu = mu.index_put((a,), mb)
         iterations = iterations.index_put((a,), iterations[a] + 1)
         fine_before = fine_before.index_put((a,), fine & got)
-        polished = polished.index_put((a,), fine & got & newton)
+        polished = polished.index_put((a,), fine & got & used_newton)
         done = done.index_put((a,), stalled)
         history.append(J.detach())
     if not bool(feasible.all()):                             # still infeasible: the rollout of the controls

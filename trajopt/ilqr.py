@@ -249,10 +249,11 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         pos = torch.cat([torch.arange(len(a), device=x0.device), alt])   # each candidate's position in ``a``
         on_newton = torch.cat([newton, torch.zeros(len(alt), **flags)])
         b = a[pos]
+        nonconvex = on_newton & fine_before[b]
         Kc, kc, (d1, d2), _, ok = box_lqr_backward(
             F[pos], torch.cat([C, q.C[alt]]), q.c[pos], q.C_final[pos], q.c_final[pos], lower_t[b] - U[b],
             upper_t[b] - U[b], mu[b], *((None, None) if gaps is None else (gaps[pos], gap0[pos])),
-            nonconvex=on_newton & fine_before[b])
+            nonconvex=nonconvex if bool(nonconvex.any()) else False)
         scale = J[b].abs().clamp_min(1.0)
         fine_c = ok & feasible[b] & (-d1 <= tol * scale)    # the model's decrease is too small for the cost to verify
         R, n = len(pos), X.shape[-1]

@@ -397,6 +397,8 @@ class _ImplicitSolution(torch.autograd.Function):
         with torch.no_grad():
             keep = ~_clamped(U, gu.detach(), lower, upper) & converged.view(B, 1, 1)
             tau, lam_t = _adjoint_kkt(F, H, H_T, gX, gU, keep, converged)
+        if not any(z.requires_grad for z in tensors):       # x0 alone: its gradient is -lam~_0
+            return (None, None, None, -lam_t[:, 0], *[None] * len(tensors))
         with torch.enable_grad():
             phi = (gx * tau[..., :n]).sum() + (gu * tau[:, :T, n:]).sum() + (lam_t[:, 1:] * nxt).sum() \
                 + (lam_t[:, 0] * x0).sum()

@@ -386,22 +386,26 @@ class _ImplicitSolution(torch.autograd.Function):
         n = X.shape[-1]
         wrt = [z for z in (x0, *tensors) if z.requires_grad]
         with torch.enable_grad():
-            # the Lagrangian sum_t l_t + lam_{t+1}' f_t + l_T (the -lam_t' x_t terms depend on no parameter);
-            # its stages are independent, so its gradient's derivatives along one direction on every stage at
-            # once give every stage's Hessian block
+            # the Lagrangian sum_t l_t + lam_{t+1}' f_t + l_T (the -lam_t' x_t terms depend on no parameter):
+            # the dynamics' part by autograd (its stages are independent, so derivatives of its gradient along
+            # one direction on every stage at once give every stage's Hessian block), the cost's by its
+            # quadratization (closed form for a QuadraticCost)
             Xg, Ug = X.requires_grad_(True), U.requires_grad_(True)
             nxt = _steps(dynamics, Xg[:, :T], Ug)
-            lagrangian = cost(Xg, Ug).sum() + (lam[:, 1:] * nxt).sum()
-            gx, gu = torch.autograd.grad(lagrangian, (Xg, Ug), create_graph=True, materialize_grads=True)
-            H, H_T = stage_hessians(gx, gu, Xg, Ug)
+            gx, gu = torch.autograd.grad((lam[:, 1:] * nxt).sum(), (Xg, Ug), create_graph=True,
+                                         materialize_grads=True)
+            S, _ = stage_hessians(gx, gu, Xg, Ug)
         with torch.no_grad():
-            keep = ~_clamped(U, gu.detach(), lower, upper) & converged.view(B, 1, 1)
-            tau, lam_t = _adjoint_kkt(F, H, H_T, gX, gU, keep, converged)
+            q = cost.quadratize(X.detach(), U.detach())
+            g = q.c[..., n:] + gu.detach()                  # dJ/dU
+            keep = ~_clamped(U, g, lower, upper) & converged.view(B, 1, 1)
+            tau, lam_t = _adjoint_kkt(F, q.C + S, q.C_final, gX, gU, keep, converged)
         if not any(z.requires_grad for z in tensors):       # x0 alone: its gradient is -lam~_0
             return (None, None, None, -lam_t[:, 0], *[None] * len(tensors))
         with torch.enable_grad():
-            phi = (gx * tau[..., :n]).sum() + (gu * tau[:, :T, n:]).sum() + (lam_t[:, 1:] * nxt).sum() \
-                + (lam_t[:, 0] * x0).sum()
+            gcx, gcu = torch.autograd.grad(cost(Xg, Ug).sum(), (Xg, Ug), create_graph=True, materialize_grads=True)
+            phi = ((gx + gcx) * tau[..., :n]).sum() + ((gu + gcu) * tau[:, :T, n:]).sum() \
+                + (lam_t[:, 1:] * nxt).sum() + (lam_t[:, 0] * x0).sum()
             grads = iter(torch.autograd.grad(phi, wrt, allow_unused=True) if phi.requires_grad else [None] * len(wrt))
         out = [None if not z.requires_grad else _neg(next(grads)) for z in (x0, *tensors)]
         return (None, None, None, *out)

@@ -117,7 +117,15 @@ def measure(name: str, B: int, max_iter: int = MAX_ITER, state_guess: bool = Fal
     row["check"] = float(np.max(np.abs(sol.cost.detach().numpy()[:CHECKED] - J_np) / J_np))
     if sol.cost.requires_grad:
         try:
-            row["bwd_s"] = f"{_timed(lambda: sol.cost.sum().backward())[1]:.2f}"
+            backward = min(_timed(lambda: torch.autograd.grad(sol.cost.sum(), x0, retain_graph=True))[1]
+                           for _ in range(5))
+            row["bwd_s"] = f"{backward:.3f}"
+            X, U = sol.X.detach(), sol.U.detach()      # one LQR solve of the same size, for scale
+            F, f = trajopt.linearize(p["dynamics"], X, U)
+            q = p["cost"].quadratize(X, U)
+            lqr = min(_timed(lambda: trajopt.lqr(F, f, q.C, q.c, x0.detach(), C_final=q.C_final,
+                                                 c_final=q.c_final, grad=None))[1] for _ in range(5))
+            row["bwd_lqr"] = backward / lqr
         except Exception as e:  # noqa: BLE001 - e.g. a reduced Hessian that is not positive definite
             row["bwd_s"], row["bwd_error"] = "error", f"{type(e).__name__}: {e}"
     mpc = peers.mpc_pytorch()
@@ -137,6 +145,7 @@ def measure(name: str, B: int, max_iter: int = MAX_ITER, state_guess: bool = Fal
 
 COLUMNS = [("problem", "problem", "s"), ("start", "start", "s"), ("B", "B", "d"), ("J", "mean J", ".2f"), ("iters", "iters mean/max", "s"),
            ("conv", "converged", "s"), ("s", "solve s", ".2f"), ("bwd_s", "backward s", "s"),
+           ("bwd_lqr", "backward / LQR solve", ".2f"),
            ("mpc_J", "mpc mean J", ".2f"), ("mpc_iters", "mpc iters", "s"), ("mpc_conv", "mpc converged", "s"),
            ("mpc_s", "mpc solve s", ".2f"), ("x_mpc", "mpc s / ours", ".1f")]
 
@@ -173,8 +182,9 @@ def run(repeat: int = 1, quick: bool = False, progress: bool = True, max_iter: i
         "(start 'rollout'; 'zero states': also X_init = 0, mpc.pytorch's columns repeated from the row above), "
         f"|u| <= u_max; max_iter={max_iter}, converged: largest projected-gradient entry <= {GRAD_TOL:g} "
         "(the same test on mpc's solution); mean J in problems.py's convention (no 1/2, no terminal term)",
-        "ours: trajopt.ilqr, its defaults otherwise; backward: sol.cost.sum().backward() w.r.t. x0 (grad='implicit'; "
-        "unconverged problems get no gradient through the solve); one timed run per cell",
+        "ours: trajopt.ilqr, its defaults otherwise; backward: d sol.cost.sum() / d x0 (grad='implicit'; "
+        "unconverged problems get no gradient through the solve), best of 5, and over the best of 5 trajopt.lqr "
+        "solves of the solution's linearization (same size); solves: one timed run per cell",
         mpc_line, "",
         markdown(rows), "",
         f"ours' cost against problems.trajectory_cost on the first {CHECKED} starts of each row: max rel. difference "

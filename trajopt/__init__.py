@@ -11,5 +11,6 @@ from .mpc import MPC
 from .multistart import multistart
 from .problem import Solution
 from .rollout import linearize, rollout
+from .sampling import cem, mppi, random_shooting
 
-__all__ = ["lqr", "lqr_cost", "ilqr", "ddp", "MPC", "multistart", "constrained_ilqr", "Constraint", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]
+__all__ = ["lqr", "lqr_cost", "ilqr", "ddp", "MPC", "multistart", "mppi", "cem", "random_shooting", "constrained_ilqr", "Constraint", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]

@@ -1,0 +1,253 @@
+"""Sampling-based trajectory optimization: MPPI, the cross-entropy method and random shooting.
+
+All three perturb or draw whole control sequences, roll every one out with the shared
+:func:`~trajopt.rollout` (problems x samples in one batch) and keep a statistic of the cheap ones:
+
+- :func:`mppi` (Williams et al. 2017, information-theoretic MPPI): Gaussian perturbations of the
+  current plan, optionally correlated in time, averaged with weights ``softmax(-cost / temperature)``;
+  optionally smoothed; several iterations refine the plan.
+- :func:`cem` (the planner of PlaNet, Hafner et al. 2019): a Gaussian over control sequences refitted
+  to the elite samples at every iteration.
+- :func:`random_shooting`: the best of independent samples.
+
+Control bounds are kept by clamping each sample. Randomness comes from ``generator`` (a
+``torch.Generator``), so a fixed seed gives common random numbers across calls.
+
+Differentiable: :func:`mppi`'s plan with respect to ``x0`` and every tensor of the model and the cost
+that requires grad, through the samples' costs and weights with the random draws held fixed (common
+random numbers); the other two methods return detached plans.
+"""
+from __future__ import annotations
+
+import torch
+
+from dynamics import Dynamics
+from dynamics._validation import check_consistent
+from .costs import Cost
+from .ilqr import check_problem
+from .problem import Solution
+from .rollout import rollout
+
+__all__ = ["mppi", "cem", "random_shooting"]
+
+
+def mppi(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
+         horizon: int | None = None, samples: int = 1000, iterations: int = 1, temperature: float = 1.0,
+         noise_std=1.0, correlation: float = 0.0, smoothing: int = 1, u_lower=None, u_upper=None,
+         generator: torch.Generator | None = None) -> Solution:
+    """Model-predictive path integral control on a batch of problems.
+
+    Args:
+        dynamics, cost, x0, U_init, horizon: as for :func:`trajopt.ilqr` (``x0 (B, n)``, ``U_init (B, T, m)``
+            or zeros of length ``horizon``).
+        samples: ``N`` perturbed sequences per problem and iteration.
+        iterations: refinements of the plan (each draws fresh samples).
+        temperature: ``lambda`` of the weights ``softmax(-(J_i - min J) / lambda)``; small values approach the
+            best sample, large ones the plain mean.
+        noise_std: standard deviation of the perturbations, a scalar or ``(m,)``.
+        correlation: ``rho`` in ``[0, 1)`` of the time-correlated noise ``e_t = rho e_{t-1} + sqrt(1 - rho^2)
+            w_t`` (same marginal spread; 0 gives white noise).
+        smoothing: width of a moving average applied to each update along time (1: none).
+        u_lower, u_upper: bounds broadcastable to ``(B, T, m)``; every sample is clamped into them.
+        generator: the random source (common random numbers when seeded alike).
+
+    Returns:
+        ``Solution`` with the plan ``U (B, T, m)``, its rollout ``X`` and ``cost``, ``iterations``, and
+        ``history``: ``cost`` of the plan before each iteration and after the last ``(iterations+1, B)``,
+        ``best_sample`` cost per iteration ``(iterations, B)`` and the ``weights`` of the last update
+        ``(B, N)``. ``converged`` is True where the last iteration changed the plan's cost by at most 1e-6
+        relative (sampling gives no optimality certificate).
+
+    Differentiable with respect to ``x0`` and the model's and the cost's tensors (and ``U_init``) through
+    every iteration's samples and weights, with the random draws held fixed: the exact derivative of the
+    returned plan under common random numbers. The graph holds ``iterations`` rollouts of ``B N`` samples.
+    """
+    where = "mppi"
+    x0, U, B, lower, upper = _setup(where, dynamics, cost, x0, U_init, horizon, u_lower, u_upper)
+    _check_positive(where, samples=samples, iterations=iterations, temperature=temperature, smoothing=smoothing)
+    if not 0.0 <= correlation < 1.0:
+        raise ValueError(f"{where}: correlation must be in [0, 1), got {correlation}")
+    std = _noise_std(where, noise_std, U)
+    T, m = U.shape[-2:]
+    costs, best = [_plan_cost(dynamics, cost, x0, U)], []
+    weights = None
+    for _ in range(iterations):
+        eps = _gaussian(B, samples, T, m, std, correlation, U, generator)
+        trial = _clamp(U.unsqueeze(1) + eps, lower, upper)                         # (B, N, T, m)
+        J = _sample_costs(dynamics, cost, x0, trial)                                 # (B, N)
+        weights = torch.nan_to_num(torch.softmax(-(J - J.detach().amin(1, keepdim=True)) / temperature, 1))
+        U = U + _smooth((weights.view(B, samples, 1, 1) * (trial - U.unsqueeze(1))).sum(1), smoothing)
+        best.append(J.detach().amin(1))
+        costs.append(_plan_cost(dynamics, cost, x0, U))
+    U = _clamp(U, lower, upper)
+    X = rollout(dynamics, x0, U)
+    J = cost(X, U)
+    history = {"cost": torch.stack(costs), "best_sample": torch.stack(best), "weights": weights.detach()}
+    change = (costs[-1] - costs[-2]).abs() <= 1e-6 * costs[-2].abs().clamp_min(1.0)
+    return Solution(X=X, U=U, cost=J, converged=change, iterations=iterations, history=history)
+
+
+def cem(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
+        horizon: int | None = None, samples: int = 1000, iterations: int = 10, elites: int = 100,
+        noise_std=1.0, min_std: float = 1e-3, momentum: float = 0.0, u_lower=None, u_upper=None,
+        generator: torch.Generator | None = None) -> Solution:
+    """The cross-entropy method on a batch of problems (PlaNet's planner).
+
+    A diagonal Gaussian over control sequences, mean ``U_init`` (zeros of length ``horizon`` if None) and
+    spread ``noise_std``, is refitted at every iteration to the ``elites`` cheapest of ``samples`` draws
+    (clamped into the bounds); ``momentum`` keeps that fraction of the previous mean and spread, and the
+    spread never falls below ``min_std``. Returns the final mean as the plan, with its rollout and cost;
+    ``history``: ``cost`` of the mean before each iteration and after the last, ``best_sample`` per
+    iteration, final ``std (B, T, m)``; ``converged`` where the spread has shrunk to ``min_std`` everywhere.
+    Not differentiable (the elites are chosen by sorting): the plan is detached.
+    """
+    where = "cem"
+    x0, mean, B, lower, upper = _setup(where, dynamics, cost, x0, U_init, horizon, u_lower, u_upper)
+    _check_positive(where, samples=samples, iterations=iterations, elites=elites, min_std=min_std)
+    if elites > samples:
+        raise ValueError(f"{where}: elites ({elites}) must not exceed samples ({samples})")
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"{where}: momentum must be in [0, 1), got {momentum}")
+    x0, mean = x0.detach(), mean.detach()
+    std = _noise_std(where, noise_std, mean).expand_as(mean).clone()
+    T, m = mean.shape[-2:]
+    costs, best = [_plan_cost(dynamics, cost, x0, mean)], []
+    with torch.no_grad():
+        for _ in range(iterations):
+            noise = torch.randn(B, samples, T, m, dtype=mean.dtype, device=mean.device, generator=generator)
+            trial = _clamp(mean.unsqueeze(1) + std.unsqueeze(1) * noise, lower, upper)
+            J = _sample_costs(dynamics, cost, x0, trial)
+            idx = J.topk(elites, 1, largest=False).indices                          # (B, E)
+            elite = trial.gather(1, idx.view(B, elites, 1, 1).expand(B, elites, T, m))
+            mean = momentum * mean + (1 - momentum) * elite.mean(1)
+            std = (momentum * std + (1 - momentum) * elite.std(1, unbiased=False)).clamp_min(min_std)
+            best.append(J.amin(1))
+            costs.append(_plan_cost(dynamics, cost, x0, mean))
+        X = rollout(dynamics, x0, mean)
+        J = cost(X, mean)
+    history = {"cost": torch.stack(costs), "best_sample": torch.stack(best), "std": std}
+    converged = (std <= min_std).flatten(1).all(1)
+    return Solution(X=X, U=mean, cost=J, converged=converged, iterations=iterations, history=history)
+
+
+def random_shooting(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
+                    horizon: int | None = None, samples: int = 1000, noise_std=None, u_lower=None,
+                    u_upper=None, generator: torch.Generator | None = None) -> Solution:
+    """The cheapest of ``samples`` random control sequences per problem (``U_init`` is one of them).
+
+    With ``noise_std`` None the samples are uniform between the bounds (both must be finite); otherwise
+    Gaussian around ``U_init`` with that spread, clamped into the bounds. Returns the best sequence, its
+    rollout and cost; ``history``: ``costs`` of every sample ``(B, samples)``. ``converged`` is all True
+    (one pass, nothing to converge). Not differentiable: the plan is detached.
+    """
+    where = "random_shooting"
+    x0, U, B, lower, upper = _setup(where, dynamics, cost, x0, U_init, horizon, u_lower, u_upper)
+    _check_positive(where, samples=samples)
+    x0, U = x0.detach(), U.detach()
+    T, m = U.shape[-2:]
+    opts = dict(dtype=U.dtype, device=U.device)
+    with torch.no_grad():
+        if noise_std is None:
+            if lower is None or upper is None or not bool(torch.isfinite(lower).all() & torch.isfinite(upper).all()):
+                raise ValueError(f"{where}: uniform samples need finite u_lower and u_upper; or give noise_std")
+            draw = torch.rand(B, samples - 1, T, m, generator=generator, **opts)
+            trial = lower.unsqueeze(1) + draw * (upper - lower).unsqueeze(1)
+        else:
+            std = _noise_std(where, noise_std, U)
+            noise = torch.randn(B, samples - 1, T, m, generator=generator, **opts)
+            trial = _clamp(U.unsqueeze(1) + std * noise, lower, upper)
+        trial = torch.cat([U.unsqueeze(1), trial], 1)
+        J = _sample_costs(dynamics, cost, x0, trial)
+        pick = J.argmin(1)
+        U = trial[torch.arange(B, device=U.device), pick]
+        X = rollout(dynamics, x0, U)
+    return Solution(X=X, U=U, cost=cost(X, U), converged=torch.ones(B, dtype=torch.bool, device=U.device),
+                    iterations=1, history={"costs": J})
+
+
+def _setup(where, dynamics, cost, x0, U_init, horizon, u_lower, u_upper):
+    """Shared checks: batched ``x0 (B, n)``, ``U (B, T, m)`` clamped into the bounds, and the bounds
+    ``(B, T, m)`` (or None)."""
+    x0, U, dims = check_problem(where, dynamics, cost, x0, U_init, horizon)
+    batch = check_consistent(where, {"x0": x0, "U_init": U}, {"x0": 1, "U_init": 2})
+    if batch is None:
+        raise ValueError(f"{where}: give a batch: x0 (B, n) (or U_init (B, T, m)); got x0 {tuple(x0.shape)}")
+    shape = (batch, *U.shape[-2:])
+    x0 = x0.expand(batch, dims["n"])
+    bounds = []
+    for name, value in (("u_lower", u_lower), ("u_upper", u_upper)):
+        if value is None:
+            bounds.append(None)
+            continue
+        value = torch.as_tensor(value, dtype=x0.dtype, device=x0.device)
+        try:
+            bounds.append(value.expand(shape))
+        except RuntimeError:
+            raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected a shape broadcastable to "
+                             f"(B, T, m) = {shape}") from None
+    lower, upper = bounds
+    if lower is not None and upper is not None and bool((lower > upper).any()):
+        raise ValueError(f"{where}: u_lower exceeds u_upper somewhere")
+    return x0, _clamp(U.expand(shape), lower, upper), batch, lower, upper
+
+
+def _check_positive(where, **values):
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{where}: {name} must be positive, got {value}")
+
+
+def _noise_std(where, noise_std, like):
+    std = torch.as_tensor(noise_std, dtype=like.dtype, device=like.device)
+    m = like.shape[-1]
+    if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != m) or not bool((std > 0).all()):
+        raise ValueError(f"{where}: noise_std must be a positive scalar or ({m},), got {tuple(std.shape)}")
+    return std
+
+
+def _clamp(U, lower, upper):
+    if lower is not None:
+        U = torch.maximum(U, lower.unsqueeze(1) if U.ndim == 4 else lower)
+    if upper is not None:
+        U = torch.minimum(U, upper.unsqueeze(1) if U.ndim == 4 else upper)
+    return U
+
+
+def _gaussian(B, N, T, m, std, rho, like, generator):
+    """Perturbations ``(B, N, T, m)`` with spread ``std`` and the AR(1) time correlation ``rho``."""
+    w = torch.randn(B, N, T, m, dtype=like.dtype, device=like.device, generator=generator)
+    if rho > 0:
+        steps, e = [w[:, :, 0]], w[:, :, 0]
+        for t in range(1, T):
+            e = rho * e + (1 - rho ** 2) ** 0.5 * w[:, :, t]
+            steps.append(e)
+        w = torch.stack(steps, 2)
+    return std * w
+
+
+def _smooth(update, width):
+    """Moving average of ``update (B, T, m)`` along time over ``width`` steps (edges averaged over fewer)."""
+    if width == 1:
+        return update
+    B, T, m = update.shape
+    kernel = update.new_ones(m, 1, width)
+    x = update.transpose(1, 2)                                              # (B, m, T)
+    pad = (width // 2, width - 1 - width // 2)
+    total = torch.nn.functional.conv1d(torch.nn.functional.pad(x, pad), kernel, groups=m)
+    count = torch.nn.functional.conv1d(torch.nn.functional.pad(torch.ones_like(x[:1, :1]), pad),
+                                       update.new_ones(1, 1, width))
+    return (total / count).transpose(1, 2)
+
+
+def _sample_costs(dynamics, cost, x0, trial):
+    """Costs ``(B, N)`` of control sequences ``trial (B, N, T, m)`` from ``x0 (B, n)``, as one batch."""
+    B, N = trial.shape[:2]
+    flat = trial.flatten(0, 1)
+    X = rollout(dynamics, x0.repeat_interleave(N, 0), flat)
+    J = cost(X, flat).view(B, N)
+    return torch.where(torch.isfinite(J), J, torch.full_like(J, float("inf")))
+
+
+def _plan_cost(dynamics, cost, x0, U):
+    with torch.no_grad():
+        return cost(rollout(dynamics, x0, U), U)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from dynamics import Dynamics
 from dynamics._validation import check_consistent, check_finite
 from .costs import Cost, Quadratization
-from .ilqr import _bound, check_problem, ilqr
+from .ilqr import check_bounds, check_problem, ilqr
 from .problem import Solution
 from .rollout import rollout
 
@@ -325,10 +325,7 @@ def constrained_ilqr(dynamics: Dynamics, cost: Cost, constraint: Constraint | Ca
     B, T, n, m = batch, U_init.shape[-2], dims["n"], dims["m"]
     x0 = x0.expand(B, n).detach()
     shape = (B, T, m)
-    lower = None if u_lower is None else _bound(where, "u_lower", u_lower, shape, x0)
-    upper = None if u_upper is None else _bound(where, "u_upper", u_upper, shape, x0)
-    if lower is not None and upper is not None and bool((lower > upper).any()):
-        raise ValueError(f"{where}: u_lower exceeds u_upper somewhere")
+    lower, upper = check_bounds(where, u_lower, u_upper, shape, x0)
 
     inner = {} if tol is None else {"tol": tol}
     loosest = grad_tol if intermediate_grad_tol is None else max(grad_tol, intermediate_grad_tol)

@@ -148,10 +148,7 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
     B, T, m = batch, U_init.shape[-2], dims["m"]
     x0 = x0.expand(B, dims["n"])
     shape = (B, T, m)
-    lower = None if u_lower is None else _bound(where, "u_lower", u_lower, shape, x0)
-    upper = None if u_upper is None else _bound(where, "u_upper", u_upper, shape, x0)
-    if lower is not None and upper is not None and bool((lower > upper).any()):
-        raise ValueError(f"{where}: u_lower exceeds u_upper somewhere")
+    lower, upper = check_bounds(where, u_lower, u_upper, shape, x0)
     U0 = U_init.detach().expand(shape)
     U0 = U0 if lower is None else torch.maximum(U0, lower)
     U0 = U0 if upper is None else torch.minimum(U0, upper)
@@ -457,13 +454,24 @@ def _adjoint_kkt(F, H, H_T, gX, gU, keep, converged):
     return torch.cat([tau, torch.cat([Xt[:, T:], torch.zeros(B, 1, m, **opts)], -1)], 1), lam_t
 
 
-def _bound(where, name, value, shape, like):
-    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    try:
-        return value.expand(shape).clone()
-    except RuntimeError:
-        raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected a shape broadcastable "
-                         f"to (B, T, m) = {shape}") from None
+def check_bounds(where, u_lower, u_upper, shape, like):
+    """Control bounds as ``(B, T, m)`` tensors of ``like``'s dtype and device (or None), checked once for every
+    solver: broadcastable to ``shape`` and ``u_lower <= u_upper``."""
+    bounds = []
+    for name, value in (("u_lower", u_lower), ("u_upper", u_upper)):
+        if value is None:
+            bounds.append(None)
+            continue
+        value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
+        try:
+            bounds.append(value.expand(shape).clone())
+        except RuntimeError:
+            raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected a shape broadcastable "
+                             f"to (B, T, m) = {shape}") from None
+    lower, upper = bounds
+    if lower is not None and upper is not None and bool((lower > upper).any()):
+        raise ValueError(f"{where}: u_lower exceeds u_upper somewhere")
+    return lower, upper
 
 
 def _gaps(F, f, X, U, x0, feasible, where):

@@ -24,7 +24,7 @@ import torch
 from dynamics import Dynamics
 from dynamics._validation import check_consistent
 from .costs import Cost
-from .ilqr import check_problem
+from .ilqr import check_bounds, check_problem
 from .problem import Solution
 from .rollout import rollout
 
@@ -174,20 +174,7 @@ def _setup(where, dynamics, cost, x0, U_init, horizon, u_lower, u_upper):
         raise ValueError(f"{where}: give a batch: x0 (B, n) (or U_init (B, T, m)); got x0 {tuple(x0.shape)}")
     shape = (batch, *U.shape[-2:])
     x0 = x0.expand(batch, dims["n"])
-    bounds = []
-    for name, value in (("u_lower", u_lower), ("u_upper", u_upper)):
-        if value is None:
-            bounds.append(None)
-            continue
-        value = torch.as_tensor(value, dtype=x0.dtype, device=x0.device)
-        try:
-            bounds.append(value.expand(shape))
-        except RuntimeError:
-            raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected a shape broadcastable to "
-                             f"(B, T, m) = {shape}") from None
-    lower, upper = bounds
-    if lower is not None and upper is not None and bool((lower > upper).any()):
-        raise ValueError(f"{where}: u_lower exceeds u_upper somewhere")
+    lower, upper = check_bounds(where, u_lower, u_upper, shape, x0)
     return x0, _clamp(U.expand(shape), lower, upper), batch, lower, upper
 
 

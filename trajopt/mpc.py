@@ -1,7 +1,7 @@
 """Receding-horizon control as a differentiable layer.
 
 :class:`MPC` solves a finite-horizon problem from the current state with :func:`trajopt.ilqr`
-(or :func:`trajopt.ddp`), warm-started from the previous plan shifted by one step, under a
+(or :func:`trajopt.ddp`, or a sampling solver such as :func:`trajopt.mppi`), warm-started from the previous plan shifted by one step, under a
 fixed iteration budget, and returns the first control and the plan. Gradients flow from the
 returned control and plan to the state and to every tensor of the model and the cost that
 requires grad, by the solver's ``grad`` route.
@@ -32,7 +32,11 @@ class MPC(nn.Module):
         first_max_iter: budget of a solve with no plan to warm-start from (default ``max_iter``).
         grad: the solver's gradient route, ``"implicit"`` (default), ``"unroll"`` or None.
         second_order: use DDP's Newton steps.
-        **options: further keyword arguments of :func:`trajopt.ilqr` (``grad_tol``, ``tol``, ``mu_init``, ...).
+        solver: None for :func:`trajopt.ilqr` (with ``max_iter``, ``grad`` and ``second_order`` above), or
+            another solver of the same call signature, e.g. ``functools.partial(trajopt.mppi, samples=1000)``
+            or :func:`trajopt.cem`; it is called as ``solver(dynamics, cost, x, U_init, horizon=T,
+            u_lower=..., u_upper=..., **options)`` and its own options set its budget.
+        **options: further keyword arguments of the solver (for iLQR ``grad_tol``, ``tol``, ``mu_init``, ...).
 
     Calling it on states ``x (B, n)`` returns ``(u (B, m), plan)`` with ``plan`` the :class:`Solution` of
     the solve; the next call warm-starts from ``plan.U`` shifted by one step (the last control repeated)
@@ -41,7 +45,7 @@ class MPC(nn.Module):
 
     def __init__(self, dynamics: Dynamics, cost: Cost, horizon: int, *, u_lower=None, u_upper=None,
                  max_iter: int = 10, first_max_iter: int | None = None, grad: str | None = "implicit",
-                 second_order: bool = False, **options):
+                 second_order: bool = False, solver=None, **options):
         super().__init__()
         if not isinstance(dynamics, Dynamics):
             raise TypeError(f"MPC: dynamics must be a dynamics.Dynamics, got {type(dynamics).__name__}")
@@ -55,7 +59,8 @@ class MPC(nn.Module):
         self.u_lower, self.u_upper = u_lower, u_upper
         self.max_iter = int(max_iter)
         self.first_max_iter = self.max_iter if first_max_iter is None else int(first_max_iter)
-        self.options = dict(grad=grad, second_order=second_order, **options)
+        self.solver = solver
+        self.options = dict(options) if solver is not None else dict(grad=grad, second_order=second_order, **options)
         self._plan: torch.Tensor | None = None
 
     def reset(self) -> None:
@@ -70,7 +75,11 @@ class MPC(nn.Module):
         warm = U_init is None and self._plan is not None and self._plan.shape[:-2] == x.shape[:-1]
         if warm:
             U_init = torch.cat([self._plan[..., 1:, :], self._plan[..., -1:, :]], -2)
-        sol = ilqr(self.dynamics, self.cost, x, U_init, horizon=self.horizon, u_lower=self.u_lower,
-                   u_upper=self.u_upper, max_iter=self.max_iter if warm else self.first_max_iter, **self.options)
+        if self.solver is None:
+            sol = ilqr(self.dynamics, self.cost, x, U_init, horizon=self.horizon, u_lower=self.u_lower,
+                       u_upper=self.u_upper, max_iter=self.max_iter if warm else self.first_max_iter, **self.options)
+        else:
+            sol = self.solver(self.dynamics, self.cost, x, U_init, horizon=self.horizon, u_lower=self.u_lower,
+                              u_upper=self.u_upper, **self.options)
         self._plan = sol.U.detach()
         return sol.U[..., 0, :], sol

@@ -10,7 +10,7 @@ from benchmarks import gym_pendulum, ilqr, learned, lqr
 from benchmarks.timing import environment
 
 SUITES = {"lqr": lqr.run, "ilqr": ilqr.run, "ilqr-optimality": lambda repeat: ilqr.optimality(), "learned": learned.run,
-          "mpc-pendulum-v1": gym_pendulum.run}
+          "mpc-pendulum-v1": gym_pendulum.run, "mppi-pendulum-v1": gym_pendulum.run_mppi}
 
 
 def main(argv=None):

@@ -21,6 +21,7 @@ from benchmarks.ilqr import pumping_guesses
 
 ZOO = {"TD3": -151.9, "SAC": -157.0, "PPO": -172.2}
 HORIZON, MAX_ITER = 60, 5   # 3 s plans; over 100 episodes horizons 50/60/70 gave means -137.0/-137.3/-147.2
+MPPI = {"horizon": 30, "samples": 1000}
 
 
 class PendulumCost(trajopt.Cost):
@@ -35,9 +36,26 @@ class PendulumCost(trajopt.Cost):
         return 2 * (1 - torch.cos(x[..., 0])) + 0.1 * x[..., 1] ** 2 + 0.001 * u[..., 0] ** 2
 
 
+class PendulumReward(trajopt.Cost):
+    """Pendulum-v1's reward itself as a cost, ``wrap(theta)^2 + 0.1 theta_dot^2 + 0.001 u^2``: what MPPI plans
+    on (it needs no derivatives, so the kink at the bottom does not matter)."""
+
+    def stage(self, x, u, t=None):
+        theta = torch.atan2(torch.sin(x[..., 0]), torch.cos(x[..., 0]))
+        return theta ** 2 + 0.1 * x[..., 1] ** 2 + 0.001 * u[..., 0] ** 2
+
+
 def controller(horizon: int = HORIZON, max_iter: int = MAX_ITER) -> trajopt.MPC:
     model = dynamics.Pendulum().discretize().requires_grad_(False)
     return trajopt.MPC(model, PendulumCost(), horizon, u_lower=-2.0, u_upper=2.0, max_iter=max_iter, grad=None)
+
+
+def mppi_controller(horizon: int = MPPI["horizon"], samples: int = MPPI["samples"], seed: int = 0) -> trajopt.MPC:
+    """:class:`trajopt.MPC` with :func:`trajopt.mppi` (one iteration per step, noise 2, temperature 1)."""
+    model = dynamics.Pendulum().discretize().requires_grad_(False)
+    return trajopt.MPC(model, PendulumReward(), horizon, u_lower=-2.0, u_upper=2.0, solver=trajopt.mppi,
+                       samples=samples, iterations=1, temperature=1.0, noise_std=2.0,
+                       generator=torch.Generator().manual_seed(seed))
 
 
 def states(obs: np.ndarray) -> torch.Tensor:
@@ -46,7 +64,7 @@ def states(obs: np.ndarray) -> torch.Tensor:
 
 
 def episodes(count: int = 100, steps: int = 200, horizon: int = HORIZON, max_iter: int = MAX_ITER,
-             first_iter: int = 100, progress: bool = True) -> dict:
+             first_iter: int = 100, planner: str = "ilqr", progress: bool = True) -> dict:
     """Run ``count`` seeded episodes (seeds ``0 .. count-1``) under one batched :class:`trajopt.MPC`; returns
     the episode ``returns (count,)``, the ``final`` states ``(count, 2)``, the wall time and the settings."""
     import gymnasium
@@ -54,12 +72,12 @@ def episodes(count: int = 100, steps: int = 200, horizon: int = HORIZON, max_ite
 
     envs = [gymnasium.make("Pendulum-v1") for _ in range(count)]
     obs = np.stack([env.reset(seed=i)[0] for i, env in enumerate(envs)])
-    mpc = controller(horizon, max_iter)
+    mpc = controller(horizon, max_iter) if planner == "ilqr" else mppi_controller()
     returns = np.zeros(count)
     t0 = time.perf_counter()
     for step in tqdm(range(steps), disable=not progress, desc="Pendulum-v1 MPC"):
         x = states(obs)
-        if step == 0:
+        if step == 0 and planner == "ilqr":
             guess = trajopt.multistart(mpc.dynamics, mpc.cost, x, pumping_guesses(horizon), screen_iter=20,
                                        max_iter=first_iter, grad=None, u_lower=-2.0, u_upper=2.0)
             u, _ = mpc(x, U_init=guess.U)
@@ -70,7 +88,8 @@ def episodes(count: int = 100, steps: int = 200, horizon: int = HORIZON, max_ite
             obs[i], reward, terminated, truncated, _ = env.step(actions[i])
             returns[i] += reward
     seconds = time.perf_counter() - t0
-    return dict(returns=returns, final=states(obs), seconds=seconds, steps=steps, count=count, horizon=horizon, max_iter=max_iter)
+    return dict(returns=returns, final=states(obs), seconds=seconds, steps=steps, count=count, horizon=mpc.horizon,
+                max_iter=max_iter)
 
 
 def run(repeat: int = 1, quick: bool = False, progress: bool = True) -> str:
@@ -84,4 +103,18 @@ def run(repeat: int = 1, quick: bool = False, progress: bool = True) -> str:
         f"mean return {R.mean():.1f} (std {R.std():.1f}, worst {R.min():.1f}, best {R.max():.1f}); "
         f"rl-baselines3-zoo agents: {zoo}",
         f"time per control step (all {r['count']} episodes at once): {1e3 * r['seconds'] / r['steps']:.1f} ms",
+    ])
+
+
+def run_mppi(repeat: int = 1, quick: bool = False, progress: bool = True) -> str:
+    """MPPI as the MPC's solver (:func:`mppi_controller`); ``repeat`` is ignored, ``quick`` runs 10 episodes."""
+    r = episodes(10 if quick else 100, planner="mppi", progress=progress)
+    R = r["returns"]
+    return "\n".join([
+        f"Closed-loop MPPI on gymnasium Pendulum-v1: {r['count']} episodes (seeds 0..{r['count'] - 1}) of {r['steps']} "
+        f"steps, horizon {r['horizon']}, {MPPI['samples']} samples, 1 iteration per step (warm start), float64, "
+        "one batch; the env's reward as the cost",
+        f"mean return {R.mean():.1f} (std {R.std():.1f}, worst {R.min():.1f}, best {R.max():.1f})",
+        f"time per control step (all {r['count']} episodes at once): {1e3 * r['seconds'] / r['steps']:.1f} ms, "
+        f"{1e3 * r['seconds'] / r['steps'] / r['count']:.2f} ms per episode",
     ])

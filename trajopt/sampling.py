@@ -69,19 +69,22 @@ def mppi(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
         raise ValueError(f"{where}: correlation must be in [0, 1), got {correlation}")
     std = _noise_std(where, noise_std, U)
     T, m = U.shape[-2:]
-    costs, best = [_plan_cost(dynamics, cost, x0, U)], []
+    costs, best = [], []
     weights = None
     for _ in range(iterations):
         eps = _gaussian(B, samples, T, m, std, correlation, U, generator)
         trial = _clamp(U.unsqueeze(1) + eps, lower, upper)                         # (B, N, T, m)
-        J = _sample_costs(dynamics, cost, x0, trial)                                 # (B, N)
+        # the plan rides along as an unweighted extra sample, for its cost in the history
+        J = _sample_costs(dynamics, cost, x0, torch.cat([U.unsqueeze(1), trial], 1))
+        costs.append(J[:, 0].detach())
+        J = J[:, 1:]                                                                 # (B, N)
         weights = torch.nan_to_num(torch.softmax(-(J - J.detach().amin(1, keepdim=True)) / temperature, 1))
         U = U + _smooth((weights.view(B, samples, 1, 1) * (trial - U.unsqueeze(1))).sum(1), smoothing)
         best.append(J.detach().amin(1))
-        costs.append(_plan_cost(dynamics, cost, x0, U))
     U = _clamp(U, lower, upper)
     X = rollout(dynamics, x0, U)
     J = cost(X, U)
+    costs.append(J.detach())
     history = {"cost": torch.stack(costs), "best_sample": torch.stack(best), "weights": weights.detach()}
     change = (costs[-1] - costs[-2]).abs() <= 1e-6 * costs[-2].abs().clamp_min(1.0)
     return Solution(X=X, U=U, cost=J, converged=change, iterations=iterations, history=history)
@@ -111,20 +114,22 @@ def cem(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor |
     x0, mean = x0.detach(), mean.detach()
     std = _noise_std(where, noise_std, mean).expand_as(mean).clone()
     T, m = mean.shape[-2:]
-    costs, best = [_plan_cost(dynamics, cost, x0, mean)], []
+    costs, best = [], []
     with torch.no_grad():
         for _ in range(iterations):
             noise = torch.randn(B, samples, T, m, dtype=mean.dtype, device=mean.device, generator=generator)
             trial = _clamp(mean.unsqueeze(1) + std.unsqueeze(1) * noise, lower, upper)
-            J = _sample_costs(dynamics, cost, x0, trial)
+            J = _sample_costs(dynamics, cost, x0, torch.cat([mean.unsqueeze(1), trial], 1))
+            costs.append(J[:, 0])                                                    # the mean rides along
+            J = J[:, 1:]
             idx = J.topk(elites, 1, largest=False).indices                          # (B, E)
             elite = trial.gather(1, idx.view(B, elites, 1, 1).expand(B, elites, T, m))
             mean = momentum * mean + (1 - momentum) * elite.mean(1)
             std = (momentum * std + (1 - momentum) * elite.std(1, unbiased=False)).clamp_min(min_std)
             best.append(J.amin(1))
-            costs.append(_plan_cost(dynamics, cost, x0, mean))
         X = rollout(dynamics, x0, mean)
         J = cost(X, mean)
+        costs.append(J)
     history = {"cost": torch.stack(costs), "best_sample": torch.stack(best), "std": std}
     converged = (std <= min_std).flatten(1).all(1)
     return Solution(X=X, U=mean, cost=J, converged=converged, iterations=iterations, history=history)
@@ -233,8 +238,3 @@ def _sample_costs(dynamics, cost, x0, trial):
     X = rollout(dynamics, x0.repeat_interleave(N, 0), flat)
     J = cost(X, flat).view(B, N)
     return torch.where(torch.isfinite(J), J, torch.full_like(J, float("inf")))
-
-
-def _plan_cost(dynamics, cost, x0, U):
-    with torch.no_grad():
-        return cost(rollout(dynamics, x0, U), U)

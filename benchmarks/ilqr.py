@@ -221,7 +221,7 @@ def optimality(B: int = 32, max_iter: int = 1000) -> str:
     for name, state_guess in runs:
         p = problem(name, 1 if name == "P4 bicycle" else B)
         ub = p["u_max"]
-        X_init = torch.zeros(len(p["x0"]), p["T"] + 1, p["x0"].shape[-1], dtype=p["x0"].dtype) if state_guess else None
+        X_init = zero_states(p) if state_guess else None
         sol = trajopt.ilqr(p["dynamics"], p["cost"], p["x0"], p["U_init"], X_init=X_init, horizon=p["T"],
                            u_lower=-ub, u_upper=ub, max_iter=max_iter, grad=None)
         rel = [(float(sol.cost[b]) - lbfgsb(p, b, sol.U[b])) / float(sol.cost[b]) for b in range(len(p["x0"]))]

@@ -51,6 +51,28 @@ def _autodiff_jacobians(fn, x, u, t, mode):
     return vmap(jac(single, argnums=(0, 1)))(x, u)
 
 
+def rowwise_hessians(gx, gu, x, u, create_graph: bool = False):
+    """Derivatives of a gradient ``(gx, gu)`` (shaped like ``x``, ``u``, with a graph to them) along each basis
+    direction ``e_i`` of ``[x; u]``, set on every row at once: ``hx (n+m, *x.shape)``, ``hu (n+m, *u.shape)``.
+
+    When every row of ``x`` and ``u`` enters a separate term of the differentiated function (rows
+    independent), these are the rows ``i`` of every row's Hessian block: one batched double backward instead
+    of a Hessian per sample. ``x`` and ``u`` may differ in their leading shapes (a trajectory's ``T+1``
+    states and ``T`` controls). The graph is kept; ``create_graph`` makes the blocks differentiable.
+    """
+    n, m = x.shape[-1], u.shape[-1]
+    N = n + m
+    eye = torch.eye(N, dtype=x.dtype, device=x.device)
+    dx = eye[:, :n].view(N, *[1] * (x.ndim - 1), n).expand(N, *x.shape)
+    du = eye[:, n:].view(N, *[1] * (u.ndim - 1), m).expand(N, *u.shape)
+    outs = [(o, d) for o, d in ((gx, dx), (gu, du)) if o.requires_grad]
+    if not outs:                                            # a constant gradient: no curvature
+        return x.new_zeros(N, *x.shape), u.new_zeros(N, *u.shape)
+    return torch.autograd.grad([o for o, _ in outs], (x, u), [d for _, d in outs], retain_graph=True,
+                               create_graph=torch.is_grad_enabled() and create_graph, is_grads_batched=True,
+                               materialize_grads=True)
+
+
 def register_tensors(module: nn.Module, learnable: bool, **tensors) -> None:
     """Attach tensors to ``module`` as parameters (``learnable``) or buffers, detached copies either way."""
     for name, value in tensors.items():
@@ -115,22 +137,16 @@ class Dynamics(_Model):
         directions) gives every sample's block. Differentiable (when grad mode is on) with respect to
         ``x``, ``u``, ``lam`` and the model's parameters.
         """
-        n, m = x.shape[-1], u.shape[-1]
+        n = x.shape[-1]
         graph = torch.is_grad_enabled() and any(z.requires_grad for z in itertools.chain(
             (x, u, lam), self.parameters(), self.buffers()))
         with torch.enable_grad():
             xg = x if graph and x.requires_grad else x.detach().requires_grad_(True)
             ug = u if graph and u.requires_grad else u.detach().requires_grad_(True)
-            scalar = (self(xg, ug, t) * lam).sum()
-            gx, gu = torch.autograd.grad(scalar, (xg, ug), create_graph=True, materialize_grads=True)
-            g = torch.cat([gx, gu], -1)
-            if not g.requires_grad:                         # linear in (x, u)
-                H = x.new_zeros(x.shape[0], n + m, n + m)
-            else:
-                basis = torch.eye(n + m, dtype=x.dtype, device=x.device).unsqueeze(1).expand(n + m, *g.shape)
-                hx, hu = torch.autograd.grad(g, (xg, ug), basis, is_grads_batched=True, create_graph=graph,
-                                             materialize_grads=True)
-                H = torch.cat([hx, hu], -1).transpose(0, 1)     # (B, n+m, n+m), row i from direction i
+            gx, gu = torch.autograd.grad((self(xg, ug, t) * lam).sum(), (xg, ug), create_graph=True,
+                                         materialize_grads=True)
+            hx, hu = rowwise_hessians(gx, gu, xg, ug, create_graph=graph)
+        H = torch.cat([hx, hu], -1).transpose(0, 1)         # (B, n+m, n+m), row i from direction i
         return H[:, :n, :n], H[:, n:, :n], H[:, n:, n:]
 
 

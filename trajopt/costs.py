@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dynamics._validation import check_tensor
-from dynamics.base import register_tensors
+from dynamics.base import register_tensors, rowwise_hessians
 
 __all__ = ["Cost", "QuadraticCost", "Quadratization"]
 
@@ -78,7 +78,7 @@ class Cost(nn.Module, abc.ABC):
         """Gradients and Hessians of the cost at every stage of ``X (B, T+1, n)``, ``U (B, T, m)``.
 
         By autograd: the gradient of the total cost, then one batched double backward for all stages' Hessian
-        blocks at once (:func:`stage_hessians`); :class:`QuadraticCost` overrides it with the exact closed
+        blocks at once (:func:`dynamics.base.rowwise_hessians`); :class:`QuadraticCost` overrides it with the exact closed
         form. Differentiable with respect to ``X``, ``U`` and the cost's parameters.
         """
         if X.ndim == 2:
@@ -89,33 +89,21 @@ class Cost(nn.Module, abc.ABC):
             Xg = X if graph and X.requires_grad else X.detach().requires_grad_(True)
             Ug = U if graph and U.requires_grad else U.detach().requires_grad_(True)
             gx, gu = torch.autograd.grad(self(Xg, Ug).sum(), (Xg, Ug), create_graph=True, materialize_grads=True)
-            C, C_final = stage_hessians(gx, gu, Xg, Ug, create_graph=graph)
+            C, C_final = _stage_hessians(gx, gu, Xg, Ug, create_graph=graph)
         c = torch.cat([gx[..., :T, :], gu], -1)
         if not graph:
             c, gx = c.detach(), gx.detach()
         return Quadratization(C, c, C_final, gx[..., T, :])
 
 
-def stage_hessians(gx, gu, X, U, create_graph: bool = False):
+def _stage_hessians(gx, gu, X, U, create_graph: bool = False):
     """Hessian blocks ``(B, T, n+m, n+m)`` and terminal ``(B, n, n)`` of a stagewise-separable function whose
-    gradient ``gx (B, T+1, n)``, ``gu (B, T, m)`` carries a graph to ``X``, ``U``: one batched double backward
-    over the ``n+m`` directions, each set on every stage at once (the stages are independent, so the Hessian
-    is block diagonal). The graph is kept; the blocks carry one themselves when grad mode is on and the graph
-    reaches tensors that require grad (``create_graph``)."""
-    B, T, m = U.shape
-    n, N = X.shape[-1], X.shape[-1] + U.shape[-1]
-    if not (gx.requires_grad or gu.requires_grad):                       # linear: no curvature
-        return X.new_zeros(B, T, N, N), X.new_zeros(B, n, n)
-    eye = torch.eye(N, dtype=X.dtype, device=X.device)
-    dx = eye[:, :n].view(N, 1, 1, n).expand(N, B, T + 1, n)
-    du = eye[:, n:].view(N, 1, 1, m).expand(N, B, T, m)
-    outs = [(o, d) for o, d in ((gx, dx), (gu, du)) if o.requires_grad]
-    hx, hu = torch.autograd.grad([o for o, _ in outs], (X, U), [d for _, d in outs], retain_graph=True,
-                                 create_graph=torch.is_grad_enabled() and create_graph, is_grads_batched=True,
-                                 materialize_grads=True)
+    gradient ``gx (B, T+1, n)``, ``gu (B, T, m)`` carries a graph to ``X``, ``U`` (by
+    :func:`dynamics.base.rowwise_hessians`: the stages are independent, so the Hessian is block diagonal)."""
+    T, n = U.shape[1], X.shape[-1]
+    hx, hu = rowwise_hessians(gx, gu, X, U, create_graph)
     H = torch.cat([hx[:, :, :T], hu], -1).permute(1, 2, 0, 3)            # row i: the derivative along e_i
     return H, hx[:n, :, T].transpose(0, 1)
-
 
 
 class QuadraticCost(Cost):

@@ -33,7 +33,7 @@ from torch.autograd.function import once_differentiable
 
 from dynamics import Dynamics
 from dynamics._validation import check_consistent, check_tensor
-from .costs import Cost, stage_hessians
+from .costs import Cost
 from .lqr import box_lqr_backward, costates, lqr_with_costates
 from .problem import Solution
 from .rollout import linearize, rollout
@@ -250,7 +250,7 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
         Kc, kc, (d1, d2), _, ok = box_lqr_backward(
             F[pos], torch.cat([C, q.C[alt]]), q.c[pos], q.C_final[pos], q.c_final[pos], lower_t[b] - U[b],
             upper_t[b] - U[b], mu[b], *((None, None) if gaps is None else (gaps[pos], gap0[pos])),
-            nonconvex=nonconvex if bool(nonconvex.any()) else False)
+            nonconvex=nonconvex if bool(nonconvex.any()) else None)
         scale = J[b].abs().clamp_min(1.0)
         fine_c = ok & feasible[b] & (-d1 <= tol * scale)    # the model's decrease is too small for the cost to verify
         R, n = len(pos), X.shape[-1]
@@ -381,28 +381,26 @@ class _ImplicitSolution(torch.autograd.Function):
         gU = torch.zeros_like(U) if gU is None else gU
         B, T, m = U.shape
         n = X.shape[-1]
-        wrt = [z for z in (x0, *tensors) if z.requires_grad]
-        with torch.enable_grad():
-            # the Lagrangian sum_t l_t + lam_{t+1}' f_t + l_T (the -lam_t' x_t terms depend on no parameter):
-            # the dynamics' part by autograd (its stages are independent, so derivatives of its gradient along
-            # one direction on every stage at once give every stage's Hessian block), the cost's by its
-            # quadratization (closed form for a QuadraticCost)
-            Xg, Ug = X.requires_grad_(True), U.requires_grad_(True)
-            nxt = _steps(dynamics, Xg[:, :T], Ug)
-            gx, gu = torch.autograd.grad((lam[:, 1:] * nxt).sum(), (Xg, Ug), create_graph=True,
-                                         materialize_grads=True)
-            S, _ = stage_hessians(gx, gu, Xg, Ug)
         with torch.no_grad():
-            q = cost.quadratize(X.detach(), U.detach())
-            g = q.c[..., n:] + gu.detach()                  # dJ/dU
+            # the Newton system: the cost's Hessians and the dynamics' second-order terms (the same ones the
+            # solve's Newton steps use), with the costates of the solution
+            q = cost.quadratize(X, U)
+            g = q.c[..., n:] + (F[..., n:].mT @ lam[:, 1:].unsqueeze(-1)).squeeze(-1)      # dJ/dU
             keep = ~_clamped(U, g, lower, upper) & converged.view(B, 1, 1)
-            tau, lam_t = _adjoint_kkt(F, q.C + S, q.C_final, gX, gU, keep, converged)
+            H = q.C + _second_order_terms(dynamics, X, U, lam)
+            tau, lam_t = _adjoint_kkt(F, H, q.C_final, gX, gU, keep, converged)
         if not any(z.requires_grad for z in tensors):       # x0 alone: its gradient is -lam~_0
             return (None, None, None, -lam_t[:, 0], *[None] * len(tensors))
+        wrt = [z for z in (x0, *tensors) if z.requires_grad]
         with torch.enable_grad():
-            gcx, gcu = torch.autograd.grad(cost(Xg, Ug).sum(), (Xg, Ug), create_graph=True, materialize_grads=True)
-            phi = ((gx + gcx) * tau[..., :n]).sum() + ((gu + gcu) * tau[:, :T, n:]).sum() \
-                + (lam_t[:, 1:] * nxt).sum() + (lam_t[:, 0] * x0).sum()
+            # -w' d(KKT)/dtheta: the Lagrangian sum_t l_t + lam_{t+1}' f_t + l_T differentiated along tau~
+            # (its -lam_t' x_t terms depend on no parameter), and the dynamics along lam~, at all stages at once
+            Xg, Ug = X.requires_grad_(True), U.requires_grad_(True)
+            nxt = _steps(dynamics, Xg[:, :T], Ug)
+            gx, gu = torch.autograd.grad(cost(Xg, Ug).sum() + (lam[:, 1:] * nxt).sum(), (Xg, Ug),
+                                         create_graph=True, materialize_grads=True)
+            phi = (gx * tau[..., :n]).sum() + (gu * tau[:, :T, n:]).sum() + (lam_t[:, 1:] * nxt).sum() \
+                + (lam_t[:, 0] * x0).sum()
             grads = iter(torch.autograd.grad(phi, wrt, allow_unused=True) if phi.requires_grad else [None] * len(wrt))
         out = [None if not z.requires_grad else _neg(next(grads)) for z in (x0, *tensors)]
         return (None, None, None, *out)

@@ -515,7 +515,7 @@ def costates(F, C, c, C_final, c_final):
     return torch.stack(gs, 1), torch.stack(lams, 1)
 
 
-def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=None, dx0=None, nonconvex=False):
+def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=None, dx0=None, nonconvex=None):
     """Backward pass of box-constrained iLQR on a linearized, quadratized problem in deltas.
 
     Args:
@@ -529,7 +529,7 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=Non
         gaps, dx0: ``(B, T, n)`` and ``(B, n)`` for an infeasible trajectory (multiple shooting): the model is
             ``dx_{t+1} = F_t dtau_t + alpha gaps_t`` from ``dx_0 = alpha dx0``, so the step closes the fraction
             ``alpha`` of every gap. None means zero.
-        nonconvex: ``(B,)`` bool or False: for one control (``m = 1``), in these problems a stage whose ``Q_uu``
+        nonconvex: ``(B,)`` bool or None: for one control (``m = 1``), in these problems a stage whose ``Q_uu``
             is not positive (a Newton model's negative curvature) takes the better of its two finite bounds,
             clamped, instead of failing.
 
@@ -568,7 +568,7 @@ def box_lqr_backward(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=Non
             pol = torch.div(Ru[..., :n1], h).neg_()        # [k, K] unclamped
             k = torch.clamp(pol[..., :1], lo[t], hi[t])
             free = k == pol[..., :1]
-            if nonconvex is not False:                      # h <= 0 between finite bounds: the better bound
+            if nonconvex is not None:                       # h <= 0 between finite bounds: the better bound
                 concave = (h <= 0) & nonconvex.view(B, 1, 1)
                 value = lambda v: (0.5 * h * v + Ru[..., :1]) * v          # noqa: E731
                 k = torch.where(concave, torch.where(value(lo[t]) <= value(hi[t]), lo[t], hi[t]), k)

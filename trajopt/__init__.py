@@ -12,5 +12,6 @@ from .multistart import multistart
 from .problem import Solution
 from .rollout import linearize, rollout
 from .sampling import cem, mppi, random_shooting
+from .shooting import single_shooting
 
-__all__ = ["lqr", "lqr_cost", "ilqr", "ddp", "MPC", "multistart", "mppi", "cem", "random_shooting", "constrained_ilqr", "Constraint", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]
+__all__ = ["lqr", "lqr_cost", "ilqr", "ddp", "MPC", "multistart", "mppi", "cem", "random_shooting", "single_shooting", "constrained_ilqr", "Constraint", "projected_gradient", "rollout", "linearize", "Cost", "QuadraticCost", "Quadratization", "Solution"]

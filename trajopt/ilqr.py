@@ -157,12 +157,8 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
     with torch.set_grad_enabled(unroll):
         X0 = None if X_init is None else X_init.detach().expand(B, T + 1, dims["n"])
         out, at = _solve(dynamics, cost, x0 if unroll else x0.detach(), U0, X0, lower, upper, where, **options)
-    if grad == "implicit" and torch.is_grad_enabled():
-        inputs = [x0] + _grad_tensors(dynamics, cost)
-        if any(z.requires_grad for z in inputs):
-            problem = (dynamics, cost, out.X, out.U, at, lower, upper, out.converged)
-            X, U = _ImplicitSolution.apply(out.X, out.U, problem, *inputs)
-            out.X, out.U, out.cost = X, U, cost(X, U)
+    if grad == "implicit":
+        implicit_gradient(dynamics, cost, x0, out, lower, upper, at)
     out.history["projected_gradient"] = out.history.pop("pg").abs().flatten(1).amax(-1)
     return out
 
@@ -319,6 +315,27 @@ def _solve(dynamics, cost, x0, U, X0, lower, upper, where, *, max_iter, tol, gra
     history = {"cost": torch.stack(history), "pg": pg, "mu": mu, "iterations": iterations, "costates": at[-1]}
     return Solution(X=X, U=U, cost=J, converged=converged, iterations=int(iterations.max()), K=K, k=k,
                     history=history), at
+
+
+def implicit_gradient(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, sol: Solution, lower=None, upper=None,
+                      at=None) -> Solution:
+    """Make ``sol.X``, ``sol.U`` and ``sol.cost`` differentiable by the implicit-function theorem on the KKT
+    conditions of the box-constrained problem (see :class:`_ImplicitSolution`), for any solver whose
+    ``sol.converged`` problems are local minima of ``cost(rollout(x0, U), U)`` within ``lower <= U <= upper``
+    (``(B, T, m)`` or None). ``at``: the dynamics' Jacobians ``F`` and the costates at the solution, if the
+    solver has them. Does nothing when grad mode is off or nothing requires grad. Modifies ``sol`` in place."""
+    inputs = [x0] + _grad_tensors(dynamics, cost)
+    if not torch.is_grad_enabled() or not any(z.requires_grad for z in inputs):
+        return sol
+    if at is None:
+        with torch.no_grad():
+            F, _ = linearize(dynamics, sol.X.detach(), sol.U.detach())
+            q = cost.quadratize(sol.X.detach(), sol.U.detach())
+            at = (F, costates(F, q.C, q.c, q.C_final, q.c_final)[1])
+    problem = (dynamics, cost, sol.X.detach(), sol.U.detach(), at, lower, upper, sol.converged)
+    sol.X, sol.U = _ImplicitSolution.apply(sol.X.detach(), sol.U.detach(), problem, *inputs)
+    sol.cost = cost(sol.X, sol.U)
+    return sol
 
 
 def _keep(at, rows, B, F, lam):

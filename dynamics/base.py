@@ -68,9 +68,12 @@ def rowwise_hessians(gx, gu, x, u, create_graph: bool = False):
     outs = [(o, d) for o, d in ((gx, dx), (gu, du)) if o.requires_grad]
     if not outs:                                            # a constant gradient: no curvature
         return x.new_zeros(N, *x.shape), u.new_zeros(N, *u.shape)
-    return torch.autograd.grad([o for o, _ in outs], (x, u), [d for _, d in outs], retain_graph=True,
-                               create_graph=torch.is_grad_enabled() and create_graph, is_grads_batched=True,
-                               materialize_grads=True)
+    hx, hu = torch.autograd.grad([o for o, _ in outs], (x, u), [d for _, d in outs], retain_graph=True,
+                                 create_graph=torch.is_grad_enabled() and create_graph, is_grads_batched=True,
+                                 materialize_grads=True)
+    # an input the gradient does not depend on comes back as zeros without the batch of directions
+    return tuple(h if h.shape[0] == N and h.ndim == z.ndim + 1 else h.new_zeros(N, *z.shape)
+                 for h, z in ((hx, x), (hu, u)))
 
 
 def register_tensors(module: nn.Module, learnable: bool, **tensors) -> None:
@@ -161,9 +164,13 @@ class ContinuousDynamics(_Model):
             the velocities, are updated); None if the model has no such split.
         time_varying: whether ``derivative`` depends on ``t`` (the stage index,
             held constant over a step).
+        fused_methods: integrators for which the model's :meth:`fused_step` computes the whole step in
+            closed form (fewer tensor operations than the generic integrator, whose stages each call
+            ``derivative``: a rollout's time goes to per-operation overhead, not arithmetic).
     """
 
     positions: Sequence[int] | None = None
+    fused_methods: tuple[str, ...] = ()
     time_varying: bool = False
     jacobian_mode: str = "rev"
     default_dt: float | None = None
@@ -183,6 +190,10 @@ class ContinuousDynamics(_Model):
     @_batched
     def forward(self, x, u, t=None):
         return self.derivative(x, u, t)
+
+    def fused_step(self, x: torch.Tensor, u: torch.Tensor, dt: float, t: int | None = None) -> torch.Tensor:
+        """One step of the integrator in :attr:`fused_methods`, equal to the generic one up to rounding."""
+        raise NotImplementedError(f"{type(self).__name__} has no fused step")
 
     def discretize(self, dt: float | None = None, method: str | None = None) -> Discretized:
         """A :class:`Dynamics` stepping this model by ``dt`` with ``method`` in
@@ -220,6 +231,8 @@ class Discretized(Dynamics):
 
     @_batched
     def forward(self, x, u, t=None):
+        if self.method in self.model.fused_methods:
+            return self.model.fused_step(x, u, self.dt, t)
         step, _ = integrators.METHODS[self.method]
         return step(self.model.derivative, x, u, self.dt, t, positions=getattr(self, "_positions", None))
 

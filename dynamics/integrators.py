@@ -21,7 +21,7 @@ def _eye(x):
 
 def euler(g, x, u, dt, t=None, positions=None):
     """Explicit Euler: ``x + dt g(x, u)``. First order."""
-    return x + dt * g(x, u, t)
+    return torch.add(x, g(x, u, t), alpha=dt)
 
 
 def euler_jacobians(g, jac, x, u, dt, t=None, positions=None):
@@ -37,8 +37,8 @@ def semi_implicit_euler(g, x, u, dt, t=None, positions: torch.Tensor = None):
     ``v+ = v + dt a(q, v, u)``, ``q+ = q + dt v+`` (Gymnasium's Pendulum-v1 step).
     The vector field is evaluated twice, so any kinematics ``q' = h(q, v)`` works.
     """
-    y = torch.where(positions, x, x + dt * g(x, u, t))
-    return torch.where(positions, x + dt * g(y, u, t), y)
+    y = torch.where(positions, x, torch.add(x, g(x, u, t), alpha=dt))
+    return torch.where(positions, torch.add(x, g(y, u, t), alpha=dt), y)
 
 
 def semi_implicit_euler_jacobians(g, jac, x, u, dt, t=None, positions: torch.Tensor = None):
@@ -55,9 +55,9 @@ def semi_implicit_euler_jacobians(g, jac, x, u, dt, t=None, positions: torch.Ten
 def rk4(g, x, u, dt, t=None, positions=None):
     """Classic fourth-order Runge-Kutta with the control held over the step."""
     k1 = g(x, u, t)
-    k2 = g(x + 0.5 * dt * k1, u, t)
-    k3 = g(x + 0.5 * dt * k2, u, t)
-    k4 = g(x + dt * k3, u, t)
+    k2 = g(torch.add(x, k1, alpha=0.5 * dt), u, t)
+    k3 = g(torch.add(x, k2, alpha=0.5 * dt), u, t)
+    k4 = g(torch.add(x, k3, alpha=dt), u, t)
     return x + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
 
 

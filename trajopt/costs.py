@@ -193,6 +193,8 @@ class QuadraticCost(Cost):
     def stage(self, x, u, t=None):
         C, c, const = self._at(t)
         tau = torch.cat([x, u], -1)
+        if tau.ndim == 2:       # few operations (sampling solvers call this on B N rows per step)
+            return (torch.add(c, tau @ C, alpha=0.5) * tau).sum(-1) + const
         return 0.5 * ((tau @ C) * tau).sum(-1) + tau @ c + const
 
     def terminal(self, x):
@@ -214,9 +216,14 @@ class QuadraticCost(Cost):
 
     def forward(self, X, U):
         T = U.shape[-2]
-        C, c, const = self._stage_tensors(T)
         tau = torch.cat([X[..., :-1, :], U], -1)
-        stage = 0.5 * torch.einsum("...ti,tij,...tj->...", tau, C, tau) + (tau * c).sum((-1, -2)) + const.sum()
+        if self.time_varying:
+            C, c, const = self._stage_tensors(T)
+            stage = 0.5 * torch.einsum("...ti,tij,...tj->...", tau, C, tau) + (tau * c).sum((-1, -2)) + const.sum()
+        else:   # one matrix product over all stages (sampling solvers evaluate B N trajectories at once)
+            flat = tau.reshape(-1, tau.shape[-1])
+            stage = (torch.add(self.c, flat @ self.C, alpha=0.5) * flat).sum(-1).view(tau.shape[:-1]).sum(-1) \
+                + T * self.const
         return stage + self.terminal(X[..., -1, :])
 
     def quadratize(self, X, U):

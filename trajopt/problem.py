@@ -10,7 +10,8 @@ import torch
 class Solution:
     """A batch of solved trajectory-optimization problems.
 
-    Shapes are batch first; an unbatched problem gives unbatched fields (no ``B``).
+    Shapes are batch first; an unbatched problem gives unbatched fields (no ``B``). ``X`` and ``cost`` are None
+    only when a sampling solver was told not to roll out its final plan (``rollout_plan=False``).
 
     Attributes:
         X: states ``(B, T+1, n)``, ``X[:, 0]`` is the initial state.
@@ -23,9 +24,9 @@ class Solution:
         history: per-iteration diagnostics where the solver records them.
     """
 
-    X: torch.Tensor
+    X: torch.Tensor | None
     U: torch.Tensor
-    cost: torch.Tensor
+    cost: torch.Tensor | None
     converged: torch.Tensor
     iterations: int
     K: torch.Tensor | None = None

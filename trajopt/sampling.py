@@ -30,11 +30,13 @@ from .rollout import rollout
 
 __all__ = ["mppi", "cem", "random_shooting"]
 
+_STORED_ROWS = 2 ** 17    # sample-stages up to which _sample_costs stores the trajectories
+
 
 def mppi(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
          horizon: int | None = None, samples: int = 1000, iterations: int = 1, temperature: float = 1.0,
          noise_std=1.0, correlation: float = 0.0, smoothing: int = 1, u_lower=None, u_upper=None,
-         generator: torch.Generator | None = None) -> Solution:
+         generator: torch.Generator | None = None, rollout_plan: bool = True) -> Solution:
     """Model-predictive path integral control on a batch of problems.
 
     Args:
@@ -50,10 +52,14 @@ def mppi(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
         smoothing: width of a moving average applied to each update along time (1: none).
         u_lower, u_upper: bounds broadcastable to ``(B, T, m)``; every sample is clamped into them.
         generator: the random source (common random numbers when seeded alike).
+        rollout_plan: roll out the final plan for ``X`` and ``cost``. A receding-horizon loop that uses only
+            the plan's first control can pass False: that skips one sequential pass, as long as all the
+            samples' (its cost per control step halves at ``B = 1``), and ``X`` and ``cost`` are None.
 
     Returns:
         ``Solution`` with the plan ``U (B, T, m)``, its rollout ``X`` and ``cost``, ``iterations``, and
-        ``history``: ``cost`` of the plan before each iteration and after the last ``(iterations+1, B)``,
+        ``history``: ``cost`` of the plan before each iteration and after the last ``(iterations+1, B)`` (without
+        the last if ``rollout_plan`` is False),
         ``best_sample`` cost per iteration ``(iterations, B)`` and the ``weights`` of the last update
         ``(B, N)``. ``converged`` is True where the last iteration changed the plan's cost by at most 1e-6
         relative (sampling gives no optimality certificate).
@@ -82,18 +88,15 @@ def mppi(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
         U = U + _smooth((weights.view(B, samples, 1, 1) * (trial - U.unsqueeze(1))).sum(1), smoothing)
         best.append(J.detach().amin(1))
     U = _clamp(U, lower, upper)
-    X = rollout(dynamics, x0, U)
-    J = cost(X, U)
-    costs.append(J.detach())
+    X, J = _plan_rollout(dynamics, cost, x0, U, rollout_plan, costs)
     history = {"cost": torch.stack(costs), "best_sample": torch.stack(best), "weights": weights.detach()}
-    change = (costs[-1] - costs[-2]).abs() <= 1e-6 * costs[-2].abs().clamp_min(1.0)
-    return Solution(X=X, U=U, cost=J, converged=change, iterations=iterations, history=history)
+    return Solution(X=X, U=U, cost=J, converged=_settled(costs), iterations=iterations, history=history)
 
 
 def cem(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
         horizon: int | None = None, samples: int = 1000, iterations: int = 10, elites: int = 100,
         noise_std=1.0, min_std: float = 1e-3, momentum: float = 0.0, u_lower=None, u_upper=None,
-        generator: torch.Generator | None = None) -> Solution:
+        generator: torch.Generator | None = None, rollout_plan: bool = True) -> Solution:
     """The cross-entropy method on a batch of problems (PlaNet's planner).
 
     A diagonal Gaussian over control sequences, mean ``U_init`` (zeros of length ``horizon`` if None) and
@@ -102,6 +105,7 @@ def cem(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor |
     spread never falls below ``min_std``. Returns the final mean as the plan, with its rollout and cost;
     ``history``: ``cost`` of the mean before each iteration and after the last, ``best_sample`` per
     iteration, final ``std (B, T, m)``; ``converged`` where the spread has shrunk to ``min_std`` everywhere.
+    ``rollout_plan=False`` skips the final mean's rollout (``X`` and ``cost`` None), as for :func:`mppi`.
     Not differentiable (the elites are chosen by sorting): the plan is detached.
     """
     where = "cem"
@@ -127,9 +131,7 @@ def cem(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor |
             mean = momentum * mean + (1 - momentum) * elite.mean(1)
             std = (momentum * std + (1 - momentum) * elite.std(1, unbiased=False)).clamp_min(min_std)
             best.append(J.amin(1))
-        X = rollout(dynamics, x0, mean)
-        J = cost(X, mean)
-        costs.append(J)
+        X, J = _plan_rollout(dynamics, cost, x0, mean, rollout_plan, costs)
     history = {"cost": torch.stack(costs), "best_sample": torch.stack(best), "std": std}
     converged = (std <= min_std).flatten(1).all(1)
     return Solution(X=X, U=mean, cost=J, converged=converged, iterations=iterations, history=history)
@@ -183,6 +185,23 @@ def _setup(where, dynamics, cost, x0, U_init, horizon, u_lower, u_upper):
     return x0, _clamp(U.expand(shape), lower, upper), batch, lower, upper
 
 
+def _plan_rollout(dynamics, cost, x0, U, wanted, costs):
+    """The final plan's rollout and cost (its cost appended to the history ``costs``), or None and None."""
+    if not wanted:
+        return None, None
+    X = rollout(dynamics, x0, U)
+    J = cost(X, U)
+    costs.append(J.detach())
+    return X, J
+
+
+def _settled(costs):
+    """Whether the plan's cost changed by at most 1e-6 relative over the last iteration, ``(B,)``."""
+    if len(costs) < 2:
+        return torch.zeros_like(costs[-1], dtype=torch.bool)
+    return (costs[-1] - costs[-2]).abs() <= 1e-6 * costs[-2].abs().clamp_min(1.0)
+
+
 def _check_positive(where, **values):
     for name, value in values.items():
         if not value > 0:
@@ -232,9 +251,23 @@ def _smooth(update, width):
 
 
 def _sample_costs(dynamics, cost, x0, trial):
-    """Costs ``(B, N)`` of control sequences ``trial (B, N, T, m)`` from ``x0 (B, n)``, as one batch."""
-    B, N = trial.shape[:2]
-    flat = trial.flatten(0, 1)
-    X = rollout(dynamics, x0.repeat_interleave(N, 0), flat)
-    J = cost(X, flat).view(B, N)
+    """Costs ``(B, N)`` of control sequences ``trial (B, N, T, m)`` from ``x0 (B, n)``, as one batch.
+
+    Small batches are rolled out with the shared :func:`~trajopt.rollout` and costed over all stages at once
+    (fewest operations). Large ones sum the stage costs along the rollout instead (the cost's definition,
+    ``sum_t stage(x_t, u_t, t) + terminal(x_T)``): storing and re-reading ``B N`` trajectories then costs more
+    than the arithmetic (P2, 1000 samples, horizon 30: 108 ms against 67 ms per call at B=32; 5.2 against
+    5.9 ms the other way round at B=1)."""
+    B, N, T, m = trial.shape
+    if B * N * T <= _STORED_ROWS:
+        flat = trial.flatten(0, 1)
+        J = cost(rollout(dynamics, x0.repeat_interleave(N, 0), flat), flat).view(B, N)
+    else:
+        U = trial.reshape(B * N, T, m).transpose(0, 1).contiguous()              # time-major (T, B N, m)
+        x = x0.repeat_interleave(N, 0)
+        J = 0.0
+        for t in range(T):
+            J = J + cost.stage(x, U[t], t)
+            x = dynamics(x, U[t], t)
+        J = (J + cost.terminal(x)).view(B, N)
     return torch.where(torch.isfinite(J), J, torch.full_like(J, float("inf")))

@@ -18,20 +18,19 @@ class Pendulum(ContinuousDynamics):
     positions = (0,)
     default_dt = 0.05
     default_method = "semi_implicit_euler"
+    fused_methods = ("semi_implicit_euler",)
 
     def __init__(self, g: float = 10.0, m: float = 1.0, l: float = 1.0):
         super().__init__(2, 1)
         scalar_parameters(self, g=g, m=m, l=l)
 
-    def derivative(self, x, u, t=None):
-        th, thd = x[..., 0], x[..., 1]
-        thdd = 1.5 * self.g / self.l * torch.sin(th) + 3.0 / (self.m * self.l ** 2) * u[..., 0]
-        return torch.stack([thd, thdd], -1)
+    def _acceleration(self, x, u):
+        return torch.addcmul(torch.sin(x[..., 0]) * (1.5 * self.g / self.l), u[..., 0], 3.0 / (self.m * self.l ** 2))
 
-    def derivative_jacobians(self, x, u, t=None):
-        th = x[..., 0]
-        zero, one = torch.zeros_like(th), torch.ones_like(th)
-        gx = torch.stack([torch.stack([zero, one], -1),
-                          torch.stack([1.5 * self.g / self.l * torch.cos(th), zero], -1)], -2)
-        gu = torch.stack([zero, one * (3.0 / (self.m * self.l ** 2))], -1).unsqueeze(-1)
-        return gx, gu
+    def derivative(self, x, u, t=None):
+        return torch.stack([x[..., 1], self._acceleration(x, u)], -1)
+
+    def fused_step(self, x, u, dt, t=None):
+        """Pendulum-v1's step: ``thd+ = thd + dt thdd``, ``th+ = th + dt thd+``."""
+        thd = torch.add(x[..., 1], self._acceleration(x, u), alpha=dt)
+        return torch.stack([torch.add(x[..., 0], thd, alpha=dt), thd], -1)

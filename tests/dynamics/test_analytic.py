@@ -45,6 +45,19 @@ def test_pendulum_steps_like_gymnasium_pendulum_v1():
         np.testing.assert_allclose(ours, env.state, atol=1e-10, rtol=0)
 
 
+def test_fused_steps_equal_the_generic_integrator():
+    from dynamics import integrators
+    for model in (dynamics.Pendulum(g=9.0, m=1.3, l=0.8),):
+        for method in model.fused_methods:
+            x = torch.randn(64, model.state_dim, dtype=torch.float64)
+            u = torch.randn(64, model.control_dim, dtype=torch.float64)
+            step, _ = integrators.METHODS[method]
+            positions = torch.zeros(model.state_dim, dtype=torch.bool)
+            positions[list(model.positions or [])] = True
+            generic = step(model.derivative, x, u, 0.05, None, positions=positions)
+            torch.testing.assert_close(model.discretize(0.05, method)(x, u), generic, rtol=1e-14, atol=1e-14)
+
+
 @pytest.mark.parametrize("integrator", ["euler", "semi-implicit"])
 def test_cartpole_steps_like_gymnasium_cartpole_v1(integrator):
     env = gym_env("CartPole-v1")

@@ -91,3 +91,21 @@ def test_sampling_solvers_reject_bad_input():
         mppi(model, cost, x0, horizon=T, u_lower=torch.zeros(7, **D64))
     with pytest.raises(ValueError, match="give a batch"):
         cem(model, cost, x0[0], horizon=T)
+
+
+def test_both_ways_of_costing_samples_agree_and_the_plan_rollout_can_be_skipped(monkeypatch):
+    from trajopt import sampling
+    model, cost, x0, T = double_integrator()
+    trial = torch.randn(3, 40, T, 1, generator=torch.Generator().manual_seed(4), **D64)
+    stored = sampling._sample_costs(model, cost, x0, trial)
+    monkeypatch.setattr(sampling, "_STORED_ROWS", 0)                 # sum the stage costs along the rollout
+    summed = sampling._sample_costs(model, cost, x0, trial)
+    reference = torch.stack([cost(trajopt.rollout(model, x0, trial[:, i]), trial[:, i]) for i in range(40)], 1)
+    torch.testing.assert_close(stored, reference, rtol=1e-12, atol=0)
+    torch.testing.assert_close(summed, reference, rtol=1e-12, atol=0)
+    for solve in (mppi, cem):
+        full = solve(model, cost, x0, horizon=T, samples=50, iterations=2, generator=torch.Generator().manual_seed(5))
+        bare = solve(model, cost, x0, horizon=T, samples=50, iterations=2, rollout_plan=False,
+                     generator=torch.Generator().manual_seed(5))
+        assert bare.X is None and bare.cost is None
+        torch.testing.assert_close(bare.U, full.U, rtol=0, atol=0)

@@ -56,8 +56,8 @@ def run(repeat: int = 20, quick: bool = False) -> str:
                                           **bounds, **options)
             rows.append(_row(name, label, p, sol, ref_costs, time.perf_counter() - t0))
     return (f"Single shooting against box-constrained iLQR from the same guess; per problem, the relative cost "
-            f"gap to iLQR's: within {TOL:g}, lower, higher, largest |gap|\n"
+            f"gap to iLQR's: within {TOL:g}, lower, higher, largest absolute gap\n"
             + table(rows, [("problem", "problem", "s"), ("solver", "solver", "s"), ("cost", "mean cost", ".4f"),
                            ("within", "within", "d"), ("lower", "lower", "d"), ("higher", "higher", "d"),
-                           ("gap", "max |gap|", ".1e"), ("conv", "converged", "s"), ("iters", "iterations", "d"),
+                           ("gap", "largest gap", ".1e"), ("conv", "converged", "s"), ("iters", "iterations", "d"),
                            ("s", "time (s)", ".1f")]))

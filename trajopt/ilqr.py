@@ -469,11 +469,12 @@ def _adjoint_kkt(F, H, H_T, gX, gU, keep, converged):
     return torch.cat([tau, torch.cat([Xt[:, T:], torch.zeros(B, 1, m, **opts)], -1)], 1), lam_t
 
 
-def check_bounds(where, u_lower, u_upper, shape, like):
-    """Control bounds as ``(B, T, m)`` tensors of ``like``'s dtype and device (or None), checked once for every
-    solver: broadcastable to ``shape`` and ``u_lower <= u_upper``."""
+def check_bounds(where, u_lower, u_upper, shape, like, names=("u_lower", "u_upper"), dims="(B, T, m)"):
+    """Bounds (control bounds unless ``names`` and ``dims`` say otherwise) as tensors of ``like``'s dtype and
+    device expanded to ``shape`` (or None), checked once for every solver: broadcastable to ``shape``, no NaN,
+    and lower <= upper."""
     bounds = []
-    for name, value in (("u_lower", u_lower), ("u_upper", u_upper)):
+    for name, value in zip(names, (u_lower, u_upper)):
         if value is None:
             bounds.append(None)
             continue
@@ -482,10 +483,12 @@ def check_bounds(where, u_lower, u_upper, shape, like):
             bounds.append(value.expand(shape).clone())
         except RuntimeError:
             raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected a shape broadcastable "
-                             f"to (B, T, m) = {shape}") from None
+                             f"to {dims} = {shape}") from None
+        if bool(torch.isnan(value).any()):
+            raise ValueError(f"{where}: {name} contains NaN")
     lower, upper = bounds
     if lower is not None and upper is not None and bool((lower > upper).any()):
-        raise ValueError(f"{where}: u_lower exceeds u_upper somewhere")
+        raise ValueError(f"{where}: {names[0]} exceeds {names[1]} somewhere")
     return lower, upper
 
 

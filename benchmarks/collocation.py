@@ -1,0 +1,101 @@
+"""Collocation suite: the transcriptions' accuracy order, and collocation / multiple shooting on P2-P4.
+
+- Order: a damped oscillator (linear, exact flow by ``expm``) with a held smooth force, the controls fixed by
+  equal bounds, so the knots solve the defects alone; the final knot's error as the intervals double and the
+  fitted slope (Hermite-Simpson: 4, trapezoidal: 2).
+- P2 (hanging start), P3 (hanging start), P4: each problem's first start, from iLQR's solution (so that all
+  land in the same basin). Collocation of the continuous model (``dynamics.Pendulum``, ``CartPole``,
+  ``KinematicBicycle``) and multiple shooting of the discrete one, by the scipy back end (SLSQP) and by the
+  theseus back end (Levenberg-Marquardt in an augmented-Lagrangian loop): cost in ``problems.py``'s
+  convention of the knots' trajectory, largest defect, time, and the relative gap to iLQR's optimum of the
+  discrete problem (for collocation that gap is the discretization's difference, not an error).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import scipy.linalg
+import torch
+
+import dynamics
+import trajopt
+from benchmarks import ilqr as ilqr_suite
+from benchmarks.timing import table
+
+
+class Oscillator(dynamics.ContinuousDynamics):
+    """A damped oscillator driven by a force: linear, so its exact flow is a matrix exponential."""
+
+    A = np.array([[0.0, 1.0], [-4.0, -0.3]])
+    B = np.array([[0.0], [1.0]])
+
+    def __init__(self):
+        super().__init__(2, 1)
+
+    def derivative(self, x, u, t=None):
+        return x @ torch.tensor(self.A.T, dtype=x.dtype) + u @ torch.tensor(self.B.T, dtype=x.dtype)
+
+
+def exact_end(x0, u, dt):
+    """The oscillator's exact state after the held controls ``u (T,)``: each interval's flow by ``expm``."""
+    M = scipy.linalg.expm(np.block([[Oscillator.A, Oscillator.B], [np.zeros((1, 3))]]) * dt)
+    x = np.array(x0, float)
+    for ut in u:
+        x = M[:2, :2] @ x + M[:2, 2] * ut
+    return x
+
+
+def order_errors(method: str, steps=(10, 20, 40, 80), horizon: float = 2.0, x0=(1.0, 0.0)):
+    """Final-knot errors of ``method`` against the exact flow, and the fitted slope of log error on log steps."""
+    model = Oscillator()
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(2, dtype=torch.float64), 0.1 * torch.eye(1, dtype=torch.float64))
+    errors = []
+    for T in steps:
+        dt = horizon / T
+        u = torch.sin(3.0 * torch.arange(T, dtype=torch.float64) * dt).view(1, T, 1)
+        sol = trajopt.collocation(model, cost, torch.tensor([x0], dtype=torch.float64), u, horizon=T, dt=dt,
+                                  method=method, u_lower=u, u_upper=u, solver="scipy")
+        errors.append(float(np.abs(sol.X[0, -1].numpy() - exact_end(x0, u.flatten().numpy(), dt)).max()))
+    return errors, float(-np.polyfit(np.log(steps), np.log(errors), 1)[0])
+
+
+CONTINUOUS = {"P2 pendulum": dynamics.Pendulum, "P3 cart-pole": dynamics.CartPole, "P4 bicycle": dynamics.KinematicBicycle}
+
+
+def run(repeat: int = 20, quick: bool = False) -> str:
+    rows = []
+    for method in ("hermite_simpson", "trapezoidal"):
+        errors, slope = order_errors(method)
+        rows.append(dict(method=method, e=" ".join(f"{e:.2e}" for e in errors), slope=slope))
+    report = ["Order: final-knot error of the held-force oscillator at T = 10, 20, 40, 80 intervals\n"
+              + table(rows, [("method", "method", "s"), ("e", "errors", "s"), ("slope", "fitted slope", ".2f")])]
+    rows = []
+    names = ("P2 pendulum", "P4 bicycle") if quick else ("P2 pendulum", "P3 cart-pole", "P4 bicycle")
+    for name in names:
+        p = ilqr_suite.problem(name, 1)
+        bounds = dict(u_lower=-p["u_max"], u_upper=p["u_max"])
+        t0 = time.perf_counter()
+        ref = ilqr_suite.solve(p, p["x0"], max_iter=500, grad=None, U_init=p["U_init"])
+        ref_cost = float(ilqr_suite.numpy_costs(p, ref.U)[0])
+        rows.append(dict(problem=name, how="ilqr (discrete)", cost=ref_cost, s=time.perf_counter() - t0,
+                         conv=bool(ref.converged[0])))
+        model = CONTINUOUS[name]().requires_grad_(False)
+        runs = [(f"collocation {m}, {s}", lambda m=m, s=s: trajopt.collocation(
+                    model, p["cost"], p["x0"], ref.U, horizon=p["T"], method=m, solver=s, grad=None, **bounds))
+                for m in ("hermite_simpson", "trapezoidal") for s in ("scipy", "theseus")]
+        runs += [(f"multiple shooting, segment {k}, {s}", lambda k=k, s=s: trajopt.multiple_shooting(
+                    p["dynamics"], p["cost"], p["x0"], ref.U, horizon=p["T"], segment=k, solver=s, grad=None,
+                    **bounds)) for k in (1, 10) for s in ("scipy", "theseus")]
+        for label, solve in runs:
+            t0 = time.perf_counter()
+            sol = solve()
+            seconds = time.perf_counter() - t0
+            cost = float(ilqr_suite.numpy_costs(p, sol.U)[0]) if label.startswith("multiple") else float(sol.cost[0])
+            rows.append(dict(problem=name, how=label, cost=cost, gap=cost / ref_cost - 1,
+                             defect=float(sol.history["defect"].max()), conv=bool(sol.converged[0]), s=seconds))
+    report.append("P2-P4 from iLQR's solution; gap: relative to iLQR's optimum of the discrete problem\n"
+                  + table(rows, [("problem", "problem", "s"), ("how", "transcription, back end", "s"),
+                                 ("cost", "cost", ".6f"), ("gap", "vs iLQR", "+.2e"), ("defect", "largest defect", ".1e"),
+                                 ("conv", "converged", "s"), ("s", "time (s)", ".1f")]))
+    return "\n\n".join(report)

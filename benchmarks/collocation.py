@@ -12,6 +12,7 @@
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -79,7 +80,7 @@ def run(repeat: int = 20, quick: bool = False) -> str:
         ref = ilqr_suite.solve(p, p["x0"], max_iter=500, grad=None, U_init=p["U_init"])
         ref_cost = float(ilqr_suite.numpy_costs(p, ref.U)[0])
         rows.append(dict(problem=name, how="ilqr (discrete)", cost=ref_cost, s=time.perf_counter() - t0,
-                         conv=bool(ref.converged[0])))
+                         conv="yes" if bool(ref.converged[0]) else "no"))
         model = CONTINUOUS[name]().requires_grad_(False)
         runs = [(f"collocation {m}, {s}", lambda m=m, s=s: trajopt.collocation(
                     model, p["cost"], p["x0"], ref.U, horizon=p["T"], method=m, solver=s, grad=None, **bounds))
@@ -93,7 +94,9 @@ def run(repeat: int = 20, quick: bool = False) -> str:
             seconds = time.perf_counter() - t0
             cost = float(ilqr_suite.numpy_costs(p, sol.U)[0]) if label.startswith("multiple") else float(sol.cost[0])
             rows.append(dict(problem=name, how=label, cost=cost, gap=cost / ref_cost - 1,
-                             defect=float(sol.history["defect"].max()), conv=bool(sol.converged[0]), s=seconds))
+                             defect=float(sol.history["defect"].max()), conv="yes" if bool(sol.converged[0]) else "no",
+                             s=seconds))
+            print(f"  {name}: {label}: cost {cost:.6f}, defect {rows[-1]['defect']:.1e}, {seconds:.1f} s", file=sys.stderr)
     report.append("P2-P4 from iLQR's solution; gap: relative to iLQR's optimum of the discrete problem\n"
                   + table(rows, [("problem", "problem", "s"), ("how", "transcription, back end", "s"),
                                  ("cost", "cost", ".6f"), ("gap", "vs iLQR", "+.2e"), ("defect", "largest defect", ".1e"),

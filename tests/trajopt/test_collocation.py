@@ -31,9 +31,18 @@ def test_collocation_defects_match_their_formula():
     torch.testing.assert_close(collocation_defects(model, X, U, 0.05), hs)
 
 
+def _truncated(name, T):
+    """P2 or P4 over its first ``T`` steps (the tests' budget; the full problems run in the benchmark)."""
+    p = ilqr_suite.problem(name, 1)
+    p["T"] = T
+    if p["U_init"] is not None:
+        p["U_init"] = p["U_init"][:, :T]
+    return p
+
+
 def test_scipy_collocation_of_p2_and_p4_meets_the_defects_and_bounds():
     for name, model in (("P2 pendulum", dynamics.Pendulum()), ("P4 bicycle", dynamics.KinematicBicycle())):
-        p = ilqr_suite.problem(name, 1)
+        p = _truncated(name, 40)
         model.requires_grad_(False)
         ref = ilqr_suite.solve(p, p["x0"], grad=None, U_init=p["U_init"])          # a good guess
         sol = collocation(model, p["cost"], p["x0"], ref.U, horizon=p["T"], u_lower=-p["u_max"], u_upper=p["u_max"],
@@ -48,11 +57,11 @@ def test_scipy_collocation_of_p2_and_p4_meets_the_defects_and_bounds():
 
 
 def test_multiple_shooting_reaches_ilqrs_optimum_on_p2_and_p4():
-    for name in ("P2 pendulum", "P4 bicycle"):
-        p = ilqr_suite.problem(name, 1)
+    for name, segments in (("P2 pendulum", (1, 10)), ("P4 bicycle", (10,))):   # SLSQP is dense: O(vars^3)
+        p = _truncated(name, 40)
         ref = ilqr_suite.solve(p, p["x0"], grad=None, U_init=p["U_init"])
         start = (ref.U + 0.05 * p["u_max"]).clamp(-p["u_max"], p["u_max"])      # in the same basin
-        for segment in (1, 10):
+        for segment in segments:
             sol = multiple_shooting(p["dynamics"], p["cost"], p["x0"], start, horizon=p["T"], segment=segment,
                                     u_lower=-p["u_max"], u_upper=p["u_max"], solver="scipy")
             assert sol.converged.all() and float(sol.history["defect"].max()) <= 1e-8

@@ -3,8 +3,9 @@
 - Order: a damped oscillator (linear, exact flow by ``expm``) with a held smooth force, the controls fixed by
   equal bounds, so the knots solve the defects alone; the final knot's error as the intervals double and the
   fitted slope (Hermite-Simpson: 4, trapezoidal: 2).
-- P2 (hanging start), P3 (hanging start), P4: each problem's first start, from iLQR's solution (so that all
-  land in the same basin). Collocation of the continuous model (``dynamics.Pendulum``, ``CartPole``,
+- P2 (hanging start), P3 (hanging start), P4: each problem's first start, from iLQR's solution (collocation)
+  or from it shifted by 0.05 of the bound (multiple shooting, whose optimum it is), so that all land in the
+  same basin. Collocation of the continuous model (``dynamics.Pendulum``, ``CartPole``,
   ``KinematicBicycle``) and multiple shooting of the discrete one, by the scipy back end (SLSQP) and by the
   theseus back end (Levenberg-Marquardt in an augmented-Lagrangian loop): cost in ``problems.py``'s
   convention of the knots' trajectory, largest defect, time, and the relative gap to iLQR's optimum of the
@@ -82,11 +83,13 @@ def run(repeat: int = 20, quick: bool = False) -> str:
         rows.append(dict(problem=name, how="ilqr (discrete)", cost=ref_cost, s=time.perf_counter() - t0,
                          conv="yes" if bool(ref.converged[0]) else "no"))
         model = CONTINUOUS[name]().requires_grad_(False)
+        # multiple shooting from iLQR's optimum itself would start converged: perturb it (same basin)
+        start = (ref.U + 0.05 * p["u_max"]).clamp(-p["u_max"], p["u_max"])
         runs = [(f"collocation {m}, {s}", lambda m=m, s=s: trajopt.collocation(
                     model, p["cost"], p["x0"], ref.U, horizon=p["T"], method=m, solver=s, grad=None, **bounds))
                 for m in ("hermite_simpson", "trapezoidal") for s in ("scipy", "theseus")]
         runs += [(f"multiple shooting, segment {k}, {s}", lambda k=k, s=s: trajopt.multiple_shooting(
-                    p["dynamics"], p["cost"], p["x0"], ref.U, horizon=p["T"], segment=k, solver=s, grad=None,
+                    p["dynamics"], p["cost"], p["x0"], start, horizon=p["T"], segment=k, solver=s, grad=None,
                     **bounds)) for k in (1, 10) for s in ("scipy", "theseus")]
         for label, solve in runs:
             t0 = time.perf_counter()

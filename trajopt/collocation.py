@@ -128,8 +128,8 @@ def collocation(model: ContinuousDynamics, cost: Cost, x0: torch.Tensor, U_init:
                 X_init: torch.Tensor | None = None, *, horizon: int | None = None, dt: float | None = None,
                 method: str = "hermite_simpson", u_lower=None, u_upper=None, x_lower=None, x_upper=None,
                 solver: str = "theseus", optimizer: str = "levenberg_marquardt", scipy_method: str = "SLSQP",
-                grad: str | None = "implicit", max_iter: int = 50, max_outer: int = 30, grad_tol: float = 1e-6,
-                constraint_tol: float = 1e-8, penalty_init: float = 10.0, penalty_growth: float = 10.0,
+                grad: str | None = "implicit", max_iter: int = 200, max_outer: int = 30, grad_tol: float = 1e-6,
+                constraint_tol: float = 1e-8, penalty_init: float = 1e4, penalty_growth: float = 10.0,
                 penalty_max: float = 1e8, options: dict | None = None) -> Solution:
     """Direct collocation of ``min cost(X, U)`` for a continuous model ``dx/dt = f(x, u, t)``.
 
@@ -167,7 +167,9 @@ def collocation(model: ContinuousDynamics, cost: Cost, x0: torch.Tensor, U_init:
         scipy_method: ``"SLSQP"`` or ``"trust-constr"`` (exact Hessian-vector products of the Lagrangian).
         grad: theseus only: ``"implicit"`` (theseus's implicit backward at the final multipliers),
             ``"unroll"`` (autograd through every inner iteration and multiplier update) or None (detached).
-        max_iter: iterations of each inner theseus solve; scipy's ``maxiter``.
+        max_iter: iterations of each inner theseus solve (one that stops short of stationarity feeds
+            inaccurate multipliers to the next, and the penalty then runs up to ``penalty_max``); scipy's
+            ``maxiter`` is ten times this.
         max_outer: multiplier updates of the augmented Lagrangian (theseus).
         grad_tol: a problem has converged when the largest entry of the gradient of the Lagrangian at its final
             multipliers is at most this (theseus) or scipy reports success (scipy; its ``ftol``/``gtol`` is
@@ -176,7 +178,11 @@ def collocation(model: ContinuousDynamics, cost: Cost, x0: torch.Tensor, U_init:
         penalty_init, penalty_growth, penalty_max: the augmented Lagrangian's penalty ``rho`` of each
             constraint: it starts at ``penalty_init`` and grows by ``penalty_growth`` (up to ``penalty_max``)
             after an inner solve in which the constraint's violation stayed above ``constraint_tol`` and did
-            not fall below a quarter of its previous value.
+            not fall below a quarter of its previous value. A small ``penalty_init`` lets the first inner
+            solves trade large defects for cost (defects ~1 at ``rho = 10`` on the pendulum swing-up), which
+            carries the controls into other basins (and ``z`` of bounded controls onto other branches of the
+            ``sin``) from which the later, stiff (``rho -> penalty_max``) inner problems do not recover; start it
+            near the cost's scale over the defects' (``1e4`` for the benchmark problems).
         options: extra options for the back end: ``scipy.optimize.minimize``'s ``options``, or theseus
             optimizer keyword arguments (e.g. ``damping``, ``step_size``).
 
@@ -192,8 +198,7 @@ def collocation(model: ContinuousDynamics, cost: Cost, x0: torch.Tensor, U_init:
     ``u = mid + half sin(z)`` and optimizes ``z`` (zero-valued residual rows add the squashing's curvature
     to Gauss-Newton's ``J'J``, which it otherwise loses where a bound is active); other bounds are
     inequalities of the augmented Lagrangian (the residual ``sqrt(rho) max(0, g + mu / rho)`` of ``g <= 0``).
-    Known limitation: with active control bounds (P2's ``|u| <= 2``) the theseus route does not converge yet
-    (``converged`` False, defects about 1e-6 after its budget); without them it agrees with scipy.
+    With the default penalty schedule it solves P2 with its active bounds (``|u| <= 2``) to scipy's optimum.
 
     Differentiable (theseus, ``grad`` not None) with respect to ``x0`` and the tensors of ``model`` and
     ``cost`` that require grad, not the bounds or the initial guess. ``"implicit"`` differentiates the last
@@ -224,8 +229,8 @@ def multiple_shooting(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: 
                       X_init: torch.Tensor | None = None, *, horizon: int | None = None, segment: int = 1,
                       u_lower=None, u_upper=None, x_lower=None, x_upper=None, solver: str = "theseus",
                       optimizer: str = "levenberg_marquardt", scipy_method: str = "SLSQP",
-                      grad: str | None = "implicit", max_iter: int = 50, max_outer: int = 30,
-                      grad_tol: float = 1e-6, constraint_tol: float = 1e-8, penalty_init: float = 10.0,
+                      grad: str | None = "implicit", max_iter: int = 200, max_outer: int = 30,
+                      grad_tol: float = 1e-6, constraint_tol: float = 1e-8, penalty_init: float = 1e4,
                       penalty_growth: float = 10.0, penalty_max: float = 1e8, options: dict | None = None) -> Solution:
     """Multiple shooting of ``min cost(X, U)`` for a discrete model, the problem :func:`trajopt.ilqr` solves.
 

@@ -78,3 +78,18 @@ def test_theseus_and_scipy_agree_without_bounds():
     th = collocation(model, cost, x0, solver="theseus", grad=None, **options)
     assert th.converged.all() and float(th.history["defect"].max()) <= 1e-6
     torch.testing.assert_close(th.cost, exact.cost, rtol=1e-6, atol=0)
+
+
+def test_theseus_meets_scipy_on_p2_with_active_bounds():
+    pytest.importorskip("theseus")
+    p = _truncated("P2 pendulum", 40)
+    model = dynamics.Pendulum().requires_grad_(False)
+    ref = ilqr_suite.solve(p, p["x0"], grad=None)
+    options = dict(horizon=p["T"], u_lower=-p["u_max"], u_upper=p["u_max"])
+    exact = collocation(model, p["cost"], p["x0"], ref.U, solver="scipy", **options)
+    th = collocation(model, p["cost"], p["x0"], ref.U, solver="theseus", grad=None, **options)
+    assert (th.U.abs() == p["u_max"]).any(), "the test should have controls at the bound"
+    assert th.converged.all() and float(th.history["defect"].max()) <= 1e-6
+    assert bool((th.U.abs() <= p["u_max"]).all())
+    torch.testing.assert_close(th.cost, exact.cost, rtol=1e-6, atol=0)
+

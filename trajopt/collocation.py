@@ -29,7 +29,7 @@ import torch
 from dynamics import ContinuousDynamics, Dynamics
 from dynamics._validation import check_consistent, check_tensor
 from .costs import Cost, QuadraticCost
-from .ilqr import check_bounds, check_problem
+from .ilqr import check_bounds, check_problem, clamp_to_bounds
 from .problem import Solution
 from .rollout import rollout
 
@@ -69,11 +69,15 @@ def _collocation_interval(model, dt, method):
 
 def _shooting_interval(dynamics):
     """Defects ``(B, K, n)`` (rollout end minus next knot) and the rollout states ``(B, K, s, n)`` of segments
-    of controls ``U (B, K, s, m)``; one :func:`trajopt.rollout` for all problems x segments."""
+    of controls ``U (B, K, s, m)``; one :func:`trajopt.rollout` for all problems x segments (a time-varying model:
+    one per segment, from its own first stage)."""
     def interval(left, U, right):
         B, K, s, m = U.shape
         n = left.shape[-1]
-        X = rollout(dynamics, left.reshape(B * K, n), U.reshape(B * K, s, m)).view(B, K, s + 1, n)
+        if dynamics.time_varying:
+            X = torch.stack([rollout(dynamics, left[:, k], U[:, k], k * s) for k in range(K)], 1)
+        else:
+            X = rollout(dynamics, left.reshape(B * K, n), U.reshape(B * K, s, m)).view(B, K, s + 1, n)
         return X[:, :, -1] - right, X[:, :, :s]
     return interval
 
@@ -242,7 +246,7 @@ def multiple_shooting(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: 
     fully discrete transcription (every state a variable); ``segment=T`` is single shooting.
 
     Args:
-        dynamics: a discrete :class:`dynamics.Dynamics` that is not time-varying.
+        dynamics: a discrete :class:`dynamics.Dynamics` (a time-varying one sees each segment's own stages).
         X_init: initial states ``(B, T+1, n)``; the knots are taken from it (every ``s``-th state); if None, the
             rollout of ``U_init``.
         segment: ``s``, the steps per segment.
@@ -257,11 +261,9 @@ def multiple_shooting(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: 
     T = U_init.shape[1]
     if not (isinstance(segment, int) and 1 <= segment <= T and T % segment == 0):
         raise ValueError(f"{where}: segment must be a positive int dividing the horizon T={T}, got {segment!r}")
-    if dynamics.time_varying:
-        raise NotImplementedError(f"{where}: a time-varying dynamics model is not supported (each segment is "
-                                  "rolled out from stage 0); use trajopt.ilqr")
     if (xl is not None or xu is not None) and segment > 1:
-        raise NotImplementedError(f"{where}: x_lower/x_upper need segment=1 (only the knots are variables)")
+        raise ValueError(f"{where}: x_lower/x_upper bound the decision variables, which are every state only "
+                         f"with segment=1 (got segment={segment}: the states inside a segment are not variables)")
     if X_init is None:
         X_init = rollout(dynamics, x0.detach(), U_init.detach())
     tr = _Transcription(_shooting_interval(dynamics), T, segment, dynamics.state_dim, dynamics.control_dim)
@@ -299,7 +301,7 @@ def _check_inputs(where, dynamics, cost, x0, U_init, X_init, horizon, u_lower, u
     B, n, m = batch or 1, dims["n"], dims["m"]
     x0 = x0.expand(B, n)
     lower, upper = check_bounds(where, u_lower, u_upper, (B, T, m), x0)
-    U_init = _clamp(U_init.expand(B, T, m), lower, upper)
+    U_init = clamp_to_bounds(U_init.expand(B, T, m), lower, upper)
     if X_init is not None:
         X_init = torch.cat([x0.unsqueeze(1), X_init.expand(B, T + 1, n)[:, 1:]], 1).detach()
     xl, xu = check_bounds(where, x_lower, x_upper, (B, T + 1, n), x0, ("x_lower", "x_upper"), "(B, T+1, n)")
@@ -320,11 +322,6 @@ def _check_options(where, solver, optimizer, scipy_method, grad, **values):
         if not ok:
             raise ValueError(f"{where}: {name} must be {'a positive int' if wanted else '> 1' if name == 'penalty_growth' else '> 0'}, "
                              f"got {value!r}")
-
-
-def _clamp(U, lower, upper):
-    U = U if lower is None else torch.maximum(U, lower)
-    return U if upper is None else torch.minimum(U, upper)
 
 
 def _unbatch(sol):
@@ -784,7 +781,7 @@ def _solve_theseus(where, tr, residuals, x0, knots, U, lower, upper, xl, xu, *, 
         al.x0 = x0
         knots, U, its = inner(knots.detach(), U.detach(), "implicit", 2)
         iterations += its
-    U = _clamp(al.controls(U)[0].view(B, tr.T, tr.m), lower, upper)      # clamp: rounding of mid + half sin
+    U = clamp_to_bounds(al.controls(U)[0].view(B, tr.T, tr.m), lower, upper)      # clamp: rounding of mid + half sin
     if grad is None:
         knots, U = knots.detach(), U.detach()
     history = {"stationarity": stationarity, "outer_iterations": outer, "multipliers": al.lam.detach()}

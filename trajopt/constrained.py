@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from dynamics import Dynamics
 from dynamics._validation import check_consistent, check_finite
 from .costs import Cost, Quadratization
-from .ilqr import check_bounds, check_problem, ilqr
+from .ilqr import check_bounds, check_problem, clamp_to_bounds, ilqr
 from .problem import Solution
 from .rollout import rollout
 
@@ -330,11 +330,7 @@ def constrained_ilqr(dynamics: Dynamics, cost: Cost, constraint: Constraint | Ca
     inner = {} if tol is None else {"tol": tol}
     loosest = grad_tol if intermediate_grad_tol is None else max(grad_tol, intermediate_grad_tol)
     with torch.no_grad():
-        U = U_init.expand(shape).detach().clone()
-        if lower is not None:
-            U = torch.maximum(U, lower)
-        if upper is not None:
-            U = torch.minimum(U, upper)
+        U = clamp_to_bounds(U_init.expand(shape).detach(), lower, upper).clone()   # written in place below
         X = rollout(dynamics, x0, U)
         bad = ~torch.isfinite(X).flatten(1).all(-1)
         if bool(bad.any()):

@@ -57,10 +57,13 @@ def projected_gradient(dynamics: Dynamics, cost: Cost, x0, U, u_lower=None, u_up
 
 
 def _project(g, U, lower, upper):
-    step = U - g
-    step = step if lower is None else torch.maximum(step, lower)
-    step = step if upper is None else torch.minimum(step, upper)
-    return U - step
+    return U - clamp_to_bounds(U - g, lower, upper)
+
+
+def clamp_to_bounds(U, lower=None, upper=None):
+    """``U`` clamped into ``[lower, upper]`` (either may be None: unbounded), broadcasting."""
+    U = U if lower is None else torch.maximum(U, lower)
+    return U if upper is None else torch.minimum(U, upper)
 
 
 def check_problem(where, dynamics, cost, x0, U_init, horizon):
@@ -149,9 +152,7 @@ def ilqr(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
     x0 = x0.expand(B, dims["n"])
     shape = (B, T, m)
     lower, upper = check_bounds(where, u_lower, u_upper, shape, x0)
-    U0 = U_init.detach().expand(shape)
-    U0 = U0 if lower is None else torch.maximum(U0, lower)
-    U0 = U0 if upper is None else torch.minimum(U0, upper)
+    U0 = clamp_to_bounds(U_init.detach().expand(shape), lower, upper)
 
     unroll = grad == "unroll" and torch.is_grad_enabled()
     with torch.set_grad_enabled(unroll):

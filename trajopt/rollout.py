@@ -21,11 +21,12 @@ def _check_model(where, dynamics):
     return {"n": dynamics.state_dim, "m": dynamics.control_dim}
 
 
-def rollout(dynamics: Dynamics, x0: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+def rollout(dynamics: Dynamics, x0: torch.Tensor, U: torch.Tensor, t0: int = 0) -> torch.Tensor:
     """States ``X (B, T+1, n)`` reached from ``x0 (B, n)`` under controls ``U (B, T, m)``.
 
     Unbatched ``x0 (n,)`` and ``U (T, m)`` give unbatched ``X (T+1, n)``; an
-    unbatched ``x0`` with batched ``U`` (or the reverse) is broadcast.
+    unbatched ``x0`` with batched ``U`` (or the reverse) is broadcast. ``t0`` is the stage index of ``U[:, 0]``
+    (for a time-varying model rolled out from the middle of a horizon).
     Differentiable with respect to ``x0``, ``U`` and the model's parameters.
     """
     where = "rollout"
@@ -34,12 +35,12 @@ def rollout(dynamics: Dynamics, x0: torch.Tensor, U: torch.Tensor) -> torch.Tens
     check_tensor(where, "U", U, ("T", "m"), dims)
     batch = check_consistent(where, {"x0": x0, "U": U}, {"x0": 1, "U": 2})
     if batch is None:
-        return rollout(dynamics, x0.unsqueeze(0), U.unsqueeze(0)).squeeze(0)
+        return rollout(dynamics, x0.unsqueeze(0), U.unsqueeze(0), t0).squeeze(0)
     x0 = x0.expand(batch, dims["n"])
     U = U.expand(batch, *U.shape[-2:])
     xs = [x0]
     for t in range(U.shape[1]):
-        xs.append(dynamics(xs[-1], U[:, t], t))
+        xs.append(dynamics(xs[-1], U[:, t], t0 + t))
     return torch.stack(xs, 1)
 
 

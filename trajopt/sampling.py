@@ -24,7 +24,7 @@ import torch
 from dynamics import Dynamics
 from dynamics._validation import check_consistent
 from .costs import Cost
-from .ilqr import check_bounds, check_problem
+from .ilqr import check_bounds, check_problem, clamp_to_bounds
 from .problem import Solution
 from .rollout import rollout
 
@@ -217,11 +217,10 @@ def _noise_std(where, noise_std, like):
 
 
 def _clamp(U, lower, upper):
-    if lower is not None:
-        U = torch.maximum(U, lower.unsqueeze(1) if U.ndim == 4 else lower)
-    if upper is not None:
-        U = torch.minimum(U, upper.unsqueeze(1) if U.ndim == 4 else upper)
-    return U
+    """Clamp plans ``(B, T, m)`` or samples ``(B, N, T, m)`` into the bounds ``(B, T, m)``."""
+    if U.ndim == 4:
+        lower, upper = (None if b is None else b.unsqueeze(1) for b in (lower, upper))
+    return clamp_to_bounds(U, lower, upper)
 
 
 def _gaussian(B, N, T, m, std, rho, like, generator):

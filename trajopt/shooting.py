@@ -26,7 +26,7 @@ import torch
 from dynamics import Dynamics
 from dynamics._validation import check_consistent
 from .costs import Cost
-from .ilqr import _clamped, _project, check_bounds, check_problem, implicit_gradient
+from .ilqr import _clamped, _project, check_bounds, check_problem, clamp_to_bounds, implicit_gradient
 from .problem import Solution
 from .rollout import rollout
 
@@ -144,10 +144,7 @@ class _Box:
     def project(self, Z, rows=None):
         if self.squash:
             return Z
-        lo = None if self.lower is None else (self.lower if rows is None else self.lower[rows])
-        hi = None if self.upper is None else (self.upper if rows is None else self.upper[rows])
-        Z = Z if lo is None else torch.maximum(Z, lo)
-        return Z if hi is None else torch.minimum(Z, hi)
+        return clamp_to_bounds(Z, *(b if b is None or rows is None else b[rows] for b in (self.lower, self.upper)))
 
     def residual(self, Z, g, rows):
         """The optimality residual (projected gradient, or the gradient in ``z``), ``(R, T, m)``."""

@@ -47,7 +47,7 @@ def test_pendulum_steps_like_gymnasium_pendulum_v1():
 
 def test_fused_steps_equal_the_generic_integrator():
     from dynamics import integrators
-    for model in (dynamics.Pendulum(g=9.0, m=1.3, l=0.8),):
+    for model in (dynamics.Pendulum(g=9.0, m=1.3, l=0.8), dynamics.CartPole(mc=1.2, mp=0.2, l=0.6, g=9.5)):
         for method in model.fused_methods:
             x = torch.randn(64, model.state_dim, dtype=torch.float64)
             u = torch.randn(64, model.control_dim, dtype=torch.float64)

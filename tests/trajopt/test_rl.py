@@ -1,0 +1,299 @@
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import dynamics
+import trajopt
+from benchmarks import problems
+from trajopt.rl import SHAC, DiffEnv, GaussianPolicy, LearnedCost, MPCPolicy
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def pendulum_env(num_envs=4, episode_length=5, shard=None, dtype=torch.float64, **options):
+    """P2's pendulum and cost (problems.py convention: no 1/2) with gym-like random starts."""
+    pd = problems.PENDULUM
+    model = dynamics.Pendulum().discretize(pd["dt"], "semi_implicit_euler")
+    Q, R = torch.tensor(pd["Q"], dtype=dtype), torch.tensor([[pd["R"]]], dtype=dtype)
+    cost = trajopt.QuadraticCost.from_weights(2 * Q, 2 * R)
+
+    def reset(count, generator):
+        lo = torch.tensor([-math.pi, -1.0], dtype=dtype)
+        return lo + 2 * (-lo) * torch.rand(count, 2, generator=generator, dtype=dtype)
+
+    return DiffEnv(model, cost, reset=reset, episode_length=episode_length, num_envs=num_envs, u_lower=-pd["u_max"],
+                   u_upper=pd["u_max"], shard=shard, **options)
+
+
+def small_shac(env, **options):
+    defaults = dict(horizon=3, epochs=6, hidden=(8,), critic_iterations=2, critic_minibatches=3, progress=False,
+                    seed=3, actor_lr=1e-2, critic_lr=1e-2)
+    defaults.update(options)
+    return SHAC(env, **defaults)
+
+
+def flat(module):
+    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+
+
+def test_diffenv_episode_costs_equal_problems_trajectory_cost():
+    cp = problems.CARTPOLE
+    model = dynamics.CartPole().discretize(cp["dt"], "euler")
+    cost = trajopt.QuadraticCost.from_weights(2 * torch.tensor(cp["Q"]), 2 * torch.tensor([[cp["R"]]]))
+    x0 = torch.tensor(problems.cartpole_x0(6, seed=1))
+    U = 8 * torch.sin(torch.arange(cp["T"], dtype=torch.float64).view(1, -1, 1) / 3 + torch.arange(6).view(-1, 1, 1))
+    env = DiffEnv(model, cost, reset=x0, episode_length=cp["T"], num_envs=6, u_lower=-cp["u_max"],
+                  u_upper=cp["u_max"], finite_horizon=True)
+    env.reset()
+    env.state = x0.clone()
+    total = torch.zeros(6, dtype=torch.float64)
+    for t in range(cp["T"]):
+        step = env.step(U[:, t])
+        total -= step.reward
+        assert bool(step.done.all()) == (t == cp["T"] - 1)
+    assert bool(step.terminated.all()) and not bool(step.truncated.any())
+    reference = [problems.trajectory_cost(problems.cartpole_step, x0[b].numpy(), U[b].numpy(), cp["Q"], cp["R"])
+                 for b in range(6)]
+    np.testing.assert_allclose(total.detach().numpy(), reference, rtol=1e-9)
+    assert torch.equal(env.t, torch.zeros(6, dtype=torch.long))          # every copy was reset
+
+
+def test_diffenv_gradient_stops_at_resets_and_reaches_final_observations():
+    env = pendulum_env(num_envs=3, episode_length=2)
+    generator = torch.Generator().manual_seed(0)
+    env.reset(generator)
+    u0 = torch.full((3, 1), 0.3, dtype=torch.float64, requires_grad=True)
+    env.step(u0, generator)
+    last = env.step(torch.zeros(3, 1, dtype=torch.float64), generator)
+    assert bool(last.truncated.all()) and not bool(last.terminated.any())
+    (into_final,) = torch.autograd.grad(last.final_obs.sum(), u0, retain_graph=True)
+    assert float(into_final.abs().min()) > 0                     # the ended episode's state depends on u0
+    (into_reset,) = torch.autograd.grad(last.obs.sum(), u0, allow_unused=True, materialize_grads=True)
+    assert torch.equal(into_reset, torch.zeros_like(u0))        # the reset states do not
+    assert not torch.equal(last.obs, last.final_obs)
+
+
+def test_diffenv_time_feature_and_termination():
+    env = pendulum_env(num_envs=2, episode_length=4, time_feature=True, terminate=lambda x: x[:, 1].abs() > 1e9)
+    obs = env.reset(torch.Generator().manual_seed(0))
+    assert obs.shape == (2, 3) and bool((obs[:, 2] == 0).all())
+    step = env.step(torch.zeros(2, 1, dtype=torch.float64))
+    assert torch.allclose(step.obs[:, 2], torch.full((2,), 0.25, dtype=torch.float64))
+    env.terminate_fn = lambda x: torch.tensor([True, False])
+    step = env.step(torch.zeros(2, 1, dtype=torch.float64))
+    assert step.terminated.tolist() == [True, False] and env.t.tolist() == [0, 2]
+
+
+def test_diffenv_rejects_bad_arguments():
+    model = dynamics.Pendulum().discretize()
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(2), torch.eye(1))
+    starts = torch.zeros(3, 2)
+    with pytest.raises(ValueError, match="exactly one of cost and reward"):
+        DiffEnv(model, reset=starts, episode_length=3, num_envs=2)
+    with pytest.raises(ValueError, match=r"reset as a tensor must have shape \(K, n\)"):
+        DiffEnv(model, cost, reset=torch.zeros(3, 5), episode_length=3, num_envs=2)
+    with pytest.raises(ValueError, match="episode_length"):
+        DiffEnv(model, cost, reset=starts, episode_length=0, num_envs=2)
+    with pytest.raises(ValueError, match="shard"):
+        DiffEnv(model, cost, reset=starts, episode_length=3, num_envs=3, shard=(0, 2))
+    env = DiffEnv(model, cost, reset=starts, episode_length=3, num_envs=2)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(torch.zeros(2, 1))
+    env.reset()
+    with pytest.raises(ValueError, match=r"u has shape \(3, 1\); expected \(B, m\) = \(2, 1\)"):
+        env.step(torch.zeros(3, 1))
+    with pytest.raises(ValueError, match="horizon"):
+        SHAC(env, horizon=0)
+    with pytest.raises(ValueError, match="u_lower and u_upper"):
+        SHAC(env, progress=False)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        small_shac(pendulum_env(), lr_schedule="step")
+
+
+def test_shac_actor_gradient_matches_central_differences():
+    """The actor loss of one window (with resets inside it and the target critic's value at its end)
+    against central differences along random directions in parameter space, float64."""
+    shac = small_shac(pendulum_env(num_envs=4, episode_length=4), horizon=6)
+    shac.train(2)                      # a trained critic and normalizer, not the initial ones
+    start = shac.state_dict()
+    params = list(shac.actor.parameters())
+
+    def loss_at(vector=None):
+        shac.load_state_dict(start)
+        if vector is not None:
+            torch.nn.utils.vector_to_parameters(vector, params)
+        return shac.actor_loss()[0]
+
+    base = torch.nn.utils.parameters_to_vector(params).detach().clone()
+    loss = loss_at()
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(3):
+        d = torch.randn(base.shape, generator=generator, dtype=base.dtype)
+        eps = 1e-6
+        with torch.no_grad():
+            fd = (loss_at(base + eps * d) - loss_at(base - eps * d)) / (2 * eps)
+        assert float(grad @ d) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
+
+
+def test_shac_is_deterministic_under_a_seed_and_depends_on_it():
+    runs = [small_shac(pendulum_env(), seed=s) for s in (1, 1, 2)]
+    for run in runs:
+        run.train()
+    assert torch.equal(flat(runs[0].actor), flat(runs[1].actor))
+    assert torch.equal(flat(runs[0].critic), flat(runs[1].critic))
+    assert not torch.equal(flat(runs[0].actor), flat(runs[2].actor))
+    rows = runs[0].rows
+    assert [r["epoch"] for r in rows] == list(range(1, 7)) and rows[-1]["env_steps"] == 6 * 3 * 4
+    assert all(math.isfinite(r["actor_loss"]) and math.isfinite(r["critic_loss"]) for r in rows)
+
+
+def test_shac_options_change_the_run():
+    base = small_shac(pendulum_env())
+    base.train()
+    for option in (dict(obs_norm=False), dict(grad_norm=None), dict(lr_schedule="constant"), dict(gamma=0.9),
+                   dict(lam=0.5), dict(target_alpha=0.9), dict(reward_scale=0.1)):
+        other = small_shac(pendulum_env(), **option)
+        other.train()
+        assert not torch.equal(flat(other.actor), flat(base.actor)), option
+    linear = [r["actor_lr"] for r in base.rows]
+    assert linear[0] == pytest.approx(1e-2) and linear[-1] == pytest.approx(1e-2 / 6)
+
+
+def test_shac_td_lambda_targets_match_the_definition():
+    """TD(lambda) as the lambda-weighted mix of n-step returns (written out), one copy ending inside."""
+    shac = small_shac(pendulum_env(num_envs=2), gamma=0.9, lam=0.7)
+    r = torch.tensor([[1.0, 2.0], [3.0, -1.0], [0.5, 4.0]], dtype=torch.float64)
+    v = torch.tensor([[10.0, 20.0], [30.0, 5.0], [40.0, 60.0]], dtype=torch.float64)
+    done = torch.tensor([[False, False], [False, True], [False, False]])
+    targets = shac._targets(r, done, v)
+    g, lam = 0.9, 0.7
+    n1 = r[0, 0] + g * v[0, 0]
+    n2 = r[0, 0] + g * r[1, 0] + g ** 2 * v[1, 0]
+    n3 = r[0, 0] + g * r[1, 0] + g ** 2 * r[2, 0] + g ** 3 * v[2, 0]
+    assert float(targets[0, 0]) == pytest.approx(float((1 - lam) * n1 + (1 - lam) * lam * n2 + lam ** 2 * n3))
+    m1, m2 = r[0, 1] + g * v[0, 1], r[0, 1] + g * r[1, 1] + g ** 2 * v[1, 1]     # the episode ends at step 1
+    assert float(targets[0, 1]) == pytest.approx(float((1 - lam) * m1 + lam * m2))
+    assert float(targets[2, 1]) == pytest.approx(float(r[2, 1] + g * v[2, 1]))
+
+
+def test_shac_resumed_from_a_checkpoint_continues_the_same_run(tmp_path):
+    whole = small_shac(pendulum_env(), log=str(tmp_path / "whole.csv"))
+    whole.train()
+    first = small_shac(pendulum_env(), checkpoint=str(tmp_path / "ckpt.pt"), checkpoint_every=2,
+                       log=str(tmp_path / "resumed.csv"))
+    first.train(3)                                  # checkpoint at epoch 2, then one epoch that is lost
+    resumed = small_shac(pendulum_env(), log=str(tmp_path / "resumed.csv"))
+    resumed.load(str(tmp_path / "ckpt.pt"))
+    assert resumed.epoch == 2
+    resumed.train()
+    for name in ("actor", "critic", "target_critic", "normalizer"):
+        a, b = getattr(whole, name).state_dict(), getattr(resumed, name).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    read = lambda p: [line.split(",")[:2] + line.split(",")[3:] for line in open(p).read().splitlines()]  # no time
+    assert read(tmp_path / "whole.csv") == read(tmp_path / "resumed.csv")
+
+
+_KILLED_RUN = """
+import sys, torch
+sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
+from test_rl import pendulum_env, small_shac
+shac = small_shac(pendulum_env(), epochs=400, checkpoint={ckpt!r}, checkpoint_every=1)
+print("started", flush=True)
+shac.train()
+"""
+
+
+def test_shac_killed_mid_training_resumes_to_the_uninterrupted_parameters(tmp_path):
+    ckpt = str(tmp_path / "run.pt")
+    script = _KILLED_RUN.format(root=ROOT, tests=os.path.dirname(os.path.abspath(__file__)), ckpt=ckpt)
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(script)], stdout=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if os.path.exists(ckpt) and torch.load(ckpt, weights_only=False)["epoch"] >= 5:
+                break
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = small_shac(pendulum_env(), epochs=400)
+    resumed.load(ckpt)
+    stop = resumed.epoch + 3
+    assert 5 <= resumed.epoch < 400
+    resumed.train(stop)
+    whole = small_shac(pendulum_env(), epochs=400)
+    whole.train(stop)
+    assert torch.equal(flat(whole.actor), flat(resumed.actor))
+    assert torch.equal(flat(whole.critic), flat(resumed.critic))
+
+
+def _distributed_worker(rank, world, init_file, out, epochs):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        shac = small_shac(pendulum_env(num_envs=4, shard=(rank, world)), epochs=epochs)
+        shac.train()
+        if rank == 0:
+            torch.save({"actor": flat(shac.actor), "critic": flat(shac.critic), "mean": shac.normalizer.mean}, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_with_half_the_envs_give_the_update_of_one(tmp_path):
+    out = str(tmp_path / "rank0.pt")
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), out, 3), nprocs=2)
+    two = torch.load(out)
+    one = small_shac(pendulum_env(num_envs=4), epochs=3)
+    one.train()
+    torch.testing.assert_close(two["actor"], flat(one.actor), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(two["critic"], flat(one.critic), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(two["mean"], one.normalizer.mean, rtol=1e-6, atol=1e-9)
+
+
+def test_shac_float32_stays_finite_and_closed_loop_respects_bounds():
+    shac = small_shac(pendulum_env(dtype=torch.float32))
+    shac.train()
+    assert all(math.isfinite(r["actor_loss"]) for r in shac.rows)
+    X, U = shac.closed_loop(torch.tensor(problems.pendulum_x0(5), dtype=torch.float32), 7)
+    assert X.shape == (5, 8, 2) and U.shape == (5, 7, 1) and X.dtype == torch.float32
+    assert float(U.abs().max()) <= problems.PENDULUM["u_max"]
+
+
+def test_gaussian_policy_squashes_into_the_bounds():
+    policy = GaussianPolicy(3, 2, torch.tensor([-1.0, 0.0]), torch.tensor([1.0, 4.0]), dtype=torch.float64)
+    obs = torch.randn(50, 3, dtype=torch.float64)
+    u = policy(obs, 100 * torch.randn(50, 2, dtype=torch.float64))
+    assert bool((u[:, 0] >= -1).all() & (u[:, 0] <= 1).all() & (u[:, 1] >= 0).all() & (u[:, 1] <= 4).all())
+    with pytest.raises(ValueError, match="finite"):
+        GaussianPolicy(3, 1, None, 1.0)
+
+
+def test_mpc_policy_gradient_matches_central_differences_of_its_cost_weights():
+    """A differentiable MPC layer (iLQR, implicit gradient) with learned weights inside a policy: d u / d log q
+    against central differences of converged solves."""
+    model = dynamics.Pendulum().discretize()
+    cost = LearnedCost(torch.tensor([2.0, 0.2], dtype=torch.float64), torch.tensor([0.02], dtype=torch.float64))
+    policy = MPCPolicy(model, cost, 10, -2.0, 2.0, max_iter=200, grad_tol=1e-12, tol=1e-14)
+    x = torch.tensor([[0.6, -0.3], [-0.4, 0.8]], dtype=torch.float64)
+    u = policy(x)
+    (grad,) = torch.autograd.grad(u.sum(), cost.log_q)
+    eps = 1e-6
+    for i in range(2):
+        with torch.no_grad():
+            cost.log_q[i] += eps
+            policy.reset()
+            up = policy(x).sum()
+            cost.log_q[i] -= 2 * eps
+            policy.reset()
+            down = policy(x).sum()
+            cost.log_q[i] += eps
+        assert float(grad[i]) == pytest.approx(float((up - down) / (2 * eps)), rel=1e-5, abs=1e-8)

@@ -1,0 +1,12 @@
+"""Policy learning through the solvers: differentiable environments and Short-Horizon Actor-Critic.
+
+:class:`DiffEnv` makes a batched, differentiable environment of any :class:`dynamics.Dynamics` and a
+cost or reward; :class:`SHAC` trains an actor (an MLP, or a policy with a solver inside such as
+:class:`MPCPolicy`) by first-order gradients through it.
+"""
+from .env import DiffEnv, Step
+from .policies import GaussianPolicy, LearnedCost, MPCPolicy, ObservationNormalizer, ValueNetwork
+from .shac import SHAC
+
+__all__ = ["DiffEnv", "Step", "SHAC", "GaussianPolicy", "MPCPolicy", "LearnedCost", "ValueNetwork",
+           "ObservationNormalizer"]

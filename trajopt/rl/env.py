@@ -1,0 +1,209 @@
+"""A batched, differentiable environment made from any :class:`dynamics.Dynamics` and a cost or reward.
+
+:class:`DiffEnv` steps ``B`` copies of a model at once and keeps the autograd graph from the actions to
+the next states and rewards, which is what first-order policy learning (SHAC, :mod:`trajopt.rl.shac`)
+differentiates. Episodes end by truncation (``episode_length`` steps) or by a termination test; an
+ended copy is reset in the same call to a fresh, detached draw from the reset distribution, so no
+gradient crosses a reset. The observation the episode ended on is returned as ``final_obs`` (with its
+graph) for bootstrapping a value.
+
+Differentiable with respect to: the actions, the current states (up to the last :meth:`DiffEnv.detach`
+or reset) and every tensor of the dynamics, the cost or reward and the observation function that
+requires grad.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+
+from dynamics import Dynamics
+from ..costs import Cost
+from ..ilqr import check_bounds, clamp_to_bounds
+
+__all__ = ["DiffEnv", "Step"]
+
+
+class Step(NamedTuple):
+    """What :meth:`DiffEnv.step` returns, for ``B`` copies with observations of size ``o``.
+
+    Attributes:
+        obs: ``(B, o)`` observations after the step (of the reset state where an episode ended).
+        reward: ``(B,)`` rewards of the step taken.
+        terminated: ``(B,)`` bool, the episode ended by the termination test (no value after it).
+        truncated: ``(B,)`` bool, the episode ended by its length limit (a value may follow).
+        final_obs: ``(B, o)`` the observation the step reached, before any reset (equal to ``obs`` where
+            no episode ended); differentiable.
+    """
+
+    obs: torch.Tensor
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    final_obs: torch.Tensor
+
+    @property
+    def done(self) -> torch.Tensor:
+        """``(B,)`` bool: the episode ended (terminated or truncated) and the copy was reset."""
+        return self.terminated | self.truncated
+
+
+class DiffEnv:
+    """``num_envs`` copies of a dynamics model as a differentiable environment.
+
+    Args:
+        dynamics: a time-invariant discrete :class:`dynamics.Dynamics` (``x_next = dynamics(x, u)``).
+        cost: a time-invariant :class:`trajopt.Cost`; the reward of a step is ``-cost.stage(x, u)``, and the
+            step that reaches ``episode_length`` also gets ``-cost.terminal(x_next)``. Give exactly one of
+            ``cost`` and ``reward``.
+        reward: a callable ``reward(x (B, n), u (B, m), x_next (B, n)) -> (B,)``.
+        reset: the reset distribution: a callable ``reset(count, generator) -> (count, n)`` states, or a
+            tensor ``(K, n)`` of starts drawn from uniformly.
+        episode_length: steps before truncation.
+        num_envs: ``B``, the number of copies (over all processes when ``shard`` is given).
+        u_lower, u_upper: control bounds broadcastable to ``(m,)``; actions are clamped into them.
+        observe: ``observe(x (B, n)) -> (B, o)``; the state itself when None.
+        finite_horizon: the task ends at ``episode_length`` (as P2-P4's finite sums do): reaching it terminates
+            the episode (no value follows) instead of truncating it.
+        time_feature: append the fraction of the episode elapsed, ``t / episode_length``, to the
+            observation (a finite-horizon task's optimal policy depends on it).
+        terminate: ``terminate(x_next (B, n)) -> (B,)`` bool, or None for no early termination.
+        shard: ``(rank, world)``: this process steps the ``rank``-th of ``world`` equal slices of the copies.
+            Random draws are made for all ``num_envs`` copies and sliced, so the union over processes is the
+            same environment as one process with every copy.
+
+    The states are ``(B, n)`` in the dtype and on the device of the reset states.
+    """
+
+    def __init__(self, dynamics: Dynamics, cost: Cost | None = None, *, reward: Callable | None = None,
+                 reset: Callable | torch.Tensor, episode_length: int, num_envs: int, u_lower=None,
+                 u_upper=None, observe: Callable | None = None, terminate: Callable | None = None,
+                 shard: tuple[int, int] | None = None, finite_horizon: bool = False,
+                 time_feature: bool = False):
+        where = "DiffEnv"
+        if not isinstance(dynamics, Dynamics):
+            raise TypeError(f"{where}: dynamics must be a dynamics.Dynamics (call .discretize() on a "
+                            f"ContinuousDynamics), got {type(dynamics).__name__}")
+        if dynamics.time_varying:
+            raise ValueError(f"{where}: dynamics must be time-invariant (copies run at different times)")
+        if (cost is None) == (reward is None):
+            raise ValueError(f"{where}: give exactly one of cost and reward")
+        if cost is not None:
+            if not isinstance(cost, Cost):
+                raise TypeError(f"{where}: cost must be a trajopt.Cost, got {type(cost).__name__}")
+            if cost.time_varying:
+                raise ValueError(f"{where}: cost must be time-invariant (copies run at different times)")
+        elif not callable(reward):
+            raise TypeError(f"{where}: reward must be callable, got {type(reward).__name__}")
+        if int(episode_length) < 1:
+            raise ValueError(f"{where}: episode_length must be a positive integer, got {episode_length}")
+        if int(num_envs) < 1:
+            raise ValueError(f"{where}: num_envs must be a positive integer, got {num_envs}")
+        rank, world = (0, 1) if shard is None else (int(shard[0]), int(shard[1]))
+        if world < 1 or not 0 <= rank < world or int(num_envs) % world:
+            raise ValueError(f"{where}: shard must be (rank, world) with 0 <= rank < world and world dividing "
+                             f"num_envs = {num_envs}, got {shard}")
+        if isinstance(reset, torch.Tensor):
+            if reset.ndim != 2 or reset.shape[-1] != dynamics.state_dim or reset.shape[0] < 1:
+                raise ValueError(f"{where}: reset as a tensor must have shape (K, n) with n = "
+                                 f"{dynamics.state_dim}, got {tuple(reset.shape)}")
+            if not bool(torch.isfinite(reset).all()):
+                raise ValueError(f"{where}: reset contains NaN or Inf")
+        elif not callable(reset):
+            raise TypeError(f"{where}: reset must be a callable (count, generator) -> (count, n) or a (K, n) "
+                            f"tensor, got {type(reset).__name__}")
+        self.dynamics, self.cost, self.reward_fn = dynamics, cost, reward
+        self._reset, self.episode_length, self.num_envs = reset, int(episode_length), int(num_envs)
+        self.rank, self.world = rank, world
+        self.local_envs = self.num_envs // world
+        self.observe_fn, self.terminate_fn, self.time_feature = observe, terminate, bool(time_feature)
+        self.finite_horizon = bool(finite_horizon)
+        self._bounds = (u_lower, u_upper)
+        self.lower = self.upper = None
+        self.state: torch.Tensor | None = None
+        self.t: torch.Tensor | None = None
+
+    @property
+    def state_dim(self) -> int:
+        return self.dynamics.state_dim
+
+    @property
+    def control_dim(self) -> int:
+        return self.dynamics.control_dim
+
+    def observe(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
+        """Observations ``(B, o)`` of states ``x (B, n)`` at steps ``t (B,)`` of their episodes (used only with
+        ``time_feature``)."""
+        obs = x if self.observe_fn is None else self.observe_fn(x)
+        if not self.time_feature:
+            return obs
+        if t is None:
+            raise ValueError("DiffEnv.observe: this env has time_feature=True; give the steps t (B,)")
+        return torch.cat([obs, (t.to(obs.dtype) / self.episode_length).unsqueeze(-1)], -1)
+
+    def sample_starts(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """This process's slice ``(local_envs, n)`` of one draw of ``num_envs`` starts, detached."""
+        if isinstance(self._reset, torch.Tensor):
+            pick = torch.randint(self._reset.shape[0], (self.num_envs,), generator=generator)
+            x = self._reset[pick.to(self._reset.device)]
+        else:
+            x = torch.as_tensor(self._reset(self.num_envs, generator))
+            if x.shape != (self.num_envs, self.state_dim):
+                raise ValueError(f"DiffEnv: reset returned shape {tuple(x.shape)}; expected (count, n) = "
+                                 f"({self.num_envs}, {self.state_dim})")
+        return x[self.rank * self.local_envs:(self.rank + 1) * self.local_envs].detach()
+
+    def reset(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reset every copy; returns the observations ``(local_envs, o)``."""
+        self.state = self.sample_starts(generator)
+        self.t = torch.zeros(self.local_envs, dtype=torch.long, device=self.state.device)
+        if self.lower is None and self.upper is None and any(b is not None for b in self._bounds):
+            self.lower, self.upper = check_bounds("DiffEnv", *self._bounds, (self.control_dim,), self.state,
+                                                  dims="(m,)")
+        return self.observe(self.state, self.t)
+
+    def detach(self) -> None:
+        """Cut the graph behind the current states (the start of a new window of differentiation)."""
+        self._require_reset()
+        self.state = self.state.detach()
+
+    def step(self, u: torch.Tensor, generator: torch.Generator | None = None) -> Step:
+        """Step every copy with actions ``u (local_envs, m)`` (clamped into the bounds); copies whose episode
+        ends are reset from ``generator`` (one draw of ``num_envs`` starts every step, used or not, so the
+        generator's state does not depend on which copies ended). Returns a :class:`Step`."""
+        self._require_reset()
+        if u.shape != (self.local_envs, self.control_dim):
+            raise ValueError(f"DiffEnv.step: u has shape {tuple(u.shape)}; expected (B, m) = "
+                             f"({self.local_envs}, {self.control_dim})")
+        x = self.state
+        u = clamp_to_bounds(u, self.lower, self.upper)
+        x_next = self.dynamics(x, u)
+        self.t = self.t + 1
+        truncated = self.t >= self.episode_length
+        if self.cost is not None:
+            reward = -self.cost.stage(x, u)
+            if type(self.cost).terminal is not Cost.terminal and bool(truncated.any()):
+                reward = reward - torch.where(truncated, self.cost.terminal(x_next), 0.0)
+        else:
+            reward = self.reward_fn(x, u, x_next)
+        terminated = (torch.zeros_like(truncated) if self.terminate_fn is None
+                      else torch.as_tensor(self.terminate_fn(x_next), dtype=torch.bool, device=x.device))
+        if self.finite_horizon:
+            terminated, truncated = terminated | truncated, torch.zeros_like(truncated)
+        truncated = truncated & ~terminated
+        done = terminated | truncated
+        final_obs = self.observe(x_next, self.t)
+        fresh = self.sample_starts(generator).to(x_next)   # drawn every step: the generator's use does not
+        if bool(done.any()):                                # depend on which copies ended (resume, shards)
+            self.state = torch.where(done.unsqueeze(-1), fresh, x_next)
+            self.t = torch.where(done, 0, self.t)
+            obs = self.observe(self.state, self.t)
+        else:
+            self.state, obs = x_next, final_obs
+        if not bool(torch.isfinite(reward).all()) or not bool(torch.isfinite(x_next).all()):
+            raise FloatingPointError("DiffEnv.step: the dynamics or the reward produced NaN or Inf")
+        return Step(obs, reward, terminated, truncated, final_obs)
+
+    def _require_reset(self):
+        if self.state is None:
+            raise RuntimeError("DiffEnv: call reset() before step() or detach()")

@@ -409,6 +409,9 @@ class _ImplicitSolution(torch.autograd.Function):
             tau, lam_t = _adjoint_kkt(F, H, q.C_final, gX, gU, keep, converged)
         if not any(z.requires_grad for z in tensors):       # x0 alone: its gradient is -lam~_0
             return (None, None, None, -lam_t[:, 0], *[None] * len(tensors))
+        # x0 as a fresh leaf: through its own history (an earlier solve in a closed loop, say) x0 may depend on
+        # these same parameters, and that path is the outer backward's to follow, not this product's
+        x0 = x0.detach().requires_grad_(x0.requires_grad)
         wrt = [z for z in (x0, *tensors) if z.requires_grad]
         with torch.enable_grad():
             # -w' d(KKT)/dtheta: the Lagrangian sum_t l_t + lam_{t+1}' f_t + l_T differentiated along tau~

@@ -30,6 +30,39 @@ def test_mpc_control_and_its_state_gradient_are_those_of_lqr():
     torch.testing.assert_close(jac, ref.K[:, 0], atol=1e-9, rtol=0)
 
 
+def test_mpc_closed_loop_gradient_through_several_solves_matches_central_differences():
+    """Three MPC steps in closed loop on the pendulum (each solve's state depends on the previous solves):
+    the gradient of the final state with respect to a cost weight and to the start, by the implicit route
+    through every solve, against central differences of converged solves."""
+    model = dynamics.Pendulum().discretize().requires_grad_(False)
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)),
+                                              torch.tensor([[0.02]], **D64), learnable=True)
+    x0 = torch.tensor([[0.7, -0.2], [-0.5, 0.4]], **D64, requires_grad=True)
+
+    def closed_loop(x):
+        mpc = trajopt.MPC(model, cost, 8, u_lower=-2.0, u_upper=2.0, max_iter=200, grad_tol=1e-12, tol=1e-15)
+        for _ in range(3):
+            u, _ = mpc(x)
+            x = model(x, u)
+        return x.sum()
+
+    loss = closed_loop(x0)
+    gC, gx = torch.autograd.grad(loss, (cost.C, x0))
+    eps = 1e-6
+    with torch.no_grad():
+        for i in range(2):
+            cost.C[i, i] += eps
+            up = closed_loop(x0)
+            cost.C[i, i] -= 2 * eps
+            down = closed_loop(x0)
+            cost.C[i, i] += eps
+            assert float(gC[i, i]) == pytest.approx(float((up - down) / (2 * eps)), rel=1e-5, abs=1e-8)
+            d = torch.zeros_like(x0)
+            d[0, i] = eps
+            fd = (closed_loop(x0 + d) - closed_loop(x0 - d)) / (2 * eps)
+            assert float(gx[0, i]) == pytest.approx(float(fd), rel=1e-5, abs=1e-8)
+
+
 def test_mpc_warm_starts_from_the_shifted_plan():
     P = dict(u_max=2.0)
     model = dynamics.Pendulum().discretize().requires_grad_(False)

@@ -8,6 +8,7 @@ import dynamics
 import dynamics.contact
 import dynamics.learned
 import trajopt
+import trajopt.rl
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 EXAMPLES = [(page.name, i, block) for page in sorted(DOCS.glob("*.md"))
@@ -27,3 +28,4 @@ def test_api_page_lists_the_public_surface():
     assert section["dynamics"] == set(dynamics.__all__)
     assert section["dynamics.contact"] == set(dynamics.contact.__all__)
     assert section["dynamics.learned"] == set(dynamics.learned.__all__)
+    assert section["trajopt.rl"] == set(trajopt.rl.__all__)

@@ -6,7 +6,8 @@ cost or reward; :class:`SHAC` trains an actor (an MLP, or a policy with a solver
 """
 from .env import DiffEnv, Step
 from .policies import GaussianPolicy, LearnedCost, MPCPolicy, ObservationNormalizer, ValueNetwork
+from .model_based import train_in_learned_model
 from .shac import SHAC
 
 __all__ = ["DiffEnv", "Step", "SHAC", "GaussianPolicy", "MPCPolicy", "LearnedCost", "ValueNetwork",
-           "ObservationNormalizer"]
+           "ObservationNormalizer", "train_in_learned_model"]

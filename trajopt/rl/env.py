@@ -34,6 +34,7 @@ class Step(NamedTuple):
         truncated: ``(B,)`` bool, the episode ended by its length limit (a value may follow).
         final_obs: ``(B, o)`` the observation the step reached, before any reset (equal to ``obs`` where
             no episode ended); differentiable.
+        final_state: ``(B, n)`` the state the step reached, before any reset; differentiable.
     """
 
     obs: torch.Tensor
@@ -41,6 +42,7 @@ class Step(NamedTuple):
     terminated: torch.Tensor
     truncated: torch.Tensor
     final_obs: torch.Tensor
+    final_state: torch.Tensor
 
     @property
     def done(self) -> torch.Tensor:
@@ -202,7 +204,7 @@ class DiffEnv:
             self.state, obs = x_next, final_obs
         if not bool(torch.isfinite(reward).all()) or not bool(torch.isfinite(x_next).all()):
             raise FloatingPointError("DiffEnv.step: the dynamics or the reward produced NaN or Inf")
-        return Step(obs, reward, terminated, truncated, final_obs)
+        return Step(obs, reward, terminated, truncated, final_obs, x_next)
 
     def _require_reset(self):
         if self.state is None:

@@ -160,11 +160,13 @@ class SHAC:
         return self.actor(self._actor_input(obs), noise)
 
     @torch.no_grad()
-    def closed_loop(self, x0: torch.Tensor, steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the deterministic policy on the env's dynamics from ``x0 (B, n)`` for ``steps`` (default the
-        episode length) steps, without resets; returns states ``(B, steps+1, n)`` and controls ``(B, steps, m)``."""
+    def closed_loop(self, x0: torch.Tensor, steps: int | None = None, dynamics=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the deterministic policy on ``dynamics`` (default the env's) from ``x0 (B, n)`` for ``steps``
+        (default the episode length) steps, without resets; returns states ``(B, steps+1, n)`` and controls
+        ``(B, steps, m)``."""
         env = self.env
         steps = env.episode_length if steps is None else int(steps)
+        dynamics = env.dynamics if dynamics is None else dynamics
         if hasattr(self.actor, "reset"):
             self.actor.reset()
         with torch.enable_grad() if getattr(self.actor, "raw_observations", False) else nullcontext():
@@ -173,7 +175,7 @@ class SHAC:
                 u = self.act(env.observe(x, torch.full(x.shape[:-1], t, device=x.device))).detach()
                 u = u if env.lower is None else torch.maximum(u, env.lower)
                 u = u if env.upper is None else torch.minimum(u, env.upper)
-                x = env.dynamics(x, u).detach()
+                x = dynamics(x, u).detach()
                 X.append(x)
                 U.append(u)
         if hasattr(self.actor, "reset"):
@@ -211,7 +213,7 @@ class SHAC:
         """One epoch: the actor update, the critic updates, the target critic and the statistics. Returns
         its log row."""
         tick = time.perf_counter()
-        fraction = self.epoch / self.epochs
+        fraction = min(self.epoch / self.epochs, 1.0)
         factor = {"linear": 1.0 - fraction, "constant": 1.0,
                   "cosine": 0.5 * (1.0 + math.cos(math.pi * fraction))}[self.lr_schedule]
         for opt, lr in ((self.actor_opt, self.actor_lr), (self.critic_opt, self.critic_lr)):

@@ -1,0 +1,223 @@
+"""Policy learning on the canonical problems: SHAC (``trajopt.rl``) on P2 (pendulum) and P3 (cart-pole).
+
+Each task is its problem's model, cost (``problems.py``'s convention: ``x'Qx + u'Ru`` per step, angle not
+wrapped, no terminal term), horizon as the episode length (finite-horizon episodes, the fraction of the
+episode elapsed observed), and training starts drawn like ``pendulum_x0`` / ``cartpole_x0``. A policy is
+scored as the problems are: the deterministic policy run closed loop from the 32 starts ``*_x0(32, seed=0)``
+and the mean of ``problems.trajectory_cost`` over them.
+
+``python -m benchmarks shac`` trains SHAC on P3 for 5 minutes per seed (3 seeds) and reports the cost
+reached against wall time and environment steps, beside box-constrained iLQR's open-loop optimum.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+import dynamics
+import trajopt
+from benchmarks import problems
+from trajopt.rl import SHAC, DiffEnv
+
+ILQR_OPEN_LOOP = {"P2": None, "P3": 890.6}      # P3: the issue's figure for box-constrained iLQR
+
+
+def _angle_features(x, angle, scale):
+    s, c = torch.sin(x[..., angle:angle + 1]), torch.cos(x[..., angle:angle + 1])
+    return torch.cat([x / scale, s, c], -1)
+
+
+def task(name: str, num_envs: int = 64, dtype=torch.float32, **env_options) -> dict:
+    """``{"env", "x0", "step", "Q", "R", "T", "u_max", "model", "cost"}`` of P2 or P3."""
+    if name == "P2":
+        p, step, starts = problems.PENDULUM, problems.pendulum_step, problems.pendulum_x0
+        model = dynamics.Pendulum().discretize(p["dt"], "semi_implicit_euler")
+        scale = torch.tensor([math.pi, 4.0], dtype=dtype)
+        angle = 0
+
+        def reset(count, generator):
+            u = torch.rand(count, 2, generator=generator, dtype=dtype)
+            return torch.stack([math.pi * (2 * u[:, 0] - 1), 2 * u[:, 1] - 1], -1)
+    elif name == "P3":
+        p, step, starts = problems.CARTPOLE, problems.cartpole_step, problems.cartpole_x0
+        model = dynamics.CartPole().discretize(p["dt"], "euler")
+        scale = torch.tensor([1.0, 3.0, 3.0, 5.0], dtype=dtype)
+        angle = 2
+
+        def reset(count, generator):
+            x = torch.zeros(count, 4, dtype=dtype)
+            x[:, 2] = math.pi
+            return x + 0.05 * torch.randn(count, 4, generator=generator, dtype=dtype)
+    else:
+        raise ValueError(f"task: name must be 'P2' or 'P3', got {name!r}")
+    for param in model.parameters():
+        param.requires_grad_(False)
+    Q = torch.as_tensor(p["Q"], dtype=dtype)
+    R = torch.as_tensor(np.atleast_2d(p["R"]), dtype=dtype)
+    cost = trajopt.QuadraticCost.from_weights(2 * Q, 2 * R)
+    options = dict(finite_horizon=True, time_feature=True)
+    options.update(env_options)
+    env = DiffEnv(model, cost, reset=reset, episode_length=p["T"], num_envs=num_envs, u_lower=-p["u_max"],
+                  u_upper=p["u_max"], observe=lambda x: _angle_features(x, angle, scale), **options)
+    return dict(env=env, x0=torch.tensor(starts(32, seed=0), dtype=dtype), step=step, Q=p["Q"], R=p["R"],
+                T=p["T"], u_max=p["u_max"], model=model, cost=cost)
+
+
+def score(t: dict, U: torch.Tensor) -> float:
+    """Mean ``problems.trajectory_cost`` of controls ``U (32, T, m)`` from the task's 32 starts."""
+    x0, U = t["x0"].double().numpy(), U.detach().double().numpy()
+    return float(np.mean([problems.trajectory_cost(t["step"], x0[b], U[b], t["Q"], t["R"]) for b in range(len(x0))]))
+
+
+def evaluator(t: dict):
+    """``evaluate(shac)`` for :class:`SHAC`: the closed-loop score of its deterministic policy."""
+    def evaluate(shac):
+        _, U = shac.closed_loop(t["x0"], t["T"])
+        return score(t, U)
+    return evaluate
+
+
+def train_shac(name: str = "P3", seconds: float = 300.0, seed: int = 0, num_envs: int = 64, progress: bool = False,
+               log: str | None = None, **options) -> SHAC:
+    """SHAC on a task for ``seconds`` of training time (evaluation excluded); options go to :class:`SHAC`."""
+    t = task(name, num_envs)
+    defaults = dict(horizon=32, epochs=100_000, actor_lr=1e-2, critic_lr=1e-3, gamma=0.99, reward_scale=0.01,
+                    critic_iterations=8, eval_every=25)
+    defaults.update(options)
+    shac = SHAC(t["env"], seed=seed, evaluate=evaluator(t), progress=progress, log=log, **defaults)
+    shac.train(time_limit=seconds)
+    return shac
+
+
+def curve(shac: SHAC) -> list[tuple[float, int, float]]:
+    """``(time, env_steps, eval_cost)`` of the evaluated epochs."""
+    return [(r["time"], r["env_steps"], r["eval_cost"]) for r in shac.rows if not math.isnan(r["eval_cost"])]
+
+
+def run(repeat: int = 1, quick: bool = False, seconds: float = 300.0, seeds=(0, 1, 2)) -> str:
+    """SHAC on P3, ``seconds`` per seed: cost after 1, 2.5 and 5 minutes, the best, and the steps to reach 980."""
+    if quick:
+        seconds, seeds = 60.0, (0,)
+    marks = [s for s in (60.0, 150.0, 300.0, 900.0) if s <= seconds]
+    lines = [f"SHAC on P3 (cart-pole swing-up), {seconds:.0f} s of training per seed, 2 threads; "
+             f"box-constrained iLQR's open-loop optimum {ILQR_OPEN_LOOP['P3']}", "",
+             "| seed | " + " | ".join(f"cost at {m:.0f} s" for m in marks) + " | best | steps to 980 | time to 980 |",
+             "| --- " * (len(marks) + 4) + "|"]
+    for seed in seeds:
+        started = time.perf_counter()
+        shac = train_shac("P3", seconds, seed)
+        points = curve(shac)
+        at = [min([c for tt, _, c in points if tt <= m] or [math.nan]) for m in marks]
+        reach = next(((s, tt) for tt, s, c in points if c <= 980), None)
+        lines.append(f"| {seed} | " + " | ".join(f"{c:.1f}" for c in at) + f" | {min(c for *_, c in points):.1f} | "
+                     + (f"{reach[0]:,} | {reach[1]:.0f} s |" if reach else "not reached | - |")
+                     + f"  <!-- wall {time.perf_counter() - started:.0f} s -->")
+    return "\n".join(lines)
+
+
+class _TerminalValue(torch.nn.Module):
+    """A smooth (SiLU) MLP of the pendulum's angle features, ``x (B, 2) -> (B,)``, starting at exactly zero."""
+
+    def __init__(self, scale, hidden=32, dtype=torch.float32):
+        super().__init__()
+        from dynamics.learned.models import mlp
+        self.net = mlp(4, 1, (hidden, hidden), torch.nn.SiLU).to(dtype)
+        self.register_buffer("scale", scale)
+        with torch.no_grad():
+            self.net[-1].weight.zero_()
+            self.net[-1].bias.zero_()
+
+    def forward(self, x):
+        return self.net(_angle_features(x, 0, self.scale)).squeeze(-1)
+
+
+def mpc_policy(horizon: int = 10, seconds: float = 300.0, seed: int = 0, num_envs: int = 32, max_iter: int = 3,
+               progress: bool = False, **options):
+    """SHAC training of an :class:`~trajopt.rl.MPCPolicy` on P2: a ``horizon``-step box-constrained iLQR on the
+    pendulum model, with P2's stage weights (learned in log space) and a learned terminal value (zero at first),
+    so the policy starts as the hand-set short-horizon MPC. Returns ``(shac, cost before, cost after)``."""
+    from trajopt.rl import LearnedCost, MPCPolicy
+    t = task("P2", num_envs)
+    dtype = t["x0"].dtype
+    scale = torch.tensor([math.pi, 4.0], dtype=dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        cost = LearnedCost(2 * torch.tensor(np.diag(t["Q"]), dtype=dtype), torch.tensor([2 * t["R"]], dtype=dtype),
+                           terminal=_TerminalValue(scale, dtype=dtype))
+    policy = MPCPolicy(t["model"], cost, horizon, -t["u_max"], t["u_max"], to_state=lambda obs: obs[..., :2] * scale,
+                       noise_std=0.2, max_iter=max_iter, first_max_iter=20)
+    defaults = dict(horizon=16, epochs=100_000, actor_lr=1e-2, critic_lr=1e-3, gamma=0.99, reward_scale=0.01,
+                    critic_iterations=8, eval_every=10)
+    defaults.update(options)
+    shac = SHAC(t["env"], policy, seed=seed, evaluate=evaluator(t), progress=progress, **defaults)
+    before = evaluator(t)(shac)
+    shac.train(time_limit=seconds)
+    return shac, before, evaluator(t)(shac)
+
+
+def learned_model(rounds: int = 4, transitions_per_round: int = 5000, seconds_per_round: float = 60.0, seed: int = 0,
+                  num_envs: int = 64, progress: bool = False, **options):
+    """SHAC on P2 inside a learned model (a probabilistic ensemble, mean prediction), with
+    ``rounds * transitions_per_round`` real transitions; returns ``(shac, history)`` with the real closed-loop
+    cost after each round."""
+    from dynamics.learned import ProbabilisticEnsemble
+    from trajopt.rl import train_in_learned_model
+    real = task("P2", num_envs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ProbabilisticEnsemble(2, 1, members=5, hidden=(64, 64)).to(real["x0"].dtype)
+    imagined = task("P2", num_envs)
+    env = real["env"]
+    imagined_env = DiffEnv(model, imagined["cost"], reset=env._reset, episode_length=env.episode_length,
+                           num_envs=num_envs, u_lower=-real["u_max"], u_upper=real["u_max"], observe=env.observe_fn,
+                           finite_horizon=True, time_feature=True)
+    defaults = dict(horizon=32, epochs=100_000, actor_lr=1e-2, critic_lr=1e-3, gamma=0.99, reward_scale=0.01,
+                    critic_iterations=8, eval_every=10 ** 9, lr_schedule="constant")
+    defaults.update(options)
+    shac = SHAC(imagined_env, seed=seed, progress=progress, **defaults)
+
+    def on_real(s):
+        _, U = s.closed_loop(real["x0"], real["T"], dynamics=real["model"])
+        return score(real, U)
+
+    history = train_in_learned_model(shac, env, rounds=rounds, transitions_per_round=transitions_per_round,
+                                     epochs_per_round=10 ** 9, seconds_per_round=seconds_per_round,
+                                     fit_options=dict(epochs=60), evaluate=on_real, seed=seed, progress=progress)
+    return shac, history
+
+
+def run_mpc(repeat: int = 1, quick: bool = False, seconds: float = 300.0, horizon: int = 5) -> str:
+    """The MPC policy on P2 before and after SHAC training, beside the plain MLP policy after the same time."""
+    if quick:
+        seconds = 60.0
+    shac, before, after = mpc_policy(horizon=horizon, seconds=seconds)
+    mlp = train_shac("P2", seconds)
+    best_mlp = min(c for *_, c in curve(mlp))
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)
+    return "\n".join([
+        f"SHAC on P2 (32 starts pendulum_x0(32, seed=0)), {seconds:.0f} s of training each", "",
+        "| policy | parameters | cost before | cost after | change |", "| --- | --- | --- | --- | --- |",
+        f"| {horizon}-step MPC, learned weights and terminal value | {count(shac.actor)} | {before:.1f} | {after:.1f} | "
+        f"{100 * (after / before - 1):+.1f}% |",
+        f"| MLP (64, 64) | {count(mlp.actor)} | - | {curve(mlp)[-1][2]:.1f} (best {best_mlp:.1f}) | - |"])
+
+
+def run_learned(repeat: int = 1, quick: bool = False, rounds: int = 4, transitions_per_round: int = 5000,
+                seconds_per_round: float = 60.0) -> str:
+    """SHAC in a learned ensemble against SHAC on the true pendulum, on the true pendulum's cost."""
+    if quick:
+        rounds, seconds_per_round = 2, 30.0
+    shac, history = learned_model(rounds, transitions_per_round, seconds_per_round)
+    true = train_shac("P2", rounds * seconds_per_round)
+    reference = curve(true)[-1][2]
+    lines = [f"SHAC on P2 inside a learned ensemble, {seconds_per_round:.0f} s of training per round; SHAC on the "
+             f"true model for the same total time ends at {reference:.1f}", "",
+             "| round | real transitions | model val loss | true cost | vs true-model SHAC |",
+             "| --- | --- | --- | --- | --- |"]
+    for h in history:
+        lines.append(f"| {h['round']} | {h['real_transitions']:,} | {h['model_val_loss']:.2f} | {h['eval_cost']:.1f} | "
+                     f"{100 * (h['eval_cost'] / reference - 1):+.1f}% |")
+    return "\n".join(lines)

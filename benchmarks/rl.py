@@ -119,10 +119,12 @@ def run(repeat: int = 1, quick: bool = False, seconds: float = 300.0, seeds=(0, 
 
 
 class _TerminalValue(torch.nn.Module):
-    """A smooth (SiLU) MLP of the pendulum's angle features, ``x (B, 2) -> (B,)``, starting at exactly zero."""
+    """A smooth (SiLU) MLP of the pendulum's angle features, ``x (B, 2) -> (B,)``, starting at exactly zero;
+    its output is multiplied by ``gain`` (the cost's units: tens to hundreds over a swing-up)."""
 
-    def __init__(self, scale, hidden=32, dtype=torch.float32):
+    def __init__(self, scale, hidden=32, gain=100.0, dtype=torch.float32):
         super().__init__()
+        self.gain = gain
         from dynamics.learned.models import mlp
         self.net = mlp(4, 1, (hidden, hidden), torch.nn.SiLU).to(dtype)
         self.register_buffer("scale", scale)
@@ -131,10 +133,11 @@ class _TerminalValue(torch.nn.Module):
             self.net[-1].bias.zero_()
 
     def forward(self, x):
-        return self.net(_angle_features(x, 0, self.scale)).squeeze(-1)
+        return self.gain * self.net(_angle_features(x, 0, self.scale)).squeeze(-1)
 
 
 def mpc_policy(horizon: int = 10, seconds: float = 300.0, seed: int = 0, num_envs: int = 32, max_iter: int = 3,
+               grad: str = "unroll",
                progress: bool = False, **options):
     """SHAC training of an :class:`~trajopt.rl.MPCPolicy` on P2: a ``horizon``-step box-constrained iLQR on the
     pendulum model, with P2's stage weights (learned in log space) and a learned terminal value (zero at first),
@@ -148,7 +151,7 @@ def mpc_policy(horizon: int = 10, seconds: float = 300.0, seed: int = 0, num_env
         cost = LearnedCost(2 * torch.tensor(np.diag(t["Q"]), dtype=dtype), torch.tensor([2 * t["R"]], dtype=dtype),
                            terminal=_TerminalValue(scale, dtype=dtype))
     policy = MPCPolicy(t["model"], cost, horizon, -t["u_max"], t["u_max"], to_state=lambda obs: obs[..., :2] * scale,
-                       noise_std=0.2, max_iter=max_iter, first_max_iter=20)
+                       noise_std=0.2, max_iter=max_iter, first_max_iter=20, grad=grad)
     defaults = dict(horizon=16, epochs=100_000, actor_lr=1e-2, critic_lr=1e-3, gamma=0.99, reward_scale=0.01,
                     critic_iterations=8, eval_every=10)
     defaults.update(options)

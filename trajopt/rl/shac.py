@@ -67,6 +67,7 @@ class SHAC:
         evaluate: ``evaluate(shac) -> float`` (e.g. a closed-loop cost), called every ``eval_every`` epochs and
             at the end; logged as ``eval_cost``, not counted in ``time``.
         progress: show a tqdm bar.
+        dtype, device: of the default networks and the statistics (default: the observations').
 
     Differentiable: the actor loss is differentiated through the environment (dynamics, reward or cost, and
     the actor, including solver layers inside it); nothing is differentiated through the critic's targets.

@@ -10,13 +10,16 @@ controls (and states), solved either by
 
 - ``solver="scipy"``: ``scipy.optimize.minimize`` (SLSQP or trust-constr) with exact equality constraints,
   bounds, gradients and constraint Jacobians by torch autograd, one call per problem (the exact reference
-  backend; returns detached tensors); or
+  backend); or
 - ``solver="theseus"``: an augmented-Lagrangian outer loop (Powell-Hestenes-Rockafellar; Nocedal and
   Wright, *Numerical Optimization*, 2nd ed., sec. 17.3-17.4) whose inner problems are nonlinear least
   squares solved by theseus-ai's Gauss-Newton or Levenberg-Marquardt, batched over problems.
 
-Differentiable (``solver="theseus"``) with respect to ``x0`` and every tensor of the model and the cost
-that requires grad, through theseus's backward modes (see :func:`collocation`).
+Differentiable (either back end) with respect to ``x0`` and every tensor of the model and the cost that
+requires grad: ``grad="implicit"`` applies the implicit-function theorem to the KKT conditions of the
+transcription at the returned solution (Hessian of the Lagrangian with least-squares multipliers, active
+bounds held; one dense KKT solve and one vector-Jacobian product per backward pass), ``grad="unroll"``
+(theseus) records the iterations.
 """
 from __future__ import annotations
 
@@ -25,11 +28,12 @@ import warnings
 
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 from dynamics import ContinuousDynamics, Dynamics
 from dynamics._validation import check_consistent, check_tensor
 from .costs import Cost, QuadraticCost
-from .ilqr import check_bounds, check_problem, clamp_to_bounds
+from .ilqr import check_bounds, check_problem, clamp_to_bounds, grad_tensors
 from .problem import Solution
 from .rollout import rollout
 
@@ -84,10 +88,12 @@ def _shooting_interval(dynamics):
 
 class _Transcription:
     """Knots ``S (B, K+1, n)`` (``S[:, 0] = x0``, the others decision variables) and controls ``U (B, T, m)``,
-    ``T = K s``: interval ``k`` joins ``S[:, k]`` to ``S[:, k+1]`` under ``U[:, k s:(k+1) s]``."""
+    ``T = K s``: interval ``k`` joins ``S[:, k]`` to ``S[:, k+1]`` under ``U[:, k s:(k+1) s]``. ``model``: the
+    module whose tensors the intervals use (for the implicit gradient)."""
 
-    def __init__(self, interval, T, segment, n, m):
+    def __init__(self, interval, T, segment, n, m, model):
         self.interval, self.T, self.s, self.K, self.n, self.m = interval, T, segment, T // segment, n, m
+        self.model = model
 
     def knots(self, x0, flat):
         """``S (B, K+1, n)`` from ``x0 (B, n)`` and the flat knot variables ``(B, K n)``."""
@@ -164,13 +170,13 @@ def collocation(model: ContinuousDynamics, cost: Cost, x0: torch.Tensor, U_init:
             exactly.
         x_lower, x_upper: state bounds broadcastable to ``(B, T+1, n)`` on the knots ``1..T`` (``x0`` is
             given), or None.
-        solver: ``"theseus"`` (batched, differentiable) or ``"scipy"`` (one ``scipy.optimize.minimize`` per
-            problem: scipy is not batched; that loop is acceptable because this is the exact reference
-            backend; the result is detached).
+        solver: ``"theseus"`` (batched) or ``"scipy"`` (one ``scipy.optimize.minimize`` per problem: scipy is
+            not batched; that loop is acceptable because this is the exact reference backend).
         optimizer: theseus's ``"levenberg_marquardt"`` (adaptive damping) or ``"gauss_newton"``.
         scipy_method: ``"SLSQP"`` or ``"trust-constr"`` (exact Hessian-vector products of the Lagrangian).
-        grad: theseus only: ``"implicit"`` (theseus's implicit backward at the final multipliers),
-            ``"unroll"`` (autograd through every inner iteration and multiplier update) or None (detached).
+        grad: ``"implicit"`` (either back end: the implicit-function theorem on the KKT conditions at the
+            solution, see below), ``"unroll"`` (theseus only: autograd through every inner iteration and
+            multiplier update) or None (detached ``X``, ``U`` and ``cost``).
         max_iter: iterations of each inner theseus solve (one that stops short of stationarity feeds
             inaccurate multipliers to the next, and the penalty then runs up to ``penalty_max``); scipy's
             ``maxiter`` is ten times this.
@@ -204,14 +210,25 @@ def collocation(model: ContinuousDynamics, cost: Cost, x0: torch.Tensor, U_init:
     inequalities of the augmented Lagrangian (the residual ``sqrt(rho) max(0, g + mu / rho)`` of ``g <= 0``).
     With the default penalty schedule it solves P2 with its active bounds (``|u| <= 2``) to scipy's optimum.
 
-    Differentiable (theseus, ``grad`` not None) with respect to ``x0`` and the tensors of ``model`` and
-    ``cost`` that require grad, not the bounds or the initial guess. ``"implicit"`` differentiates the last
-    inner problem at its solution with the multipliers and penalties held fixed, by theseus's one
-    Gauss-Newton step: the exact derivative of the constrained optimum would need the Hessian of the
-    Lagrangian, of which Gauss-Newton keeps the cost's part and the penalty's ``rho A'A`` but drops the
-    constraints' curvature ``lambda' h''`` and counts the held multipliers as ``1/rho``-soft constraints
-    (see the docs for the measured agreement with finite differences). Controls held at a bound get zero
-    gradient. ``"unroll"`` follows every iteration (memory grows with them).
+    Differentiable (``grad`` not None) with respect to ``x0`` and the tensors of ``model`` and ``cost`` that
+    require grad, not the bounds or the initial guess. ``"implicit"`` (either back end) is the exact derivative
+    of the constrained optimum by the implicit-function theorem on the transcription's KKT conditions at the
+    returned solution: the variables ``w`` are the knots ``1..K`` and the controls, the constraints the
+    defects ``h = 0`` (``x0`` enters them as knot 0); variables at a bound (within ``1e-8`` relative) are held
+    there and get zero gradient; the multipliers are recomputed by least squares on the stationarity of the
+    free variables, ``grad cost + A' lambda = 0`` (``A = dh/dw``). The backward pass assembles the Hessian
+    ``H`` of the Lagrangian ``cost + lambda' h`` (interval blocks by batched double backward, stored dense),
+    solves the KKT system ``[[H, A'], [A, 0]]`` once (null-space method: QR of ``A'``, Cholesky of the
+    reduced Hessian) and takes one vector-Jacobian product of ``(grad_w L, h)`` into ``x0`` and the
+    parameters. The backward pass raises ``ValueError`` if the defects' Jacobian on the free variables is
+    rank deficient or the reduced Hessian is not positive definite (not a strict local minimum). Problems
+    that did not converge (``converged`` False) get no gradient through the solve, as with
+    :func:`trajopt.ilqr`: their knots and controls are constants (``X[:, 0]`` is still ``x0``, and ``cost``
+    still depends on the cost's tensors). The gradient is exact at the point returned, so its accuracy is the
+    solve's: against central differences of the exact optimum both back ends agree to about ``1e-8``
+    relative (see the docs). trust-constr's barrier stops bounded controls short of their bounds (by about
+    ``1e-5``), so they count as free: prefer SLSQP for gradients with active bounds. ``"unroll"`` (theseus)
+    follows every iteration (memory grows with them).
     """
     where = "collocation"
     dt = _check_model(where, model, dt, method)
@@ -221,7 +238,7 @@ def collocation(model: ContinuousDynamics, cost: Cost, x0: torch.Tensor, U_init:
     if X_init is None:
         X_init = rollout(step, x0.detach(), U_init.detach())
     tr = _Transcription(_collocation_interval(model, dt, method), U_init.shape[1], 1, model.state_dim,
-                        model.control_dim)
+                        model.control_dim, model)
     sol = _solve(where, tr, cost, x0, X_init, U_init, lower, upper, xl, xu, solver=solver, optimizer=optimizer,
                  scipy_method=scipy_method, grad=grad, max_iter=max_iter, max_outer=max_outer, grad_tol=grad_tol,
                  constraint_tol=constraint_tol, penalty_init=penalty_init, penalty_growth=penalty_growth,
@@ -252,8 +269,14 @@ def multiple_shooting(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: 
         segment: ``s``, the steps per segment.
         x_lower, x_upper: state bounds broadcastable to ``(B, T+1, n)``, only with ``segment=1`` (every state a
             knot).
-        The other arguments, the returned ``Solution`` (``history["multipliers"]`` is ``(B, T/s, n)``) and what
-        is differentiable: as for :func:`collocation`.
+        The other arguments and the returned ``Solution`` (``history["multipliers"]`` is ``(B, T/s, n)``): as
+        for :func:`collocation`.
+
+    Differentiable (``grad`` not None) with respect to ``x0`` and the tensors of ``dynamics`` and ``cost`` that
+    require grad, as for :func:`collocation`: ``"implicit"`` (either back end) differentiates the KKT
+    conditions of the transcription (knots and controls, active bounds held, least-squares multipliers), so
+    at a converged solution it equals :func:`trajopt.ilqr`'s implicit gradient of the same problem (the
+    states inside a segment are rollouts of their knot, differentiated directly).
     """
     where = "multiple_shooting"
     x0, U_init, X_init, lower, upper, xl, xu, single = _check_inputs(
@@ -266,7 +289,7 @@ def multiple_shooting(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: 
                          f"with segment=1 (got segment={segment}: the states inside a segment are not variables)")
     if X_init is None:
         X_init = rollout(dynamics, x0.detach(), U_init.detach())
-    tr = _Transcription(_shooting_interval(dynamics), T, segment, dynamics.state_dim, dynamics.control_dim)
+    tr = _Transcription(_shooting_interval(dynamics), T, segment, dynamics.state_dim, dynamics.control_dim, dynamics)
     sol = _solve(where, tr, cost, x0, X_init[:, ::segment], U_init, lower, upper, xl, xu, solver=solver,
                  optimizer=optimizer, scipy_method=scipy_method, grad=grad, max_iter=max_iter, max_outer=max_outer,
                  grad_tol=grad_tol, constraint_tol=constraint_tol, penalty_init=penalty_init,
@@ -340,6 +363,9 @@ def _solve(where, tr, cost, x0, X_init, U_init, lower, upper, xl, xu, *, solver,
                    penalty_growth=penalty_growth, penalty_max=penalty_max)
     if penalty_max < penalty_init:
         raise ValueError(f"{where}: penalty_max ({penalty_max}) must be at least penalty_init ({penalty_init})")
+    if solver == "scipy" and grad == "unroll":
+        raise ValueError(f"{where}: grad='unroll' needs solver='theseus' (scipy's iterations are not recorded); "
+                         "use grad='implicit' or None with solver='scipy'")
     knot_bounds = [None if b is None else b[:, ::tr.s][:, 1:] for b in (xl, xu)]
     if solver == "scipy":
         S, U, history, iterations = _solve_scipy(tr, cost, x0.detach(), X_init[:, 1:], U_init, lower, upper,
@@ -352,17 +378,21 @@ def _solve(where, tr, cost, x0, X_init, U_init, lower, upper, xl, xu, *, solver,
             grad=grad, max_iter=max_iter, max_outer=max_outer, grad_tol=grad_tol, constraint_tol=constraint_tol,
             penalty_init=penalty_init, penalty_growth=penalty_growth, penalty_max=penalty_max, options=options or {})
         converged = history["stationarity"] <= grad_tol
-    S = tr.knots(x0 if solver == "theseus" else x0.detach(), S)
-    X = tr.states(S, U)
-    J = cost(X, U)
     with torch.no_grad():
-        defect = tr.defects(S, U).abs().flatten(1).amax(1)
+        X = tr.states(tr.knots(x0, S), U)
+        J = cost(X, U)
+        defect = tr.defects(tr.knots(x0, S), U).abs().flatten(1).amax(1)
         violation = _violation(U, lower, upper)
         if xl is not None or xu is not None:
-            violation = torch.maximum(violation, _violation(S[:, 1:], *knot_bounds))
+            violation = torch.maximum(violation, _violation(S.reshape(-1, tr.K, tr.n), *knot_bounds))
         finite = torch.isfinite(J) & torch.isfinite(X).flatten(1).all(1) & torch.isfinite(U).flatten(1).all(1)
     converged = converged & (defect <= constraint_tol) & (violation <= constraint_tol) & finite
     history.update(defect=defect, violation=violation)
+    if grad is not None and torch.is_grad_enabled():
+        if grad == "implicit":
+            S, U = _implicit_solution(tr, cost, x0, S, U, lower, upper, *knot_bounds, converged)
+        X = tr.states(tr.knots(x0, S), U)       # again, with its graph (x0 and the model reach X directly too)
+        J = cost(X, U)
     return Solution(X=X, U=U, cost=J, converged=converged, iterations=iterations, history=history)
 
 
@@ -383,6 +413,9 @@ def _interval_jacobians(fn, inputs, graph):
     with torch.enable_grad():
         leaves = [z if graph and z.requires_grad else z.detach().requires_grad_(True) for z in inputs]
         r = fn(*leaves)
+        if not r.requires_grad:         # constant in every input (e.g. the gradient of a linear function)
+            jac = [r.new_zeros(*r.shape, *z.shape[2:]) for z in leaves]
+            return r.detach(), jac
         d = r.shape[-1]
         eye = torch.eye(d, dtype=r.dtype, device=r.device).view(d, 1, 1, d).expand(d, *r.shape)
         jac = torch.autograd.grad(r, leaves, eye, is_grads_batched=True, create_graph=graph, allow_unused=True,
@@ -411,10 +444,19 @@ def _knot_jacobian(J_left, J_right):
     return out[:, :, :, 1:].reshape(B, K * d, K * n)
 
 
+def _defect_jacobian(tr, S, U):
+    """The defects ``(B, K, n)`` of knots ``S (B, K+1, n)`` and controls ``U (B, T, m)`` and their Jacobian
+    ``(B, K n, K n + T m)`` in the variables ``[knots 1..K, U]`` (block sparse, stored dense)."""
+    inputs = (S[:, :-1], U.reshape(-1, tr.K, tr.s, tr.m), S[:, 1:])
+    r, (JL, JU, JR) = _interval_jacobians(lambda *a: tr.interval(*a)[0], inputs, False)
+    return r, torch.cat([_knot_jacobian(JL, JR), _block_diagonal(JU.flatten(3))], -1)
+
+
 # ----------------------------------------------------------------------------------------- scipy backend
 def _solve_scipy(tr, cost, x0, knots, U, lower, upper, xl, xu, method, max_iter, options):
     """One ``scipy.optimize.minimize`` per problem over ``z = [knots 1..K (K n), U (T m)]``."""
     import scipy.optimize as so
+    from scipy.sparse.linalg import LinearOperator
 
     B, K, n, T, m = x0.shape[0], tr.K, tr.n, tr.T, tr.m
     opts = dict(dtype=x0.dtype, device=x0.device)
@@ -430,13 +472,12 @@ def _solve_scipy(tr, cost, x0, knots, U, lower, upper, xl, xu, method, max_iter,
             S, Ub = split(zt, b)
             J = cost(tr.states(S, Ub), Ub).sum()
             (g,) = torch.autograd.grad(J, zt)
-        return J.item(), g.cpu().numpy()
+        return J.item(), g.cpu().double().numpy()
 
     def constraint(z, b):
         S, Ub = split(z, b)
-        r, (JL, JU, JR) = _interval_jacobians(lambda *a: tr.interval(*a)[0], (S[:, :-1], Ub.view(1, K, tr.s, m), S[:, 1:]), False)
-        jac = torch.cat([_knot_jacobian(JL, JR), _block_diagonal(JU.flatten(3))], -1)[0]
-        return r.flatten().cpu().numpy(), jac.cpu().numpy()
+        r, jac = _defect_jacobian(tr, S, Ub)
+        return r.flatten().cpu().double().numpy(), jac[0].cpu().double().numpy()
 
     def lagrangian_hvp(z, b, v=None):
         """Hessian-vector products of the cost (``v`` None) or of ``v' defects`` at ``z``, for trust-constr."""
@@ -451,8 +492,8 @@ def _solve_scipy(tr, cost, x0, knots, U, lower, upper, xl, xu, method, max_iter,
             with torch.enable_grad():
                 (hp,) = torch.autograd.grad(g, zt, torch.as_tensor(np.ravel(p), **opts), retain_graph=True,
                                             allow_unused=True, materialize_grads=True)
-            return hp.cpu().numpy()
-        return so.LinearOperator((len(z), len(z)), matvec=matvec, dtype=np.float64)
+            return hp.cpu().double().numpy()
+        return LinearOperator((len(z), len(z)), matvec=matvec, dtype=np.float64)
 
     inf = np.inf
     S_out, U_out = knots.detach().clone().reshape(B, N), U.detach().clone()
@@ -460,7 +501,7 @@ def _solve_scipy(tr, cost, x0, knots, U, lower, upper, xl, xu, method, max_iter,
     for b in range(B):
         lb = np.concatenate([_np_bound(xl, b, N, -inf), _np_bound(lower, b, T * m, -inf)])
         ub = np.concatenate([_np_bound(xu, b, N, inf), _np_bound(upper, b, T * m, inf)])
-        z0 = np.clip(torch.cat([knots[b].reshape(-1), U[b].reshape(-1)]).detach().cpu().numpy(), lb, ub)
+        z0 = np.clip(torch.cat([knots[b].reshape(-1), U[b].reshape(-1)]).detach().cpu().double().numpy(), lb, ub)
         cache = {}
 
         def cons(z, b=b, cache=cache):
@@ -499,7 +540,7 @@ def _solve_scipy(tr, cost, x0, knots, U, lower, upper, xl, xu, method, max_iter,
 
 
 def _np_bound(bound, b, size, fill):
-    return np.full(size, fill) if bound is None else bound[b].reshape(-1).detach().cpu().numpy()
+    return np.full(size, fill) if bound is None else bound[b].reshape(-1).detach().cpu().double().numpy()
 
 
 # --------------------------------------------------------------------------------------- theseus backend
@@ -777,12 +818,177 @@ def _solve_theseus(where, tr, residuals, x0, knots, U, lower, upper, xl, xu, *, 
             done = done | ((violation <= constraint_tol) & (stationarity <= grad_tol))
             if bool(done.all()):
                 break
-    if grad == "implicit" and torch.is_grad_enabled():
-        al.x0 = x0
-        knots, U, its = inner(knots.detach(), U.detach(), "implicit", 2)
-        iterations += its
     U = clamp_to_bounds(al.controls(U)[0].view(B, tr.T, tr.m), lower, upper)      # clamp: rounding of mid + half sin
-    if grad is None:
+    if grad != "unroll":
         knots, U = knots.detach(), U.detach()
     history = {"stationarity": stationarity, "outer_iterations": outer, "multipliers": al.lam.detach()}
     return knots, U, history, iterations
+
+
+# ------------------------------------------------------------------------------------------ implicit gradient
+_HELD_TOL = 1e-8        # a variable this close to a finite bound (relative to 1 + |bound|; float32: 100 eps) is held
+_RANK_TOL = 1e-10       # a pivot of the QR of the free constraint Jacobian this small (relative) means dependent
+
+
+def _held(V, lower, upper):
+    """Entries of ``V (B, ...)`` at (within :data:`_HELD_TOL` of) a finite bound of ``lower``/``upper``
+    (broadcastable to ``V``, or None)."""
+    held = torch.zeros_like(V, dtype=torch.bool)
+    tol = max(_HELD_TOL, 100 * torch.finfo(V.dtype).eps)
+    for b, sign in ((lower, -1.0), (upper, 1.0)):
+        if b is not None:
+            finite = torch.isfinite(b)
+            b = torch.where(finite, b, 0.0)
+            held |= finite & (sign * (V - b) >= -tol * (1 + b.abs()))
+    return held
+
+
+def _implicit_solution(tr, cost, x0, knots, U, lower, upper, xl, xu, converged):
+    """The solution ``knots (B, K n)``, ``U (B, T, m)`` made differentiable with respect to ``x0 (B, n)`` and the
+    tensors of the model and the cost that require grad, by :class:`_ImplicitTranscription`. Variables at a bound
+    (``lower``/``upper`` ``(B, T, m)``, the knots' ``xl``/``xu`` ``(B, K, n)``, or None) are held there, and so are
+    all the variables of the problems not ``converged (B,)``. Returns the inputs when grad mode is off or nothing
+    requires grad."""
+    inputs = [x0] + grad_tensors(tr.model, cost)
+    if not torch.is_grad_enabled() or not any(z.requires_grad for z in inputs):
+        return knots, U
+    B = x0.shape[0]
+    knots, U = knots.detach().reshape(B, tr.K * tr.n), U.detach()
+    held = torch.cat([_held(knots.view(B, tr.K, tr.n), xl, xu).flatten(1), _held(U, lower, upper).flatten(1)], 1)
+    free = ~held & converged.view(B, 1)
+    problem = (tr, cost, x0.detach(), knots, U, free)
+    return _ImplicitTranscription.apply(knots, U, problem, *inputs)
+
+
+def _local_indices(tr, device):
+    """``(K, 2 n + s m)``: the index in ``w = [knots 1..K, U]`` of each entry of interval ``k``'s
+    ``(left knot, controls, right knot)``; ``x0`` (interval 0's left knot, not a variable) maps to ``K n + T m``."""
+    K, n, sm, N = tr.K, tr.n, tr.s * tr.m, tr.K * tr.n + tr.T * tr.m
+    k = torch.arange(K, device=device).view(K, 1)
+    left = torch.where(k == 0, N, (k - 1) * n + torch.arange(n, device=device))
+    controls = K * n + k * sm + torch.arange(sm, device=device)
+    return torch.cat([left, controls, k * n + torch.arange(n, device=device)], 1)
+
+
+def _lagrangian_hessian(tr, cost, S, U, lam):
+    """The Hessian ``(B, N, N)`` of ``cost(X, U) + lam' h`` (``lam (B, K, n)``, ``h`` the defects) in the
+    variables ``w = [knots 1..K, U]`` at knots ``S (B, K+1, n)`` and controls ``U (B, T, m)``. Interval ``k``'s
+    part (its stages' cost, its defects, and the terminal cost for the last) depends on its two knots and its
+    controls alone, so its Hessian blocks come from ``2 n + s m`` batched double-backward passes over all
+    intervals at once (:func:`_interval_jacobians` of the interval-wise gradient), summed into ``w``'s indices."""
+    B, K, T, n, m = S.shape[0], tr.K, tr.T, tr.n, tr.m
+    N = K * n + T * m
+
+    def gradient(left, Useg, right):
+        h, Xs = tr.interval(left, Useg, right)
+        X = torch.cat([Xs.reshape(B, T, n), right[:, -1:]], 1)
+        L = cost(X, Useg.reshape(B, T, m)).sum() + (lam * h).sum()
+        parts = torch.autograd.grad(L, (left, Useg, right), create_graph=True, materialize_grads=True)
+        return torch.cat([z.flatten(2) for z in parts], -1)
+
+    _, (HL, HU, HR) = _interval_jacobians(gradient, (S[:, :-1], U.view(B, K, tr.s, m), S[:, 1:]), False)
+    blocks = torch.cat([HL, HU.flatten(3), HR], -1)                         # (B, K, d, d)
+    idx = _local_indices(tr, S.device)
+    flat = (idx.unsqueeze(-1) * (N + 1) + idx.unsqueeze(-2)).reshape(-1)
+    H = blocks.new_zeros(B, (N + 1) ** 2).index_add_(1, flat, blocks.reshape(B, -1))
+    H = H.view(B, N + 1, N + 1)[:, :N, :N]
+    return 0.5 * (H + H.mT)
+
+
+def _kkt_adjoint(tr, cost, x0, knots, U, free, g):
+    """The adjoint of the KKT system at a solution (``x0 (B, n)``, ``knots (B, K n)``, ``U (B, T, m)``, the free
+    variables ``free (B, N)``): multipliers ``lam (B, K n)`` by least squares on the stationarity of the free
+    variables, ``grad J + A' lam = 0``; then ``(v (B, N), nu (B, K n))`` solving
+    ``[[H, A'], [A, 0]] [v; nu] = [g; 0]`` (``H``: the Hessian of the Lagrangian, ``A``: the defects' Jacobian,
+    both on the free variables; the held ones get ``v = 0``). By the null-space method: ``A' = [Y Z] [R; 0]``
+    (QR), ``v = Z (Z' H Z)^{-1} Z' g`` by Cholesky, ``nu = R^{-1} Y' (g - H v)``; a dependent ``A`` (the
+    constraints not linearly independent on the free variables) or a reduced Hessian ``Z' H Z`` that is not
+    positive definite (not a strict local minimum) raises ``ValueError``."""
+    B, K, n = x0.shape[0], tr.K, tr.n
+    M = K * n
+    f = free.to(g.dtype)
+    with torch.enable_grad():
+        kn, Ug = knots.detach().requires_grad_(True), U.detach().requires_grad_(True)
+        J = cost(tr.states(tr.knots(x0, kn), Ug), Ug).sum()
+        grads = torch.autograd.grad(J, (kn, Ug), allow_unused=True, materialize_grads=True)
+    gJ = torch.cat([z.flatten(1) for z in grads], 1) * f
+    S = tr.knots(x0, knots)
+    A = _defect_jacobian(tr, S, U)[1] * f.unsqueeze(1)
+    Q, R = torch.linalg.qr(A.mT, mode="complete")
+    R = R[:, :M]
+    pivots = R.diagonal(dim1=-2, dim2=-1).abs()
+    if bool((pivots <= _RANK_TOL * pivots.amax(-1, keepdim=True).clamp_min(1e-300)).any()):
+        raise ValueError("collocation/multiple_shooting (grad='implicit'): the defects' Jacobian on the free "
+                         "variables is rank deficient at the solution (too many variables held at their bounds for "
+                         "the constraints to be independent); the implicit gradient is not defined there. Use "
+                         "grad='unroll' (theseus) or grad=None")
+    Y, Z = Q[..., :M], Q[..., M:]
+    lam = -torch.linalg.solve_triangular(R, Y.mT @ gJ.unsqueeze(-1), upper=True)
+    H = _lagrangian_hessian(tr, cost, S, U, lam.view(B, K, n))
+    H = H * f.unsqueeze(-1) * f.unsqueeze(-2) + torch.diag_embed(1 - f)
+    L, info = torch.linalg.cholesky_ex(Z.mT @ H @ Z)
+    if bool((info != 0).any()):
+        raise ValueError("collocation/multiple_shooting (grad='implicit'): the Hessian of the Lagrangian on the "
+                         "null space of the defects' Jacobian (free variables) is not positive definite at the "
+                         "solution (not a strict local minimum, or not converged); use grad='unroll' (theseus) or "
+                         "solve to convergence")
+    a = (g * f).unsqueeze(-1)
+    v = Z @ torch.cholesky_solve(Z.mT @ a, L)
+    nu = torch.linalg.solve_triangular(R, Y.mT @ (a - H @ v), upper=True)
+    return v.squeeze(-1), nu.squeeze(-1), lam.squeeze(-1)
+
+
+class _ImplicitTranscription(torch.autograd.Function):
+    """Identity on the solution ``(knots (B, K n), U (B, T, m))`` of a transcription whose backward is the
+    implicit-function theorem on its KKT conditions.
+
+    With ``w = [knots, U]`` (the free entries: the held ones are constants), the defects ``h(w; x0, theta) = 0``
+    and the Lagrangian ``L = cost + lam' h``, the conditions ``F = (grad_w L, h) = 0`` define ``(w, lam)`` as
+    functions of ``p = (x0, theta)``, and a loss with gradient ``g`` in ``w`` has
+    ``dloss/dp = -(v' d(grad_w L)/dp + nu' dh/dp)`` with ``[[H, A'], [A, 0]] [v; nu] = [g; 0]`` (the KKT matrix
+    is symmetric; :func:`_kkt_adjoint`). The product with ``dF/dp`` is one vector-Jacobian product of
+    ``v' grad_w L + nu' h`` (a double backward through the cost and the model, all intervals at once). Problems
+    that did not converge have every variable held: no gradient through the solve (as in :func:`trajopt.ilqr`).
+    """
+
+    @staticmethod
+    def forward(ctx, knots, U, problem, *inputs):
+        ctx.problem, ctx.inputs = problem, inputs
+        return knots.clone(), U.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_knots, g_U):
+        tr, cost, x0d, knots, U, free = ctx.problem
+        x0, *tensors = ctx.inputs
+        g = torch.cat([torch.zeros_like(knots) if g_knots is None else g_knots,
+                       (torch.zeros_like(U) if g_U is None else g_U).flatten(1)], 1)
+        rows = (free & (g != 0)).any(1).nonzero().squeeze(1)
+        if rows.numel() == 0:           # nothing reaches a free variable of a converged problem
+            return (None, None, None, *[torch.zeros_like(z) if z.requires_grad else None for z in ctx.inputs])
+        # x0 as a fresh leaf: through its own history (an earlier solve in a closed loop, say) x0 may depend on
+        # these same parameters, and that path is the outer backward's to follow, not this product's
+        inputs = (x0.detach().requires_grad_(x0.requires_grad), *tensors)
+        x0 = inputs[0]
+        wrt = [z for z in inputs if z.requires_grad]
+        with torch.no_grad():
+            v, nu, lam = _kkt_adjoint(tr, cost, x0d[rows], knots[rows], U[rows], free[rows], g[rows])
+        Kn = tr.K * tr.n
+        with torch.enable_grad():
+            # -[v; nu]' dF/dp: the gradient of the Lagrangian differentiated along v, the defects along nu
+            kn, Ug = knots[rows].requires_grad_(True), U[rows].requires_grad_(True)
+            S = tr.knots(x0[rows], kn)
+            h, Xs = tr.pieces(S, Ug)
+            X = torch.cat([Xs.reshape(len(rows), tr.T, tr.n), S[:, -1:]], 1)
+            h = h.flatten(1)
+            gk, gu = torch.autograd.grad(cost(X, Ug).sum() + (lam * h).sum(), (kn, Ug), create_graph=True,
+                                         materialize_grads=True)
+            phi = (v[:, :Kn] * gk).sum() + (v[:, Kn:] * gu.flatten(1)).sum() + (nu * h).sum()
+            grads = torch.autograd.grad(phi, wrt, allow_unused=True) if phi.requires_grad else [None] * len(wrt)
+        grads = iter(grads)
+        out = [None if not z.requires_grad else _neg(next(grads)) for z in inputs]
+        return (None, None, None, *out)
+
+
+def _neg(z):
+    return None if z is None else -z

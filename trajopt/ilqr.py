@@ -325,7 +325,7 @@ def implicit_gradient(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, sol: Sol
     ``sol.converged`` problems are local minima of ``cost(rollout(x0, U), U)`` within ``lower <= U <= upper``
     (``(B, T, m)`` or None). ``at``: the dynamics' Jacobians ``F`` and the costates at the solution, if the
     solver has them. Does nothing when grad mode is off or nothing requires grad. Modifies ``sol`` in place."""
-    inputs = [x0] + _grad_tensors(dynamics, cost)
+    inputs = [x0] + grad_tensors(dynamics, cost)
     if not torch.is_grad_enabled() or not any(z.requires_grad for z in inputs):
         return sol
     if at is None:
@@ -360,10 +360,11 @@ def _second_order_terms(dynamics, X, U, lam):
     return torch.cat([torch.cat([hxx, hux.mT], -1), torch.cat([hux, huu], -1)], -2)
 
 
-def _grad_tensors(dynamics, cost):
-    """The tensors of the model and the cost that gradients can flow to (parameters or buffers)."""
+def grad_tensors(*modules):
+    """The tensors (parameters or buffers) of ``modules`` that require grad, each once: what an implicit
+    backward differentiates into."""
     seen, out = set(), []
-    for z in itertools.chain(dynamics.parameters(), dynamics.buffers(), cost.parameters(), cost.buffers()):
+    for z in itertools.chain.from_iterable(itertools.chain(m.parameters(), m.buffers()) for m in modules):
         if z.requires_grad and id(z) not in seen:
             seen.add(id(z))
             out.append(z)

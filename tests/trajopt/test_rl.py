@@ -297,3 +297,29 @@ def test_mpc_policy_gradient_matches_central_differences_of_its_cost_weights():
             down = policy(x).sum()
             cost.log_q[i] += eps
         assert float(grad[i]) == pytest.approx(float((up - down) / (2 * eps)), rel=1e-5, abs=1e-8)
+
+
+def test_train_in_learned_model_collects_real_transitions_and_trains_through_the_model():
+    from dynamics.learned import MLPDynamics
+    from trajopt.rl import train_in_learned_model
+    from trajopt.rl.model_based import collect
+    real = pendulum_env(num_envs=4, episode_length=5)
+    generator = torch.Generator().manual_seed(0)
+    data = collect(real, 7, generator)
+    assert len(data) == 28
+    torch.testing.assert_close(data.x_next, real.dynamics(data.x, data.u), rtol=0, atol=0)   # the real physics
+    assert float(data.u.abs().max()) <= problems.PENDULUM["u_max"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MLPDynamics(2, 1, hidden=(16,)).double()
+    imagined = DiffEnv(model, real.cost, reset=real._reset, episode_length=5, num_envs=4, u_lower=-2.0, u_upper=2.0)
+    shac = small_shac(imagined)
+    before = flat(shac.actor)
+    history = train_in_learned_model(shac, real, rounds=2, transitions_per_round=40, epochs_per_round=2,
+                                     fit_options=dict(epochs=3), evaluate=lambda s: 1.0, progress=False)
+    assert [h["real_transitions"] for h in history] == [40, 80] and [h["shac_epochs"] for h in history] == [2, 4]
+    assert all(math.isfinite(h["model_val_loss"]) for h in history)
+    assert not torch.equal(before, flat(shac.actor))
+    assert all(p.requires_grad for p in model.parameters())      # handed back trainable
+    with pytest.raises(TypeError, match="real must be"):
+        train_in_learned_model(shac, model)

@@ -104,6 +104,10 @@ def test_diffenv_rejects_bad_arguments():
         DiffEnv(model, cost, reset=starts, episode_length=0, num_envs=2)
     with pytest.raises(ValueError, match="shard"):
         DiffEnv(model, cost, reset=starts, episode_length=3, num_envs=3, shard=(0, 2))
+    bad = DiffEnv(model, reward=lambda x, u, x_next: x, reset=starts, episode_length=3, num_envs=2)
+    bad.reset()
+    with pytest.raises(ValueError, match=r"reward must return a tensor of shape \(B,\) = \(2,\)"):
+        bad.step(torch.zeros(2, 1))
     env = DiffEnv(model, cost, reset=starts, episode_length=3, num_envs=2)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(torch.zeros(2, 1))

@@ -188,6 +188,9 @@ class DiffEnv:
                 reward = reward - torch.where(truncated, self.cost.terminal(x_next), 0.0)
         else:
             reward = self.reward_fn(x, u, x_next)
+            if not isinstance(reward, torch.Tensor) or reward.shape != (self.local_envs,):
+                raise ValueError(f"DiffEnv.step: reward must return a tensor of shape (B,) = ({self.local_envs},), "
+                                 f"got {tuple(getattr(reward, 'shape', ()))}")
         terminated = (torch.zeros_like(truncated) if self.terminate_fn is None
                       else torch.as_tensor(self.terminate_fn(x_next), dtype=torch.bool, device=x.device))
         if self.finite_horizon:

@@ -81,9 +81,10 @@ def evaluator(t: dict):
 
 
 def train_shac(name: str = "P3", seconds: float = 300.0, seed: int = 0, num_envs: int = 64, progress: bool = False,
-               log: str | None = None, **options) -> SHAC:
-    """SHAC on a task for ``seconds`` of training time (evaluation excluded); options go to :class:`SHAC`."""
-    t = task(name, num_envs)
+               log: str | None = None, env_options: dict | None = None, **options) -> SHAC:
+    """SHAC on a task for ``seconds`` of training time (evaluation excluded); options go to :class:`SHAC`,
+    ``env_options`` to :func:`task`."""
+    t = task(name, num_envs, **(env_options or {}))
     defaults = dict(horizon=32, epochs=100_000, actor_lr=1e-2, critic_lr=1e-3, gamma=0.99, reward_scale=0.01,
                     critic_iterations=8, eval_every=25)
     defaults.update(options)

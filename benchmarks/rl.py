@@ -12,7 +12,6 @@ reached against wall time and environment steps, beside box-constrained iLQR's o
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import torch
@@ -23,6 +22,10 @@ from benchmarks import problems
 from trajopt.rl import SHAC, DiffEnv
 
 ILQR_OPEN_LOOP = {"P2": None, "P3": 890.6}      # P3: the issue's figure for box-constrained iLQR
+# P3's setting: the window is the whole episode (60 steps, undiscounted, as P3's sum is), small exploration
+# noise, the learning rate decaying linearly over 1500 epochs (about 5 minutes here). Windows of 16-32 steps
+# with the critic stayed at the hanging pole (2600-2900) in every run tried.
+P3_SHAC = dict(horizon=60, gamma=1.0, actor_lr=1e-2, init_std=0.1, epochs=1500)
 
 
 def _angle_features(x, angle, scale):
@@ -30,8 +33,11 @@ def _angle_features(x, angle, scale):
     return torch.cat([x / scale, s, c], -1)
 
 
-def task(name: str, num_envs: int = 64, dtype=torch.float32, **env_options) -> dict:
-    """``{"env", "x0", "step", "Q", "R", "T", "u_max", "model", "cost"}`` of P2 or P3."""
+def task(name: str, num_envs: int = 64, dtype=torch.float32, wide_starts: float = 0.0, **env_options) -> dict:
+    """``{"env", "x0", "step", "Q", "R", "T", "u_max", "model", "cost"}`` of P2 or P3.
+
+    ``wide_starts``: P3's training starts are ``cartpole_x0``'s (hanging, 0.05 noise), except this fraction,
+    whose angle is uniform in ``[-pi, pi]`` (a curriculum: the critic sees the upright states early)."""
     if name == "P2":
         p, step, starts = problems.PENDULUM, problems.pendulum_step, problems.pendulum_x0
         model = dynamics.Pendulum().discretize(p["dt"], "semi_implicit_euler")
@@ -50,6 +56,8 @@ def task(name: str, num_envs: int = 64, dtype=torch.float32, **env_options) -> d
         def reset(count, generator):
             x = torch.zeros(count, 4, dtype=dtype)
             x[:, 2] = math.pi
+            draw = torch.rand(count, 2, generator=generator, dtype=dtype)
+            x[:, 2] = torch.where(draw[:, 0] < wide_starts, math.pi * (2 * draw[:, 1] - 1), math.pi)
             return x + 0.05 * torch.randn(count, 4, generator=generator, dtype=dtype)
     else:
         raise ValueError(f"task: name must be 'P2' or 'P3', got {name!r}")
@@ -87,6 +95,8 @@ def train_shac(name: str = "P3", seconds: float = 300.0, seed: int = 0, num_envs
     t = task(name, num_envs, **(env_options or {}))
     defaults = dict(horizon=32, epochs=100_000, actor_lr=1e-2, critic_lr=1e-3, gamma=0.99, reward_scale=0.01,
                     critic_iterations=8, eval_every=25)
+    if name == "P3":
+        defaults.update(P3_SHAC)
     defaults.update(options)
     shac = SHAC(t["env"], seed=seed, evaluate=evaluator(t), progress=progress, log=log, **defaults)
     shac.train(time_limit=seconds)
@@ -99,23 +109,23 @@ def curve(shac: SHAC) -> list[tuple[float, int, float]]:
 
 
 def run(repeat: int = 1, quick: bool = False, seconds: float = 300.0, seeds=(0, 1, 2)) -> str:
-    """SHAC on P3, ``seconds`` per seed: cost after 1, 2.5 and 5 minutes, the best, and the steps to reach 980."""
+    """SHAC on P3, ``seconds`` per seed (the run's 1500 epochs take about 5 minutes here): the best cost by 1,
+    2.5 and 5 minutes, the final one, and the steps and time to reach 980."""
     if quick:
         seconds, seeds = 60.0, (0,)
     marks = [s for s in (60.0, 150.0, 300.0, 900.0) if s <= seconds]
     lines = [f"SHAC on P3 (cart-pole swing-up), {seconds:.0f} s of training per seed, 2 threads; "
              f"box-constrained iLQR's open-loop optimum {ILQR_OPEN_LOOP['P3']}", "",
-             "| seed | " + " | ".join(f"cost at {m:.0f} s" for m in marks) + " | best | steps to 980 | time to 980 |",
-             "| --- " * (len(marks) + 4) + "|"]
+             "| seed | " + " | ".join(f"best by {m:.0f} s" for m in marks)
+             + " | final | epochs | steps to 980 | time to 980 |",
+             "| --- " * (len(marks) + 5) + "|"]
     for seed in seeds:
-        started = time.perf_counter()
         shac = train_shac("P3", seconds, seed)
         points = curve(shac)
         at = [min([c for tt, _, c in points if tt <= m] or [math.nan]) for m in marks]
         reach = next(((s, tt) for tt, s, c in points if c <= 980), None)
-        lines.append(f"| {seed} | " + " | ".join(f"{c:.1f}" for c in at) + f" | {min(c for *_, c in points):.1f} | "
-                     + (f"{reach[0]:,} | {reach[1]:.0f} s |" if reach else "not reached | - |")
-                     + f"  <!-- wall {time.perf_counter() - started:.0f} s -->")
+        lines.append(f"| {seed} | " + " | ".join(f"{c:.1f}" for c in at) + f" | {points[-1][2]:.1f} | {shac.epoch} | "
+                     + (f"{reach[0]:,} | {reach[1]:.0f} s |" if reach else "not reached | - |"))
     return "\n".join(lines)
 
 

@@ -19,8 +19,7 @@ from benchmarks import rl  # noqa: E402
 from examples._plot import save, subplots  # noqa: E402
 from trajopt.rl import SHAC  # noqa: E402
 
-OPTIONS = dict(horizon=60, gamma=1.0, actor_lr=1e-2, critic_lr=1e-3, init_std=0.1, epochs=1500, obs_norm=False,
-               reward_scale=0.01, critic_iterations=8, eval_every=25)
+OPTIONS = dict(rl.P3_SHAC, critic_lr=1e-3, reward_scale=0.01, critic_iterations=8, eval_every=25)
 
 
 def main():

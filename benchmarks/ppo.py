@@ -33,7 +33,8 @@ def features(name, x, t, T):
                            np.broadcast_to(np.asarray(t / T, float), x.shape[:-1])[..., None]], -1).astype(np.float32)
 
 
-def make_env(name="P3", reward_scale=0.01):
+def make_env(name="P3", reward_scale=0.01, wide_starts=0.0):
+    """The Gymnasium environment class of a task; ``wide_starts`` as in :func:`benchmarks.rl.task`."""
     import gymnasium as gym
     p, step, _ = _spec(name)
 
@@ -49,7 +50,8 @@ def make_env(name="P3", reward_scale=0.01):
         def reset(self, *, seed=None, options=None):
             super().reset(seed=seed)
             if name == "P3":
-                self.x = np.array([0.0, 0.0, math.pi, 0.0]) + 0.05 * self.np_random.standard_normal(4)
+                angle = self.np_random.uniform(-math.pi, math.pi) if self.np_random.random() < wide_starts else math.pi
+                self.x = np.array([0.0, 0.0, angle, 0.0]) + 0.05 * self.np_random.standard_normal(4)
             else:
                 self.x = np.array([self.np_random.uniform(-math.pi, math.pi), self.np_random.uniform(-1, 1)])
             self.t = 0
@@ -80,7 +82,7 @@ def score(model, name="P3") -> float:
     return float(np.mean([problems.trajectory_cost(step, x0[b], U[b], p["Q"], p["R"]) for b in range(len(x0))]))
 
 
-def train_ppo(name="P3", seconds=900.0, seed=0, eval_every=20_000, n_envs=8, **options):
+def train_ppo(name="P3", seconds=900.0, seed=0, eval_every=20_000, n_envs=8, wide_starts=0.0, **options):
     """PPO for ``seconds`` of wall time (evaluations excluded); returns ``[(time, env_steps, cost), ...]``."""
     import torch
     from stable_baselines3 import PPO
@@ -88,7 +90,7 @@ def train_ppo(name="P3", seconds=900.0, seed=0, eval_every=20_000, n_envs=8, **o
     from stable_baselines3.common.env_util import make_vec_env
 
     torch.set_num_threads(1)
-    env = make_vec_env(make_env(name), n_envs=n_envs, seed=seed)
+    env = make_vec_env(make_env(name, wide_starts=wide_starts), n_envs=n_envs, seed=seed)
     defaults = dict(n_steps=1024, batch_size=256, learning_rate=3e-4, gamma=0.99, gae_lambda=0.95, ent_coef=0.0,
                     policy_kwargs=dict(net_arch=[64, 64]), verbose=0, seed=seed, device="cpu")
     defaults.update(options)

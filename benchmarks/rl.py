@@ -214,8 +214,8 @@ def run_mpc(repeat: int = 1, quick: bool = False, seconds: float = 300.0, horizo
     return "\n".join([
         f"SHAC on P2 (32 starts pendulum_x0(32, seed=0)), {seconds:.0f} s of training each", "",
         "| policy | parameters | cost before | cost after | change |", "| --- | --- | --- | --- | --- |",
-        f"| {horizon}-step MPC, learned weights and terminal value | {count(shac.actor)} | {before:.1f} | {after:.1f} | "
-        f"{100 * (after / before - 1):+.1f}% |",
+        f"| {horizon}-step MPC, learned weights and terminal value | {count(shac.actor)} | {before:.1f} | "
+        f"{after:.1f} | {100 * (after / before - 1):+.1f}% |",
         f"| MLP (64, 64) | {count(mlp.actor)} | - | {curve(mlp)[-1][2]:.1f} (best {best_mlp:.1f}) | - |"])
 
 

@@ -42,7 +42,8 @@ def _bounds(where, control_dim, u_lower, u_upper, like):
 
 
 class GaussianPolicy(nn.Module):
-    """``u = centre + half_width tanh(mu(obs) + std * noise)`` with ``centre, half_width`` the centre and half-width of the bounds.
+    """``u = centre + half_width tanh(mu(obs) + std * noise)``, with ``centre`` and ``half_width`` those of the
+    bounds.
 
     Args:
         obs_dim: ``o``; control_dim: ``m``.

@@ -161,7 +161,8 @@ class SHAC:
         return self.actor(self._actor_input(obs), noise)
 
     @torch.no_grad()
-    def closed_loop(self, x0: torch.Tensor, steps: int | None = None, dynamics=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def closed_loop(self, x0: torch.Tensor, steps: int | None = None,
+                    dynamics=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the deterministic policy on ``dynamics`` (default the env's) from ``x0 (B, n)`` for ``steps``
         (default the episode length) steps, without resets; returns states ``(B, steps+1, n)`` and controls
         ``(B, steps, m)``."""

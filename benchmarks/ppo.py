@@ -119,12 +119,13 @@ def run(repeat: int = 1, quick: bool = False, seconds: float = 900.0, seeds=(0, 
         import stable_baselines3  # noqa: F401
     except ImportError:
         return "PPO baseline: stable-baselines3 is not installed (pip install stable-baselines3)"
+    from benchmarks.rl import P3_STARTS
     if quick:
         seconds, seeds = 60.0, (0,)
     lines = [f"PPO (stable-baselines3) on P3, {seconds:.0f} s per seed", "",
              "| seed | steps to 980 | time to 980 | cost at end | best |", "| --- | --- | --- | --- | --- |"]
     for seed in seeds:
-        points = train_ppo("P3", seconds, seed)
+        points = train_ppo("P3", seconds, seed, **P3_STARTS)
         reach = next(((s, t) for t, s, c in points if c <= 980), None)
         lines.append(f"| {seed} | " + (f"{reach[0]:,} | {reach[1]:.0f} s" if reach else "not reached | -")
                      + f" | {points[-1][2]:.1f} | {min(c for *_, c in points):.1f} |")

@@ -30,7 +30,7 @@ def main():
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
     log, ckpt = os.path.join(args.out, "shac_cartpole.csv"), os.path.join(args.out, "shac_cartpole.pt")
-    t = rl.task("P3", 64)
+    t = rl.task("P3", 64, **rl.P3_STARTS)
     shac = SHAC(t["env"], seed=args.seed, evaluate=rl.evaluator(t), log=log, checkpoint=ckpt, checkpoint_every=25,
                 **OPTIONS)
     if args.resume:

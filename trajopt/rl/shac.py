@@ -186,8 +186,9 @@ class SHAC:
 
     # ------------------------------------------------------------------ training
     def train(self, epochs: int | None = None, *, time_limit: float | None = None) -> list[dict]:
-        """Run epochs until ``epochs`` (default: the run's ``epochs``) are done in total, or ``time_limit``
-        seconds of training time have passed in this call; returns the log rows (dicts) of the whole run."""
+        """Run epochs until ``epochs`` (default: the run's ``epochs``) are done in total, or until ``time_limit``
+        seconds of wall time (evaluations included) have passed in this call; an epoch that ends without a
+        score is scored at the end. Returns the log rows (dicts) of the whole run."""
         stop = self.epochs if epochs is None else int(epochs)
         bar = None
         if self.progress:

@@ -1,6 +1,7 @@
 """Train SHAC on P3 (cart-pole swing-up) with a CSV log and a checkpoint, then plot the learning curve.
 
-    python examples/shac_cartpole.py [--seconds 300] [--seed 0] [--resume]
+    python examples/shac_cartpole.py [--seconds 300] [--epochs 1500] [--seed 0] [--resume]
+    python examples/shac_cartpole.py --plot-only run1.csv run2.csv
 
 The log (``shac_cartpole.csv``) has one row per epoch; every 25th is scored as the problems are (the
 deterministic policy closed loop from ``cartpole_x0(32, seed=0)``, mean ``trajectory_cost``). ``--resume``
@@ -22,34 +23,46 @@ from trajopt.rl import SHAC  # noqa: E402
 OPTIONS = dict(rl.P3_SHAC, critic_lr=1e-3, reward_scale=0.01, critic_iterations=8, eval_every=25)
 
 
+def plot(logs, path):
+    """Cost against training time and against environment steps, one line per CSV log."""
+    fig, axes = subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    for i, log in enumerate(logs):
+        rows = [r for r in csv.DictReader(open(log)) if r["eval_cost"] != "nan"]
+        time, steps, cost = ([float(r[k]) for r in rows] for k in ("time", "env_steps", "eval_cost"))
+        for ax, x in ((axes[0], time), (axes[1], steps)):
+            ax.plot(x, cost, lw=1, label=f"SHAC, {os.path.basename(log)}")
+        print(f"{log}: best {min(cost):.1f}, last {cost[-1]:.1f} after {time[-1]:.0f} s and {steps[-1]:,.0f} steps")
+    for ax, label in ((axes[0], "training time (s)"), (axes[1], "environment steps")):
+        ax.axhline(rl.ILQR_OPEN_LOOP["P3"], color="k", ls="--", lw=1, label="iLQR open loop (890.6)")
+        ax.set_xlabel(label)
+        ax.set_yscale("log")
+    axes[0].set_ylabel("mean closed-loop cost, 32 starts")
+    axes[0].legend(fontsize=8)
+    save(fig, path)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=300.0)
+    parser.add_argument("--epochs", type=int, default=OPTIONS["epochs"], help="length of the LR schedule")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--out", default=".")
+    parser.add_argument("--plot-only", nargs="+", metavar="LOG", help="only plot these CSV logs")
     args = parser.parse_args()
+    figure = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "images",
+                          "shac_cartpole.png")
+    if args.plot_only:
+        return plot(args.plot_only, figure)
     log, ckpt = os.path.join(args.out, "shac_cartpole.csv"), os.path.join(args.out, "shac_cartpole.pt")
     t = rl.task("P3", 64, **rl.P3_STARTS)
     shac = SHAC(t["env"], seed=args.seed, evaluate=rl.evaluator(t), log=log, checkpoint=ckpt, checkpoint_every=25,
-                **OPTIONS)
+                **{**OPTIONS, "epochs": args.epochs})
     if args.resume:
         shac.load(ckpt)
     shac.train(time_limit=args.seconds)
     shac.save(ckpt)
-    rows = [r for r in csv.DictReader(open(log)) if r["eval_cost"] != "nan"]
-    time, steps, cost = ([float(r[k]) for r in rows] for k in ("time", "env_steps", "eval_cost"))
-    fig, axes = subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for ax, x, label in ((axes[0], time, "training time (s)"), (axes[1], steps, "environment steps")):
-        ax.plot(x, cost, label="SHAC, closed loop")
-        ax.axhline(rl.ILQR_OPEN_LOOP["P3"], color="k", ls="--", lw=1, label="iLQR open loop (890.6)")
-        ax.set_xlabel(label)
-        ax.set_yscale("log")
-    axes[0].set_ylabel("mean cost, 32 starts")
-    axes[0].legend()
-    save(fig, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "images",
-                           "shac_cartpole.png"))
-    print(f"best {min(cost):.1f}, last {cost[-1]:.1f} after {time[-1]:.0f} s and {steps[-1]:,.0f} steps")
+    plot([log], figure)
 
 
 if __name__ == "__main__":

@@ -99,19 +99,15 @@ def test_theseus_meets_scipy_on_p2_with_active_bounds():
     torch.testing.assert_close(th.cost, exact.cost, rtol=1e-6, atol=0)
 
 
-def test_multiple_shooting_of_a_time_varying_model_matches_lqr(p1):
-    t, _ = p1(B=2, T=12, n=4, m=2)
-    F, f, C, c = (t[k][0] for k in ("F", "f", "C", "c"))      # one time-varying problem, two starts
-    model = dynamics.LinearDynamics(F[..., :4], F[..., 4:], f)
-    cost = trajopt.QuadraticCost(C, c)
-    ref = trajopt.lqr(*(z.expand(2, *z.shape) for z in (F, f, C, c)), t["x0"])
+def test_multiple_shooting_of_a_time_varying_model_matches_lqr(p1_lq):
+    model, cost, x0, ref = p1_lq(2)                # one time-varying problem, two starts
     for segment in (1, 4):
-        sol = multiple_shooting(model, cost, t["x0"], horizon=12, segment=segment, solver="scipy")
+        sol = multiple_shooting(model, cost, x0, horizon=12, segment=segment, solver="scipy")
         assert sol.converged.all()         # SLSQP stops at ftol 1e-10 on the cost: U to about 1e-5
         torch.testing.assert_close(sol.cost, cost(ref.X, ref.U), rtol=1e-9, atol=0)
         torch.testing.assert_close(sol.U, ref.U, atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="segment=1"):
-        multiple_shooting(model, cost, t["x0"], horizon=12, segment=4, x_upper=10.0, solver="scipy")
+        multiple_shooting(model, cost, x0, horizon=12, segment=4, x_upper=10.0, solver="scipy")
 
 
 # ---------------------------------------------------------------------------------------- implicit gradients

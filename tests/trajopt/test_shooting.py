@@ -31,13 +31,9 @@ def lbfgsb_reference(model, cost, x0, T, bound):
     return res.fun, res.x
 
 
-def test_lbfgs_single_shooting_matches_the_lqr_solution_of_a_linear_quadratic_problem(p1):
-    t, _ = p1(B=3, T=12, n=4, m=2)
-    F, f, C, c = (t[k][0] for k in ("F", "f", "C", "c"))      # one time-varying problem, three starts
-    model = dynamics.LinearDynamics(F[..., :4], F[..., 4:], f)
-    cost = trajopt.QuadraticCost(C, c)
-    ref = trajopt.lqr(*(z.expand(3, *z.shape) for z in (F, f, C, c)), t["x0"])
-    sol = single_shooting(model, cost, t["x0"], horizon=12, grad=None, grad_tol=1e-9)
+def test_lbfgs_single_shooting_matches_the_lqr_solution_of_a_linear_quadratic_problem(p1_lq):
+    model, cost, x0, ref = p1_lq(3)                # one time-varying problem, three starts
+    sol = single_shooting(model, cost, x0, horizon=12, grad=None, grad_tol=1e-9)
     assert sol.converged.all()
     torch.testing.assert_close(sol.U, ref.U, atol=1e-7, rtol=0)
     torch.testing.assert_close(sol.cost, cost(ref.X, ref.U), atol=0, rtol=1e-12)

@@ -28,7 +28,7 @@ from torch import nn
 from dynamics import Dynamics
 from dynamics.learned.models import mlp
 from ..costs import Cost
-from ..ilqr import check_bounds
+from ..ilqr import check_bounds, clamp_to_bounds
 from ..mpc import MPC
 
 __all__ = ["GaussianPolicy", "MPCPolicy", "LearnedCost", "ValueNetwork", "ObservationNormalizer"]
@@ -194,5 +194,5 @@ class MPCPolicy(nn.Module):
         x = obs if self.to_state is None else self.to_state(obs)
         u, _ = self.mpc(x)
         if noise is not None:
-            u = torch.minimum(torch.maximum(u + self.noise_std * noise, self.lower), self.upper)
+            u = clamp_to_bounds(u + self.noise_std * noise, self.lower, self.upper)
         return u

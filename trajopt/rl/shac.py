@@ -27,6 +27,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from ..ilqr import clamp_to_bounds
 from .env import DiffEnv
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
 
@@ -175,8 +176,7 @@ class SHAC:
             X, U, x = [x0], [], x0           # (a solver layer may need autograd inside its solve)
             for t in range(steps):
                 u = self.act(env.observe(x, torch.full(x.shape[:-1], t, device=x.device))).detach()
-                u = u if env.lower is None else torch.maximum(u, env.lower)
-                u = u if env.upper is None else torch.minimum(u, env.upper)
+                u = clamp_to_bounds(u, env.lower, env.upper)
                 x = dynamics(x, u).detach()
                 X.append(x)
                 U.append(u)

@@ -33,7 +33,8 @@ def plot(logs, path):
             ax.plot(x, cost, lw=1, label=f"SHAC, {os.path.basename(log)}")
         print(f"{log}: best {min(cost):.1f}, last {cost[-1]:.1f} after {time[-1]:.0f} s and {steps[-1]:,.0f} steps")
     for ax, label in ((axes[0], "training time (s)"), (axes[1], "environment steps")):
-        ax.axhline(rl.ILQR_OPEN_LOOP["P3"], color="k", ls="--", lw=1, label="iLQR open loop (890.6)")
+        for name, value, style in rl.references("P3"):
+            ax.axhline(value, color="k", ls=style, lw=1, label=f"{name} ({value:.1f})")
         ax.set_xlabel(label)
         ax.set_yscale("log")
     axes[0].set_ylabel("mean closed-loop cost, 32 starts")

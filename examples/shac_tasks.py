@@ -1,0 +1,109 @@
+"""Train SHAC on a task of ``benchmarks.rl`` and plot its learning curve and closed-loop trajectories.
+
+    python examples/shac_tasks.py pusher [--seconds 300] [--seed 0] [--out .] [--resume]
+    python examples/shac_tasks.py bicycle --plot-only shac_bicycle.csv
+
+Tasks: ``pendulum`` (P2 swing-up), ``pusher`` (pushing a box through smoothed contact) and ``bicycle`` (path
+tracking); the cart-pole (P3) has ``examples/shac_cartpole.py``. The log (``shac_<task>.csv``) has one row
+per epoch, the scored ones with the closed-loop cost from the task's 32 fixed starts; ``shac_<task>.pt`` is
+the checkpoint. The figure goes to ``docs/images/shac_<task>.png``: the cost against training time beside
+the task's reference, and the trained policy's closed-loop trajectories from the 32 starts.
+"""
+import argparse
+import csv
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from benchmarks import rl  # noqa: E402
+from examples._plot import save, subplots  # noqa: E402
+from trajopt.rl import SHAC  # noqa: E402
+
+TASKS = {"pendulum": "P2", "pusher": "pusher", "bicycle": "bicycle"}
+
+
+def plot_trajectories(ax, name, t, X):
+    X = X.detach().double()
+    if name == "pusher":
+        for b in range(len(X)):
+            ax.plot(X[b, :, 0], X[b, :, 1], color="0.7", lw=0.6)
+            ax.plot(X[b, :, 2], X[b, :, 3], color="C0", lw=0.9)
+        ax.plot(X[:, 0, 2], X[:, 0, 3], "s", color="C0", ms=3, label="box start")
+        ax.plot(X[:, -1, 2], X[:, -1, 3], "o", color="C3", ms=2, label="box at the end")
+        ax.plot([0], [0], "k+", ms=12, mew=2, label="goal")
+        ax.plot([], [], color="0.7", lw=0.6, label="finger")
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (m)")
+        ax.set_ylabel("y (m)")
+    elif name == "bicycle":
+        cost = t["cost"]
+        road = torch.linspace(float(X[..., 0].min()) - 2, float(X[..., 0].max()) + 2, 400, dtype=torch.float64)
+        ax.plot(road, cost.amplitude * torch.sin(cost.wavenumber * road), "k--", lw=1.5, label="road")
+        for b in range(len(X)):
+            ax.plot(X[b, :, 0], X[b, :, 1], color="C0", lw=0.7)
+        ax.plot(X[:, 0, 0], X[:, 0, 1], "o", color="C0", ms=2, label="starts")
+        ax.set_xlabel("x (m)")
+        ax.set_ylabel("y (m)")
+    else:
+        time = torch.arange(X.shape[1]) * 0.05
+        for b in range(len(X)):
+            ax.plot(time, X[b, :, 0], color="C0", lw=0.7)
+        ax.axhline(0.0, color="k", lw=0.8, label="upright")
+        ax.set_xlabel("time (s)")
+        ax.set_ylabel("angle (rad, 0 upright)")
+    ax.legend(fontsize=7, loc="best")
+
+
+def plot(name, t, logs, X, path):
+    """The learning curves of the CSV ``logs`` and the closed-loop states ``X (32, T+1, n)``."""
+    fig, axes = subplots(1, 2, figsize=(10, 3.8))
+    for log in logs:
+        rows = [r for r in csv.DictReader(open(log)) if r["eval_cost"] != "nan"]
+        time, steps, cost = ([float(r[k]) for r in rows] for k in ("time", "env_steps", "eval_cost"))
+        axes[0].plot(time, cost, lw=1, label=f"SHAC, {os.path.basename(log)}")
+        print(f"{log}: best {min(cost):.2f}, last {cost[-1]:.2f} after {time[-1]:.0f} s and {steps[-1]:,.0f} steps")
+    for label, value, style in rl.references(TASKS[name]):
+        axes[0].axhline(value, color="k", ls=style, lw=1, label=f"{label} ({value:.1f})")
+    axes[0].set_xlabel("training time (s)")
+    axes[0].set_ylabel("mean closed-loop cost, 32 starts")
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    plot_trajectories(axes[1], name, t, X)
+    save(fig, path)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("--seconds", type=float, default=300.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--plot-only", nargs="+", metavar="LOG", help="plot these CSV logs and the checkpoint")
+    args = parser.parse_args()
+    name = TASKS[args.task]
+    figure = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "images",
+                          f"shac_{args.task}.png")
+    log, ckpt = (os.path.join(args.out, f"shac_{args.task}.{ext}") for ext in ("csv", "pt"))
+    t = rl.task(name, 64)
+    options = dict(rl.SHAC_DEFAULTS, **rl.TASK_SHAC.get(name, {}))
+    shac = SHAC(t["env"], seed=args.seed, evaluate=rl.evaluator(t), log=None if args.plot_only else log,
+                checkpoint=ckpt, checkpoint_every=25, **options)
+    if args.resume or args.plot_only:
+        shac.load(ckpt)
+    if not args.plot_only:
+        shac.train(time_limit=args.seconds)
+        shac.save(ckpt)
+    X, U = shac.closed_loop(t["x0"], t["T"])
+    print(f"closed-loop cost of the final policy from the 32 starts: {rl.score(t, U):.2f}")
+    plot(args.task, t, args.plot_only or [log], X, figure)
+    return 0 if math.isfinite(rl.score(t, U)) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

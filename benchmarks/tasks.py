@@ -105,7 +105,8 @@ def make(name, num_envs, dtype, env_options):
         x0 = _pusher_starts(32, generator, torch.float64)
 
         def observe(x):
-            return torch.cat([(x[..., 0:2] - x[..., 2:4]) / 0.2, (x[..., 2:4] - cost.goal.to(x)) / 0.3, x[..., 4:6]], -1)
+            finger, box = x[..., 0:2], x[..., 2:4]
+            return torch.cat([(finger - box) / 0.2, (box - cost.goal.to(x)) / 0.3, x[..., 4:6]], -1)
     else:
         model = dynamics.KinematicBicycle().discretize(0.1)
         cost, T, lower, upper = PathTrackingCost(), 80, torch.tensor([0.0, -1.0]), torch.tensor([8.0, 1.0])

@@ -12,7 +12,8 @@ from benchmarks.timing import environment
 SUITES = {"lqr": lqr.run, "ilqr": ilqr.run, "ilqr-optimality": lambda repeat: ilqr.optimality(), "learned": learned.run,
           "mpc-pendulum-v1": gym_pendulum.run, "mppi-pendulum-v1": gym_pendulum.run_mppi,
           "sampling": sampling.run, "shooting": shooting.run, "collocation": collocation.run,
-          "shac": rl.run, "shac-mpc": rl.run_mpc, "shac-learned": rl.run_learned, "ppo": ppo.run}
+          "shac": rl.run, "shac-tasks": rl.run_tasks, "shac-mpc": rl.run_mpc, "shac-learned": rl.run_learned,
+          "ppo": ppo.run}
 
 
 def main(argv=None):

@@ -53,8 +53,8 @@ class PathTrackingCost(trajopt.Cost):
     ``stage = e^2 + 2 (1 - cos(psi - heading)) + w_v (v - speed)^2 + w_delta delta^2 + w_rate rate^2
     + w_limit max(0, |delta| - max_steer)^2``, with ``e`` the lateral offset from the road (to first order,
     ``(y - road(x)) cos(heading)``) and ``heading`` the road's direction at ``x``; the heading term is
-    ``e_psi^2`` near zero and periodic, so the heading needs no wrapping. The last term is the steering lock (the model has none, and
-    ``tan(delta)`` is singular at 90 degrees)."""
+    ``e_psi^2`` near zero and periodic, so the heading needs no wrapping. The last term is the steering lock
+    (the model has none, and ``tan(delta)`` is singular at 90 degrees)."""
 
     def __init__(self, amplitude=2.0, wavelength=20.0, speed=4.0, w_v=0.1, w_delta=0.5, w_rate=0.1,
                  max_steer=0.6, w_limit=100.0):

@@ -127,6 +127,12 @@ def test_shac_actor_gradient_matches_central_differences():
     against central differences along random directions in parameter space, float64."""
     shac = small_shac(pendulum_env(num_envs=4, episode_length=4), horizon=6)
     shac.train(2)                      # a trained critic and normalizer, not the initial ones
+    assert_actor_gradient_matches_central_differences(shac, seed=5)
+
+
+def assert_actor_gradient_matches_central_differences(shac, seed, directions=3, eps=1e-6):
+    """The actor loss's gradient along random directions in parameter space against central differences of
+    the loss (each evaluated from the same saved state: same window, same noise)."""
     start = shac.state_dict()
     params = list(shac.actor.parameters())
 
@@ -137,12 +143,10 @@ def test_shac_actor_gradient_matches_central_differences():
         return shac.actor_loss()[0]
 
     base = torch.nn.utils.parameters_to_vector(params).detach().clone()
-    loss = loss_at()
-    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)])
-    generator = torch.Generator().manual_seed(5)
-    for _ in range(3):
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_at(), params)])
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(directions):
         d = torch.randn(base.shape, generator=generator, dtype=base.dtype)
-        eps = 1e-6
         with torch.no_grad():
             fd = (loss_at(base + eps * d) - loss_at(base - eps * d)) / (2 * eps)
         assert float(grad @ d) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
@@ -338,30 +342,13 @@ def test_shac_actor_gradient_through_the_pusher_contact_matches_central_differen
                              [-0.415, 0.09, -0.3, 0.0, 0.2, 0.0]], dtype=torch.float64)
     env = DiffEnv(t["model"], t["cost"], reset=touching, episode_length=5, num_envs=4, u_lower=-1.0, u_upper=1.0,
                   observe=t["env"].observe_fn, finite_horizon=True, time_feature=True)
-    shac = small_shac(env, horizon=5, reward_scale=1.0)
-    shac.train(1)
-    start = shac.state_dict()
-    params = list(shac.actor.parameters())
-
-    def loss_at(vector=None):
-        shac.load_state_dict(start)
-        if vector is not None:
-            torch.nn.utils.vector_to_parameters(vector, params)
-        return shac.actor_loss()[0]
-
-    base = torch.nn.utils.parameters_to_vector(params).detach().clone()
-    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_at(), params)])
     x = touching[:1]
     for _ in range(5):                            # these starts push the box at once: the contact is in the window
         x = t["model"](x, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
     assert float(x[0, 2] - touching[0, 2]) > 1e-3
-    generator = torch.Generator().manual_seed(6)
-    for _ in range(3):
-        d = torch.randn(base.shape, generator=generator, dtype=base.dtype)
-        eps = 1e-6
-        with torch.no_grad():
-            fd = (loss_at(base + eps * d) - loss_at(base - eps * d)) / (2 * eps)
-        assert float(grad @ d) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
+    shac = small_shac(env, horizon=5, reward_scale=1.0)
+    shac.train(1)
+    assert_actor_gradient_matches_central_differences(shac, seed=6)
 
 
 def test_path_tracking_cost_errors_against_the_road_geometry():

@@ -9,7 +9,6 @@ continues from ``shac_cartpole.pt``. The plot goes to ``docs/images/shac_cartpol
 training time and against environment steps, beside box-constrained iLQR's open-loop optimum.
 """
 import argparse
-import csv
 import os
 import sys
 
@@ -17,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from benchmarks import rl  # noqa: E402
-from examples._plot import save, subplots  # noqa: E402
+from examples._plot import reference_lines, save, shac_curve, subplots  # noqa: E402
 from trajopt.rl import SHAC  # noqa: E402
 
 OPTIONS = dict(rl.P3_SHAC, critic_lr=1e-3, reward_scale=0.01, critic_iterations=8, eval_every=25)
@@ -26,15 +25,12 @@ OPTIONS = dict(rl.P3_SHAC, critic_lr=1e-3, reward_scale=0.01, critic_iterations=
 def plot(logs, path):
     """Cost against training time and against environment steps, one line per CSV log."""
     fig, axes = subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    for i, log in enumerate(logs):
-        rows = [r for r in csv.DictReader(open(log)) if r["eval_cost"] != "nan"]
-        time, steps, cost = ([float(r[k]) for r in rows] for k in ("time", "env_steps", "eval_cost"))
+    for log in logs:
+        time, steps, cost = shac_curve(log)
         for ax, x in ((axes[0], time), (axes[1], steps)):
             ax.plot(x, cost, lw=1, label=f"SHAC, {os.path.basename(log)}")
-        print(f"{log}: best {min(cost):.1f}, last {cost[-1]:.1f} after {time[-1]:.0f} s and {steps[-1]:,.0f} steps")
     for ax, label in ((axes[0], "training time (s)"), (axes[1], "environment steps")):
-        for name, value, style in rl.references("P3"):
-            ax.axhline(value, color="k", ls=style, lw=1, label=f"{name} ({value:.1f})")
+        reference_lines(ax, rl.references("P3"))
         ax.set_xlabel(label)
         ax.set_yscale("log")
     axes[0].set_ylabel("mean closed-loop cost, 32 starts")

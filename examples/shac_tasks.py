@@ -10,7 +10,6 @@ the checkpoint. The figure goes to ``docs/images/shac_<task>.png``: the cost aga
 the task's reference, and the trained policy's closed-loop trajectories from the 32 starts.
 """
 import argparse
-import csv
 import math
 import os
 import sys
@@ -21,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from benchmarks import rl  # noqa: E402
-from examples._plot import save, subplots  # noqa: E402
+from examples._plot import reference_lines, save, shac_curve, subplots  # noqa: E402
 from trajopt.rl import SHAC  # noqa: E402
 
 TASKS = {"pendulum": "P2", "pusher": "pusher", "bicycle": "bicycle"}
@@ -63,12 +62,9 @@ def plot(name, t, logs, X, path):
     """The learning curves of the CSV ``logs`` and the closed-loop states ``X (32, T+1, n)``."""
     fig, axes = subplots(1, 2, figsize=(10, 3.8))
     for log in logs:
-        rows = [r for r in csv.DictReader(open(log)) if r["eval_cost"] != "nan"]
-        time, steps, cost = ([float(r[k]) for r in rows] for k in ("time", "env_steps", "eval_cost"))
+        time, steps, cost = shac_curve(log)
         axes[0].plot(time, cost, lw=1, label=f"SHAC, {os.path.basename(log)}")
-        print(f"{log}: best {min(cost):.2f}, last {cost[-1]:.2f} after {time[-1]:.0f} s and {steps[-1]:,.0f} steps")
-    for label, value, style in rl.references(TASKS[name]):
-        axes[0].axhline(value, color="k", ls=style, lw=1, label=f"{label} ({value:.1f})")
+    reference_lines(axes[0], rl.references(TASKS[name]))
     axes[0].set_xlabel("training time (s)")
     axes[0].set_ylabel("mean closed-loop cost, 32 starts")
     axes[0].set_yscale("log")

@@ -9,12 +9,14 @@ box-constrained iLQR (500 iterations at most) from the same guess.
 Closed loop (``speed``): P2 from the hanging start, 100 control steps, 1000 samples, horizon 30, one MPPI
 iteration per step warm-started from the shifted plan, noise 1, temperature 1, float32 (pytorch_mppi's
 usual setting). Ours is :class:`trajopt.MPC` with ``solver=trajopt.mppi`` and ``rollout_plan=False`` (the
-plan's first control is all a controller needs). pytorch_mppi (``pip install --no-deps pytorch-mppi
+plan's first control is all a controller needs), eager and with ``compile=True`` (its first step, which
+compiles, is reported apart; one step of 100 does not move the median). pytorch_mppi (``pip install --no-deps pytorch-mppi
 arm-pytorch-utilities pytorch-seed``) runs twice: with our model (the same ``dynamics.Pendulum`` step) and
 with a hand-written pendulum step, its users' usual way. The closed-loop cost is ``problems.trajectory_cost``
 of the 100 applied controls. Batched: the 32 starts ``pendulum_x0(32)`` in one call of ours per step, against
-a loop over 32 pytorch_mppi controllers; time per problem and step. Ours and pytorch_mppi's episodes run in
-turn (``RUNS`` times; the best median of each is reported), so that both see the same shared machine.
+a loop over 32 pytorch_mppi controllers; time per problem and step. The contenders' episodes run in lockstep,
+one control step of each in turn, so that all see the same state of a shared machine (``RUNS`` times; the best
+median of each is reported).
 """
 from __future__ import annotations
 
@@ -66,28 +68,28 @@ def _episode_cost(x0, U):
     return problems.trajectory_cost(problems.pendulum_step, x0, U, spec["Q"], spec["R"])
 
 
-def ours_episode(x0: np.ndarray, seed: int = 0, dtype=DTYPE):
-    """Closed loop of our MPPI MPC from the starts ``x0 (B, 2)``: per-step times (s) and episode costs (B,)."""
+def ours_episode(x0: np.ndarray, seed: int = 0, dtype=DTYPE, compile: bool = False):
+    """Closed loop of our MPPI MPC from the starts ``x0 (B, 2)``, one control step per ``next`` (which gives
+    that step's time in s); returns the episode costs ``(B,)``. With ``compile``, the first step's time
+    includes compiling the samples' rollout. Run it under ``torch.no_grad()``."""
     model, cost = _pendulum(dtype)
     solver = functools.partial(trajopt.mppi, samples=SAMPLES, noise_std=NOISE, temperature=TEMPERATURE,
-                               rollout_plan=False, generator=torch.Generator().manual_seed(seed))
+                               rollout_plan=False, generator=torch.Generator().manual_seed(seed), compile=compile)
     mpc = trajopt.MPC(model, cost, HORIZON, u_lower=-2.0, u_upper=2.0, solver=solver)
     x = torch.tensor(x0, dtype=dtype)
-    times, controls = [], []
-    with torch.no_grad():
-        for _ in range(STEPS):
-            t0 = time.perf_counter()
-            u, _ = mpc(x)
-            times.append(time.perf_counter() - t0)
-            controls.append(u)
-            x = model(x, u)
-    U = torch.stack(controls, 1).double().numpy()
-    return times, np.array([_episode_cost(s, u) for s, u in zip(x0, U)])
+    controls = []
+    for _ in range(STEPS):
+        t0 = time.perf_counter()
+        u, _ = mpc(x)
+        yield time.perf_counter() - t0
+        controls.append(u)
+        x = model(x, u)
+    return _episode_costs(x0, controls)
 
 
 def theirs_episode(x0: np.ndarray, seed: int = 0, hand: bool = False, dtype=DTYPE):
-    """The same closed loop with one pytorch_mppi controller per start, looped: per-step times for all starts
-    (s) and episode costs (B,)."""
+    """The same closed loop with one pytorch_mppi controller per start, looped over the starts; steps as for
+    :func:`ours_episode`. It draws its noise from torch's global generator, seeded here."""
     pm = pytorch_mppi()
     model, cost = _pendulum(dtype)
     step = _hand_step if hand else model
@@ -97,43 +99,63 @@ def theirs_episode(x0: np.ndarray, seed: int = 0, hand: bool = False, dtype=DTYP
     ctrls = [pm.MPPI(step, running, 2, torch.tensor([[NOISE ** 2]], dtype=dtype), num_samples=SAMPLES,
                      horizon=HORIZON, lambda_=TEMPERATURE, u_min=-bound, u_max=bound) for _ in x0]
     x = torch.tensor(x0, dtype=dtype)
-    times, controls = [], []
-    with torch.no_grad():
-        for _ in range(STEPS):
-            t0 = time.perf_counter()
-            u = torch.stack([c.command(xi).reshape(1) for c, xi in zip(ctrls, x)])
-            times.append(time.perf_counter() - t0)
-            controls.append(u)
-            x = model(x, u)
+    controls = []
+    for _ in range(STEPS):
+        t0 = time.perf_counter()
+        u = torch.stack([c.command(xi).reshape(1) for c, xi in zip(ctrls, x)])
+        yield time.perf_counter() - t0
+        controls.append(u)
+        x = model(x, u)
+    return _episode_costs(x0, controls)
+
+
+def _episode_costs(x0, controls):
     U = torch.stack(controls, 1).double().numpy()
-    return times, np.array([_episode_cost(s, u) for s, u in zip(x0, U)])
+    return np.array([_episode_cost(s, u) for s, u in zip(x0, U)])
+
+
+def lockstep(episodes: dict) -> dict:
+    """Run episodes (generators as :func:`ours_episode`) one control step of each in turn, so that every
+    contender's step sees the same state of a shared machine; ``{name: (step times, episode costs)}``."""
+    times, costs = {name: [] for name in episodes}, {}
+    with torch.no_grad():
+        while len(costs) < len(episodes):
+            for name, episode in episodes.items():
+                if name in costs:
+                    continue
+                try:
+                    times[name].append(next(episode))
+                except StopIteration as end:
+                    costs[name] = end.value
+    return {name: (times[name], costs[name]) for name in episodes}
 
 
 def speed(runs: int = RUNS, batch: int = 32) -> str:
     hanging = np.array([[math.pi, 0.0]])
     starts = problems.pendulum_x0(batch, seed=0)
-    contenders = {"ours": lambda x0: ours_episode(x0)}
+    contenders = {"ours": ours_episode, "ours, compile=True": functools.partial(ours_episode, compile=True)}
     if pytorch_mppi() is not None:
-        contenders["pytorch_mppi (our model)"] = lambda x0: theirs_episode(x0)
-        contenders["pytorch_mppi (hand-written step)"] = lambda x0: theirs_episode(x0, hand=True)
-    ours_episode(hanging)                                         # warm-up (lazy imports, allocator)
+        contenders["pytorch_mppi (our model)"] = theirs_episode
+        contenders["pytorch_mppi (hand-written step)"] = functools.partial(theirs_episode, hand=True)
+    lockstep({"warm-up": ours_episode(hanging)})                  # lazy imports, allocator
     rows = []
-    for label, x0, r in (("B=1, hanging", hanging, runs), (f"B={batch}, pendulum_x0", starts, 1)):
+    for label, x0 in (("B=1, hanging", hanging), (f"B={batch}, pendulum_x0", starts)):
         best = {}
-        for _ in range(r):                                        # contenders in turn, best median of each
-            for name, run in contenders.items():
-                times, costs = run(x0)
+        for _ in range(runs):                                     # steps in lockstep, best median of each
+            for name, (times, costs) in lockstep({name: run(x0) for name, run in contenders.items()}).items():
                 ms = 1e3 * statistics.median(times)
+                first = best[name][2] if name in best else times[0]     # the first run's: compiling, if any
                 if name not in best or ms < best[name][0]:
-                    best[name] = (ms, costs)
-        for name, (ms, costs) in best.items():
+                    best[name] = (ms, costs, first)
+        for name, (ms, costs, first) in best.items():
             rows.append(dict(case=label, who=name, ms=ms, per=ms / len(x0), cost=float(costs.mean()),
-                             ratio=best[name][0] / best["ours"][0]))
+                             ratio=best[name][0] / best["ours"][0], first=first))
     return ("MPPI closed loop on P2 (1000 samples, horizon 30, 100 steps, float32); time per control step "
-            "(median, best of the runs), cost of the applied controls (mean over starts)\n"
+            "(median, best of the runs; the contenders' steps in turn), cost of the applied controls (mean over "
+            "starts)\n"
             + table(rows, [("case", "case", "s"), ("who", "solver", "s"), ("ms", "ms/step", ".2f"),
                            ("per", "ms/step/problem", ".3f"), ("ratio", "time / ours", ".2f"),
-                           ("cost", "closed-loop cost", ".1f")]))
+                           ("cost", "closed-loop cost", ".1f"), ("first", "first step (s)", ".2f")]))
 
 
 def optimum(iterations: int = 30) -> str:

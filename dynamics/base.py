@@ -21,7 +21,21 @@ from torch.func import jacfwd, jacrev, vmap
 
 from . import integrators
 
-__all__ = ["Dynamics", "ContinuousDynamics", "Discretized"]
+__all__ = ["Dynamics", "ContinuousDynamics", "Discretized", "stack_columns"]
+
+
+def stack_columns(columns: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    """``torch.stack(columns, -1)`` in the memory layout of ``like (R, k)``.
+
+    A batch of states kept column by column (``like`` a transposed ``(k, R)`` buffer, as the sampling solvers
+    keep their ``B N`` samples) stays so: each column is then one contiguous vector and every elementwise
+    operation of the next step runs at full speed (on 32,000 rows, ``stack`` along the last dimension takes
+    about ten times as long as along the first). Any other ``like`` gives ``torch.stack(columns, -1)``.
+    Differentiable like ``torch.stack``.
+    """
+    if like.ndim == 2 and like.shape[0] > 1 and like.shape[1] > 1 and like.stride(0) == 1:
+        return torch.stack(columns, 0).mT
+    return torch.stack(columns, -1)
 
 
 def _batched(fn):

@@ -12,7 +12,7 @@ from _plot import save, subplots
 
 import trajopt
 from benchmarks.ilqr import problem
-from trajopt.sampling import _gaussian
+from trajopt.sampling import _perturbed
 
 OPTIONS = dict(samples=1000, temperature=0.1, noise_std=2.0, correlation=0.9)
 
@@ -28,9 +28,9 @@ def main(path="docs/images/mppi_samples.png", shown=(0, 5, 29), lines=60):
     for it in range(max(shown) + 1):
         if it in shown:      # redraw this iteration's samples with the same generator state, for the figure
             state = generator.get_state()
-            eps = _gaussian(1, OPTIONS["samples"], T, 1, torch.tensor(OPTIONS["noise_std"], dtype=U.dtype),
-                            OPTIONS["correlation"], U, generator)
-            trial = (U.unsqueeze(1) + eps).clamp(-u_max, u_max)[0]
+            bound = torch.full_like(U, u_max)
+            trial = _perturbed(U, OPTIONS["samples"], -bound, bound, generator,
+                               torch.tensor(OPTIONS["noise_std"], dtype=U.dtype), OPTIONS["correlation"])[0, 1:]
             X = trajopt.rollout(model, x0.expand(len(trial), 2), trial)
             J = cost(X, trial)
             w = torch.softmax(-(J - J.min()) / OPTIONS["temperature"], 0)

@@ -192,9 +192,12 @@ class QuadraticCost(Cost):
 
     def stage(self, x, u, t=None):
         C, c, const = self._at(t)
+        if x.ndim == 2:
+            # sampling solvers call this on B N rows per step, kept column by column: work on (n+m, rows)
+            tau = torch.cat([x.mT, u.mT], 0)
+            y = torch.addmm(c.unsqueeze(-1), C.mT, tau, alpha=0.5)
+            return tau.new_ones(tau.shape[0]) @ (y * tau) + const
         tau = torch.cat([x, u], -1)
-        if tau.ndim == 2:       # few operations (sampling solvers call this on B N rows per step)
-            return (torch.add(c, tau @ C, alpha=0.5) * tau) @ tau.new_ones(tau.shape[-1]) + const
         return 0.5 * ((tau @ C) * tau).sum(-1) + tau @ c + const
 
     def terminal(self, x):
@@ -215,16 +218,13 @@ class QuadraticCost(Cost):
         return C.expand(T, *C.shape), self.c.expand(T, *self.c.shape), self.const.expand(T)
 
     def forward(self, X, U):
-        T = U.shape[-2]
-        tau = torch.cat([X[..., :-1, :], U], -1)
         if self.time_varying:
-            C, c, const = self._stage_tensors(T)
+            tau = torch.cat([X[..., :-1, :], U], -1)
+            C, c, const = self._stage_tensors(U.shape[-2])
             stage = 0.5 * torch.einsum("...ti,tij,...tj->...", tau, C, tau) + (tau * c).sum((-1, -2)) + const.sum()
-        else:   # one matrix product over all stages (sampling solvers evaluate B N trajectories at once)
-            flat = tau.reshape(-1, tau.shape[-1])
-            row_sum = flat.new_ones(flat.shape[-1])          # a product sums short rows faster than sum(-1)
-            stage = ((torch.add(self.c, flat @ self.C, alpha=0.5) * flat) @ row_sum).view(tau.shape[:-1]).sum(-1) \
-                + T * self.const
+        else:   # all stages as rows of one batch (sampling solvers evaluate B N trajectories at once)
+            stage = self.stage(X[..., :-1, :].reshape(-1, X.shape[-1]), U.reshape(-1, U.shape[-1]))
+            stage = stage.view(U.shape[:-1]).sum(-1)
         return stage + self.terminal(X[..., -1, :])
 
     def quadratize(self, X, U):

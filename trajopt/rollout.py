@@ -36,8 +36,12 @@ def rollout(dynamics: Dynamics, x0: torch.Tensor, U: torch.Tensor, t0: int = 0) 
     batch = check_consistent(where, {"x0": x0, "U": U}, {"x0": 1, "U": 2})
     if batch is None:
         return rollout(dynamics, x0.unsqueeze(0), U.unsqueeze(0), t0).squeeze(0)
-    x0 = x0.expand(batch, dims["n"])
-    U = U.expand(batch, *U.shape[-2:])
+    return unchecked_rollout(dynamics, x0.expand(batch, dims["n"]), U.expand(batch, *U.shape[-2:]), t0)
+
+
+def unchecked_rollout(dynamics: Dynamics, x0: torch.Tensor, U: torch.Tensor, t0: int = 0) -> torch.Tensor:
+    """:func:`rollout` of batched ``x0 (B, n)``, ``U (B, T, m)`` without the argument checks (no scan for
+    NaN), for solvers that roll out controls they made themselves."""
     xs = [x0]
     for t in range(U.shape[1]):
         xs.append(dynamics(xs[-1], U[:, t], t0 + t))

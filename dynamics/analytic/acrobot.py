@@ -9,7 +9,7 @@ Differentiable with respect to: state, control, ``m1``, ``m2``, ``l1``, ``lc1``,
 """
 import torch
 
-from ..base import ContinuousDynamics
+from ..base import ContinuousDynamics, stack_columns
 from ._params import scalar_parameters
 
 
@@ -64,7 +64,7 @@ class Acrobot(ContinuousDynamics):
 
     def derivative(self, x, u, t=None):
         dd1, dd2, _, _ = self._terms(x, u)
-        return torch.stack([x[..., 2], x[..., 3], dd1, dd2], -1)
+        return stack_columns([x[..., 2], x[..., 3], dd1, dd2], x)
 
     def derivative_jacobians(self, x, u, t=None):
         _, _, dd1_p, dd2_p = self._terms(x, u)

@@ -8,7 +8,7 @@ Differentiable with respect to: state, control, ``L`` (wheelbase), ``lr`` (rear 
 """
 import torch
 
-from ..base import ContinuousDynamics
+from ..base import ContinuousDynamics, stack_columns
 from ._params import scalar_parameters
 
 
@@ -31,8 +31,8 @@ class KinematicBicycle(ContinuousDynamics):
     def derivative(self, x, u, t=None):
         psi, d, tan_d, beta = self._terms(x)
         v = u[..., 0]
-        return torch.stack([v * torch.cos(psi + beta), v * torch.sin(psi + beta),
-                            v * tan_d * torch.cos(beta) / self.L, u[..., 1]], -1)
+        return stack_columns([v * torch.cos(psi + beta), v * torch.sin(psi + beta),
+                              v * tan_d * torch.cos(beta) / self.L, u[..., 1]], x)
 
     def derivative_jacobians(self, x, u, t=None):
         psi, d, tan_d, beta = self._terms(x)

@@ -8,7 +8,7 @@ Differentiable with respect to: state, control, ``mc``, ``mp``, ``l``, ``g``.
 """
 import torch
 
-from ..base import ContinuousDynamics
+from ..base import ContinuousDynamics, stack_columns
 from ._params import scalar_parameters
 
 
@@ -45,11 +45,11 @@ class CartPole(ContinuousDynamics):
         temp = (u[..., 0] + ml * thd * thd * s) * inv_M
         thdd = (g * s - c * temp) / (l43 - ml_M * c * c)
         pdd = temp - ml_M * thdd * c
-        return torch.add(x, torch.stack([x[..., 1], pdd, thd, thdd], -1), alpha=dt)
+        return torch.add(x, stack_columns([x[..., 1], pdd, thd, thdd], x), alpha=dt)
 
     def derivative(self, x, u, t=None):
         *_, thdd, pdd = self._terms(x, u)
-        return torch.stack([x[..., 1], pdd, x[..., 3], thdd], -1)
+        return stack_columns([x[..., 1], pdd, x[..., 3], thdd], x)
 
     def derivative_jacobians(self, x, u, t=None):
         s, c, M, temp, den, thdd, pdd = self._terms(x, u)

@@ -8,7 +8,7 @@ Differentiable with respect to: state, control, ``g``, ``m``, ``l``.
 """
 import torch
 
-from ..base import ContinuousDynamics
+from ..base import ContinuousDynamics, stack_columns
 from ._params import scalar_parameters
 
 
@@ -28,9 +28,9 @@ class Pendulum(ContinuousDynamics):
         return torch.addcmul(torch.sin(x[..., 0]) * (1.5 * self.g / self.l), u[..., 0], 3.0 / (self.m * self.l ** 2))
 
     def derivative(self, x, u, t=None):
-        return torch.stack([x[..., 1], self._acceleration(x, u)], -1)
+        return stack_columns([x[..., 1], self._acceleration(x, u)], x)
 
     def fused_step(self, x, u, dt, t=None):
         """Pendulum-v1's step: ``thd+ = thd + dt thdd``, ``th+ = th + dt thd+``."""
         thd = torch.add(x[..., 1], self._acceleration(x, u), alpha=dt)
-        return torch.stack([torch.add(x[..., 0], thd, alpha=dt), thd], -1)
+        return stack_columns([torch.add(x[..., 0], thd, alpha=dt), thd], x)

@@ -7,7 +7,7 @@ Differentiable with respect to: state, control, ``m``, ``arm``, ``inertia``, ``g
 """
 import torch
 
-from ..base import ContinuousDynamics
+from ..base import ContinuousDynamics, stack_columns
 from ._params import scalar_parameters
 
 
@@ -25,9 +25,9 @@ class Quadrotor2D(ContinuousDynamics):
     def derivative(self, x, u, t=None):
         th = x[..., 2]
         thrust = u[..., 0] + u[..., 1]
-        return torch.stack([x[..., 3], x[..., 4], x[..., 5],
-                            -thrust * torch.sin(th) / self.m, thrust * torch.cos(th) / self.m - self.g,
-                            self.arm * (u[..., 0] - u[..., 1]) / self.inertia], -1)
+        return stack_columns([x[..., 3], x[..., 4], x[..., 5],
+                              -thrust * torch.sin(th) / self.m, thrust * torch.cos(th) / self.m - self.g,
+                              self.arm * (u[..., 0] - u[..., 1]) / self.inertia], x)
 
     def derivative_jacobians(self, x, u, t=None):
         th = x[..., 2]

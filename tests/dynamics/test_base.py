@@ -147,3 +147,16 @@ def test_models_follow_the_input_dtype(dtype):
     model = dynamics.LinearDynamics(torch.eye(2, dtype=dtype), torch.ones(2, 1, dtype=dtype))
     x, u = torch.ones(3, 2, dtype=dtype), torch.ones(3, 1, dtype=dtype)
     assert model(x, u).dtype == dtype and model.jacobians(x, u)[0].dtype == dtype
+
+
+@pytest.mark.parametrize("model", [dynamics.Pendulum(), dynamics.CartPole(), dynamics.KinematicBicycle(),
+                                   dynamics.Acrobot(), dynamics.Quadrotor2D()], ids=lambda m: type(m).__name__)
+def test_steps_keep_a_column_major_batch_column_major(model):
+    model = model.double()
+    n, m, R = model.state_dim, model.control_dim, 7
+    x = torch.randn(n, R, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).mT    # (R, n), by column
+    u = torch.randn(m, R, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).mT
+    for f in (model.derivative, model.discretize()):
+        by_column, by_row = f(x, u), f(x.contiguous(), u.contiguous())
+        torch.testing.assert_close(by_column, by_row, rtol=1e-15, atol=0)
+        assert by_column.stride(0) == 1 and by_row.is_contiguous()

@@ -1,9 +1,11 @@
+import shutil
+
 import pytest
 import torch
 
 import dynamics
 import trajopt
-from trajopt.sampling import _gaussian, _smooth, cem, mppi, random_shooting
+from trajopt.sampling import _perturbed, _smooth, cem, mppi, random_shooting
 
 D64 = dict(dtype=torch.float64)
 
@@ -65,7 +67,11 @@ def test_mppi_gradient_of_a_cost_weight_matches_central_differences_with_common_
 
 def test_correlated_noise_has_its_spread_and_lag_one_correlation_and_smoothing_averages():
     g = torch.Generator().manual_seed(0)
-    e = _gaussian(4, 5000, 30, 1, torch.tensor(0.7, **D64), 0.8, torch.zeros(1, **D64), g)
+    U = torch.linspace(-1, 1, 30, **D64).view(1, 30, 1).repeat(4, 1, 1)
+    trial = _perturbed(U, 5000, None, None, g, torch.tensor(0.7, **D64), 0.8)
+    assert trial.shape == (4, 5001, 30, 1)
+    torch.testing.assert_close(trial[:, 0], U, rtol=0, atol=0)                  # sample 0 is the plan itself
+    e = trial[:, 1:] - U.unsqueeze(1)
     assert e.std().item() == pytest.approx(0.7, rel=0.02)
     lag = (e[:, :, 1:] * e[:, :, :-1]).mean() / e.var()
     assert lag.item() == pytest.approx(0.8, abs=0.02)
@@ -103,9 +109,37 @@ def test_both_ways_of_costing_samples_agree_and_the_plan_rollout_can_be_skipped(
     reference = torch.stack([cost(trajopt.rollout(model, x0, trial[:, i]), trial[:, i]) for i in range(40)], 1)
     torch.testing.assert_close(stored, reference, rtol=1e-12, atol=0)
     torch.testing.assert_close(summed, reference, rtol=1e-12, atol=0)
+    # the samples as the solvers draw them (time-major), on models whose steps keep that layout
+    pendulum = dynamics.Pendulum().discretize().double()
+    for model, cost, x0 in ((model, cost, x0), (pendulum, cost, x0 @ torch.tensor([[3.0, 0.0], [0.0, 2.0]], **D64))):
+        plans = torch.randn(3, T, 1, generator=torch.Generator().manual_seed(6), **D64)
+        bound = torch.full((3, T, 1), 1.5, **D64)
+        trial = _perturbed(plans, 39, -bound, bound, torch.Generator().manual_seed(7), torch.tensor(0.8, **D64), 0.5)
+        reference = torch.stack([cost(trajopt.rollout(model, x0, trial[:, i]), trial[:, i]) for i in range(40)], 1)
+        torch.testing.assert_close(sampling._sample_costs(model, cost, x0, trial), reference, rtol=1e-12, atol=0)
     for solve in (mppi, cem):
         options = dict(horizon=T, samples=50, iterations=2, **({"elites": 10} if solve is cem else {}))
         full = solve(model, cost, x0, generator=torch.Generator().manual_seed(5), **options)
         bare = solve(model, cost, x0, rollout_plan=False, generator=torch.Generator().manual_seed(5), **options)
         assert bare.X is None and bare.cost is None
         torch.testing.assert_close(bare.U, full.U, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
+                    reason="torch.compile on a CPU needs a C++ compiler")
+def test_compiled_sample_costs_give_the_eager_plans_and_gradients():
+    model = dynamics.Pendulum().discretize().double()
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)),
+                                              torch.tensor([[0.02]], **D64), learnable=True)
+    x0 = torch.tensor([[3.0, 0.0], [-0.4, 1.0]], **D64)
+    options = dict(horizon=5, samples=40, iterations=2, temperature=0.5, u_lower=-2.0, u_upper=2.0)
+    plans, grads = [], []
+    for compile in (False, True):
+        U = mppi(model, cost, x0, generator=torch.Generator().manual_seed(8), compile=compile, **options).U
+        plans.append(U)
+        grads.append(torch.autograd.grad(U.sum(), (cost.C, model.model.g)))
+    assert plans[0].abs().max() > 0.1
+    torch.testing.assert_close(plans[1], plans[0], rtol=1e-10, atol=1e-12)
+    for compiled, eager in zip(grads[1], grads[0]):
+        assert eager.abs().max() > 1e-4
+        torch.testing.assert_close(compiled, eager, rtol=1e-8, atol=1e-12)

@@ -12,6 +12,7 @@ reached against wall time and environment steps, beside box-constrained iLQR's o
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import numpy as np
@@ -197,14 +198,27 @@ class _TerminalValue(torch.nn.Module):
         return self.gain * self.net(_angle_features(x, 0, self.scale)).squeeze(-1)
 
 
+# The sampling MPC inside a policy: one MPPI iteration of 64 samples per control step, warm-started.
+MPPI_POLICY = dict(samples=64, temperature=1.0, noise_std=1.0)
+
+
 def mpc_policy(horizon: int = 10, seconds: float = 300.0, seed: int = 0, num_envs: int = 32, max_iter: int = 3,
                grad: str = "unroll", window: int = 16, noise_std: float = 0.2, env_options: dict | None = None,
-               progress: bool = False, **options):
-    """SHAC training of an :class:`~trajopt.rl.MPCPolicy` on P2: a ``horizon``-step box-constrained iLQR on the
-    pendulum model, with P2's stage weights (learned in log space) and a learned terminal value (zero at first),
-    so the policy starts as the hand-set short-horizon MPC; ``window`` is SHAC's (its ``horizon``), ``noise_std``
-    the exploration noise in torque units. Returns ``(shac, cost before, cost after)``."""
+               progress: bool = False, solver: str = "ilqr", **options):
+    """SHAC training of an :class:`~trajopt.rl.MPCPolicy` on P2: a ``horizon``-step MPC on the pendulum model,
+    with P2's stage weights (learned in log space) and a learned terminal value (zero at first), so the policy
+    starts as the hand-set short-horizon MPC. ``solver`` is ``"ilqr"`` (box-constrained iLQR, ``max_iter``
+    iterations per step, gradient route ``grad``) or ``"mppi"`` (:func:`trajopt.mppi` with
+    :data:`MPPI_POLICY`; its gradient goes through the samples' weights). ``window`` is SHAC's ``horizon``,
+    ``noise_std`` the exploration noise in torque units. Returns ``(shac, cost before, cost after)``, each cost
+    the mean of :func:`mean_score`'s three evaluations (MPPI's are random)."""
     from trajopt.rl import LearnedCost, MPCPolicy
+    if solver == "ilqr":
+        solve = dict(max_iter=max_iter, first_max_iter=20, grad=grad)
+    elif solver == "mppi":
+        solve = dict(solver=functools.partial(trajopt.mppi, rollout_plan=False, **MPPI_POLICY))
+    else:
+        raise ValueError(f"mpc_policy: solver must be 'ilqr' or 'mppi', got {solver!r}")
     t = task("P2", num_envs, **(env_options or {}))
     dtype = t["x0"].dtype
     scale = torch.tensor([math.pi, 4.0], dtype=dtype)
@@ -213,13 +227,19 @@ def mpc_policy(horizon: int = 10, seconds: float = 300.0, seed: int = 0, num_env
         cost = LearnedCost(2 * torch.tensor(np.diag(t["Q"]), dtype=dtype), torch.tensor([2 * t["R"]], dtype=dtype),
                            terminal=_TerminalValue(scale, dtype=dtype))
     policy = MPCPolicy(t["model"], cost, horizon, -t["u_max"], t["u_max"], to_state=lambda obs: obs[..., :2] * scale,
-                       noise_std=noise_std, max_iter=max_iter, first_max_iter=20, grad=grad)
+                       noise_std=noise_std, **solve)
     defaults = dict(SHAC_DEFAULTS, horizon=window, eval_every=10)
     defaults.update(options)
     shac = SHAC(t["env"], policy, seed=seed, evaluate=evaluator(t), progress=progress, **defaults)
-    before = evaluator(t)(shac)
+    before = mean_score(t, shac)
     shac.train(time_limit=seconds)
-    return shac, before, evaluator(t)(shac)
+    return shac, before, mean_score(t, shac)
+
+
+def mean_score(t: dict, shac: SHAC, evaluations: int = 3) -> float:
+    """The mean closed-loop score of ``evaluations`` runs of the deterministic policy (equal runs unless the
+    policy samples, as an MPPI MPC does)."""
+    return float(np.mean([evaluator(t)(shac) for _ in range(evaluations)]))
 
 
 def learned_model(rounds: int = 4, transitions_per_round: int = 5000, seconds_per_round: float = 60.0, seed: int = 0,
@@ -252,20 +272,29 @@ def learned_model(rounds: int = 4, transitions_per_round: int = 5000, seconds_pe
     return shac, history
 
 
-def run_mpc(repeat: int = 1, quick: bool = False, seconds: float = 300.0, horizon: int = 5) -> str:
-    """The MPC policy on P2 before and after SHAC training, beside the plain MLP policy after the same time."""
+def run_mpc(repeat: int = 1, quick: bool = False, seconds: float = 300.0, horizon: int = 5,
+            seeds: tuple[int, ...] = (0, 1, 2)) -> str:
+    """MPC policies on P2 before and after SHAC training (the MPPI one on ``seeds``, the iLQR one on the first),
+    beside the plain MLP policy after the same time."""
     if quick:
-        seconds = 60.0
-    shac, before, after = mpc_policy(horizon=horizon, seconds=seconds)
+        seconds, seeds = 60.0, seeds[:1]
+    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)      # noqa: E731
+    rows = []
+    for solver, runs in (("mppi", seeds), ("ilqr", seeds[:1])):
+        for seed in runs:
+            # the MPPI policy's learning rate decays over about its 300 s (1500 epochs of ~0.2 s)
+            shac, before, after = mpc_policy(horizon=horizon, seconds=seconds, seed=seed, solver=solver,
+                                             **({"epochs": 1500} if solver == "mppi" else {}))
+            rows.append(f"| {horizon}-step {solver.upper()} MPC, learned weights and terminal value | {seed} | "
+                        f"{count(shac.actor)} | {before:.1f} | {after:.1f} | {100 * (after / before - 1):+.1f}% |")
     mlp = train_shac("P2", seconds)
     best_mlp = min(c for *_, c in curve(mlp))
-    count = lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad)
+    rows.append(f"| MLP (64, 64) | 0 | {count(mlp.actor)} | - | {curve(mlp)[-1][2]:.1f} (best {best_mlp:.1f}) | - |")
     return "\n".join([
-        f"SHAC on P2 (32 starts pendulum_x0(32, seed=0)), {seconds:.0f} s of training each", "",
-        "| policy | parameters | cost before | cost after | change |", "| --- | --- | --- | --- | --- |",
-        f"| {horizon}-step MPC, learned weights and terminal value | {count(shac.actor)} | {before:.1f} | "
-        f"{after:.1f} | {100 * (after / before - 1):+.1f}% |",
-        f"| MLP (64, 64) | {count(mlp.actor)} | - | {curve(mlp)[-1][2]:.1f} (best {best_mlp:.1f}) | - |"])
+        f"SHAC on P2 (32 starts pendulum_x0(32, seed=0)), {seconds:.0f} s of training each; MPC costs are means "
+        "of 3 closed-loop evaluations", "",
+        "| policy | seed | parameters | cost before | cost after | change |", "| --- | --- | --- | --- | --- | --- |",
+        *rows])
 
 
 def run_learned(repeat: int = 1, quick: bool = False, rounds: int = 4, transitions_per_round: int = 5000,

@@ -168,8 +168,10 @@ class MPCPolicy(nn.Module):
         noise_std: exploration standard deviation, in control units, ``(m,)`` or a float (fixed).
         **options: options of :class:`trajopt.MPC` (``max_iter``, ``first_max_iter``, ``grad``, ``solver``...).
 
-    Its gradient reaches the state, the cost's and the model's tensors by the solver's implicit route;
-    the warm start follows the batch from call to call. Observations are not normalized
+    Its gradient reaches the state, the cost's and the model's tensors by the solver's route: iLQR's implicit
+    (or unrolled) one by default, or, with ``solver=functools.partial(trajopt.mppi, ...)``, MPPI's weights
+    (under common random numbers; it does not vanish where the action is at a bound, as a box-constrained
+    solve's does). The warm start follows the batch from call to call. Observations are not normalized
     (``raw_observations``).
     """
 

@@ -292,19 +292,24 @@ def test_mpc_policy_gradient_matches_central_differences_of_its_cost_weights():
     cost = LearnedCost(torch.tensor([2.0, 0.2], dtype=torch.float64), torch.tensor([0.02], dtype=torch.float64))
     policy = MPCPolicy(model, cost, 10, -2.0, 2.0, max_iter=200, grad_tol=1e-12, tol=1e-14)
     x = torch.tensor([[0.6, -0.3], [-0.4, 0.8]], dtype=torch.float64)
-    u = policy(x)
-    (grad,) = torch.autograd.grad(u.sum(), cost.log_q)
-    eps = 1e-6
-    for i in range(2):
+    assert_policy_gradient_matches_central_differences(policy, cost.log_q, x)
+
+
+def assert_policy_gradient_matches_central_differences(policy, weights, x, eps=1e-6):
+    """d sum(u) / d weights of an MPC policy's first solve from ``x`` against central differences of fresh
+    solves (the warm start reset before each); returns the gradient."""
+    (grad,) = torch.autograd.grad(policy(x).sum(), weights)
+    for i in range(len(weights)):
         with torch.no_grad():
-            cost.log_q[i] += eps
+            weights[i] += eps
             policy.reset()
             up = policy(x).sum()
-            cost.log_q[i] -= 2 * eps
+            weights[i] -= 2 * eps
             policy.reset()
             down = policy(x).sum()
-            cost.log_q[i] += eps
+            weights[i] += eps
         assert float(grad[i]) == pytest.approx(float((up - down) / (2 * eps)), rel=1e-5, abs=1e-8)
+    return grad
 
 
 def test_mpc_policy_with_mppi_has_the_gradient_of_its_weights_under_common_random_numbers():
@@ -319,20 +324,8 @@ def test_mpc_policy_with_mppi_has_the_gradient_of_its_weights_under_common_rando
                             generator=torch.Generator().manual_seed(0), **kwargs)
     policy = MPCPolicy(model, cost, 5, -2.0, 2.0, solver=solver)
     x = torch.tensor([[0.6, -0.3], [2.8, 0.5]], dtype=torch.float64)
-    u = policy(x)
-    (grad,) = torch.autograd.grad(u.sum(), cost.log_q)
-    eps = 1e-6
-    for i in range(2):
-        with torch.no_grad():
-            cost.log_q[i] += eps
-            policy.reset()
-            up = policy(x).sum()
-            cost.log_q[i] -= 2 * eps
-            policy.reset()
-            down = policy(x).sum()
-            cost.log_q[i] += eps
-        assert abs(float(grad[i])) > 1e-4
-        assert float(grad[i]) == pytest.approx(float((up - down) / (2 * eps)), rel=1e-5, abs=1e-8)
+    grad = assert_policy_gradient_matches_central_differences(policy, cost.log_q, x)
+    assert float(grad.abs().min()) > 1e-4
     ilqr_policy = MPCPolicy(model, cost, 5, -2.0, 2.0, max_iter=100)
     saturated = ilqr_policy(x[1:])
     assert float(saturated.detach().abs()) == pytest.approx(2.0)

@@ -290,7 +290,7 @@ def _sample_costs(dynamics, cost, x0, trial, compile=False):
 def _summed_costs(dynamics, cost, x, U):
     """``sum_t stage(x_t, u_t, t) + terminal(x_T)`` (the cost's definition) along the rollout from ``x (R, n)``
     under ``U (T, m, R)``, ``(R,)``; ``u_t = U[t].mT`` is a column-major view, and so are the states when the
-    model builds them with :func:`dynamics.base.stack_columns`."""
+    model builds them with :func:`dynamics.stack_columns`."""
     J = 0.0
     for t in range(U.shape[0]):
         J = J + cost.stage(x, U[t].mT, t)

@@ -91,12 +91,14 @@ def rowwise_hessians(gx, gu, x, u, create_graph: bool = False):
 
 
 def register_tensors(module: nn.Module, learnable: bool, **tensors) -> None:
-    """Attach tensors to ``module`` as parameters (``learnable``) or buffers, detached copies either way."""
+    """Attach tensors to ``module``: as parameters of its own (``learnable``: detached copies, leaves that an
+    optimizer updates), or as buffers holding the caller's tensors themselves, so that gradients reach the
+    caller's tensors (one that carries a graph keeps it: build such a module anew for each backward pass)."""
     for name, value in tensors.items():
         if learnable:
             setattr(module, name, nn.Parameter(value.detach().clone()))
         else:
-            module.register_buffer(name, value.detach().clone())
+            module.register_buffer(name, value)
 
 
 class _Model(nn.Module, abc.ABC):

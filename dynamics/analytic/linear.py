@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .._validation import check_tensor
+from ..validation import check_tensor
 from ..base import Dynamics, register_tensors
 
 __all__ = ["LinearDynamics"]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import torch
 
 from dynamics import Dynamics
-from dynamics._validation import check_tensor
-from .costs import Cost
+from dynamics.validation import check_tensor
+from .._core.costs import Cost
+from .._core.bounds import check_bounds, clamp as clamp_to_bounds, clamped as _clamped, project as _project
+from .._core.implicit import grad_tensors
 from .ilqr import ilqr
-from .problem import Solution
+from .._core.problem import Problem, Solution, Status, solver
 
 __all__ = ["multistart"]
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 import torch
 
 from dynamics import Dynamics
-from dynamics._validation import check_consistent, check_tensor
+from dynamics.validation import check_consistent, check_tensor
+from .stages import over_stages
 
-__all__ = ["rollout", "linearize"]
+__all__ = ["rollout", "unchecked_rollout", "linearize", "steps", "second_order_terms"]
 
 
 def _check_model(where, dynamics):
@@ -74,12 +75,24 @@ def linearize(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor):
         return F[0], f[0]
     n, m = dims["n"], dims["m"]
     X, U = X.expand(B, T, n), U.expand(B, T, m)
-    if dynamics.time_varying:
-        steps = [(dynamics(X[:, t], U[:, t], t), *dynamics.jacobians(X[:, t], U[:, t], t)) for t in range(T)]
-        nxt, A, Bu = (torch.stack(z, 1) for z in zip(*steps))
-    else:
-        x, u = X.reshape(B * T, n), U.reshape(B * T, -1)
-        nxt, A, Bu = (z.reshape(B, T, *z.shape[1:]) for z in (dynamics(x, u), *dynamics.jacobians(x, u)))
+    nxt, A, Bu = over_stages(lambda x, u, t: (dynamics(x, u, t), *dynamics.jacobians(x, u, t)),
+                             dynamics.time_varying, X, U)
     F = torch.cat([A, Bu], -1)
     f = nxt - (A @ X.unsqueeze(-1)).squeeze(-1) - (Bu @ U.unsqueeze(-1)).squeeze(-1)
     return F, f
+
+
+def steps(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """``dynamics(x_t, u_t, t)`` at every stage of ``X (B, T, n)``, ``U (B, T, m)``: ``(B, T, n)``, one batched call
+    for a time-invariant model. Differentiable with respect to ``X``, ``U`` and the model's tensors."""
+    return over_stages(dynamics, dynamics.time_varying, X, U)
+
+
+def second_order_terms(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """``sum_i lam_{t+1,i} d^2 f_i / d tau_t^2`` at every stage of ``X (B, T+1, n)``, ``U (B, T, m)`` with costates
+    ``lam (B, T+1, n)``, as ``(B, T, n+m, n+m)`` blocks (by :meth:`dynamics.Dynamics.vector_hessians`: never a full
+    Hessian of the model). What DDP's Newton steps and the implicit gradients add to the cost's Hessians."""
+    T = U.shape[1]
+    hxx, hux, huu = over_stages(lambda x, u, lm, t: dynamics.vector_hessians(x, u, lm, t), dynamics.time_varying,
+                                X[:, :T], U, lam[:, 1:])
+    return torch.cat([torch.cat([hxx, hux.mT], -1), torch.cat([hux, huu], -1)], -2)

@@ -28,11 +28,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dynamics import Dynamics
-from dynamics._validation import check_consistent, check_finite
-from .costs import Cost, Quadratization
-from .ilqr import check_bounds, check_problem, clamp_to_bounds, ilqr
-from .problem import Solution
-from .rollout import rollout
+from dynamics.validation import check_consistent, check_finite
+from .._core.costs import Cost, Quadratization
+from .._core.bounds import check_bounds, clamp as clamp_to_bounds, clamped as _clamped, project as _project
+from .._core.implicit import grad_tensors
+from .ilqr import ilqr
+from .._core.problem import Problem, Solution, Status, solver
+from .._core.rollout import rollout
 
 __all__ = ["Constraint", "constrained_ilqr"]
 

@@ -25,11 +25,12 @@ import math
 import torch
 
 from dynamics import Dynamics
-from dynamics._validation import check_consistent
-from .costs import Cost
-from .ilqr import check_bounds, check_problem, clamp_to_bounds
-from .problem import Solution
-from .rollout import rollout, unchecked_rollout
+from dynamics.validation import check_consistent
+from .._core.costs import Cost
+from .._core.bounds import check_bounds, clamp as clamp_to_bounds, clamped as _clamped, project as _project
+from .._core.implicit import grad_tensors
+from .._core.problem import Problem, Solution, Status, solver
+from .._core.rollout import rollout, unchecked_rollout
 
 __all__ = ["mppi", "cem", "random_shooting"]
 

@@ -12,9 +12,11 @@ import torch
 from torch import nn
 
 from dynamics import Dynamics
-from .costs import Cost
+from .._core.costs import Cost
+from .._core.bounds import check_bounds, clamp as clamp_to_bounds, clamped as _clamped, project as _project
+from .._core.implicit import grad_tensors
 from .ilqr import ilqr
-from .problem import Solution
+from .._core.problem import Problem, Solution, Status, solver
 
 __all__ = ["MPC"]
 

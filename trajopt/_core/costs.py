@@ -14,8 +14,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from dynamics._validation import check_tensor
 from dynamics.base import register_tensors, rowwise_hessians
+from dynamics.validation import check_tensor
+from .stages import over_stages
 
 __all__ = ["Cost", "QuadraticCost", "Quadratization"]
 
@@ -57,21 +58,9 @@ class Cost(nn.Module, abc.ABC):
         """Terminal cost ``(B,)`` of ``x_T (B, n)``; zero unless overridden."""
         return x.new_zeros(x.shape[:-1])
 
-    def _stages(self, fn, X, U):
-        """Apply ``fn(x, u, t) -> tuple of (B, ...)`` to every stage of ``X (B, T, n)``, ``U (B, T, m)``.
-
-        Returns the tuple with each entry stacked to ``(B, T, ...)``.
-        """
-        B, T = U.shape[:2]
-        if self.time_varying:
-            outs = [fn(X[:, t], U[:, t], t) for t in range(T)]
-            return tuple(torch.stack(o, 1) for o in zip(*outs))
-        outs = fn(X.reshape(B * T, -1), U.reshape(B * T, -1), None)
-        return tuple(o.reshape(B, T, *o.shape[1:]) for o in outs)
-
     def forward(self, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         """Total cost ``(B,)`` of states ``X (B, T+1, n)`` and controls ``U (B, T, m)``."""
-        stage, = self._stages(lambda x, u, t: (self.stage(x, u, t),), X[..., :-1, :], U)
+        stage = over_stages(self.stage, self.time_varying, X[..., :-1, :], U)
         return stage.sum(1) + self.terminal(X[..., -1, :])
 
     def quadratize(self, X: torch.Tensor, U: torch.Tensor) -> Quadratization:

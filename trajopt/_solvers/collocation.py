@@ -31,11 +31,12 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from dynamics import ContinuousDynamics, Dynamics
-from dynamics._validation import check_consistent, check_tensor
-from .costs import Cost, QuadraticCost
-from .ilqr import check_bounds, check_problem, clamp_to_bounds, grad_tensors
-from .problem import Solution
-from .rollout import rollout
+from dynamics.validation import check_consistent, check_tensor
+from .._core.costs import Cost, QuadraticCost
+from .._core.bounds import check_bounds, clamp as clamp_to_bounds, clamped as _clamped, project as _project
+from .._core.implicit import grad_tensors
+from .._core.problem import Problem, Solution, Status, solver
+from .._core.rollout import rollout
 
 __all__ = ["collocation", "multiple_shooting", "collocation_defects"]
 

@@ -1,0 +1,64 @@
+"""Option checks shared by the solvers: each names the option and what was expected.
+
+The argument checks of tensors (shapes, dtypes, batches, NaN) are :mod:`dynamics.validation`'s, public for
+model authors; a :class:`~trajopt.Problem` runs them once at construction.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["check_positive", "check_int", "check_fraction", "check_choice", "resolve_grad", "tolerance"]
+
+GRAD_ROUTES = ("implicit", "unroll", None)
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_positive(where, allow_inf=False, **values):
+    """Each value a finite positive number (``inf`` too where ``allow_inf``)."""
+    for name, value in values.items():
+        if not (_number(value) and value > 0 and (allow_inf or math.isfinite(value))):
+            raise ValueError(f"{where}: {name} must be a positive{'' if allow_inf else ' finite'} number, got {value!r}")
+
+
+def check_int(where, minimum=1, **values):
+    """Each value an int of at least ``minimum``."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_fraction(where, **values):
+    """Each value a number in ``[0, 1)``."""
+    for name, value in values.items():
+        if not (_number(value) and 0.0 <= value < 1.0):
+            raise ValueError(f"{where}: {name} must be in [0, 1), got {value!r}")
+
+
+def check_choice(where, name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{where}: {name} must be one of {tuple(allowed)}, got {value!r}")
+    return value
+
+
+def resolve_grad(where, grad, routes=GRAD_ROUTES):
+    """The gradient route: ``grad`` checked against the solver's ``routes``; returns the route that will run, None
+    when grad mode is off (nothing to record)."""
+    if grad not in routes:
+        raise ValueError(f"{where}: grad must be one of {tuple(routes)} for this solver, got {grad!r}")
+    return grad if torch.is_grad_enabled() else None
+
+
+def tolerance(value, default, dtype):
+    """An absolute stopping tolerance for ``dtype``: ``value`` when given (checked positive), else ``default``
+    (stated for float64) scaled to the dtype's precision, ``default * (eps / eps64) ** (1/3)`` (``1e-6`` becomes
+    ``8.1e-4`` in float32, which P2 and P3 reach where float64 reaches ``1e-6``)."""
+    if value is not None:
+        check_positive("tolerance", value=value)
+        return float(value)
+    scale = (torch.finfo(dtype).eps / torch.finfo(torch.float64).eps) ** (1 / 3)
+    return default * scale

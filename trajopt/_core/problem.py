@@ -1,0 +1,242 @@
+"""The problem every nonlinear solver takes, the status each problem ends with, and the solution returned.
+
+:class:`Problem` holds what defines a batch of trajectory-optimization problems and is validated once, at
+construction; :class:`Solution` is what every solver returns, with one :class:`Status` per problem whose
+meaning is the same in every solver; :func:`solver` is the one batch/unbatch round trip.
+"""
+from __future__ import annotations
+
+import enum
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from dynamics import Dynamics, Discretized
+from dynamics.validation import check_consistent, check_tensor
+from .bounds import check_bounds, clamp
+from .constraint import Constraint, FunctionConstraint
+from .costs import Cost
+
+__all__ = ["Problem", "Solution", "Status", "SolveError", "solver"]
+
+
+class Status(enum.IntEnum):
+    """How a problem's solve ended; one meaning in every solver.
+
+    ``CONVERGED``: the solver's optimality test holds (first-order conditions within tolerance, constraints
+    within ``constraint_tol`` where there are any). ``MAX_ITER``: the iteration budget ran out first.
+    ``STALLED``: no step made progress (the line search failed at the largest regularization, or steps fell
+    below rounding without meeting the test). ``NOT_FINITE``: the model or the cost produced NaN or Inf for this
+    problem (from its initial guess, or everywhere the solver tried); its solution holds the last finite iterate.
+    ``NO_CERTIFICATE``: the solver ran its budget and has no optimality test (sampling, random shooting).
+    """
+
+    CONVERGED = 0
+    MAX_ITER = 1
+    STALLED = 2
+    NOT_FINITE = 3
+    NO_CERTIFICATE = 4
+
+
+class SolveError(RuntimeError):
+    """Raised by :meth:`Solution.throw` when a problem ended with a status it was not allowed to."""
+
+
+@dataclass
+class Solution:
+    """A batch of solved problems. Batch first; an unbatched :class:`Problem` gives unbatched fields (no ``B``).
+
+    Attributes:
+        X: states ``(B, T+1, n)``; None only when a sampling solver was told not to roll out its plan.
+        U: controls ``(B, T, m)``, within the control bounds.
+        cost: objective of each problem ``(B,)`` (``inf`` for a problem with no finite iterate); None with ``X``.
+        status: ``(B,)`` int64, a :class:`Status` per problem.
+        iterations: ``(B,)`` int64, the iterations each problem ran (1 for a direct solve such as LQR).
+        cost_history: ``(B, I+1)``: the objective before the first iteration and after each of the ``I`` the
+            solver ran (a problem that stopped early repeats its last value).
+        residual: ``(B,)`` first-order optimality residual the status was judged by (largest entry of the
+            projected gradient, or of the Lagrangian's gradient for constrained solvers), or None for solvers that
+            have none (sampling).
+        K: feedback gains ``(B, T, m, n)`` where the solver computes them, else None.
+        k: feedforward terms ``(B, T, m)``, so that ``U[:, t] = K[:, t] @ X[:, t] + k[:, t]`` (LQR).
+        extras: solver-specific diagnostics, each a batch-first tensor (see each solver's docstring).
+
+    ``sol[i]`` is problem ``i``'s solution (unbatched); ``sol[rows]`` with a slice, an index tensor or a bool mask
+    keeps a batch. ``converged`` is ``status == Status.CONVERGED``.
+    """
+
+    X: torch.Tensor | None
+    U: torch.Tensor
+    cost: torch.Tensor | None
+    status: torch.Tensor
+    iterations: torch.Tensor
+    cost_history: torch.Tensor
+    residual: torch.Tensor | None = None
+    K: torch.Tensor | None = None
+    k: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def converged(self) -> torch.Tensor:
+        """``(B,)`` bool: ``status == Status.CONVERGED``."""
+        return self.status == Status.CONVERGED
+
+    def __getitem__(self, rows) -> Solution:
+        pick = (lambda z: z if z is None else z[rows])       # noqa: E731
+        return Solution(**{f.name: {k: pick(v) for k, v in self.extras.items()} if f.name == "extras"
+                           else pick(getattr(self, f.name)) for f in fields(self)})
+
+    def summary(self) -> str:
+        """One line: how many problems ended with each status, e.g. ``"32 problems: 30 converged, 2 max_iter"``."""
+        status = self.status.reshape(-1)
+        counts = [(s.name.lower(), int((status == s).sum())) for s in Status]
+        return f"{status.numel()} problems: " + ", ".join(f"{c} {name}" for name, c in counts if c)
+
+    def throw(self, allow=(Status.CONVERGED, Status.NO_CERTIFICATE)) -> Solution:
+        """Raise :class:`SolveError` naming the problems whose status is not in ``allow``; else return ``self``."""
+        allowed = torch.tensor([int(s) for s in allow], device=self.status.device)
+        bad = ~torch.isin(self.status.reshape(-1), allowed)
+        if bool(bad.any()):
+            rows = bad.nonzero().flatten().tolist()
+            named = ", ".join(f"{r}: {Status(int(self.status.reshape(-1)[r])).name}" for r in rows[:8])
+            raise SolveError(f"{len(rows)} of {bad.numel()} problems did not finish as allowed "
+                             f"({', '.join(Status(int(s)).name for s in allow)}): {named}{' ...' if len(rows) > 8 else ''}")
+        return self
+
+
+class Problem:
+    """A batch of trajectory-optimization problems: ``min_U cost(X, U)`` with ``X`` the rollout of ``U`` from ``x0``
+    under ``dynamics``, subject to the bounds and (for the solvers that take one) ``constraint(X, U) <= 0``.
+
+    Args:
+        dynamics: a discrete :class:`dynamics.Dynamics`. A continuous model enters as ``model.discretize(dt)``;
+            :func:`trajopt.collocation` reaches the continuous model and ``dt`` through it.
+        cost: a :class:`trajopt.Cost`.
+        x0: initial states ``(B, n)`` or ``(n,)``. Gradients reach it where the solver is differentiable.
+        horizon: ``T``, when ``U_init`` is not given (the initial guess is then zeros).
+        U_init: initial controls ``(B, T, m)`` or ``(T, m)``, clipped into the bounds.
+        X_init: an optional state guess ``(B, T+1, n)`` or ``(T+1, n)`` (need not be a rollout of ``U_init``).
+        u_lower, u_upper: control bounds broadcastable to ``(B, T, m)`` (per problem, stage and control), or None.
+        x_lower, x_upper: state bounds broadcastable to ``(B, T+1, n)``, or None (transcription solvers).
+        constraint: a :class:`trajopt.Constraint`, or a callable ``g(x (N, n), u (N, m)) -> (N, k)`` (each stage
+            ``t < T``), for the solvers that take constraints.
+
+    The batch size is that of the batched arguments (an argument without ``B`` is shared); a problem built from
+    unbatched arguments only is *unbatched*, and every solver then returns unbatched fields. Every tensor is
+    stored batched: ``x0 (B, n)``, ``U_init (B, T, m)``, ``X_init (B, T+1, n)`` or None, the bounds ``(B, T, m)``,
+    ``(B, T+1, n)`` or None. Dtype and device are ``x0``'s; every tensor must share them.
+
+    Attributes:
+        B, T, n, m: the dimensions; batched: whether the caller's input had a batch dimension; dtype, device.
+
+    :meth:`select` keeps some problems of the batch, :meth:`replace` changes fields (and validates again).
+    """
+
+    def __init__(self, dynamics: Dynamics, cost: Cost, x0: torch.Tensor, *, horizon: int | None = None,
+                 U_init: torch.Tensor | None = None, X_init: torch.Tensor | None = None, u_lower=None, u_upper=None,
+                 x_lower=None, x_upper=None, constraint=None):
+        where = "Problem"
+        if not isinstance(dynamics, Dynamics):
+            raise TypeError(f"{where}: dynamics must be a dynamics.Dynamics (a discrete model: call .discretize(dt) "
+                            f"on a ContinuousDynamics), got {type(dynamics).__name__}")
+        if not isinstance(cost, Cost):
+            raise TypeError(f"{where}: cost must be a trajopt.Cost, got {type(cost).__name__}")
+        self._given = dict(dynamics=dynamics, cost=cost, x0=x0, horizon=horizon, U_init=U_init, X_init=X_init,
+                           u_lower=u_lower, u_upper=u_upper, x_lower=x_lower, x_upper=x_upper, constraint=constraint)
+        dims = {"n": dynamics.state_dim, "m": dynamics.control_dim}
+        x0 = check_tensor(where, "x0", x0, ("n",), dims)
+        if U_init is None:
+            if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+                raise ValueError(f"{where}: give U_init (B, T, m) or horizon, a positive int; got horizon={horizon!r}")
+            U_init = x0.new_zeros((*x0.shape[:-1], horizon, dims["m"]))
+        U_init = check_tensor(where, "U_init", U_init, ("T", "m"), dims)
+        T = U_init.shape[-2]
+        if T < 1:
+            raise ValueError(f"{where}: U_init has shape {tuple(U_init.shape)}; the horizon T must be at least 1")
+        if horizon is not None and horizon != T:
+            raise ValueError(f"{where}: horizon={horizon!r} contradicts U_init's length T={T}; give one of them")
+        tensors, ranks = {"x0": x0, "U_init": U_init}, {"x0": 1, "U_init": 2}
+        if X_init is not None:
+            tensors["X_init"] = check_tensor(where, "X_init", X_init, ("T+1", "n"), {**dims, "T+1": T + 1})
+            ranks["X_init"] = 2
+        batch = check_consistent(where, tensors, ranks)
+        if batch == 0:
+            raise ValueError(f"{where}: the batch is empty (B=0)")
+        B, n, m = batch or 1, dims["n"], dims["m"]
+        self.dynamics, self.cost = dynamics, cost
+        self.B, self.T, self.n, self.m, self.batched = B, T, n, m, batch is not None
+        self.x0 = x0.expand(B, n)
+        self.u_lower, self.u_upper = check_bounds(where, u_lower, u_upper, (B, T, m), self.x0)
+        self.x_lower, self.x_upper = check_bounds(where, x_lower, x_upper, (B, T + 1, n), self.x0,
+                                                  ("x_lower", "x_upper"), "(B, T+1, n)")
+        self.U_init = clamp(U_init.expand(B, T, m), self.u_lower, self.u_upper)
+        self.X_init = None if X_init is None else X_init.expand(B, T + 1, n)
+        self.constraint = _constraint(where, constraint)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x0.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.x0.device
+
+    @property
+    def continuous(self):
+        """``(model, dt)`` when the dynamics is a discretized :class:`dynamics.ContinuousDynamics`, else None."""
+        d = self.dynamics
+        return (d.model, d.dt) if isinstance(d, Discretized) else None
+
+    def replace(self, **changes) -> Problem:
+        """A new problem with the given constructor arguments changed (validated again). ``horizon`` is dropped
+        when ``U_init`` changes, and the reverse."""
+        given = dict(self._given)
+        if "U_init" in changes:
+            given["horizon"] = None
+        if "horizon" in changes:
+            given["U_init"] = None
+        unknown = set(changes) - set(given)
+        if unknown:
+            raise TypeError(f"Problem.replace: unknown field(s) {sorted(unknown)}; expected some of {sorted(given)}")
+        given.update(changes)
+        dynamics, cost, x0 = given.pop("dynamics"), given.pop("cost"), given.pop("x0")
+        return Problem(dynamics, cost, x0, **given)
+
+    def select(self, rows) -> Problem:
+        """The problems ``rows`` (an index tensor, a list, a slice or a bool mask) as a batched problem."""
+        pick = lambda z: None if z is None else z[rows]      # noqa: E731
+        return Problem(self.dynamics, self.cost, pick(self.x0), U_init=pick(self.U_init), X_init=pick(self.X_init),
+                       u_lower=pick(self.u_lower), u_upper=pick(self.u_upper), x_lower=pick(self.x_lower),
+                       x_upper=pick(self.x_upper), constraint=self.constraint)
+
+    def __repr__(self) -> str:
+        return (f"Problem(B={self.B}{'' if self.batched else ' (unbatched)'}, T={self.T}, n={self.n}, m={self.m}, "
+                f"dynamics={type(self.dynamics).__name__}, cost={type(self.cost).__name__}, dtype={self.dtype})")
+
+
+def _constraint(where, constraint):
+    if constraint is None:
+        return None
+    if isinstance(constraint, Constraint):
+        return constraint
+    if callable(constraint):
+        return FunctionConstraint(constraint)
+    raise TypeError(f"{where}: constraint must be a trajopt.Constraint or a callable g(x, u) -> (N, k), "
+                    f"got {type(constraint).__name__}")
+
+
+def solver(fn: Callable) -> Callable:
+    """Make ``fn(problem, **options) -> Solution`` (written for a batched :class:`Problem`) a public solver: the
+    problem is checked to be a :class:`Problem`, and an unbatched one gets its solution unbatched."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def wrapper(problem, **options) -> Solution:
+        if not isinstance(problem, Problem):
+            raise TypeError(f"{name}: the first argument must be a trajopt.Problem, got {type(problem).__name__}; "
+                            f"build one with trajopt.Problem(dynamics, cost, x0, horizon=T) (or U_init=...)")
+        sol = fn(problem, **options)
+        return sol if problem.batched else sol[0]
+    return wrapper

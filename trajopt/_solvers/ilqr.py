@@ -1,0 +1,418 @@
+"""Box-constrained iLQR and DDP for batches of nonlinear trajectory-optimization problems.
+
+Each iteration linearizes the dynamics and quadratizes the cost along the current
+trajectory (the shared :func:`~trajopt.linearize` and ``Cost.quadratize``), computes the
+exact gradient with respect to the controls by the adjoint pass (for the stopping test),
+runs the box-constrained LQR backward pass of Tassa, Mansard and Todorov (2014) (a box QP
+per stage, feedback on the free controls only; :func:`trajopt.lqr.box_lqr_backward`), and
+line-searches the true cost over several step sizes at once. The regularization ``mu`` of
+the next value Hessian (``Q_uu + mu B'B``, Tassa et al. 2012) grows on failure and shrinks
+on success. From a state guess (``X_init``) the gaps of the infeasible trajectory enter the
+backward pass and each step closes a fraction of them (feasibility-driven DDP, Mastalli et
+al. 2020). Every problem of the
+batch has its own regularization, step size and stopping test, and stops changing once it
+has converged.
+
+With ``second_order=True`` (:func:`ddp`) the quadratic model also holds the dynamics'
+second derivatives contracted with the costates of the current trajectory, from
+vector-Hessian products (never a full Hessian of the model): the backward pass is then the
+exact Newton step on the controls (the stagewise Newton method of Dunn and Bertsekas 1989,
+which DDP approximates to second order).
+
+The loop (:func:`_solve`) runs named phases on a typed state (:class:`_State`, one row per problem):
+:func:`_model` (linearize, quadratize, gradient and gaps), :func:`_test` (the stopping test),
+:func:`_backward` (the candidate steps), :func:`_line_search` and :func:`_schedule` (the regularization
+and the status of each problem).
+
+Differentiable with respect to ``x0`` and every tensor of ``dynamics`` and ``cost`` that
+requires grad: ``grad="implicit"`` differentiates the optimality conditions of the converged
+solution (the adjoint LQR of the exact Newton system on the free controls, active set
+fixed); ``grad="unroll"`` records the iterations for autograd.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .._core.bounds import project
+from .._core.box_kkt import implicit_solution, solution_costates
+from .._core.box_lqr import box_lqr_backward
+from .._core.checks import check_int, check_positive, resolve_grad, tolerance
+from .._core.linesearch import ALPHAS, ARMIJO, rounding, sufficient_decrease
+from .._core.problem import Problem, Solution, Status, solver
+from .._core.riccati import costates
+from .._core.rollout import linearize, rollout, second_order_terms
+
+__all__ = ["ilqr", "ddp"]
+
+_ROWS_AT_ONCE = 1024    # problems x step sizes evaluated in one forward pass
+
+
+@solver
+def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None, tol: float | None = None,
+         second_order: bool = False, grad: str | None = "implicit", mu_init: float = 1e-6, mu_min: float = 1e-9,
+         mu_max: float = 1e10) -> Solution:
+    """Solve a :class:`~trajopt.Problem` ``min_U cost(rollout(x0, U), U)`` within its control bounds by iLQR.
+
+    Starts from ``problem.U_init``; with ``problem.X_init`` from that infeasible state guess instead, where each
+    accepted step of size ``alpha`` closes the fraction ``alpha`` of every gap ``dynamics(x_t, u_t) - x_{t+1}``
+    (feasibility-driven DDP, Mastalli et al. 2020), so the first full step makes it a rollout. A guess near the
+    goal often leads to a better local minimum than a rollout of ``U_init`` (crocoddyl's default guess is the zero
+    state). A problem counts as converged only once feasible; one still infeasible at the end is returned as the
+    rollout of its controls.
+
+    Args:
+        problem: the batch of problems (state bounds and a constraint are not used: see
+            :func:`trajopt.constrained_ilqr`).
+        max_iter: iteration budget per problem.
+        grad_tol: a problem has converged when its projected gradient's largest entry is at most ``grad_tol``;
+            default ``1e-6`` in float64, scaled to the dtype's precision otherwise (``8.1e-4`` in float32, which
+            P3's float32 solves reach).
+        tol: relative decrease predicted by the model below which the cost can no longer tell progress from
+            rounding: steps are then judged by the gradient and use Newton's model (see the module docstring);
+            default ``1e-12`` in float64, scaled by the dtype's ``eps`` otherwise.
+        second_order: add the dynamics' second-order terms (see :func:`ddp`).
+        grad: ``"implicit"`` (default), ``"unroll"`` or None (a detached solution).
+        mu_init, mu_min, mu_max: the regularization ``mu`` of the backward pass (``Q_uu + mu B'B``); it shrinks
+            fourfold after a full step, grows fourfold after a short one and tenfold after a rejected one.
+
+    Returns:
+        :class:`~trajopt.Solution` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``, ``status``
+        (``CONVERGED``; ``MAX_ITER``; ``STALLED`` when no step was accepted even at ``mu_max``, or Newton steps below
+        rounding stopped shrinking the gradient short of ``grad_tol``; ``NOT_FINITE`` when the initial rollout or
+        guess is not finite: that problem keeps ``x0`` held over the horizon, its ``U_init`` and ``cost = inf``, and
+        the rest of the batch is solved), ``iterations (B,)``, ``cost_history (B, I+1)``, ``residual (B,)`` (the
+        projected gradient's largest entry), feedback ``K (B, T, m, n)`` and feedforward ``k`` of the last backward
+        pass, and ``extras``: ``mu (B,)`` and ``costates (B, T+1, n)`` (the multipliers of the dynamics at the
+        final trajectory; detached).
+
+    The model and the cost must treat the rows of a batch independently: the solver evaluates them on
+    selections of the batch (the problems still iterating, several step sizes at once).
+
+    Differentiable (``X``, ``U``, ``cost``) with respect to ``x0`` and the tensors of ``dynamics`` and
+    ``cost`` that require grad (parameters, buffers, tensor attributes), not with respect to the bounds or
+    ``U_init``. The implicit route is exact at a converged strict local minimum; controls clamped at a bound get
+    zero gradient, problems that did not converge get none through the solve (only through the final rollout), as
+    with mpc.pytorch's ``detach_unconverged``; it raises if the reduced Hessian on the free controls of a
+    converged problem is not positive definite. ``K`` and ``k`` are detached.
+    """
+    where = "ddp" if second_order else "ilqr"
+    check_int(where, max_iter=max_iter)
+    check_positive(where, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)
+    if not mu_min <= mu_init <= mu_max:
+        raise ValueError(f"{where}: need mu_min <= mu_init <= mu_max, got {mu_min}, {mu_init}, {mu_max}")
+    route = resolve_grad(where, grad)
+    opts = dict(max_iter=max_iter, grad_tol=tolerance(grad_tol, 1e-6, problem.dtype), second_order=second_order,
+                tol=float(tol) if tol is not None else None, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)
+    if tol is not None:
+        check_positive(where, tol=tol)
+    with torch.set_grad_enabled(route == "unroll"):
+        s = _solve(problem, unroll=route == "unroll", **opts)
+    X, U = s.X, s.U
+    if route == "implicit":
+        X, U = implicit_solution(problem, X, U, s.status, s.at)
+    J = problem.cost(X, U) if route is not None else s.J
+    J = torch.where(s.status == Status.NOT_FINITE, float("inf"), J)
+    residual = torch.where(s.status == Status.NOT_FINITE, float("inf"), s.pg.abs().flatten(1).amax(-1))
+    return Solution(X=X, U=U, cost=J, status=s.status, iterations=s.iterations,
+                    cost_history=torch.stack(s.history, 1), residual=residual, K=s.K, k=s.k,
+                    extras={"mu": s.mu, "costates": s.at[1]})
+
+
+@solver
+def ddp(problem: Problem, **options) -> Solution:
+    """:func:`ilqr` with ``second_order=True``: the backward pass adds ``sum_i lam_i f_i''`` (the dynamics'
+    second derivatives contracted with the costates of the current trajectory, by
+    :meth:`dynamics.Dynamics.vector_hessians`) to the cost's Hessians, so each step is a Newton step on
+    the controls, regularized where the Hessian is not positive definite. Same options and result."""
+    if "second_order" in options:
+        raise TypeError("ddp: second_order is always True; call trajopt.ilqr for Gauss-Newton steps")
+    return ilqr.__wrapped__(problem, second_order=True, **options)
+
+
+@dataclass
+class _State:
+    """The iteration state, one row per problem of the batch (the shapes of ``B`` problems)."""
+
+    X: torch.Tensor             # (B, T+1, n) current trajectory (a rollout of U once feasible)
+    U: torch.Tensor             # (B, T, m)
+    J: torch.Tensor             # (B,) its cost
+    feasible: torch.Tensor      # (B,) X is a rollout of U (no gaps)
+    mu: torch.Tensor            # (B,) regularization
+    status: torch.Tensor        # (B,) Status, MAX_ITER until decided
+    done: torch.Tensor          # (B,) stopped iterating
+    fine: torch.Tensor          # (B,) the last accepted step was below rounding
+    polished: torch.Tensor      # (B,) ... and a Newton step
+    pg: torch.Tensor            # (B, T, m) projected gradient at the current trajectory
+    pg_prev: torch.Tensor       # (B,) its largest entry at the previous iteration
+    iterations: torch.Tensor    # (B,)
+    K: torch.Tensor             # (B, T, m, n) gains of the last backward pass
+    k: torch.Tensor             # (B, T, m)
+    at: tuple                   # Jacobians F (B, T, n, n+m) and costates (B, T+1, n) at the current trajectory
+    history: list               # the costs J after each iteration
+
+
+@dataclass
+class _Model:
+    """The local model of the problems ``a`` still iterating."""
+
+    a: torch.Tensor             # (A,) problem indices
+    F: torch.Tensor             # (A, T, n, n+m)
+    q: tuple                    # the cost's Quadratization
+    lam: torch.Tensor           # (A, T+1, n)
+    gaps: torch.Tensor | None   # (A, T, n) defects of the infeasible problems, or None
+    gap0: torch.Tensor | None   # (A, n)
+
+    def rows(self, keep):
+        return _Model(self.a[keep], self.F[keep], type(self.q)(*(z[keep] for z in self.q)), self.lam[keep],
+                      None if self.gaps is None else self.gaps[keep], None if self.gap0 is None else self.gap0[keep])
+
+
+def _solve(p: Problem, *, unroll, max_iter, grad_tol, tol, second_order, mu_init, mu_min, mu_max) -> _State:
+    """The iterations; differentiable when grad mode is on (the unroll route).
+
+    Each iteration works on the problems still iterating only: one linearization, one backward pass and one
+    batched line search for all of them. A problem whose step is rejected grows its regularization and tries
+    again in the next iteration with the others (an iteration is one linearization, as in mpc.pytorch), so
+    that a batch costs what its slow members need and no pass runs for a few stragglers alone.
+    """
+    s = _start(p, unroll, mu_init)
+    x0 = p.x0 if unroll else p.x0.detach()
+    for it in range(1, max_iter + 2):
+        a = (~s.done).nonzero().flatten()                    # the problems still iterating
+        if len(a) == 0:
+            break
+        model = _model(p, s, a)
+        go = _test(s, model, grad_tol, budget_spent=it > max_iter)
+        if len(go) == 0:
+            break
+        model = model.rows(go)
+        cand = _backward(p, s, model, second_order, tol)
+        chosen = _line_search(p, s, x0, cand)
+        _schedule(s, model.a, cand, chosen, mu_min, mu_max)
+        s.history.append(s.J.detach())
+    _finish(p, s, x0)
+    return s
+
+
+def _start(p, unroll, mu_init) -> _State:
+    """The state at the initial guess; problems whose rollout (or guess) is not finite are ``NOT_FINITE``."""
+    B, T, m, n = p.B, p.T, p.m, p.n
+    x0 = p.x0 if unroll else p.x0.detach()
+    U = p.U_init.detach()
+    X = rollout(p.dynamics, x0, U) if p.X_init is None else p.X_init.detach()
+    J = p.cost(X, U)
+    finite = torch.isfinite(J) & torch.isfinite(X).flatten(1).all(-1)
+    if p.X_init is not None:        # the model at the guess enters the first step's gaps
+        with torch.no_grad():
+            nxt = linearize(p.dynamics, X, U)[1]
+        finite &= torch.isfinite(nxt).flatten(1).all(-1)
+    opts, flags = dict(dtype=p.dtype, device=p.device), dict(dtype=torch.bool, device=p.device)
+    status = torch.where(finite, int(Status.MAX_ITER), int(Status.NOT_FINITE))
+    if not bool(finite.all()):      # a bad row never sinks the batch: it keeps x0 held and its initial controls
+        held = x0.unsqueeze(1).expand(B, T + 1, n)
+        X = torch.where(finite.view(B, 1, 1), X, held)
+        J = torch.where(finite, J, p.cost(held, U))
+    at = (torch.zeros(B, T, n, n + m, **opts), torch.zeros(B, T + 1, n, **opts))
+    return _State(X=X, U=U, J=J, feasible=torch.full((B,), p.X_init is None, **flags),
+                  mu=torch.full((B,), mu_init, **opts), status=status.long(), done=~finite,
+                  fine=torch.zeros(B, **flags), polished=torch.zeros(B, **flags), pg=torch.zeros(B, T, m, **opts),
+                  pg_prev=torch.full((B,), float("inf"), **opts), iterations=torch.zeros(B, dtype=torch.long,
+                                                                                        device=p.device),
+                  K=torch.zeros(B, T, m, n, **opts), k=torch.zeros(B, T, m, **opts), at=at, history=[J.detach()])
+
+
+def _model(p, s, a) -> _Model:
+    """Linearize and quadratize along the current trajectories of the problems ``a``; their projected gradients and
+    costates go into the state."""
+    Xa, Ua = s.X[a], s.U[a]
+    F, f = linearize(p.dynamics, Xa, Ua)
+    q = p.cost.quadratize(Xa, Ua)
+    g, lam = costates(F, q.C, q.c, q.C_final, q.c_final)
+    gaps, gap0 = _gaps(F, f, Xa, Ua, p.x0[a], s.feasible[a])
+    lo, hi = (None if b is None else b[a] for b in (p.u_lower, p.u_upper))
+    s.pg = s.pg.index_put((a,), project(g, Ua, lo, hi).detach())
+    s.at = tuple(buf.index_put((a,), z.detach()) for buf, z in zip(s.at, (F, lam)))
+    return _Model(a, F, q, lam, gaps, gap0)
+
+
+def _test(s, model, grad_tol, budget_spent):
+    """The stopping test of the problems ``model.a``; returns the positions in ``model.a`` that go on."""
+    a = model.a
+    pg_max = s.pg[a].abs().flatten(1).amax(-1)
+    now_converged = (pg_max <= grad_tol) & s.feasible[a]
+    # once steps are below rounding, Newton steps go on only while they still shrink the gradient
+    stuck = s.polished[a] & (pg_max > 0.5 * s.pg_prev[a]) & ~now_converged
+    status = torch.where(now_converged, int(Status.CONVERGED), torch.where(stuck, int(Status.STALLED), s.status[a]))
+    s.status = s.status.index_put((a,), status)
+    stop = now_converged | stuck | budget_spent
+    s.done = s.done.index_put((a,), stop)
+    s.pg_prev = s.pg_prev.index_put((a,), pg_max)
+    return (~stop).nonzero().flatten()
+
+
+@dataclass
+class _Candidates:
+    """Candidate steps: each problem's first (its own model) and, for problems on Newton's model, a Gauss-Newton
+    alternative; ``pos`` maps each candidate to its problem's position in the model's rows."""
+
+    pos: torch.Tensor; on_newton: torch.Tensor; alt: torch.Tensor             # noqa: E702
+    K: torch.Tensor; k: torch.Tensor; d1: torch.Tensor; d2: torch.Tensor     # noqa: E702
+    ok: torch.Tensor; fine: torch.Tensor; scale: torch.Tensor; model: _Model  # noqa: E702
+
+
+def _backward(p, s, model, second_order, tol) -> _Candidates:
+    """The box-constrained backward pass of every candidate, in one batch.
+
+    Newton's model where asked, and where Gauss-Newton steps have reached rounding (at a strict local minimum the
+    exact Hessian is positive definite and its steps converge quadratically). A problem on Newton's model also tries
+    the Gauss-Newton step, in the same batched passes, and keeps the cheaper."""
+    a, q, device = model.a, model.q, p.device
+    newton = s.fine[a] | second_order
+    alt = newton.nonzero().flatten()                        # positions in ``a`` with a Gauss-Newton alternative
+    C = q.C
+    if len(alt):
+        C = C.index_put((alt,), C[alt] + second_order_terms(p.dynamics, s.X[a[alt]], s.U[a[alt]], model.lam[alt]))
+    pos = torch.cat([torch.arange(len(a), device=device), alt])
+    on_newton = torch.cat([newton, torch.zeros(len(alt), dtype=torch.bool, device=device)])
+    b = a[pos]
+    nonconvex = on_newton & s.fine[b]
+    lower, upper = _bounds(p, s.U)
+    K, k, (d1, d2), _, ok = box_lqr_backward(
+        model.F[pos], torch.cat([C, q.C[alt]]), q.c[pos], q.C_final[pos], q.c_final[pos], lower[b] - s.U[b],
+        upper[b] - s.U[b], s.mu[b], *((None, None) if model.gaps is None else (model.gaps[pos], model.gap0[pos])),
+        nonconvex=nonconvex if bool(nonconvex.any()) else None)
+    scale = s.J[b].abs().clamp_min(1.0)
+    fine = ok & s.feasible[b] & (-d1 <= (rounding(s.J[b]) if tol is None else tol * scale))
+    return _Candidates(pos, on_newton, alt, K, k, d1, d2, ok, fine, scale, model)
+
+
+def _bounds(p, like):
+    inf = torch.full_like(like, float("inf"))
+    return (-inf if p.u_lower is None else p.u_lower), (inf if p.u_upper is None else p.u_upper)
+
+
+def _line_search(p, s, x0, c: _Candidates):
+    """Every candidate's rollouts for all step sizes in one batched forward pass while that is cheap (per-operation
+    overhead dominates); for large batches the full step first and the shorter ones only where it was rejected.
+    Below rounding only the full step counts. Returns per candidate: accepted, step size, X, U, J."""
+    a, pos = c.model.a, c.pos
+    b = a[pos]
+    R, T, m, n = len(pos), p.T, p.m, p.n
+    opts, flags = dict(dtype=p.dtype, device=p.device), dict(dtype=torch.bool, device=p.device)
+    lower, upper = _bounds(p, s.U)
+    alphas = torch.tensor(ALPHAS, **opts)
+    got = torch.zeros(R, **flags)
+    J_c, step_c = torch.full((R,), float("inf"), **opts), torch.zeros(R, **opts)
+    X_c, U_c = s.X.new_zeros(R, T + 1, n), s.U.new_zeros(R, T, m)
+    gaps, gap0 = c.model.gaps, c.model.gap0
+    together = R * len(alphas) <= _ROWS_AT_ONCE
+    for group in ((alphas,) if together else (alphas[:1], alphas[1:])):
+        r = (c.ok & ~got & (~c.fine if group[0] < 1 else True)).nonzero().flatten()
+        if len(r) == 0:
+            continue
+        br = b[r]
+        Xt, Ut = _forward(p.dynamics, x0[br], s.X[br], s.U[br], c.K[r], c.k[r], group, lower[br], upper[br],
+                          *((None, None) if gaps is None else (gaps[pos[r]], gap0[pos[r]])))
+        Jt = p.cost(Xt.flatten(0, 1), Ut.flatten(0, 1)).view(len(group), len(r))
+        decrease = s.J[br] - Jt
+        predicted = -(group.unsqueeze(-1) * c.d1[r] + group.unsqueeze(-1) ** 2 * c.d2[r])   # (A, R)
+        # closing gaps may cost: an infeasible problem accepts an increase up to twice the predicted one
+        sufficient = torch.where(s.feasible[br] | (predicted > 0), sufficient_decrease(decrease, predicted),
+                                 decrease >= 2 * predicted)
+        finite = torch.isfinite(Jt) & torch.isfinite(Xt).flatten(2).all(-1)   # a cost may ignore x_T
+        accept = finite & torch.where(c.fine[r], (decrease >= -rounding(s.J[br])) & (group == 1).unsqueeze(-1),
+                                      sufficient)
+        hit = accept.any(0)
+        first = torch.argmax(accept.to(torch.int8), 0)                         # largest accepted step
+        w, pick = r[hit], first[hit]
+        sel = hit.nonzero().flatten()
+        X_c, U_c = X_c.index_put((w,), Xt[pick, sel]), U_c.index_put((w,), Ut[pick, sel])
+        J_c, step_c = J_c.index_put((w,), Jt[pick, sel]), step_c.index_put((w,), group[pick])
+        got = got.index_put((w,), torch.ones(len(w), **flags))
+    # each problem's candidate: its first, or its Gauss-Newton alternative where that alone was accepted or cheaper
+    alt, na = c.alt, len(a)
+    choice = torch.arange(na, device=p.device).index_put(
+        (alt,), torch.where(got[na:] & (~got[alt] | (J_c[na:] < J_c[alt])), torch.arange(na, R, device=p.device), alt))
+    return choice, got, step_c, X_c, U_c, J_c
+
+
+def _schedule(s, a, c: _Candidates, chosen, mu_min, mu_max):
+    """Take each problem's chosen step, and adapt its regularization: trust the model more after a full step, less
+    after a short one, and grow ``mu`` after a rejected one (a rejected problem tries again in the next iteration,
+    batched with the others: cheaper than retry passes for a few stragglers). No step even at ``mu_max``: stalled."""
+    choice, got_c, step_c, X_c, U_c, J_c = chosen
+    got, fine, step, used_newton = got_c[choice], c.fine[choice], step_c[choice], c.on_newton[choice]
+    s.K, s.k = s.K.index_put((a,), c.K[choice]), s.k.index_put((a,), c.k[choice])
+    w = got.nonzero().flatten()
+    cw, aw = choice[w], a[w]
+    s.X, s.U, s.J = s.X.index_put((aw,), X_c[cw]), s.U.index_put((aw,), U_c[cw]), s.J.index_put((aw,), J_c[cw])
+    s.feasible = s.feasible.index_put((aw,), s.feasible[aw] | (step[w] == 1))
+    mb = s.mu[a]
+    mb = torch.where(got & (step >= 0.5), torch.clamp(mb / 4, min=mu_min), mb)
+    mb = torch.where(got & (step < 0.1), torch.clamp(mb * 4, max=mu_max), mb)
+    stalled = ~got & (mb >= mu_max)
+    mb = torch.where(~got, torch.clamp(mb * 10, max=mu_max), mb)
+    s.mu = s.mu.index_put((a,), mb)
+    s.iterations = s.iterations.index_put((a,), s.iterations[a] + 1)
+    s.fine = s.fine.index_put((a,), fine & got)
+    s.polished = s.polished.index_put((a,), fine & got & used_newton)
+    s.done = s.done.index_put((a,), stalled)
+    s.status = s.status.index_put((a,), torch.where(stalled, int(Status.STALLED), s.status[a]))
+
+
+def _finish(p, s, x0):
+    """Problems still infeasible at the end are returned as the rollout of their controls."""
+    if bool(s.feasible.all()):
+        return
+    i = (~s.feasible & (s.status != Status.NOT_FINITE)).nonzero().flatten()
+    if len(i) == 0:
+        return
+    Xi = rollout(p.dynamics, x0[i], s.U[i])
+    Ji = p.cost(Xi, s.U[i])
+    ok = torch.isfinite(Ji) & torch.isfinite(Xi).flatten(1).all(-1)
+    s.status = s.status.index_put((i,), torch.where(ok, torch.where(s.status[i] == Status.CONVERGED,
+                                                                     int(Status.MAX_ITER), s.status[i]),
+                                                    int(Status.NOT_FINITE)))
+    keep = i[ok]
+    s.X, s.J = s.X.index_put((keep,), Xi[ok]), s.J.index_put((keep,), Ji[ok])
+    s.at = tuple(buf.index_put((keep,), z) for buf, z in
+                 zip(s.at, solution_costates(p.dynamics, p.cost, Xi[ok], s.U[keep])))
+
+
+def _gaps(F, f, X, U, x0, feasible):
+    """The defects of the problems not yet feasible, ``dynamics(x_t, u_t) - x_{t+1}`` ``(B, T, n)`` and
+    ``x0 - X_0`` ``(B, n)`` (exactly zero on feasible problems), or None when all are feasible."""
+    if bool(feasible.all()):
+        return None, None
+    T = U.shape[1]
+    nxt = (F @ torch.cat([X[:, :T], U], -1).unsqueeze(-1)).squeeze(-1) + f
+    gaps = torch.where(feasible.view(-1, 1, 1), 0.0, nxt - X[:, 1:])
+    return gaps, torch.where(feasible.view(-1, 1), 0.0, x0 - X[:, 0])
+
+
+def _forward(dynamics, x0, X, U, K, k, alphas, lower, upper, gaps=None, gap0=None):
+    """Closed-loop rollouts ``u = clamp(U + alpha k + K (x - X))`` for every step size: ``(A, B, T+1, n)``,
+    ``(A, B, T, m)``; with ``gaps`` (and ``gap0``), the fraction ``1 - alpha`` of each is left open.
+
+    Rows run problem-major, ``(B, A)``, so that the feedback of every step size is one batched product."""
+    A, (B, T, m) = alphas.shape[0], U.shape
+    n = X.shape[-1]
+    a = alphas.view(1, A, 1, 1)
+    feedforward = (U.unsqueeze(1) + a * k.unsqueeze(1)).unbind(2)      # T x (B, A, m)
+    nominal, gains_t = X.unsqueeze(1).unbind(2), K.mT.unbind(1)         # (B, 1, n), (B, n, m)
+    lo, hi = lower.unsqueeze(1).unbind(2), upper.unsqueeze(1).unbind(2)
+    x = x0.unsqueeze(1).expand(B, A, n)
+    if gap0 is not None:
+        x = x - (1 - a[..., 0]) * gap0.unsqueeze(1)
+    left_open = None if gaps is None else ((1 - a) * gaps.unsqueeze(1)).unbind(2)
+    xs, us = [x], []
+    for t in range(T):
+        u = torch.clamp(torch.baddbmm(feedforward[t], x - nominal[t], gains_t[t]), lo[t], hi[t])
+        x = dynamics(x.reshape(B * A, n), u.reshape(B * A, m), t).view(B, A, n)
+        if left_open is not None:
+            x = x - left_open[t]
+        xs.append(x)
+        us.append(u)
+    return torch.stack(xs, 2).transpose(0, 1), torch.stack(us, 2).transpose(0, 1)

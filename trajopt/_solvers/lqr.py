@@ -1,0 +1,223 @@
+"""Batched finite-horizon time-varying LQR with an analytic adjoint backward pass.
+
+For every problem in a batch, solves
+
+    min  sum_{t<T} 1/2 tau_t' C_t tau_t + c_t' tau_t  +  1/2 x_T' C_final x_T + c_final' x_T
+    s.t. x_{t+1} = F_t tau_t + f_t,   x_0 = x0,   tau_t = [x_t; u_t]
+
+(the convention of mpc.pytorch, Amos et al. 2018, "Differentiable MPC for End-to-end
+Planning and Control", with an optional terminal term) by a backward Riccati
+recursion and a forward rollout with ``u_t = K_t x_t + k_t``.
+
+The recursion runs in homogeneous coordinates ``[1; x; u]`` so that one pair of
+products per stage updates the quadratic and linear parts of the value function
+together, and the optimal cost is read off the value function at ``x0``. The
+gradient of a loss on the solution is the solution of a second LQR with the same
+``F``, ``C`` and the incoming gradients as its linear terms (Amos et al. 2018,
+section 4); it reuses the gains of the forward solve, so a backward pass costs
+two matrix-vector sweeps, less than a forward solve.
+
+Differentiable with respect to: ``F, f, C, c, x0, C_final, c_final`` (``X``, ``U``
+and ``cost``; the gains ``K``, ``k`` are differentiable only with ``grad="unroll"``).
+"""
+from __future__ import annotations
+
+import torch
+
+from dynamics.validation import check_consistent, check_finite, check_tensor
+from .._core.problem import Solution, Status
+from .._core.riccati import Stages, raise_if_not_pd, solve, spd_solve
+
+__all__ = ["lqr", "lqr_cost"]
+
+
+def lqr(
+    F: torch.Tensor,
+    f: torch.Tensor | None,
+    C: torch.Tensor,
+    c: torch.Tensor | None,
+    x0: torch.Tensor,
+    *,
+    C_final: torch.Tensor | None = None,
+    c_final: torch.Tensor | None = None,
+    grad: str | None = "implicit",
+) -> Solution:
+    """Solve a batch of time-varying LQR problems.
+
+    Every argument may carry a leading batch dimension ``B`` or not; those
+    without one are shared by the whole batch. The output is unbatched only when
+    no argument is batched.
+
+    Args:
+        F: dynamics ``(B, T, n, n+m)``: ``x_{t+1} = F_t [x_t; u_t] + f_t``.
+        f: dynamics offset ``(B, T, n)``, or None for zero.
+        C: stage cost Hessians ``(B, T, n+m, n+m)``; only the symmetric part counts.
+        c: stage cost gradients ``(B, T, n+m)``, or None for zero.
+        x0: initial states ``(B, n)``.
+        C_final: terminal cost Hessian ``(B, n, n)`` on ``x_T``, or None for zero.
+        c_final: terminal cost gradient ``(B, n)``, or None for zero.
+        grad: ``"implicit"`` (analytic adjoint, the default), ``"unroll"``
+            (autograd through the recursion) or None (no graph is built).
+
+    Returns:
+        :class:`~trajopt.Solution` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``,
+        ``K (B, T, m, n)``, ``k (B, T, m)``, ``status`` all ``CONVERGED`` (a direct solve), ``iterations`` ones,
+        ``cost_history (B, 1)``, ``residual`` None.
+
+    Raises:
+        ValueError: wrong shapes, mismatched batch sizes, NaN/Inf in an input, or a
+            control Hessian ``Q_uu`` of the Riccati recursion that is not positive definite.
+        TypeError: a non-tensor or non-float input, or mismatched dtypes.
+
+    Differentiable with respect to: F, f, C, c, x0, C_final, c_final (once, on the implicit route;
+    ``grad="unroll"`` supports higher-order derivatives).
+    """
+    where = "lqr"
+    if grad not in ("implicit", "unroll", None):
+        raise ValueError(f"{where}: grad must be 'implicit', 'unroll' or None, got {grad!r}")
+    dims: dict[str, int] = {}
+    F = check_tensor(where, "F", F, ("T", "n", "n+m"), dims, finite=False)
+    n, T = dims["n"], dims["T"]
+    m = dims["n+m"] - n
+    if m < 1:
+        raise ValueError(f"{where}: F has shape {tuple(F.shape)}; its last dimension n+m must exceed n={n}")
+    if T < 1:
+        raise ValueError(f"{where}: F has shape {tuple(F.shape)}; the horizon T must be at least 1")
+    inputs = {
+        "F": F,
+        "f": None if f is None else check_tensor(where, "f", f, ("T", "n"), dims, finite=False),
+        "C": check_tensor(where, "C", C, ("T", "n+m", "n+m"), dims, finite=False),
+        "c": None if c is None else check_tensor(where, "c", c, ("T", "n+m"), dims, finite=False),
+        "x0": check_tensor(where, "x0", x0, ("n",), dims, finite=False),
+        "C_final": None if C_final is None else check_tensor(where, "C_final", C_final, ("n", "n"), dims, finite=False),
+        "c_final": None if c_final is None else check_tensor(where, "c_final", c_final, ("n",), dims, finite=False),
+    }
+    ndims = {"F": 3, "f": 2, "C": 3, "c": 2, "x0": 1, "C_final": 2, "c_final": 1}
+    batch = check_consistent(where, inputs, ndims)
+    B = 1 if batch is None else batch
+
+    def batched(name, shape):
+        v = inputs[name]
+        if v is None:
+            return F.new_zeros((B, *shape))
+        return v if v.ndim > ndims[name] else v.expand(B, *v.shape)
+
+    args = (
+        batched("F", (T, n, n + m)), batched("f", (T, n)), batched("C", (T, n + m, n + m)),
+        batched("c", (T, n + m)), batched("x0", (n,)), batched("C_final", (n, n)), batched("c_final", (n,)),
+    )
+    with torch.set_grad_enabled(grad is not None and torch.is_grad_enabled()):
+        if grad == "implicit":
+            X, U, cost, K, k, pd = LQRFunction.apply(*args)
+        else:
+            X, U, cost, K, k, pd = solve(*args, keep=False).outputs()
+    if not (bool(pd.all()) and bool(torch.isfinite(cost).all()) and bool(torch.isfinite(X).all())
+            and bool(torch.isfinite(U).all())):
+        # NaN/Inf anywhere in the inputs reaches the solution; only then pay for a scan that names it.
+        check_finite(where, inputs)
+        raise_if_not_pd(pd)
+        raise ValueError(f"{where}: the solution overflowed (inputs are finite; |X| or |U| exceeded the dtype's range)")
+    ones = torch.ones(B, dtype=torch.long, device=F.device)
+    sol = Solution(X=X, U=U, cost=cost, status=ones * int(Status.CONVERGED), iterations=ones,
+                   cost_history=cost.detach().unsqueeze(-1), K=K, k=k)
+    return sol if batch is not None else sol[0]
+
+
+
+def lqr_cost(X, U, C, c, C_final=None, c_final=None):
+    """``sum_t 1/2 tau_t' C_t tau_t + c_t' tau_t + 1/2 x_T' C_final x_T + c_final' x_T``, shape ``(B,)``.
+
+    ``X (B, T+1, n)``, ``U (B, T, m)``, the rest as in :func:`lqr` (batched).
+    Differentiable with respect to every argument.
+    """
+    tau = torch.cat([X[:, :-1], U], dim=-1)
+    cost = 0.5 * torch.einsum("bti,btij,btj->b", tau, C, tau) + torch.einsum("bti,bti->b", c, tau)
+    xT = X[:, -1]
+    if C_final is not None:
+        cost = cost + 0.5 * torch.einsum("bi,bij,bj->b", xT, C_final, xT)
+    if c_final is not None:
+        cost = cost + (c_final * xT).sum(-1)
+    return cost
+
+
+
+class LQRFunction(torch.autograd.Function):
+    """LQR solve whose backward is the adjoint LQR of Amos et al. (2018), reusing the forward's gains."""
+
+    @staticmethod
+    def forward(ctx, F, f, C, c, x0, C_final, c_final):
+        s = solve(F, f, C, c, x0, C_final, c_final, keep=any(ctx.needs_input_grad))
+        ctx.save_for_backward(s.Fh, s.Kh, s.Vh, s.Quu, s.Xh, s.Uh)
+        X, U, cost, K, k, pd = s.outputs()
+        ctx.mark_non_differentiable(K, k, pd)
+        return X, U, cost, K, k, pd
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dX, dU, dcost, dK, dk, dpd):
+        Fh, Kh, Vh, Quu, Xh, Uh = ctx.saved_tensors
+        T, B, n1, N = Fh.shape
+        n = n1 - 1
+        gX = dX.transpose(0, 1).unsqueeze(-1)            # (T+1,B,n,1)
+        gU = dU.transpose(0, 1).unsqueeze(-1)            # (T,B,m,1)
+        Kx = Kh[..., 1:]                                 # (T,B,m,n)
+        Ft = Fh[:, :, 1:, 1:]                            # (T,B,n,n+m)
+        A, Bu = Ft[..., :n], Ft[..., n:]
+        Acl = A + Bu @ Kx                                # closed loop A + B K, one batched product
+
+        # The adjoint LQR has the same F, C (so the same gains K) and linear terms g = dL/dtau, f = 0,
+        # x0 = 0. Its value gradient obeys v_t = (A + B K)_t' v_{t+1} + g_x,t + K_t' g_u,t, v_T = g_T.
+        offset = gX[:-1] + Kx.mT @ gU
+        v = gX[T]
+        vs = Stages(T + 1)
+        vs.put(T, v)
+        for t in range(T - 1, -1, -1):
+            v = torch.baddbmm(offset[t], Acl[t].mT, v)
+            vs.put(t, v)
+        vs = vs.get()                                    # (T+1,B,n,1)
+        kt = -spd_solve(Quu, gU + Bu.mT @ vs[1:])       # (T,B,m,1)
+
+        # adjoint rollout from x~_0 = 0 under u~_t = K_t x~_t + k~_t
+        Bk = Bu @ kt
+        xt = torch.zeros_like(vs[0])
+        xs = Stages(T + 1)
+        xs.put(0, xt)
+        for t in range(T):
+            xt = torch.baddbmm(Bk[t], Acl[t], xt)
+            xs.put(t + 1, xt)
+        xs = xs.get()                                    # (T+1,B,n,1)
+        ut = Kx @ xs[:-1] + kt
+
+        # costates lambda_t = V_{t+1} x_{t+1} + v_{t+1}, t = -1..T-1, of the adjoint and the primal,
+        # from one product with the homogeneous [0; x~] and [1; x]
+        both = Vh @ torch.cat([torch.cat([torch.zeros_like(xs[..., :1, :]), xs], 2), Xh], -1)
+        lam_t = both[1:, :, 1:, :1] + vs[1:]
+        lam = both[:, :, 1:, 1:]                         # (T+1,B,n,1), lam[0] is lambda_{-1}
+        tau = torch.cat([Xh[:-1, :, 1:], Uh], 2)         # (T,B,n+m,1)
+        tau_t = torch.cat([xs[:-1], ut], 2)
+        # the optimal cost's own gradient (envelope theorem): dJ/dC_t = tau tau'/2, dJ/dc_t = tau,
+        # dJ/dF_t = lambda_t tau_t', dJ/df_t = lambda_t, dJ/dx0 = lambda_{-1}; folded in with weight dcost.
+        w = dcost.view(1, B, 1, 1)
+        lin_t = tau_t + w * tau                          # gradient of the linear terms
+        lam_all = lam_t + w * lam[1:]
+
+        def bf(x):  # time-major -> batch-first, contiguous (small vectors only)
+            return x.transpose(0, 1).contiguous()
+
+        # every matrix gradient is a sum of two outer products, written once, batch-first
+        need = ctx.needs_input_grad
+        dF = (bf(lam_all) * bf(tau).mT).addcmul_(bf(lam[1:]), bf(tau_t).mT) if need[0] else None
+        df = bf(lam_all[..., 0]) if need[1] else None
+        dC = None
+        if need[2]:
+            half, tau_b = bf(0.5 * tau_t + 0.25 * w * tau), bf(tau)      # dC = half tau' + tau half'
+            dC = (half * tau_b.mT).addcmul_(tau_b, half.mT)
+        dc = bf(lin_t[..., 0]) if need[3] else None
+        dx0 = (vs[0] + w[0] * lam[0])[..., 0] if need[4] else None
+        xT, xtT, wT = Xh[T, :, 1:], xs[T], w[0]
+        halfT = 0.5 * xtT + 0.25 * wT * xT
+        dCf = (halfT * xT.mT).addcmul_(xT, halfT.mT) if need[5] else None
+        dcf = (xtT + wT * xT)[..., 0] if need[6] else None
+        return dF, df, dC, dc, dx0, dCf, dcf
+
+

@@ -1,0 +1,66 @@
+"""The canonical problems P1-P4 as :class:`~trajopt.Problem` values, built on the library's models.
+
+:mod:`trajopt.problems.reference` is the canonical NumPy definition (a copy of the project's shared
+``problems.py``): step functions, starts, weights and ``trajectory_cost``, the reference every figure is
+quoted in. The builders here give the same problems to the solvers: the cost is ``problems.py``'s (no 1/2,
+so ``QuadraticCost.from_weights(2 Q, 2 R)``) and every model's parameters are frozen.
+
+P4 starts from a forward-speed guess ``v = 1`` (zero steering rate): from zero controls the first iLQR steps
+swing the steering angle past ``pi/2``, where ``tan`` jumps.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import dynamics
+from .._core.costs import QuadraticCost
+from .._core.problem import Problem
+from . import reference
+
+__all__ = ["pendulum", "cartpole", "bicycle", "random_lqr", "reference"]
+
+
+def _cost(spec, dtype):
+    Q, R = np.asarray(spec["Q"], float), np.atleast_2d(spec["R"]).astype(float)
+    target = spec.get("target")
+    return QuadraticCost.from_weights(torch.tensor(2 * Q, dtype=dtype), torch.tensor(2 * R, dtype=dtype),
+                                      x_goal=None if target is None else torch.tensor(target, dtype=dtype))
+
+
+def pendulum(B: int = 32, seed: int = 0, dtype=torch.float64, **fields) -> Problem:
+    """P2, the pendulum swing-up: ``B`` starts of ``reference.pendulum_x0`` (the first hanging at rest), zero
+    controls, ``|u| <= 2``, ``T = 100``. ``fields`` override :class:`~trajopt.Problem` arguments."""
+    spec = reference.PENDULUM
+    x0 = torch.tensor(reference.pendulum_x0(B, seed), dtype=dtype)
+    return Problem(**{**dict(dynamics=dynamics.Pendulum().discretize().to(dtype).requires_grad_(False),
+                             cost=_cost(spec, dtype), x0=x0, horizon=spec["T"], u_lower=-spec["u_max"],
+                             u_upper=spec["u_max"]), **fields})
+
+
+def cartpole(B: int = 32, seed: int = 0, dtype=torch.float64, **fields) -> Problem:
+    """P3, the cart-pole swing-up: ``B`` starts of ``reference.cartpole_x0``, zero controls, ``|u| <= 10``,
+    ``T = 60``."""
+    spec = reference.CARTPOLE
+    x0 = torch.tensor(reference.cartpole_x0(B, seed), dtype=dtype)
+    return Problem(**{**dict(dynamics=dynamics.CartPole().discretize().to(dtype).requires_grad_(False),
+                             cost=_cost(spec, dtype), x0=x0, horizon=spec["T"], u_lower=-spec["u_max"],
+                             u_upper=spec["u_max"]), **fields})
+
+
+def bicycle(B: int = 1, dtype=torch.float64, **fields) -> Problem:
+    """P4, kinematic-bicycle parking from the origin to ``(10, 5, 0, 0)``: ``|v| <= 5``, ``|delta rate| <= 0.5``,
+    ``T = 50``, from the guess ``v = 1`` (see the module docstring)."""
+    spec = reference.BICYCLE
+    u_max = torch.tensor(spec["u_max"], dtype=dtype)
+    U_init = torch.zeros(B, spec["T"], 2, dtype=dtype)
+    U_init[..., 0] = 1.0
+    return Problem(**{**dict(dynamics=dynamics.KinematicBicycle().discretize().to(dtype).requires_grad_(False),
+                             cost=_cost(spec, dtype), x0=torch.zeros(B, 4, dtype=dtype), U_init=U_init,
+                             u_lower=-u_max, u_upper=u_max), **fields})
+
+
+def random_lqr(B: int = 64, T: int = 50, n: int = 8, m: int = 3, seed: int = 0, dtype=torch.float64) -> dict:
+    """P1, random time-varying LQR, as the tensors of :func:`trajopt.lqr`: ``F, f, C, c, x0``."""
+    p = reference.lqr_problem(B=B, T=T, n=n, m=m, seed=seed)
+    return {k: torch.tensor(v, dtype=dtype) for k, v in p.items()}

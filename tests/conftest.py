@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from benchmarks import problems
+from trajopt.problems import reference as problems
 
 
 def p1_tensors(B, T, n, m, seed=0, dtype=torch.float64):

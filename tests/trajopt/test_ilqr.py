@@ -5,9 +5,10 @@ import torch
 
 import dynamics
 import trajopt
-from benchmarks import problems
-from benchmarks.ilqr import lbfgsb, problem
-from trajopt.lqr import box_lqr_backward, box_qp
+from tests.references import lbfgsb
+from trajopt import problems as canonical
+from trajopt._core.box_lqr import box_lqr_backward, box_qp
+from trajopt.problems import reference as problems
 
 D64 = dict(dtype=torch.float64)
 
@@ -43,24 +44,24 @@ def linear_problem(B=3, T=15, seed=0):
 
 def test_ilqr_on_a_linear_quadratic_problem_is_lqr():
     model, cost, x0, T = linear_problem()
-    sol = trajopt.ilqr(model, cost, x0, horizon=T)
+    sol = trajopt.ilqr(trajopt.Problem(model, cost, x0, horizon=T))
     n, m = 3, 2
     direct = trajopt.lqr(torch.cat([model.A, model.B], -1).expand(T, n, n + m), None, cost.C.expand(T, n + m, n + m),
                          cost.c.expand(T, n + m), x0, C_final=cost.C_final, c_final=cost.c_final)
     torch.testing.assert_close(sol.U, direct.U, atol=1e-8, rtol=0)
-    assert sol.converged.all() and sol.iterations <= 3
+    assert sol.converged.all() and (sol.iterations <= 3).all()
 
 
 def test_ilqr_from_an_infeasible_state_guess_on_a_linear_quadratic_problem_is_lqr():
     model, cost, x0, T = linear_problem()
     guess = 3 * torch.randn(3, T + 1, 3, generator=torch.Generator().manual_seed(5), **D64)   # not a rollout
-    sol = trajopt.ilqr(model, cost, x0, X_init=guess, horizon=T)
+    sol = trajopt.ilqr(trajopt.Problem(model, cost, x0, X_init=guess, horizon=T))
     n, m = 3, 2
     direct = trajopt.lqr(torch.cat([model.A, model.B], -1).expand(T, n, n + m), None, cost.C.expand(T, n + m, n + m),
                          cost.c.expand(T, n + m), x0, C_final=cost.C_final, c_final=cost.c_final)
     torch.testing.assert_close(sol.U, direct.U, atol=1e-8, rtol=0)
     torch.testing.assert_close(sol.X, trajopt.rollout(model, x0, sol.U), atol=1e-12, rtol=0)   # gaps closed
-    assert sol.converged.all() and sol.iterations <= 3
+    assert sol.converged.all() and (sol.iterations <= 3).all()
 
 
 @pytest.mark.parametrize("bounded", [False, True])
@@ -96,21 +97,21 @@ def test_unfinished_solve_from_a_state_guess_returns_a_rollout_and_bad_guesses_r
     model, cost, x0, T = linear_problem()
     guess = torch.ones(3, T + 1, 3, **D64)
     U = 0.1 * torch.ones(3, T, 2, **D64)
-    sol = trajopt.ilqr(model, cost, x0, U, X_init=guess, max_iter=0, grad=None)
+    sol = trajopt.ilqr(trajopt.Problem(model, cost, x0, U_init=U, X_init=guess), max_iter=0, grad=None)
     assert not sol.converged.any()
     torch.testing.assert_close(sol.X, trajopt.rollout(model, x0, U), atol=0, rtol=0)
     torch.testing.assert_close(sol.cost, cost(sol.X, U), atol=0, rtol=0)
     with pytest.raises(ValueError, match="X_init has shape"):
-        trajopt.ilqr(model, cost, x0, U, X_init=guess[:, :T])
+        trajopt.ilqr(trajopt.Problem(model, cost, x0, U_init=U, X_init=guess[:, :T]))
     with pytest.raises(ValueError, match="X_init .*NaN|X_init .*finite"):
-        trajopt.ilqr(model, cost, x0, U, X_init=guess * float("nan"))
+        trajopt.ilqr(trajopt.Problem(model, cost, x0, U_init=U, X_init=guess * float("nan")))
 
 
 def test_ilqr_box_constrained_linear_problem_matches_scipy_with_per_problem_bounds():
     model, cost, x0, T = linear_problem(B=3, T=12, seed=1)
     upper = torch.tensor([0.3, 0.5, 1.0], **D64).view(3, 1, 1).expand(3, T, 2).clone()
     upper[:, :4] = 0.2                                                     # per step too
-    sol = trajopt.ilqr(model, cost, x0, horizon=T, u_lower=-upper, u_upper=upper, max_iter=50)
+    sol = trajopt.ilqr(trajopt.Problem(model, cost, x0, horizon=T, u_lower=-upper, u_upper=upper), max_iter=50)
     assert (sol.U <= upper).all() and (sol.U >= -upper).all()             # bounds hold exactly
     assert (sol.U == upper).any()                                         # and some are active
     for b in range(3):
@@ -123,7 +124,7 @@ def test_ilqr_box_constrained_linear_problem_matches_scipy_with_per_problem_boun
         ref = scipy.optimize.minimize(f, np.zeros(T * 2), jac=True, bounds=bounds, method="L-BFGS-B",
                                       options=dict(ftol=1e-15, gtol=1e-12, maxiter=10000))
         assert float(sol.cost[b]) == pytest.approx(ref.fun, rel=1e-8)
-    assert float(sol.history["projected_gradient"].max()) < 1e-6
+    assert float(sol.residual.max()) < 1e-6
 
 
 def test_ilqr_lowers_the_pendulum_cost_and_keeps_the_bounds():
@@ -131,9 +132,9 @@ def test_ilqr_lowers_the_pendulum_cost_and_keeps_the_bounds():
     model = dynamics.Pendulum().discretize()
     cost = trajopt.QuadraticCost.from_weights(2 * torch.tensor(P["Q"]), 2 * torch.tensor([[P["R"]]]))
     x0 = torch.tensor(problems.pendulum_x0(4, seed=3))
-    sol = trajopt.ilqr(model, cost, x0, horizon=40, u_lower=-2.0, u_upper=2.0, max_iter=40)
-    history = sol.history["cost"]
-    assert (history[1:] <= history[:-1] + 1e-12).all()                    # monotone per problem
+    sol = trajopt.ilqr(trajopt.Problem(model, cost, x0, horizon=40, u_lower=-2.0, u_upper=2.0), max_iter=40)
+    history = sol.cost_history
+    assert (history[:, 1:] <= history[:, :-1] + 1e-12).all()                    # monotone per problem
     assert (sol.U.abs() <= 2.0).all() and torch.isfinite(sol.X).all()
     numpy_cost = [problems.trajectory_cost(problems.pendulum_step, x0[b].numpy(), sol.U[b].detach().numpy(), P["Q"], P["R"])
                   for b in range(4)]
@@ -142,16 +143,31 @@ def test_ilqr_lowers_the_pendulum_cost_and_keeps_the_bounds():
 
 def test_ilqr_rejects_bad_input():
     model, cost, x0, T = linear_problem()
-    with pytest.raises(ValueError, match="U_init .* or a positive horizon"):
-        trajopt.ilqr(model, cost, x0)
+    with pytest.raises(ValueError, match="U_init .* or horizon"):
+        trajopt.Problem(model, cost, x0)
     with pytest.raises(ValueError, match="u_lower has shape"):
-        trajopt.ilqr(model, cost, x0, horizon=T, u_lower=torch.zeros(5, **D64))
+        trajopt.Problem(model, cost, x0, horizon=T, u_lower=torch.zeros(5, **D64))
     with pytest.raises(ValueError, match="u_lower exceeds u_upper"):
-        trajopt.ilqr(model, cost, x0, horizon=T, u_lower=1.0, u_upper=0.0)
+        trajopt.Problem(model, cost, x0, horizon=T, u_lower=1.0, u_upper=0.0)
     with pytest.raises(TypeError, match="cost must be a trajopt.Cost"):
-        trajopt.ilqr(model, lambda X, U: X.sum(), x0, horizon=T)
+        trajopt.Problem(model, lambda X, U: X.sum(), x0, horizon=T)
     with pytest.raises(ValueError, match=r"x0 has shape"):
-        trajopt.ilqr(model, cost, torch.zeros(3, 4, **D64), horizon=T)
+        trajopt.Problem(model, cost, torch.zeros(3, 4, **D64), horizon=T)
+    with pytest.raises(ValueError, match="horizon=5 contradicts U_init's length T=15"):
+        trajopt.Problem(model, cost, x0, horizon=5, U_init=torch.zeros(T, 2, **D64))
+    with pytest.raises(ValueError, match="batch is empty"):
+        trajopt.Problem(model, cost, x0[:0], horizon=T)
+    with pytest.raises(TypeError, match="ilqr: the first argument must be a trajopt.Problem"):
+        trajopt.ilqr(model, cost, x0, horizon=T)
+    problem = trajopt.Problem(model, cost, x0, horizon=T)
+    for option, value in (("grad_tol", float("nan")), ("grad_tol", -1.0), ("tol", float("nan")), ("mu_init", 0.0),
+                          ("max_iter", 1.5), ("mu_max", float("inf"))):
+        with pytest.raises(ValueError, match=f"ilqr: {option} must be"):
+            trajopt.ilqr(problem, **{option: value})
+    with pytest.raises(ValueError, match="grad must be one of"):
+        trajopt.ilqr(problem, grad="adjoint")
+    with pytest.raises(TypeError, match="ddp: second_order is always True"):
+        trajopt.ddp(problem, second_order=False)
 
 
 def pendulum_problem(u_max=1.5, T=25):
@@ -159,18 +175,18 @@ def pendulum_problem(u_max=1.5, T=25):
     model = dynamics.Pendulum().discretize()
     cost = trajopt.QuadraticCost.from_weights(2 * torch.tensor(P["Q"]), 2 * torch.tensor([[P["R"]]]), learnable=True)
     x0 = torch.tensor([[2.5, 0.3], [-1.0, 0.5], [0.6, -2.0]], **D64)
-    return model, cost, x0, dict(horizon=T, u_lower=-u_max, u_upper=u_max, max_iter=300, grad_tol=1e-11)
+    return model, cost, x0, dict(horizon=T, u_lower=-u_max, u_upper=u_max), dict(max_iter=300, grad_tol=1e-11)
 
 
 def test_implicit_gradients_match_finite_differences_with_active_bounds():
-    model, cost, x0, options = pendulum_problem()
+    model, cost, x0, fields, options = pendulum_problem()
     x0.requires_grad_(True)
     weights = torch.tensor([1.0, -2.0, 0.5], **D64)
 
     def loss(sol):
         return (sol.U.sum(-1).sum(-1) * weights).sum() + (sol.X[..., 1] ** 2).sum()
 
-    sol = trajopt.ilqr(model, cost, x0, **options)
+    sol = trajopt.ilqr(trajopt.Problem(model, cost, x0, **fields), **options)
     assert sol.converged.all()
     at_bound = sol.U.detach().abs() >= 1.5
     assert at_bound.any() and not at_bound.all()
@@ -182,7 +198,7 @@ def test_implicit_gradients_match_finite_differences_with_active_bounds():
         for sign in (1, -1):
             with torch.no_grad():
                 tensor[index] += sign * eps
-                values.append(float(loss(trajopt.ilqr(model, cost, x0.detach(), grad=None, **options))))
+                values.append(float(loss(trajopt.ilqr(trajopt.Problem(model, cost, x0.detach(), **fields), grad=None, **options))))
                 tensor[index] -= sign * eps
         return (values[0] - values[1]) / (2 * eps)
 
@@ -191,62 +207,60 @@ def test_implicit_gradients_match_finite_differences_with_active_bounds():
     for index in [(0, 0), (1, 1), (2, 0)]:
         assert float(g_x0[index]) == pytest.approx(central(x0_data, index), rel=1e-5)
     assert float(g_mass) == pytest.approx(central(mass.data, ()), rel=1e-5)
-    (g_mass_alone,) = torch.autograd.grad(loss(trajopt.ilqr(model, cost, x0.detach(), **options)), [mass])
+    (g_mass_alone,) = torch.autograd.grad(loss(trajopt.ilqr(trajopt.Problem(model, cost, x0.detach(), **fields), **options)), [mass])
     torch.testing.assert_close(g_mass_alone, g_mass)                     # x0 without grad changes nothing
     # a cost weight: theta's weight and the theta-torque coupling (C is used through its symmetric part)
     for index in [(0, 0), (1, 1)]:
         assert float(g_C[index]) == pytest.approx(central(C.data, index), rel=1e-5, abs=1e-8)
-    unrolled = trajopt.ilqr(model, cost, x0, grad="unroll", **options)
+    unrolled = trajopt.ilqr(trajopt.Problem(model, cost, x0, **fields), grad="unroll", **options)
     for a, b in zip(torch.autograd.grad(loss(unrolled), [x0, mass]), (g_x0, g_mass)):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
 
 
 def test_ddp_reaches_ilqr_optimum_with_no_more_iterations():
-    model, cost, x0, options = pendulum_problem(u_max=2.0, T=30)
-    a = trajopt.ilqr(model, cost, x0, grad=None, **options)
-    b = trajopt.ddp(model, cost, x0, grad=None, **options)
+    model, cost, x0, fields, options = pendulum_problem(u_max=2.0, T=30)
+    a = trajopt.ilqr(trajopt.Problem(model, cost, x0, **fields), grad=None, **options)
+    b = trajopt.ddp(trajopt.Problem(model, cost, x0, **fields), grad=None, **options)
     assert a.converged.all() and b.converged.all()
     torch.testing.assert_close(a.cost, b.cost, rtol=1e-10, atol=0)
-    assert b.iterations <= a.iterations
-    assert float(b.history["projected_gradient"].max()) <= 1e-11
+    assert (b.iterations <= a.iterations).all()
+    assert float(b.residual.max()) <= 1e-11
 
 
 def test_unconverged_problems_get_no_gradient_through_the_solve():
-    model, cost, x0, options = pendulum_problem()
+    model, cost, x0, fields, options = pendulum_problem()
     x0 = x0.clone().requires_grad_(True)
     options["grad_tol"] = 1e-6
-    budgets = trajopt.ilqr(model, cost, x0.detach(), grad=None, **options).history["iterations"]
+    budgets = trajopt.ilqr(trajopt.Problem(model, cost, x0.detach(), **fields), grad=None, **options).iterations
     last = int(budgets.argmax())
     options["max_iter"] = int(budgets.max()) - 1                 # the slowest start stops short
-    sol = trajopt.ilqr(model, cost, x0, **options)
+    sol = trajopt.ilqr(trajopt.Problem(model, cost, x0, **fields), **options)
     assert not sol.converged[last] and sol.converged.sum() == len(budgets) - 1
     (g,) = torch.autograd.grad(sol.U.sum(), x0)
     others = torch.arange(len(budgets)) != last
     assert (g[last] == 0).all() and (g[others] != 0).any() and torch.isfinite(g).all()
-    assert trajopt.projected_gradient(model, cost, x0.detach(), sol.U.detach(), -1.5, 1.5).shape == sol.U.shape
+    assert trajopt.projected_gradient(trajopt.Problem(model, cost, x0.detach(), **fields), sol.U.detach()).shape == sol.U.shape
 
 
 def test_p4_optimum_matches_lbfgsb_started_from_it():
-    p = problem("P4 bicycle", 1)
-    ub = p["u_max"]
-    sol = trajopt.ddp(p["dynamics"], p["cost"], p["x0"], p["U_init"], u_lower=-ub, u_upper=ub, max_iter=100,
-                      grad=None)
-    assert sol.converged.all() and float(sol.history["projected_gradient"].max()) <= 1e-6
-    assert ((sol.U >= -ub) & (sol.U <= ub)).all()
+    p = canonical.bicycle(1)
+    sol = trajopt.ddp(p, max_iter=100, grad=None)
+    assert sol.converged.all() and float(sol.residual.max()) <= 1e-6
+    assert ((sol.U >= p.u_lower) & (sol.U <= p.u_upper)).all()
     assert float(sol.cost[0]) == pytest.approx(lbfgsb(p, 0, sol.U[0], gtol=1e-10, maxiter=300), rel=1e-9)
     P = problems.BICYCLE
     assert float(sol.cost[0]) == pytest.approx(problems.trajectory_cost(
-        problems.bicycle_step, p["x0"][0].numpy(), sol.U[0].numpy(), P["Q"], P["R"], P["target"]), rel=1e-12)
+        problems.bicycle_step, p.x0[0].numpy(), sol.U[0].numpy(), P["Q"], P["R"], P["target"]), rel=1e-12)
 
 
 def test_p4_implicit_gradients_match_finite_differences_with_active_bounds():
-    p = problem("P4 bicycle", 1)
-    model, cost, ub = p["dynamics"], p["cost"], p["u_max"]
+    p = canonical.bicycle(1)
+    model, cost, ub = p.dynamics, p.cost, p.u_upper
     wheelbase = model.model.L.requires_grad_(True)
     cost.C.requires_grad_(True)
-    x0 = p["x0"].requires_grad_(True)
-    options = dict(u_lower=-ub, u_upper=ub, max_iter=200, grad_tol=1e-11)
-    sol = trajopt.ddp(model, cost, x0, p["U_init"], **options)
+    x0 = p.x0.clone().requires_grad_(True)
+    options = dict(max_iter=200, grad_tol=1e-11)
+    sol = trajopt.ddp(p.replace(x0=x0), **options)
     assert sol.converged.all() and 0.2 < float((sol.U.detach().abs() >= ub).double().mean()) < 0.8
 
     def loss(s):
@@ -259,7 +273,7 @@ def test_p4_implicit_gradients_match_finite_differences_with_active_bounds():
         for sign in (1, -1):
             with torch.no_grad():
                 tensor[index] += sign * eps
-                values.append(loss(trajopt.ddp(model, cost, x0.detach(), start, grad=None, **options)).item())
+                values.append(loss(trajopt.ddp(p.replace(x0=x0.detach(), U_init=start), grad=None, **options)).item())
                 tensor[index] -= sign * eps
         return (values[0] - values[1]) / (2 * eps)
 
@@ -271,22 +285,46 @@ def test_p4_implicit_gradients_match_finite_differences_with_active_bounds():
 def test_cartpole_pole_mass_gradient_matches_finite_differences():
     """The case where mpc.pytorch's gradient is 16.41 against central differences' 12.55: d sum(U) / d m_pole
     through the converged P3 solution from the hanging start (43% of the controls at their bounds)."""
-    p = problem("P3 cart-pole", 1)
-    model, cost, ub = p["dynamics"], p["cost"], p["u_max"]
+    p = canonical.cartpole(1)
+    model, ub = p.dynamics, p.u_upper
     pole_mass = model.model.mp.requires_grad_(True)
-    options = dict(u_lower=-ub, u_upper=ub, max_iter=300, grad_tol=1e-10)
-    sol = trajopt.ilqr(model, cost, p["x0"], horizon=p["T"], **options)
+    options = dict(max_iter=300, grad_tol=1e-10)
+    sol = trajopt.ilqr(p, **options)
     assert sol.converged.all() and 0.2 < float((sol.U.detach().abs() >= ub).double().mean()) < 0.8
     (grad,) = torch.autograd.grad(sol.U.sum(), pole_mass)
     values = []
     for sign in (1, -1):
         with torch.no_grad():
             pole_mass += sign * 1e-4
-            again = trajopt.ilqr(model, cost, p["x0"], sol.U.detach(), grad=None, **options)
+            again = trajopt.ilqr(p.replace(U_init=sol.U.detach()), grad=None, **options)
             pole_mass -= sign * 1e-4
         assert again.converged.all()
         values.append(float(again.U.sum()))
     assert grad.item() == pytest.approx((values[0] - values[1]) / 2e-4, rel=1e-5)
+
+
+def test_float32_cartpole_converges_and_its_gradient_matches_float64_central_differences():
+    """P3 from zero controls in float32 converges on every start with the dtype-scaled tolerance, at the float64
+    cost, and its implicit gradient of sum(U) in the pole mass agrees with float64 central differences."""
+    p32, p64 = canonical.cartpole(32, dtype=torch.float32), canonical.cartpole(32)
+    s64 = trajopt.ilqr(p64, grad=None)
+    mass = p32.dynamics.model.mp.requires_grad_(True)
+    s32 = trajopt.ilqr(p32)
+    assert s32.converged.all() and s64.converged.all()
+    torch.testing.assert_close(s32.cost.double(), s64.cost, rtol=1e-5, atol=0)
+    rows = [0, 5, 17]
+    (grad,) = torch.autograd.grad(s32.U[rows].sum(), mass)
+    model64 = p64.dynamics.model
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            model64.mp += sign * 1e-5
+            again = trajopt.ilqr(p64.select(rows).replace(U_init=s64.U[rows]), grad=None, grad_tol=1e-11,
+                                 max_iter=300)
+            model64.mp -= sign * 1e-5
+        assert again.converged.all()
+        values.append(float(again.U.sum()))
+    assert grad.item() == pytest.approx((values[0] - values[1]) / 2e-5, rel=1e-3)
 
 
 class _BreaksDown(dynamics.Dynamics):
@@ -306,11 +344,27 @@ def test_a_problem_whose_optimum_lies_where_the_model_breaks_down_ends_finite_an
                                               x_goal=torch.tensor([3.0, 0.0], **D64))    # the goal is out of reach
     x0 = torch.tensor([[0.0, 0.0], [0.5, 0.0]], **D64)
     U_init = torch.zeros(2, 20, 1, **D64)
-    sol = trajopt.ilqr(model, cost, x0, U_init, max_iter=50)
+    sol = trajopt.ilqr(trajopt.Problem(model, cost, x0, U_init=U_init), max_iter=50)
     initial = cost(trajopt.rollout(model, x0, U_init), U_init)
-    assert not sol.converged.any()
+    assert not sol.converged.any() and (sol.status != trajopt.Status.NOT_FINITE).all()
     assert torch.isfinite(sol.X).all() and torch.isfinite(sol.cost).all()
     assert (sol.cost < initial).all()                                   # the best finite iterate, not the start
     torch.testing.assert_close(sol.cost, cost(trajopt.rollout(model, x0, sol.U), sol.U))
-    with pytest.raises(ValueError, match="initial rollout is not finite for batch element"):
-        trajopt.ilqr(model, cost, x0, torch.full((2, 20, 1), 50.0, **D64))
+
+
+def test_a_non_finite_start_is_reported_for_its_row_and_the_rest_of_the_batch_is_solved():
+    model = _BreaksDown()
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(2, **D64), 1e-1 * torch.eye(1, **D64))
+    x0 = torch.tensor([[0.5, 0.0], [0.2, 0.1], [0.3, -0.2]], **D64)
+    U_init = torch.zeros(3, 20, 1, **D64)
+    U_init[1] = 50.0                                                    # row 1 leaves |position| <= 1: NaN
+    sol = trajopt.ilqr(trajopt.Problem(model, cost, x0, U_init=U_init), max_iter=50)
+    assert sol.status.tolist() == [trajopt.Status.CONVERGED, trajopt.Status.NOT_FINITE, trajopt.Status.CONVERGED]
+    assert torch.isfinite(sol.X).all() and torch.isfinite(sol.U).all() and not torch.isnan(sol.cost).any()
+    assert float(sol.cost[1]) == float("inf") and (sol.X[1] == x0[1]).all()
+    torch.testing.assert_close(sol.U[1], U_init[1])
+    alone = trajopt.ilqr(trajopt.Problem(model, cost, x0[[0, 2]], U_init=U_init[[0, 2]]), max_iter=50)
+    torch.testing.assert_close(sol.U[[0, 2]], alone.U, rtol=0, atol=0)
+    assert "1 not_finite" in sol.summary()
+    with pytest.raises(trajopt.SolveError, match="1: NOT_FINITE"):
+        sol.throw()

@@ -54,11 +54,10 @@ def resolve_grad(where, grad, routes=GRAD_ROUTES):
 
 
 def tolerance(value, default, dtype):
-    """An absolute stopping tolerance for ``dtype``: ``value`` when given (checked positive), else ``default``
+    """An absolute stopping tolerance for ``dtype``: ``value`` when given (the caller checks it), else ``default``
     (stated for float64) scaled to the dtype's precision, ``default * (eps / eps64) ** (1/3)`` (``1e-6`` becomes
     ``8.1e-4`` in float32, which P2 and P3 reach where float64 reaches ``1e-6``)."""
     if value is not None:
-        check_positive("tolerance", value=value)
         return float(value)
     scale = (torch.finfo(dtype).eps / torch.finfo(torch.float64).eps) ** (1 / 3)
     return default * scale

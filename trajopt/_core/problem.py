@@ -233,10 +233,11 @@ def solver(fn: Callable) -> Callable:
     name = fn.__name__
 
     @functools.wraps(fn)
-    def wrapper(problem, **options) -> Solution:
-        if not isinstance(problem, Problem):
-            raise TypeError(f"{name}: the first argument must be a trajopt.Problem, got {type(problem).__name__}; "
-                            f"build one with trajopt.Problem(dynamics, cost, x0, horizon=T) (or U_init=...)")
+    def wrapper(problem, *args, **options) -> Solution:
+        if args or not isinstance(problem, Problem):
+            raise TypeError(f"{name}: the first argument must be a trajopt.Problem (and options follow by keyword), got "
+                            f"{type(problem).__name__}{' and %d more positional' % len(args) if args else ''}; build one "
+                            f"with trajopt.Problem(dynamics, cost, x0, horizon=T) (or U_init=...)")
         sol = fn(problem, **options)
         return sol if problem.batched else sol[0]
     return wrapper

@@ -65,7 +65,7 @@ def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None
     Args:
         problem: the batch of problems (state bounds and a constraint are not used: see
             :func:`trajopt.constrained_ilqr`).
-        max_iter: iteration budget per problem.
+        max_iter: iteration budget per problem (0: evaluate the initial guess only).
         grad_tol: a problem has converged when its projected gradient's largest entry is at most ``grad_tol``;
             default ``1e-6`` in float64, scaled to the dtype's precision otherwise (``8.1e-4`` in float32, which
             P3's float32 solves reach).
@@ -98,15 +98,14 @@ def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None
     converged problem is not positive definite. ``K`` and ``k`` are detached.
     """
     where = "ddp" if second_order else "ilqr"
-    check_int(where, max_iter=max_iter)
+    check_int(where, minimum=0, max_iter=max_iter)
     check_positive(where, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)
     if not mu_min <= mu_init <= mu_max:
         raise ValueError(f"{where}: need mu_min <= mu_init <= mu_max, got {mu_min}, {mu_init}, {mu_max}")
+    check_positive(where, **{k: v for k, v in (("grad_tol", grad_tol), ("tol", tol)) if v is not None})
     route = resolve_grad(where, grad)
     opts = dict(max_iter=max_iter, grad_tol=tolerance(grad_tol, 1e-6, problem.dtype), second_order=second_order,
                 tol=float(tol) if tol is not None else None, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)
-    if tol is not None:
-        check_positive(where, tol=tol)
     with torch.set_grad_enabled(route == "unroll"):
         s = _solve(problem, unroll=route == "unroll", **opts)
     X, U = s.X, s.U

@@ -4,9 +4,9 @@ import scipy.linalg
 import torch
 
 import trajopt
-from benchmarks import problems
+from trajopt.problems import reference as problems
 from tests.conftest import p1_tensors
-from trajopt.lqr import _augment, _riccati, _use_elimination
+from trajopt._core.riccati import augment, riccati, use_elimination
 
 ARGS = ("F", "f", "C", "c", "x0")
 
@@ -49,13 +49,13 @@ def test_lqr_gains_reproduce_the_controls():
 def test_both_riccati_stages_agree(B):
     t, _ = p1_tensors(B, 15, 6, 3)
     zeros = torch.zeros(B, 6, 6, dtype=torch.float64), torch.zeros(B, 6, dtype=torch.float64)
-    Fh, Ch, VTh = _augment(t["F"], t["f"], t["C"], t["c"], *zeros)
-    K1, V1, Q1, pd1 = _riccati(Fh, Ch, VTh, elimination=True, keep=True)
-    K2, V2, Q2, pd2 = _riccati(Fh, Ch, VTh, elimination=False, keep=True)
+    Fh, Ch, VTh = augment(t["F"], t["f"], t["C"], t["c"], *zeros)
+    K1, V1, Q1, pd1 = riccati(Fh, Ch, VTh, elimination=True, keep=True)
+    K2, V2, Q2, pd2 = riccati(Fh, Ch, VTh, elimination=False, keep=True)
     assert pd1.all() and pd2.all()
     torch.testing.assert_close(K1, K2, atol=1e-11, rtol=0)
     torch.testing.assert_close(V1, V2, atol=1e-10, rtol=0)
-    assert _use_elimination(3) and not _use_elimination(8)
+    assert use_elimination(3) and not use_elimination(8)
 
 
 def test_lqr_terminal_cost_matches_dense_kkt():

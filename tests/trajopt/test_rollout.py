@@ -4,7 +4,7 @@ import torch
 
 import dynamics
 import trajopt
-from benchmarks import problems
+from trajopt.problems import reference as problems
 from tests.dynamics.models import Coupled, PendulumODE
 
 

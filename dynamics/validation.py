@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+__all__ = ["check_tensor", "check_consistent", "check_finite"]
+
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
 

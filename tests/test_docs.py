@@ -7,7 +7,9 @@ import pytest
 import dynamics
 import dynamics.contact
 import dynamics.learned
+import dynamics.validation
 import trajopt
+import trajopt.problems
 import trajopt.rl
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -29,3 +31,5 @@ def test_api_page_lists_the_public_surface():
     assert section["dynamics.contact"] == set(dynamics.contact.__all__)
     assert section["dynamics.learned"] == set(dynamics.learned.__all__)
     assert section["trajopt.rl"] == set(trajopt.rl.__all__)
+    assert section["trajopt.problems"] == set(trajopt.problems.__all__)
+    assert section["dynamics.validation"] == set(dynamics.validation.__all__)

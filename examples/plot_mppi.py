@@ -3,40 +3,52 @@
 Thirty MPPI iterations (1000 samples, time-correlated noise) move the plan from zero controls; the
 figure shows, for three of those iterations, a subset of that iteration's sampled angle trajectories
 (shaded by their weight) around the plan they perturb, and the plan after the update. Run
-``python examples/plot_mppi.py`` to save ``docs/images/mppi_samples.png``.
+``python examples/plot_mppi.py`` (from any directory) to save the repository's
+``docs/images/mppi_samples.png``, or ``python examples/plot_mppi.py out.png`` to save it elsewhere.
 """
 import math
+import os
+import sys
 
 import torch
 from _plot import save, subplots
 
 import trajopt
-from benchmarks.ilqr import problem
-from trajopt.sampling import _perturbed
+from trajopt.problems import pendulum
 
 OPTIONS = dict(samples=1000, temperature=0.1, noise_std=2.0, correlation=0.9)
+FIGURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "images", "mppi_samples.png")
 
 
-def main(path="docs/images/mppi_samples.png", shown=(0, 5, 29), lines=60):
-    p = problem("P2 pendulum", 1)
-    model, cost, x0, T, u_max = p["dynamics"], p["cost"], p["x0"][:1], p["T"], p["u_max"]
+def samples(U, generator, u_max):
+    """The ``N`` control sequences one :func:`trajopt.mppi` iteration draws around the plan ``U (1, T, 1)`` with
+    this generator state, ``(N, T, 1)``: the same call of the generator (one ``randn`` of ``(T, m, 1, 1 + N)``,
+    the plan itself in column 0), time-correlated, scaled, clamped into the bounds."""
+    T, m, N, rho = U.shape[1], U.shape[2], OPTIONS["samples"], OPTIONS["correlation"]
+    w = torch.randn(T, m, 1, 1 + N, dtype=U.dtype, generator=generator)[:, :, 0, 1:]      # (T, m, N)
+    for t in range(1, T):
+        w[t] = rho * w[t - 1] + (1 - rho ** 2) ** 0.5 * w[t]
+    return (U[0].unsqueeze(-1) + OPTIONS["noise_std"] * w).clamp(-u_max, u_max).permute(2, 0, 1)
+
+
+def main(path=FIGURE, shown=(0, 5, 29), lines=60):
+    problem = pendulum(B=1)                   # P2 from the hanging start: T = 100, |u| <= 2, zero controls
+    model, cost, x0, T = problem.dynamics, problem.cost, problem.x0, problem.T
+    u_max = float(problem.u_upper.max())
     generator = torch.Generator().manual_seed(0)
-    U = torch.zeros(1, T, 1, dtype=torch.float64)
+    U = problem.U_init
     t = torch.arange(T + 1) * 0.05
     fig, axes = subplots(1, len(shown), figsize=(4.2 * len(shown), 3.4), sharey=True)
     panel = 0
     for it in range(max(shown) + 1):
         if it in shown:      # redraw this iteration's samples with the same generator state, for the figure
             state = generator.get_state()
-            bound = torch.full_like(U, u_max)
-            trial = _perturbed(U, OPTIONS["samples"], -bound, bound, generator,
-                               torch.tensor(OPTIONS["noise_std"], dtype=U.dtype), OPTIONS["correlation"])[0, 1:]
+            trial = samples(U, generator, u_max)
             X = trajopt.rollout(model, x0.expand(len(trial), 2), trial)
             J = cost(X, trial)
             w = torch.softmax(-(J - J.min()) / OPTIONS["temperature"], 0)
             generator.set_state(state)
-        new = trajopt.mppi(model, cost, x0, U, iterations=1, u_lower=-u_max, u_upper=u_max, generator=generator,
-                           **OPTIONS)
+        new = trajopt.mppi(problem.replace(U_init=U), max_iter=1, generator=generator, **OPTIONS)
         if it in shown:
             ax = axes[panel]
             shade = (w / w.max()).clamp_min(0.05)
@@ -59,4 +71,4 @@ def main(path="docs/images/mppi_samples.png", shown=(0, 5, 29), lines=60):
 
 
 if __name__ == "__main__":
-    print(f"cost after {max((0, 5, 29)) + 1} iterations: {main():.2f}")
+    print(f"cost after {max((0, 5, 29)) + 1} iterations: {main(*sys.argv[1:2]):.2f}")

@@ -5,43 +5,192 @@ import torch
 
 import dynamics
 import trajopt
-from trajopt.sampling import _perturbed, _smooth, cem, mppi, random_shooting
+from trajopt import Status, cem, mppi, random_shooting
+from trajopt._solvers import sampling
+from trajopt.problems import bicycle, pendulum, reference
 
 D64 = dict(dtype=torch.float64)
 
 
-def double_integrator():
+def double_integrator(**fields):
     model = dynamics.DoubleIntegrator().discretize()
     cost = trajopt.QuadraticCost.from_weights(torch.eye(2, **D64), 0.1 * torch.eye(1, **D64),
                                               x_goal=torch.tensor([1.0, 0.0], **D64))
-    return model, cost, torch.tensor([[0.0, 0.0], [0.5, -0.5], [-1.0, 0.3]], **D64), 20
+    x0 = torch.tensor([[0.0, 0.0], [0.5, -0.5], [-1.0, 0.3]], **D64)
+    return trajopt.Problem(model, cost, x0, **{"horizon": 20, **fields})
+
+
+def seeded(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+class Poisoned(dynamics.Dynamics):
+    """A model that gives NaN from states whose first component exceeds 50 (a marked start), at every step or, with
+    ``only_at``, at that step only (then a cost without a terminal term stays finite)."""
+
+    def __init__(self, inner, only_at=None):
+        super().__init__(inner.state_dim, inner.control_dim)
+        self.inner, self.only_at = inner, only_at
+
+    def forward(self, x, u, t=None):
+        bad = x[..., :1] > 50
+        if self.only_at is not None:
+            bad = bad & (t == self.only_at)
+        return torch.where(bad, float("nan"), self.inner(x, u, t))
+
+
+SOLVERS = [(mppi, dict(samples=60, max_iter=3, temperature=0.5)), (cem, dict(samples=60, max_iter=3, elites=10)),
+           (random_shooting, dict(samples=60, noise_std=1.0))]
 
 
 def test_mppi_and_cem_approach_the_optimum_of_a_linear_quadratic_problem():
-    model, cost, x0, T = double_integrator()
-    optimum = trajopt.ilqr(model, cost, x0, horizon=T, grad=None).cost          # = LQR on this problem
-    g = torch.Generator().manual_seed(0)
-    s = mppi(model, cost, x0, horizon=T, samples=1000, iterations=30, temperature=0.1, noise_std=0.5, generator=g)
+    p = double_integrator()
+    model, cost, x0 = p.dynamics, p.cost, p.x0
+    optimum = trajopt.ilqr(p, grad=None).cost                    # = LQR on this problem
+    g = seeded(0)
+    s = mppi(p, samples=1000, max_iter=30, temperature=0.1, noise_std=0.5, generator=g)
     assert ((s.cost / optimum - 1).abs() < 2e-3).all()
-    c = cem(model, cost, x0, horizon=T, samples=1000, iterations=20, elites=50, noise_std=1.0, generator=g)
+    c = cem(p, samples=1000, max_iter=20, elites=50, noise_std=1.0, generator=g)
     assert ((c.cost / optimum - 1).abs() < 2e-4).all()
-    shooting = random_shooting(model, cost, x0, horizon=T, samples=200, noise_std=0.5, generator=g)
+    shooting = random_shooting(p, samples=200, noise_std=0.5, generator=g)
     assert (shooting.cost >= optimum).all() and (s.cost < shooting.cost).all()
     for sol in (s, c, shooting):                                  # the reported cost is the plan's
         torch.testing.assert_close(sol.cost, cost(trajopt.rollout(model, x0, sol.U), sol.U))
+        assert (sol.status == Status.NO_CERTIFICATE).all() and not sol.converged.any()
+
+
+def test_solution_fields_are_batch_first_and_every_problem_ends_without_a_certificate():
+    p = double_integrator()
+    B, T = p.B, p.T
+    s = mppi(p, samples=50, max_iter=4, generator=seeded(0))
+    c = cem(p, samples=50, max_iter=5, elites=10, generator=seeded(0))
+    r = random_shooting(p, samples=50, noise_std=0.5, generator=seeded(0))
+    for sol, I in ((s, 4), (c, 5), (r, 1)):
+        assert sol.status.dtype == torch.int64 and (sol.status == Status.NO_CERTIFICATE).all()
+        assert sol.iterations.tolist() == [I] * B and sol.residual is None
+        assert sol.cost_history.shape == (B, I + 1) and sol.X.shape == (B, T + 1, 2)
+        torch.testing.assert_close(sol.cost_history[:, -1], sol.cost, rtol=0, atol=0)     # after the last
+        assert sol.summary() == f"{B} problems: {B} no_certificate"
+    assert s.extras["best_sample"].shape == (B, 4) and s.extras["weights"].shape == (B, 50)
+    torch.testing.assert_close(s.extras["weights"].sum(1), torch.ones(B, **D64))
+    assert c.extras["best_sample"].shape == (B, 5) and c.extras["std"].shape == (B, T, 1)
+    assert r.extras["costs"].shape == (B, 50)
+    torch.testing.assert_close(r.cost_history[:, 0], r.extras["costs"][:, 0], rtol=0, atol=0)  # U_init's cost
+    torch.testing.assert_close(s.cost_history[:, 0], p.cost(trajopt.rollout(p.dynamics, p.x0, p.U_init), p.U_init))
 
 
 def test_sampling_keeps_the_bounds_and_random_shooting_keeps_the_best_sample():
-    model, cost, x0, T = double_integrator()
-    g = torch.Generator().manual_seed(1)
-    U0 = torch.full((3, T, 1), 0.2, **D64)
+    g = seeded(1)
+    p = double_integrator(horizon=None, U_init=torch.full((3, 20, 1), 0.2, **D64), u_lower=-0.3, u_upper=0.3)
     for solve in (mppi, cem):
-        sol = solve(model, cost, x0, U0, u_lower=-0.3, u_upper=0.3, iterations=3, samples=100, generator=g)
+        sol = solve(p, max_iter=3, samples=100, generator=g)
         assert (sol.U.abs() <= 0.3).all()
-    shooting = random_shooting(model, cost, x0, U0, samples=50, u_lower=-0.3, u_upper=0.3, generator=g)
+    shooting = random_shooting(p, samples=50, generator=g)
     assert (shooting.U.abs() <= 0.3).all()
-    torch.testing.assert_close(shooting.cost, shooting.history["costs"].amin(1))
-    assert (shooting.cost <= shooting.history["costs"][:, 0]).all()             # sample 0 is U_init
+    torch.testing.assert_close(shooting.cost, shooting.extras["costs"].amin(1))
+    assert (shooting.cost <= shooting.extras["costs"][:, 0]).all()             # sample 0 is U_init
+
+
+@pytest.mark.parametrize("make", [lambda: pendulum(B=3, horizon=40), lambda: bicycle(B=2)], ids=["P2", "P4"])
+def test_plans_of_the_canonical_problems_cost_what_the_reference_says(make):
+    p = make()
+    spec = reference.PENDULUM if p.n == 2 else reference.BICYCLE
+    step = reference.pendulum_step if p.n == 2 else reference.bicycle_step
+    u_max = torch.as_tensor(spec["u_max"], **D64)
+    for solve, options in SOLVERS:
+        sol = solve(p, generator=seeded(2), **{**options, "noise_std": 0.5 * u_max})
+        assert (sol.U.abs() <= u_max).all() and (sol.status == Status.NO_CERTIFICATE).all()
+        if solve is random_shooting:                                # U_init is one of the samples
+            assert (sol.cost <= sol.cost_history[:, 0]).all()
+        for b in range(p.B):
+            J = reference.trajectory_cost(step, p.x0[b].numpy(), sol.U[b].numpy(), spec["Q"], spec["R"],
+                                          spec.get("target"))
+            assert float(sol.cost[b]) == pytest.approx(J, rel=1e-9)
+
+
+def test_an_unbatched_problem_gives_row_0_of_the_batched_solution_unbatched():
+    p = double_integrator()
+    one = p.replace(x0=p.x0[0])                                    # unbatched: x0 (n,), U_init of horizon
+    row = p.replace(x0=p.x0[:1])
+    assert not one.batched and row.batched
+    for solve, options in SOLVERS:
+        sol = solve(one, generator=seeded(3), **options)
+        ref = solve(row, generator=seeded(3), **options)
+        assert sol.U.shape == (20, 1) and sol.X.shape == (21, 2) and sol.cost.shape == ()
+        assert sol.status.shape == () and sol.iterations.shape == () and sol.cost_history.ndim == 1
+        for name in ("X", "U", "cost", "status", "iterations", "cost_history"):
+            torch.testing.assert_close(getattr(sol, name), getattr(ref, name)[0], rtol=0, atol=0)
+        for name, value in sol.extras.items():
+            torch.testing.assert_close(value, ref.extras[name][0], rtol=0, atol=0)
+        assert int(sol.status) == Status.NO_CERTIFICATE
+
+
+@pytest.mark.parametrize("only_at", [None, 39], ids=["nan-everywhere", "nan-final-state-only"])
+@pytest.mark.parametrize("stored", [True, False], ids=["stored", "summed"])
+def test_a_row_whose_model_gives_nan_is_not_finite_and_the_others_are_unaffected(monkeypatch, only_at, stored):
+    """Row 2's start is marked so that the model gives NaN there; the others must be solved exactly as they are
+    with the plain model (same batch, same random draws). With ``only_at`` the NaN appears only in the final state,
+    which P2's cost (no terminal term) does not see: the sample must still count as non-finite."""
+    if not stored:
+        monkeypatch.setattr(sampling, "_STORED_ROWS", 0)         # sum the stage costs along the rollout
+    good = pendulum(B=4, horizon=40)
+    x0 = good.x0.clone()
+    x0[2, 0] = 100.0
+    plain, bad = good.replace(x0=x0), good.replace(x0=x0, dynamics=Poisoned(good.dynamics, only_at))
+    others = [0, 1, 3]
+    for solve, options in SOLVERS:
+        sol = solve(bad, generator=seeded(4), **options)
+        ref = solve(plain, generator=seeded(4), **options)
+        assert sol.status.tolist() == [Status.NO_CERTIFICATE] * 2 + [Status.NOT_FINITE, Status.NO_CERTIFICATE]
+        assert not torch.isnan(sol.X).any() and torch.isfinite(sol.U).all()
+        assert not torch.isnan(sol.cost).any() and not torch.isnan(sol.cost_history).any()
+        torch.testing.assert_close(sol.X[2], x0[2].expand(41, 2), rtol=0, atol=0)       # x0 held
+        torch.testing.assert_close(sol.U[2], bad.U_init[2], rtol=0, atol=0)           # its plan never moved
+        assert sol.cost[2] == float("inf")
+        for name in ("X", "U", "cost", "cost_history"):
+            torch.testing.assert_close(getattr(sol, name)[others], getattr(ref, name)[others], rtol=0, atol=0)
+        for name, value in sol.extras.items():
+            torch.testing.assert_close(value[others], ref.extras[name][others], rtol=0, atol=0)
+    # without the final rollout, the status comes from the last iteration: nothing of it was finite
+    for solve, options in SOLVERS[:2]:
+        sol = solve(bad, generator=seeded(4), rollout_plan=False, **options)
+        assert sol.X is None and sol.cost is None and sol.cost_history.shape == (4, 3)
+        assert sol.status.tolist() == [Status.NO_CERTIFICATE] * 2 + [Status.NOT_FINITE, Status.NO_CERTIFICATE]
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["stored", "summed"])
+def test_a_row_whose_model_gives_nan_leaves_the_gradients_of_the_others_finite(monkeypatch, stored):
+    """The NaN samples of row 1 must not reach the gradient of a tensor all rows share (``0 * NaN``): d(U[0] and
+    cost[0]) / d C is the one with a model that stays finite."""
+    if not stored:
+        monkeypatch.setattr(sampling, "_STORED_ROWS", 0)
+    model = dynamics.Pendulum().discretize().double().requires_grad_(False)
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)),
+                                              torch.tensor([[0.02]], **D64), learnable=True)
+    x0 = torch.tensor([[0.8, 0.0], [100.0, 1.0]], **D64)
+    grads = []
+    for m in (Poisoned(model), model):
+        p = trajopt.Problem(m, cost, x0, horizon=10, u_lower=-2.0, u_upper=2.0)
+        sol = mppi(p, samples=50, max_iter=2, generator=seeded(0))
+        grads.append(torch.autograd.grad(sol.U[0].sum() + sol.cost[0], cost.C)[0])
+        assert sol.status.tolist() == [Status.NO_CERTIFICATE, Status.NOT_FINITE if m is not model
+                                       else Status.NO_CERTIFICATE]
+    assert torch.isfinite(grads[0]).all() and grads[1].abs().max() > 1e-3
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+def test_samples_with_a_finite_cost_but_a_non_finite_final_state_cost_inf_both_ways(monkeypatch):
+    p = pendulum(B=2, horizon=10)
+    x0 = p.x0.clone()
+    x0[1, 0] = 100.0
+    model = Poisoned(p.dynamics, only_at=9)
+    trial = torch.randn(2, 30, 10, 1, generator=seeded(5), **D64)
+    stored = sampling._sample_costs(model, p.cost, x0, trial)
+    monkeypatch.setattr(sampling, "_STORED_ROWS", 0)
+    summed = sampling._sample_costs(model, p.cost, x0, trial)
+    for J in (stored, summed):
+        assert torch.isfinite(J[0]).all() and (J[1] == float("inf")).all()
+    torch.testing.assert_close(stored[0], summed[0], rtol=1e-12, atol=0)
 
 
 def test_mppi_gradient_of_a_cost_weight_matches_central_differences_with_common_random_numbers():
@@ -49,11 +198,11 @@ def test_mppi_gradient_of_a_cost_weight_matches_central_differences_with_common_
     cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)),
                                               torch.tensor([[0.02]], **D64), learnable=True)
     x0 = torch.tensor([[0.8, 0.0], [-0.4, 1.0]], **D64)
-    options = dict(horizon=15, samples=300, iterations=3, temperature=0.5, noise_std=0.7, u_lower=-2.0,
-                   u_upper=2.0, correlation=0.5, smoothing=3)
+    options = dict(samples=300, max_iter=3, temperature=0.5, noise_std=0.7, correlation=0.5, smoothing=3)
 
     def plan():
-        return mppi(model, cost, x0, generator=torch.Generator().manual_seed(3), **options).U
+        p = trajopt.Problem(model, cost, x0, horizon=15, u_lower=-2.0, u_upper=2.0)
+        return mppi(p, generator=seeded(3), **options).U
     (grad,) = torch.autograd.grad(plan()[:, :5].sum(), cost.C)
     values = []
     for sign in (1, -1):
@@ -66,43 +215,67 @@ def test_mppi_gradient_of_a_cost_weight_matches_central_differences_with_common_
 
 
 def test_correlated_noise_has_its_spread_and_lag_one_correlation_and_smoothing_averages():
-    g = torch.Generator().manual_seed(0)
+    g = seeded(0)
     U = torch.linspace(-1, 1, 30, **D64).view(1, 30, 1).repeat(4, 1, 1)
-    trial = _perturbed(U, 5000, None, None, g, torch.tensor(0.7, **D64), 0.8)
+    trial = sampling._perturbed(U, 5000, None, None, g, torch.tensor(0.7, **D64), 0.8)
     assert trial.shape == (4, 5001, 30, 1)
     torch.testing.assert_close(trial[:, 0], U, rtol=0, atol=0)                  # sample 0 is the plan itself
     e = trial[:, 1:] - U.unsqueeze(1)
     assert e.std().item() == pytest.approx(0.7, rel=0.02)
     lag = (e[:, :, 1:] * e[:, :, :-1]).mean() / e.var()
     assert lag.item() == pytest.approx(0.8, abs=0.02)
+    smooth = sampling._smooth
     ramp = torch.arange(10, **D64).view(1, 10, 1).repeat(2, 1, 3)
-    torch.testing.assert_close(_smooth(ramp, 3)[:, 1:-1], ramp[:, 1:-1])        # linear: unchanged inside
-    torch.testing.assert_close(_smooth(torch.ones(2, 10, 3, **D64), 4), torch.ones(2, 10, 3, **D64))
-    torch.testing.assert_close(_smooth(ramp, 3)[:, 0], torch.full((2, 3), 0.5, **D64))   # edges: fewer terms
+    torch.testing.assert_close(smooth(ramp, 3)[:, 1:-1], ramp[:, 1:-1])        # linear: unchanged inside
+    torch.testing.assert_close(smooth(torch.ones(2, 10, 3, **D64), 4), torch.ones(2, 10, 3, **D64))
+    torch.testing.assert_close(smooth(ramp, 3)[:, 0], torch.full((2, 3), 0.5, **D64))   # edges: fewer terms
 
 
 def test_sampling_solvers_reject_bad_input():
-    model, cost, x0, T = double_integrator()
-    with pytest.raises(ValueError, match="noise_std must be a positive scalar"):
-        mppi(model, cost, x0, horizon=T, noise_std=-1.0)
-    with pytest.raises(ValueError, match="correlation must be in"):
-        mppi(model, cost, x0, horizon=T, correlation=1.0)
-    with pytest.raises(ValueError, match="temperature must be positive"):
-        mppi(model, cost, x0, horizon=T, temperature=0.0)
+    p = double_integrator()
+    with pytest.raises(ValueError, match="noise_std must be a positive finite number"):
+        mppi(p, noise_std=-1.0)
+    with pytest.raises(ValueError, match="mppi: noise_std must be a positive finite number, got inf"):
+        mppi(p, noise_std=float("inf"))
+    with pytest.raises(ValueError, match="cem: noise_std must be a positive finite number"):
+        cem(p, noise_std=torch.tensor([float("inf")], **D64))
+    with pytest.raises(ValueError, match="random_shooting: noise_std must be a positive finite number"):
+        random_shooting(p, noise_std=0.0)
+    with pytest.raises(ValueError, match=r"noise_std must be a scalar or \(1,\)"):
+        mppi(p, noise_std=torch.ones(2, **D64))
+    with pytest.raises(ValueError, match=r"mppi: correlation must be in \[0, 1\), got 1.0"):
+        mppi(p, correlation=1.0)
+    with pytest.raises(ValueError, match="temperature must be a positive finite number"):
+        mppi(p, temperature=0.0)
+    for solve in (mppi, cem, random_shooting):
+        with pytest.raises(ValueError, match=f"{solve.__name__}: samples must be an int >= 1, got 0"):
+            solve(p, samples=0)
+    with pytest.raises(ValueError, match="max_iter must be an int >= 1"):
+        mppi(p, max_iter=0)
+    with pytest.raises(ValueError, match="smoothing must be an int >= 1"):
+        mppi(p, smoothing=1.5)
+    with pytest.raises(ValueError, match="elites must be an int >= 1"):
+        cem(p, elites=0)
+    with pytest.raises(ValueError, match=r"cem: momentum must be in \[0, 1\)"):
+        cem(p, momentum=1.0)
+    with pytest.raises(ValueError, match="min_std must be a positive finite number"):
+        cem(p, min_std=0.0)
     with pytest.raises(ValueError, match="elites .* must not exceed samples"):
-        cem(model, cost, x0, horizon=T, samples=10, elites=20)
+        cem(p, samples=10, elites=20)
     with pytest.raises(ValueError, match="uniform samples need finite u_lower and u_upper"):
-        random_shooting(model, cost, x0, horizon=T)
+        random_shooting(p)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'iterations'"):
+        mppi(p, iterations=3)
+    with pytest.raises(TypeError, match="the first argument must be a trajopt.Problem"):
+        mppi(p.dynamics, p.cost, p.x0)
     with pytest.raises(ValueError, match="u_lower has shape"):
-        mppi(model, cost, x0, horizon=T, u_lower=torch.zeros(7, **D64))
-    with pytest.raises(ValueError, match="give a batch"):
-        cem(model, cost, x0[0], horizon=T)
+        double_integrator(u_lower=torch.zeros(7, **D64))
 
 
 def test_both_ways_of_costing_samples_agree_and_the_plan_rollout_can_be_skipped(monkeypatch):
-    from trajopt import sampling
-    model, cost, x0, T = double_integrator()
-    trial = torch.randn(3, 40, T, 1, generator=torch.Generator().manual_seed(4), **D64)
+    p = double_integrator()
+    model, cost, x0, T = p.dynamics, p.cost, p.x0, p.T
+    trial = torch.randn(3, 40, T, 1, generator=seeded(4), **D64)
     stored = sampling._sample_costs(model, cost, x0, trial)
     monkeypatch.setattr(sampling, "_STORED_ROWS", 0)                 # sum the stage costs along the rollout
     summed = sampling._sample_costs(model, cost, x0, trial)
@@ -110,19 +283,24 @@ def test_both_ways_of_costing_samples_agree_and_the_plan_rollout_can_be_skipped(
     torch.testing.assert_close(stored, reference, rtol=1e-12, atol=0)
     torch.testing.assert_close(summed, reference, rtol=1e-12, atol=0)
     # the samples as the solvers draw them (time-major), on models whose steps keep that layout
-    pendulum = dynamics.Pendulum().discretize().double()
-    for model, cost, x0 in ((model, cost, x0), (pendulum, cost, x0 @ torch.tensor([[3.0, 0.0], [0.0, 2.0]], **D64))):
-        plans = torch.randn(3, T, 1, generator=torch.Generator().manual_seed(6), **D64)
+    pendulum_model = dynamics.Pendulum().discretize().double()
+    for model, cost, x0 in ((model, cost, x0),
+                            (pendulum_model, cost, x0 @ torch.tensor([[3.0, 0.0], [0.0, 2.0]], **D64))):
+        plans = torch.randn(3, T, 1, generator=seeded(6), **D64)
         bound = torch.full((3, T, 1), 1.5, **D64)
-        trial = _perturbed(plans, 39, -bound, bound, torch.Generator().manual_seed(7), torch.tensor(0.8, **D64), 0.5)
+        trial = sampling._perturbed(plans, 39, -bound, bound, seeded(7), torch.tensor(0.8, **D64), 0.5)
         reference = torch.stack([cost(trajopt.rollout(model, x0, trial[:, i]), trial[:, i]) for i in range(40)], 1)
         torch.testing.assert_close(sampling._sample_costs(model, cost, x0, trial), reference, rtol=1e-12, atol=0)
     for solve in (mppi, cem):
-        options = dict(horizon=T, samples=50, iterations=2, **({"elites": 10} if solve is cem else {}))
-        full = solve(model, cost, x0, generator=torch.Generator().manual_seed(5), **options)
-        bare = solve(model, cost, x0, rollout_plan=False, generator=torch.Generator().manual_seed(5), **options)
+        options = dict(samples=50, max_iter=2, **({"elites": 10} if solve is cem else {}))
+        full = solve(p, generator=seeded(5), **options)
+        bare = solve(p, rollout_plan=False, generator=seeded(5), **options)
         assert bare.X is None and bare.cost is None
         torch.testing.assert_close(bare.U, full.U, rtol=0, atol=0)
+        # without the final rollout, the history holds the costs before each iteration only
+        assert bare.cost_history.shape == (3, 2)
+        torch.testing.assert_close(bare.cost_history, full.cost_history[:, :-1], rtol=0, atol=0)
+        assert (bare.status == Status.NO_CERTIFICATE).all()
 
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
@@ -132,10 +310,11 @@ def test_compiled_sample_costs_give_the_eager_plans_and_gradients():
     cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)),
                                               torch.tensor([[0.02]], **D64), learnable=True)
     x0 = torch.tensor([[3.0, 0.0], [-0.4, 1.0]], **D64)
-    options = dict(horizon=5, samples=40, iterations=2, temperature=0.5, u_lower=-2.0, u_upper=2.0)
+    options = dict(samples=40, max_iter=2, temperature=0.5)
     plans, grads = [], []
     for compile in (False, True):
-        U = mppi(model, cost, x0, generator=torch.Generator().manual_seed(8), compile=compile, **options).U
+        p = trajopt.Problem(model, cost, x0, horizon=5, u_lower=-2.0, u_upper=2.0)
+        U = mppi(p, generator=seeded(8), compile=compile, **options).U
         plans.append(U)
         grads.append(torch.autograd.grad(U.sum(), (cost.C, model.model.g)))
     assert plans[0].abs().max() > 0.1

@@ -10,8 +10,15 @@ All three perturb or draw whole control sequences, roll every one out with the s
   to the elite samples at every iteration.
 - :func:`random_shooting`: the best of independent samples.
 
-Control bounds are kept by clamping each sample. Randomness comes from ``generator`` (a
-``torch.Generator``), so a fixed seed gives common random numbers across calls.
+Each takes a :class:`~trajopt.Problem` (its ``x0``, ``U_init`` and control bounds; state bounds and a
+constraint are not used). Control bounds are kept by clamping each sample. Randomness comes from
+``generator`` (a ``torch.Generator``), so a fixed seed gives common random numbers across calls.
+
+Sampling gives no optimality certificate: every problem ends ``Status.NO_CERTIFICATE``, except one whose
+model or cost is not finite (``Status.NOT_FINITE``). A sample counts as non-finite when its cost or its
+final state is (cost ``inf``, weight zero); a problem none of whose samples is finite keeps its plan for
+that iteration, and a problem whose final plan rolls out to a non-finite trajectory returns ``x0`` held over
+the horizon and ``cost = inf``. The other problems of the batch are unaffected.
 
 Differentiable: :func:`mppi`'s plan with respect to ``x0`` and every tensor of the model and the cost
 that requires grad, through the samples' costs and weights with the random draws held fixed (common
@@ -24,37 +31,35 @@ import math
 
 import torch
 
-from dynamics import Dynamics
-from dynamics.validation import check_consistent
-from .._core.costs import Cost
-from .._core.bounds import check_bounds, clamp as clamp_to_bounds, clamped as _clamped, project as _project
-from .._core.implicit import grad_tensors
+from .._core.bounds import clamp as clamp_to_bounds
+from .._core.checks import check_fraction, check_int, check_positive
 from .._core.problem import Problem, Solution, Status, solver
-from .._core.rollout import rollout, unchecked_rollout
+from .._core.rollout import unchecked_rollout
 
 __all__ = ["mppi", "cem", "random_shooting"]
 
 _STORED_ROWS = 2 ** 17    # sample-stages up to which _sample_costs stores the trajectories
 
 
-def mppi(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
-         horizon: int | None = None, samples: int = 1000, iterations: int = 1, temperature: float = 1.0,
-         noise_std=1.0, correlation: float = 0.0, smoothing: int = 1, u_lower=None, u_upper=None,
-         generator: torch.Generator | None = None, rollout_plan: bool = True, compile: bool = False) -> Solution:
+@solver
+def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperature: float = 1.0, noise_std=1.0,
+         correlation: float = 0.0, smoothing: int = 1, generator: torch.Generator | None = None,
+         rollout_plan: bool = True, compile: bool = False) -> Solution:
     """Model-predictive path integral control on a batch of problems.
 
+    Starts from ``problem.U_init`` (clamped into the bounds); every sample is clamped into ``problem.u_lower``,
+    ``problem.u_upper``.
+
     Args:
-        dynamics, cost, x0, U_init, horizon: as for :func:`trajopt.ilqr` (``x0 (B, n)``, ``U_init (B, T, m)``
-            or zeros of length ``horizon``).
+        problem: the batch of problems (state bounds and a constraint are not used).
         samples: ``N`` perturbed sequences per problem and iteration.
-        iterations: refinements of the plan (each draws fresh samples).
+        max_iter: refinements of the plan (each draws fresh samples); every problem runs all of them.
         temperature: ``lambda`` of the weights ``softmax(-(J_i - min J) / lambda)``; small values approach the
             best sample, large ones the plain mean.
-        noise_std: standard deviation of the perturbations, a scalar or ``(m,)``.
+        noise_std: standard deviation of the perturbations, a finite positive scalar or ``(m,)``.
         correlation: ``rho`` in ``[0, 1)`` of the time-correlated noise ``e_t = rho e_{t-1} + sqrt(1 - rho^2)
             w_t`` (same marginal spread; 0 gives white noise).
         smoothing: width of a moving average applied to each update along time (1: none).
-        u_lower, u_upper: bounds broadcastable to ``(B, T, m)``; every sample is clamped into them.
         generator: the random source (common random numbers when seeded alike).
         rollout_plan: roll out the final plan for ``X`` and ``cost``. A receding-horizon loop that uses only
             the plan's first control can pass False: that skips one sequential pass, as long as all the
@@ -67,35 +72,39 @@ def mppi(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
             for one solve. Values and gradients are the eager ones up to rounding.
 
     Returns:
-        ``Solution`` with the plan ``U (B, T, m)``, its rollout ``X`` and ``cost``, ``iterations``, and
-        ``history``: ``cost`` of the plan before each iteration and after the last ``(iterations+1, B)`` (without
-        the last if ``rollout_plan`` is False),
-        ``best_sample`` cost per iteration ``(iterations, B)`` and the ``weights`` of the last update
-        ``(B, N)``. ``converged`` is True where the last iteration changed the plan's cost by at most 1e-6
-        relative (sampling gives no optimality certificate).
+        :class:`~trajopt.Solution` with the plan ``U (B, T, m)``, its rollout ``X (B, T+1, n)`` and ``cost (B,)``,
+        ``status`` (``NO_CERTIFICATE``; ``NOT_FINITE`` where the final plan's rollout or cost is not finite:
+        ``X`` is then ``x0`` held over the horizon and ``cost = inf``), ``iterations (B,)`` (``max_iter``),
+        ``cost_history (B, max_iter+1)``: the plan's cost before each iteration and after the last (without
+        the last, ``(B, max_iter)``, when ``rollout_plan`` is False), ``residual`` None, and ``extras``:
+        ``best_sample (B, max_iter)``, the cheapest sample's cost per iteration, and ``weights (B, N)`` of the
+        last update (detached). A sample whose cost or final state is not finite gets cost ``inf`` and weight
+        zero; a problem with no finite sample keeps its plan for that iteration. With ``rollout_plan`` False a
+        problem is ``NOT_FINITE`` when nothing of its last iteration was finite, the plan it kept included.
 
     Differentiable with respect to ``x0`` and the model's and the cost's tensors (and ``U_init``) through
     every iteration's samples and weights, with the random draws held fixed: the exact derivative of the
-    returned plan under common random numbers. The graph holds ``iterations`` rollouts of ``B N`` samples.
+    returned plan under common random numbers. The graph holds ``max_iter`` rollouts of ``B N`` samples.
     """
     where = "mppi"
-    x0, U, B, lower, upper = _setup(where, dynamics, cost, x0, U_init, horizon, u_lower, u_upper)
-    _check_positive(where, samples=samples, iterations=iterations, temperature=temperature, smoothing=smoothing)
-    if not 0.0 <= correlation < 1.0:
-        raise ValueError(f"{where}: correlation must be in [0, 1), got {correlation}")
+    check_int(where, samples=samples, max_iter=max_iter, smoothing=smoothing)
+    check_positive(where, temperature=temperature)
+    check_fraction(where, correlation=correlation)
+    B, x0, U, lower, upper = problem.B, problem.x0, problem.U_init, problem.u_lower, problem.u_upper
     std = _noise_std(where, noise_std, U)
     costs, best = [], []
-    weights = None
-    for _ in range(iterations):
+    for _ in range(max_iter):
         # the plan rides along as an unweighted extra sample, for its cost in the history
         trial = _perturbed(U, samples, lower, upper, generator, std, correlation)    # (B, 1 + N, T, m)
-        J = _sample_costs(dynamics, cost, x0, trial, compile)
+        J = _sample_costs(problem.dynamics, problem.cost, x0, trial, compile)
         costs.append(J[:, 0].detach())
         J = J[:, 1:]                                                                 # (B, N)
         logits = -(J - J.detach().amin(1, keepdim=True)) / temperature
         # weights that would fall below the smallest normal float are zero: denormal arithmetic in the update
         # below runs ~10x slower on CPUs, and such a weight changes nothing
         logits = logits.masked_fill(logits < math.log(torch.finfo(J.dtype).tiny), -math.inf)
+        # a non-finite sample (cost inf) has weight 0; a problem with no finite sample gets NaN logits, all its
+        # weights 0 and so a zero step: it keeps its plan
         weights = torch.nan_to_num(torch.softmax(logits, 1))
         # sum_i w_i (trial_i - U); the reshape is a view of the time-major samples, the product one bmm
         drawn = trial[:, 1:].permute(0, 2, 3, 1).reshape(B, -1, samples)                # (B, T m, N)
@@ -103,124 +112,131 @@ def mppi(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor 
         U = U + _smooth(step, smoothing)
         best.append(J.detach().amin(1))
     U = clamp_to_bounds(U, lower, upper)
-    X, J = _plan_rollout(dynamics, cost, x0, U, rollout_plan, costs)
-    history = {"cost": torch.stack(costs), "best_sample": torch.stack(best), "weights": weights.detach()}
-    return Solution(X=X, U=U, cost=J, converged=_settled(costs), iterations=iterations, history=history)
+    extras = {"best_sample": torch.stack(best, 1), "weights": weights.detach()}
+    return _solution(problem, U, rollout_plan, costs, best, max_iter, extras)
 
 
-def cem(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
-        horizon: int | None = None, samples: int = 1000, iterations: int = 10, elites: int = 100,
-        noise_std=1.0, min_std: float = 1e-3, momentum: float = 0.0, u_lower=None, u_upper=None,
-        generator: torch.Generator | None = None, rollout_plan: bool = True, compile: bool = False) -> Solution:
+@solver
+def cem(problem: Problem, *, samples: int = 1000, max_iter: int = 10, elites: int = 100, noise_std=1.0,
+        min_std: float = 1e-3, momentum: float = 0.0, generator: torch.Generator | None = None,
+        rollout_plan: bool = True, compile: bool = False) -> Solution:
     """The cross-entropy method on a batch of problems (PlaNet's planner).
 
-    A diagonal Gaussian over control sequences, mean ``U_init`` (zeros of length ``horizon`` if None) and
-    spread ``noise_std``, is refitted at every iteration to the ``elites`` cheapest of ``samples`` draws
-    (clamped into the bounds); ``momentum`` keeps that fraction of the previous mean and spread, and the
-    spread never falls below ``min_std``. Returns the final mean as the plan, with its rollout and cost;
-    ``history``: ``cost`` of the mean before each iteration and after the last, ``best_sample`` per
-    iteration, final ``std (B, T, m)``; ``converged`` where the spread has shrunk to ``min_std`` everywhere.
+    A diagonal Gaussian over control sequences, mean ``problem.U_init`` and spread ``noise_std`` (a finite
+    positive scalar or ``(m,)``), is refitted at every one of ``max_iter`` iterations to the ``elites``
+    cheapest of ``samples`` draws (clamped into the problem's control bounds); ``momentum`` (in ``[0, 1)``)
+    keeps that fraction of the previous mean and spread, and the spread never falls below ``min_std``. A
+    problem none of whose samples is finite (cost or final state) keeps its mean and spread for that iteration.
+
+    Returns:
+        :class:`~trajopt.Solution` with the final mean as the plan ``U (B, T, m)``, its rollout ``X`` and
+        ``cost``, ``status`` (``NO_CERTIFICATE``, or ``NOT_FINITE`` as for :func:`mppi`), ``iterations (B,)``,
+        ``cost_history (B, max_iter+1)`` (the mean's cost before each iteration and after the last; without
+        the last when ``rollout_plan`` is False), and ``extras``: ``best_sample (B, max_iter)`` and the final
+        ``std (B, T, m)``.
+
     ``rollout_plan=False`` skips the final mean's rollout (``X`` and ``cost`` None), and ``compile`` compiles the
     samples' rollout, as for :func:`mppi`.
     Not differentiable (the elites are chosen by sorting): the plan is detached.
     """
     where = "cem"
-    x0, mean, B, lower, upper = _setup(where, dynamics, cost, x0, U_init, horizon, u_lower, u_upper)
-    _check_positive(where, samples=samples, iterations=iterations, elites=elites, min_std=min_std)
+    check_int(where, samples=samples, max_iter=max_iter, elites=elites)
+    check_positive(where, min_std=min_std)
     if elites > samples:
         raise ValueError(f"{where}: elites ({elites}) must not exceed samples ({samples})")
-    if not 0.0 <= momentum < 1.0:
-        raise ValueError(f"{where}: momentum must be in [0, 1), got {momentum}")
-    x0, mean = x0.detach(), mean.detach()
+    check_fraction(where, momentum=momentum)
+    B, T, m, lower, upper = problem.B, problem.T, problem.m, problem.u_lower, problem.u_upper
+    x0, mean = problem.x0.detach(), problem.U_init.detach()
     std = _noise_std(where, noise_std, mean).expand_as(mean).clone()
-    T, m = mean.shape[-2:]
     costs, best = [], []
     with torch.no_grad():
-        for _ in range(iterations):
+        for _ in range(max_iter):
             trial = _perturbed(mean, samples, lower, upper, generator, std)
-            J = _sample_costs(dynamics, cost, x0, trial, compile)
+            J = _sample_costs(problem.dynamics, problem.cost, x0, trial, compile)
             costs.append(J[:, 0])                                                    # the mean rides along
             J, trial = J[:, 1:], trial[:, 1:]
             idx = J.topk(elites, 1, largest=False).indices                          # (B, E)
             elite = trial.gather(1, idx.view(B, elites, 1, 1).expand(B, elites, T, m))
-            mean = momentum * mean + (1 - momentum) * elite.mean(1)
-            std = (momentum * std + (1 - momentum) * elite.std(1, unbiased=False)).clamp_min(min_std)
+            some = torch.isfinite(J).any(1).view(B, 1, 1)                            # else: keep the Gaussian
+            mean = torch.where(some, momentum * mean + (1 - momentum) * elite.mean(1), mean)
+            std = torch.where(some, (momentum * std + (1 - momentum) * elite.std(1, unbiased=False))
+                              .clamp_min(min_std), std)
             best.append(J.amin(1))
-        X, J = _plan_rollout(dynamics, cost, x0, mean, rollout_plan, costs)
-    history = {"cost": torch.stack(costs), "best_sample": torch.stack(best), "std": std}
-    converged = (std <= min_std).flatten(1).all(1)
-    return Solution(X=X, U=mean, cost=J, converged=converged, iterations=iterations, history=history)
+        return _solution(problem, mean, rollout_plan, costs, best, max_iter, {"best_sample": torch.stack(best, 1),
+                                                                               "std": std})
 
 
-def random_shooting(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
-                    horizon: int | None = None, samples: int = 1000, noise_std=None, u_lower=None,
-                    u_upper=None, generator: torch.Generator | None = None, compile: bool = False) -> Solution:
-    """The cheapest of ``samples`` random control sequences per problem (``U_init`` is one of them).
+@solver
+def random_shooting(problem: Problem, *, samples: int = 1000, noise_std=None,
+                    generator: torch.Generator | None = None, compile: bool = False) -> Solution:
+    """The cheapest of ``samples`` random control sequences per problem (``problem.U_init`` is one of them).
 
-    With ``noise_std`` None the samples are uniform between the bounds (both must be finite); otherwise
-    Gaussian around ``U_init`` with that spread, clamped into the bounds. Returns the best sequence, its
-    rollout and cost; ``history``: ``costs`` of every sample ``(B, samples)``. ``converged`` is all True
-    (one pass, nothing to converge). ``compile`` as for :func:`mppi`. Not differentiable: the plan is detached.
+    With ``noise_std`` None the samples are uniform between the problem's control bounds (both must be
+    finite); otherwise Gaussian around ``U_init`` with that spread (a finite positive scalar or ``(m,)``),
+    clamped into the bounds. ``compile`` as for :func:`mppi`.
+
+    Returns:
+        :class:`~trajopt.Solution` with the best sequence ``U (B, T, m)``, its rollout ``X`` and ``cost``,
+        ``status`` (``NO_CERTIFICATE``; ``NOT_FINITE`` where the chosen sequence's rollout is not finite, as
+        when no sample is: ``U`` is then ``U_init``, ``X`` is ``x0`` held over the horizon and ``cost = inf``),
+        ``iterations (B,)`` (1),
+        ``cost_history (B, 2)`` (``U_init``'s cost and the best one), and ``extras``: ``costs (B, samples)`` of
+        every sample (``inf`` where its cost or final state is not finite), ``U_init``'s first.
+
+    Not differentiable: the plan is detached.
     """
     where = "random_shooting"
-    x0, U, B, lower, upper = _setup(where, dynamics, cost, x0, U_init, horizon, u_lower, u_upper)
-    _check_positive(where, samples=samples)
-    x0, U = x0.detach(), U.detach()
+    check_int(where, samples=samples)
+    B, lower, upper = problem.B, problem.u_lower, problem.u_upper
+    x0, U = problem.x0.detach(), problem.U_init.detach()
     if noise_std is None and (lower is None or upper is None
                               or not bool(torch.isfinite(lower).all() & torch.isfinite(upper).all())):
         raise ValueError(f"{where}: uniform samples need finite u_lower and u_upper; or give noise_std")
     std = None if noise_std is None else _noise_std(where, noise_std, U)
     with torch.no_grad():
         trial = _perturbed(U, samples - 1, lower, upper, generator, std)
-        J = _sample_costs(dynamics, cost, x0, trial, compile)
-        pick = J.argmin(1)
+        J = _sample_costs(problem.dynamics, problem.cost, x0, trial, compile)
+        pick = torch.where(torch.isfinite(J).any(1), J.argmin(1), 0)               # none finite: U_init
         U = trial[torch.arange(B, device=U.device), pick]
-        X = rollout(dynamics, x0, U)
-    return Solution(X=X, U=U, cost=cost(X, U), converged=torch.ones(B, dtype=torch.bool, device=U.device),
-                    iterations=1, history={"costs": J})
+        return _solution(problem, U, True, [J[:, 0]], [J.amin(1)], 1, {"costs": J})
 
 
-def _setup(where, dynamics, cost, x0, U_init, horizon, u_lower, u_upper):
-    """Shared checks: batched ``x0 (B, n)``, ``U (B, T, m)`` clamped into the bounds, and the bounds
-    ``(B, T, m)`` (or None)."""
-    x0, U, dims = check_problem(where, dynamics, cost, x0, U_init, horizon)
-    batch = check_consistent(where, {"x0": x0, "U_init": U}, {"x0": 1, "U_init": 2})
-    if batch is None:
-        raise ValueError(f"{where}: give a batch: x0 (B, n) (or U_init (B, T, m)); got x0 {tuple(x0.shape)}")
-    shape = (batch, *U.shape[-2:])
-    x0 = x0.expand(batch, dims["n"])
-    lower, upper = check_bounds(where, u_lower, u_upper, shape, x0)
-    return x0, clamp_to_bounds(U.expand(shape), lower, upper), batch, lower, upper
-
-
-def _plan_rollout(dynamics, cost, x0, U, wanted, costs):
-    """The final plan's rollout and cost (its cost appended to the history ``costs``), or None and None."""
-    if not wanted:
-        return None, None
-    X = rollout(dynamics, x0, U)
-    J = cost(X, U)
-    costs.append(J.detach())
-    return X, J
-
-
-def _settled(costs):
-    """Whether the plan's cost changed by at most 1e-6 relative over the last iteration, ``(B,)``."""
-    if len(costs) < 2:
-        return torch.zeros_like(costs[-1], dtype=torch.bool)
-    return (costs[-1] - costs[-2]).abs() <= 1e-6 * costs[-2].abs().clamp_min(1.0)
-
-
-def _check_positive(where, **values):
-    for name, value in values.items():
-        if not value > 0:
-            raise ValueError(f"{where}: {name} must be positive, got {value}")
+def _solution(problem, U, rollout_plan, costs, best, iterations, extras):
+    """The :class:`Solution` of the final plan ``U``: its rollout and cost unless ``rollout_plan`` is False (then
+    None), appended to the plan costs ``costs``, and the status of each problem. ``best`` holds the cheapest
+    sample's cost per iteration (``inf`` when no sample was finite)."""
+    B, T, n = problem.B, problem.T, problem.n
+    if rollout_plan:
+        X = unchecked_rollout(problem.dynamics, problem.x0, U)
+        J = problem.cost(X, U)
+        finite = torch.isfinite(J) & torch.isfinite(X).flatten(1).all(-1)
+        held = problem.x0.unsqueeze(1).expand(B, T + 1, n)
+        if J.requires_grad and not bool(finite.all()):   # a graph without the NaN rows (see _sample_costs)
+            rows = finite.nonzero().flatten()
+            X = held.index_put((rows,), unchecked_rollout(problem.dynamics, problem.x0[rows], U[rows]))
+            J = J.new_full((B,), math.inf).index_put((rows,), problem.cost(X[rows], U[rows]))
+        # a problem whose plan rolls out to NaN/Inf: x0 held over the horizon, cost inf (no NaN returned)
+        X = torch.where(finite.view(B, 1, 1), X, held)
+        J = torch.where(finite, J, math.inf)
+        costs.append(J.detach())
+    else:
+        X = J = None
+        # the plan is known to be non-finite only where nothing of the last iteration was finite: it was kept
+        finite = torch.isfinite(costs[-1]) | torch.isfinite(best[-1])
+    status = torch.where(finite, int(Status.NO_CERTIFICATE), int(Status.NOT_FINITE))
+    return Solution(X=X, U=U, cost=J, status=status,
+                    iterations=torch.full((B,), iterations, dtype=torch.long, device=problem.device),
+                    cost_history=torch.stack(costs, 1), extras=extras)
 
 
 def _noise_std(where, noise_std, like):
+    """``noise_std`` as a tensor of ``like``'s dtype: a scalar or ``(m,)``, every entry finite and positive."""
     std = torch.as_tensor(noise_std, dtype=like.dtype, device=like.device)
     m = like.shape[-1]
-    if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != m) or not bool((std > 0).all()):
-        raise ValueError(f"{where}: noise_std must be a positive scalar or ({m},), got {tuple(std.shape)}")
+    if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != m):
+        raise ValueError(f"{where}: noise_std must be a scalar or ({m},), got shape {tuple(std.shape)}")
+    for value in std.detach().reshape(-1).tolist():
+        check_positive(where, noise_std=value)
     return std
 
 
@@ -269,8 +285,13 @@ def _smooth(update, width):
     return (total / count).transpose(1, 2)
 
 
-def _sample_costs(dynamics, cost, x0, trial, compile=False):
-    """Costs ``(B, N)`` of control sequences ``trial (B, N, T, m)`` from ``x0 (B, n)``, as one batch.
+def _sample_costs(dynamics, cost, x0, trial, compile=False, again=True):
+    """Costs ``(B, N)`` of control sequences ``trial (B, N, T, m)`` from ``x0 (B, n)``, as one batch; ``inf``
+    where the cost or the final state is not finite (a cost without a terminal term misses a final NaN state).
+
+    With a graph, the finite samples are costed ``again`` without the others when some are not: a NaN in the
+    graph would turn the zero gradient of a non-finite sample into NaN gradients (``0 * NaN``) of every tensor
+    the samples share (the model's and the cost's).
 
     Small batches are rolled out with the shared rollout loop (:func:`~trajopt.rollout.unchecked_rollout`: the
     samples need no NaN scan) and costed over all stages at once
@@ -281,24 +302,31 @@ def _sample_costs(dynamics, cost, x0, trial, compile=False):
     B, N, T, m = trial.shape
     if B * N * T <= _STORED_ROWS and not compile:
         flat = trial.flatten(0, 1)
-        J = cost(unchecked_rollout(dynamics, x0.repeat_interleave(N, 0), flat), flat).view(B, N)
+        X = unchecked_rollout(dynamics, x0.repeat_interleave(N, 0), flat)
+        J = torch.where(torch.isfinite(X[:, -1]).all(-1), cost(X, flat), math.inf).view(B, N)
     else:
         U = trial.permute(2, 3, 0, 1).reshape(T, m, B * N)       # time-major: a view of _perturbed's samples
         x = x0.mT.repeat_interleave(N, 1).mT                        # (B N, n), kept column by column
         J = (_compiled_summed_costs() if compile else _summed_costs)(dynamics, cost, x, U).view(B, N)
-    return torch.where(torch.isfinite(J), J, torch.full_like(J, float("inf")))
+    finite = torch.isfinite(J)
+    if again and J.requires_grad and not bool(finite.all()):
+        rows = finite.flatten().nonzero().flatten()
+        redone = _sample_costs(dynamics, cost, x0.repeat_interleave(N, 0)[rows], trial.flatten(0, 1)[rows, None],
+                               compile, again=False)
+        return J.new_full((B * N,), math.inf).index_put((rows,), redone.flatten()).view(B, N)
+    return torch.where(finite, J, torch.full_like(J, float("inf")))
 
 
 def _summed_costs(dynamics, cost, x, U):
     """``sum_t stage(x_t, u_t, t) + terminal(x_T)`` (the cost's definition) along the rollout from ``x (R, n)``
-    under ``U (T, m, R)``, ``(R,)``; ``u_t = U[t].mT`` is a column-major view, and so are the states when the
-    model builds them with :func:`dynamics.stack_columns`."""
+    under ``U (T, m, R)``, ``(R,)``, and ``inf`` where the final state ``x_T`` is not finite; ``u_t = U[t].mT`` is a
+    column-major view, and so are the states when the model builds them with :func:`dynamics.stack_columns`."""
     J = 0.0
     for t in range(U.shape[0]):
         u = U[t].mT
         J = J + cost.stage(x, u, t)
         x = dynamics(x, u, t)
-    return J + cost.terminal(x)
+    return torch.where(torch.isfinite(x).all(-1), J + cost.terminal(x), math.inf)
 
 
 @functools.cache

@@ -54,7 +54,7 @@ def mppi_controller(horizon: int = MPPI["horizon"], samples: int = MPPI["samples
     """:class:`trajopt.MPC` with :func:`trajopt.mppi` (one iteration per step, noise 2, temperature 1)."""
     model = dynamics.Pendulum().discretize().requires_grad_(False)
     return trajopt.MPC(model, PendulumReward(), horizon, u_lower=-2.0, u_upper=2.0, solver=trajopt.mppi,
-                       samples=samples, iterations=1, temperature=1.0, noise_std=2.0,
+                       max_iter=1, samples=samples, temperature=1.0, noise_std=2.0,
                        generator=torch.Generator().manual_seed(seed))
 
 
@@ -78,8 +78,9 @@ def episodes(count: int = 100, steps: int = 200, horizon: int = HORIZON, max_ite
     for step in tqdm(range(steps), disable=not progress, desc="Pendulum-v1 MPC"):
         x = states(obs)
         if step == 0 and planner == "ilqr":
-            guess = trajopt.multistart(mpc.dynamics, mpc.cost, x, pumping_guesses(horizon), screen_iter=20,
-                                       max_iter=first_iter, grad=None, u_lower=-2.0, u_upper=2.0)
+            first = trajopt.Problem(mpc.dynamics, mpc.cost, x, horizon=horizon, u_lower=-2.0, u_upper=2.0)
+            guess = trajopt.multistart(first, U_inits=pumping_guesses(horizon), screen_iter=20, max_iter=first_iter,
+                                       grad=None)
             u, _ = mpc(x, U_init=guess.U)
         else:
             u, _ = mpc(x)

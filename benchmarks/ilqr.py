@@ -19,36 +19,23 @@ import torch
 
 import dynamics
 import trajopt
-from benchmarks import peers, problems
+import trajopt.problems
+from benchmarks import peers
+from trajopt.problems import reference as problems
 
 SIZES, QUICK_SIZES = (1, 32, 256), (1, 32)
 MAX_ITER, GRAD_TOL = 100, 1e-6
 RUNS = 3    # timed solves per cell for B <= 32, ours and mpc.pytorch's interleaved; the best of each is reported
 CHECKED = 3  # starts per row whose cost is recomputed by problems.trajectory_cost
-PROBLEMS = {"P2 pendulum": (problems.PENDULUM, problems.pendulum_step, problems.pendulum_x0, dynamics.Pendulum),
-            "P3 cart-pole": (problems.CARTPOLE, problems.cartpole_step, problems.cartpole_x0, dynamics.CartPole),
-            "P4 bicycle": (problems.BICYCLE, problems.bicycle_step, None, dynamics.KinematicBicycle)}
+# P2-P4 as trajopt.Problem (starts pendulum_x0 / cartpole_x0 with seed 0; P4 one start, the v = 1 guess)
+PROBLEMS = {"P2 pendulum": trajopt.problems.pendulum, "P3 cart-pole": trajopt.problems.cartpole,
+            "P4 bicycle": trajopt.problems.bicycle}
+# what problems.trajectory_cost needs of each model: its spec (Q, R, target) and NumPy step
+REFERENCE = {dynamics.Pendulum: (problems.PENDULUM, problems.pendulum_step),
+             dynamics.CartPole: (problems.CARTPOLE, problems.cartpole_step),
+             dynamics.KinematicBicycle: (problems.BICYCLE, problems.bicycle_step)}
 SUITE = ("P2 pendulum", "P3 cart-pole")
 STATE_GUESS = ("P2 pendulum",)  # also solved from the zero-state guess (X_init)
-
-
-def problem(name: str, B: int) -> dict:
-    """One of P2-P4 as our solvers take it: model (parameters frozen), cost (``problems.py``'s, no 1/2:
-    ``from_weights(2 Q, 2 R)``), starts ``x0 (B, n)`` (P4: all at the origin), bound ``u_max`` (a tensor),
-    horizon ``T``, ``U_init`` (P4: a forward-velocity guess, ``v = 1``; None otherwise: zero controls) and
-    what ``problems.trajectory_cost`` needs."""
-    spec, step, starts, model = PROBLEMS[name]
-    Q, R = np.asarray(spec["Q"], float), np.atleast_2d(spec["R"]).astype(float)
-    target = spec.get("target")
-    goal = None if target is None else torch.tensor(target)
-    x0 = torch.zeros(B, len(Q), dtype=torch.float64) if starts is None else torch.tensor(starts(B, seed=0))
-    U_init = None
-    if name == "P4 bicycle":       # from zero controls the steering angle is carried past pi/2, where tan jumps
-        U_init = torch.zeros(B, spec["T"], 2, dtype=torch.float64)
-        U_init[..., 0] = 1.0
-    return dict(dynamics=model().discretize().requires_grad_(False), step=step, Q=Q, R=R, target=target,
-                T=spec["T"], x0=x0, U_init=U_init, u_max=torch.as_tensor(spec["u_max"], dtype=torch.float64),
-                cost=trajopt.QuadraticCost.from_weights(torch.tensor(2 * Q), torch.tensor(2 * R), x_goal=goal))
 
 
 def pumping_guesses(T: int, dt: float = 0.05, u_max: float = 2.0, periods=(1.2, 1.6, 2.0), cycles=(1, 2)):
@@ -63,34 +50,41 @@ def pumping_guesses(T: int, dt: float = 0.05, u_max: float = 2.0, periods=(1.2, 
     return torch.stack(guesses).unsqueeze(-1)
 
 
-def lbfgsb(p: dict, b: int, U_start: torch.Tensor, **options) -> float:
-    """Cost reached by scipy's L-BFGS-B (tight tolerances, the same bounds) on problem ``b``'s flattened
-    controls, started from ``U_start (T, m)``: the reference the iLQR optimum is checked against."""
+def lbfgsb(problem: trajopt.Problem, b: int, U_start: torch.Tensor, **options) -> float:
+    """Cost reached by scipy's L-BFGS-B (tight tolerances, the problem's bounds) on row ``b`` of ``problem``'s
+    flattened controls, started from ``U_start (T, m)``: the reference the iLQR optimum is checked against."""
     import scipy.optimize
 
     shape = U_start.shape
+    x0 = problem.x0[b:b + 1].detach()
 
     def f(u):
         U = torch.tensor(u.reshape(1, *shape), requires_grad=True)
-        J = p["cost"](trajopt.rollout(p["dynamics"], p["x0"][b:b + 1], U), U).sum()
+        J = problem.cost(trajopt.rollout(problem.dynamics, x0, U), U).sum()
         J.backward()
         return J.item(), U.grad.numpy().ravel()
-    ub = p["u_max"].expand(shape).numpy().ravel()
+
+    def bound(z, sign):
+        return np.full(U_start.numel(), sign * np.inf) if z is None else z[b].detach().numpy().ravel()
     options = dict(dict(ftol=1e-15, gtol=1e-12, maxiter=20000, maxfun=50000), **options)
     return float(scipy.optimize.minimize(f, U_start.detach().numpy().ravel(), jac=True, method="L-BFGS-B",
-                                         bounds=np.stack([-ub, ub], 1), options=options).fun)
+                                         bounds=np.stack([bound(problem.u_lower, -1), bound(problem.u_upper, 1)], 1),
+                                         options=options).fun)
 
 
-def solve(p: dict, x0: torch.Tensor, max_iter: int = MAX_ITER, **options) -> trajopt.Solution:
-    return trajopt.ilqr(p["dynamics"], p["cost"], x0, horizon=p["T"], u_lower=-p["u_max"], u_upper=p["u_max"],
-                        max_iter=max_iter, grad_tol=GRAD_TOL, **options)
+def solve(p: trajopt.Problem, max_iter: int = MAX_ITER, **options) -> trajopt.Solution:
+    """``trajopt.ilqr`` with the suite's budget and ``grad_tol``."""
+    return trajopt.ilqr(p, max_iter=max_iter, grad_tol=GRAD_TOL, **options)
 
 
-def numpy_costs(p: dict, U, count=None) -> np.ndarray:
-    """``problems.trajectory_cost`` of the controls ``U (B, T, m)`` from the problem's starts (the first ``count``)."""
+def numpy_costs(p: trajopt.Problem, U, count=None) -> np.ndarray:
+    """``problems.trajectory_cost`` of the controls ``U (B, T, m)`` from the problem's starts (the first ``count``);
+    ``p`` is one of :data:`PROBLEMS`' (its model names the NumPy step and weights)."""
+    spec, step = REFERENCE[type(p.dynamics.model)]
+    Q, R = np.asarray(spec["Q"], float), np.atleast_2d(spec["R"]).astype(float)
     U = U.detach().numpy()
-    return np.array([problems.trajectory_cost(p["step"], x, u, p["Q"], p["R"], p["target"])
-                     for x, u in zip(p["x0"].numpy()[:count], U[:count])])
+    return np.array([problems.trajectory_cost(step, x, u, Q, R, spec.get("target"))
+                     for x, u in zip(p.x0.detach().numpy()[:count], U[:count])])
 
 
 def _timed(fn):
@@ -99,22 +93,22 @@ def _timed(fn):
     return out, time.perf_counter() - t0
 
 
-def zero_states(p: dict) -> torch.Tensor:
+def zero_states(p: trajopt.Problem) -> torch.Tensor:
     """The zero-state guess ``X_init (B, T+1, n)`` (crocoddyl's default; for P2 and P3 the upright goal)."""
-    return torch.zeros(len(p["x0"]), p["T"] + 1, p["x0"].shape[-1], dtype=p["x0"].dtype)
+    return p.x0.new_zeros(p.B, p.T + 1, p.n)
 
 
 def measure(name: str, B: int, max_iter: int = MAX_ITER, state_guess: bool = False, mpc_row: dict | None = None) -> dict:
     """One row: our solve (from zero controls, and from the zero-state guess if ``state_guess``) and, unless
     ``mpc_row`` gives its columns already (mpc.pytorch has no state guess), mpc.pytorch's."""
-    p = problem(name, B)
-    x0 = p["x0"].clone().requires_grad_(True)
-    X_init = zero_states(p) if state_guess else None
+    p = PROBLEMS[name](B)
+    x0 = p.x0.clone().requires_grad_(True)
+    ours_p = p.replace(x0=x0, X_init=zero_states(p) if state_guess else None)
+    u_max = float(p.u_upper.max())           # P2, P3: one bound, |u| <= u_max
     runs = RUNS if B <= 32 else 1
-    ours = lambda: solve(p, x0, max_iter, grad="implicit", X_init=X_init)      # noqa: E731
+    ours = lambda: solve(ours_p, max_iter, grad="implicit")      # noqa: E731
     theirs = None if mpc_row is not None or peers.mpc_pytorch() is None else lambda: peers.mpc_ilqr(  # noqa: E731
-        peers.mpc_pytorch(), p["dynamics"], p["cost"].C, p["cost"].c, p["x0"], p["T"], -p["u_max"], p["u_max"],
-        lqr_iter=max_iter)
+        peers.mpc_pytorch(), p.dynamics, p.cost.C, p.cost.c, p.x0, p.T, -u_max, u_max, lqr_iter=max_iter)
     timings, mpc_timings = [], []
     for _ in range(runs):                    # interleaved, so that both see the same machine
         sol, seconds = _timed(ours)
@@ -123,7 +117,7 @@ def measure(name: str, B: int, max_iter: int = MAX_ITER, state_guess: bool = Fal
             mpc_out, seconds = _timed(theirs)
             mpc_timings.append(seconds)
     seconds = min(timings)
-    iters = sol.history["iterations"]
+    iters = sol.iterations
     row = {"problem": name, "start": "zero states" if state_guess else "rollout", "B": B, "J": float(sol.cost.detach().mean()), "conv": f"{int(sol.converged.sum())}/{B}",
            "iters": f"{float(iters.float().mean()):.0f}/{int(iters.max())}",
            "s": seconds, "bwd_s": "n/a"}
@@ -135,8 +129,8 @@ def measure(name: str, B: int, max_iter: int = MAX_ITER, state_guess: bool = Fal
                            for _ in range(5))
             row["bwd_s"] = f"{backward:.3f}"
             X, U = sol.X.detach(), sol.U.detach()      # one LQR solve of the same size, for scale
-            F, f = trajopt.linearize(p["dynamics"], X, U)
-            q = p["cost"].quadratize(X, U)
+            F, f = trajopt.linearize(p.dynamics, X, U)
+            q = p.cost.quadratize(X, U)
             lqr = min(_timed(lambda: trajopt.lqr(F, f, q.C, q.c, x0.detach(), C_final=q.C_final,
                                                  c_final=q.c_final, grad=None))[1] for _ in range(5))
             row["bwd_lqr"] = backward / lqr
@@ -149,8 +143,8 @@ def measure(name: str, B: int, max_iter: int = MAX_ITER, state_guess: bool = Fal
             row["x_mpc"] = row["mpc_s"] / seconds
     elif mpc is not None:
         (_, U, its), row["mpc_s"] = mpc_out, min(mpc_timings)
-        U, bound = U.detach(), p["u_max"].expand_as(U)
-        pg = trajopt.projected_gradient(p["dynamics"], p["cost"], p["x0"], U, -bound, bound)
+        U = U.detach()
+        pg = trajopt.projected_gradient(p, U)
         row.update(mpc_J=float(numpy_costs(p, U).mean()), mpc_iters=str(its), x_mpc=row["mpc_s"] / seconds,
                    mpc_conv=f"{int((pg.abs().flatten(1).amax(-1) <= GRAD_TOL).sum())}/{B}")
     return row
@@ -219,15 +213,14 @@ def optimality(B: int = 32, max_iter: int = 1000) -> str:
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     runs = [(name, False) for name in PROBLEMS] + [("P2 pendulum", True)]
     for name, state_guess in runs:
-        p = problem(name, 1 if name == "P4 bicycle" else B)
-        ub = p["u_max"]
-        X_init = zero_states(p) if state_guess else None
-        sol = trajopt.ilqr(p["dynamics"], p["cost"], p["x0"], p["U_init"], X_init=X_init, horizon=p["T"],
-                           u_lower=-ub, u_upper=ub, max_iter=max_iter, grad=None)
-        rel = [(float(sol.cost[b]) - lbfgsb(p, b, sol.U[b])) / float(sol.cost[b]) for b in range(len(p["x0"]))]
-        ok = bool(((sol.U >= -ub) & (sol.U <= ub)).all())
-        start = "zero states" if state_guess else ("v = 1" if p["U_init"] is not None else "rollout")
-        lines.append(f"| {name} | {start} | {len(p['x0'])} | {int(sol.converged.sum())}/{len(p['x0'])} | "
-                     f"{sol.iterations} | {float(sol.history['projected_gradient'].max()):.1e} | {max(rel):.1e} | "
+        p = PROBLEMS[name](1 if name == "P4 bicycle" else B)
+        if state_guess:
+            p = p.replace(X_init=zero_states(p))
+        sol = trajopt.ilqr(p, max_iter=max_iter, grad=None)
+        rel = [(float(sol.cost[b]) - lbfgsb(p, b, sol.U[b])) / float(sol.cost[b]) for b in range(p.B)]
+        ok = bool(((sol.U >= p.u_lower) & (sol.U <= p.u_upper)).all())
+        start = "zero states" if state_guess else ("v = 1" if bool(p.U_init.any()) else "rollout")
+        lines.append(f"| {name} | {start} | {p.B} | {int(sol.converged.sum())}/{p.B} | "
+                     f"{int(sol.iterations.max())} | {float(sol.residual.max()):.1e} | {max(rel):.1e} | "
                      f"{min(rel):.1e} | {ok} |")
     return "\n".join(["iLQR against L-BFGS-B started from its solution (positive: L-BFGS-B found lower)", *lines])

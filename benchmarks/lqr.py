@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 import trajopt
-from benchmarks import peers, problems
+from benchmarks import peers
 from benchmarks.timing import interleaved_ms, table
+from trajopt.problems import reference as problems
 
 SIZES = [(1, 50, 8, 3), (64, 50, 8, 3), (256, 100, 8, 3), (16, 50, 32, 8)]
 ARGS = ("F", "f", "C", "c", "x0")

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from benchmarks import problems
+from trajopt.problems import reference as problems
 
 # Screened on seed 0 for 4 minutes each (cost at the end / best; wide starts as SHAC's):
 #   8 envs, n_steps 1024, batch 256, lr 3e-4, gamma 0.99 (SB3's defaults): 2657 / 2657, with VecNormalize 2662 / 2660;

@@ -20,7 +20,8 @@ import torch
 
 import dynamics
 import trajopt
-from benchmarks import problems, tasks
+from benchmarks import tasks
+from trajopt.problems import reference as problems
 from trajopt.rl import SHAC, DiffEnv
 
 # P3's setting: the window is the whole episode (60 steps, undiscounted, as P3's sum is), small exploration
@@ -216,7 +217,8 @@ def mpc_policy(horizon: int = 10, seconds: float = 300.0, seed: int = 0, num_env
     if solver == "ilqr":
         solve = dict(max_iter=max_iter, first_max_iter=20, grad=grad)
     elif solver == "mppi":
-        solve = dict(solver=functools.partial(trajopt.mppi, rollout_plan=False, **MPPI_POLICY))
+        # a partial: MPPI's noise_std is not the policy's (exploration) noise_std
+        solve = dict(solver=functools.partial(trajopt.mppi, rollout_plan=False, **MPPI_POLICY), max_iter=1)
     else:
         raise ValueError(f"mpc_policy: solver must be 'ilqr' or 'mppi', got {solver!r}")
     t = task("P2", num_envs, **(env_options or {}))

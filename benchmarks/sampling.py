@@ -1,7 +1,7 @@
 """Sampling suite: MPPI and CEM against iLQR's optimum on P2 and P4, and MPPI against pytorch_mppi in closed loop.
 
 Open loop (``optimum``): every start of P2 (``pendulum_x0(32)``) and P4 (one start, the origin) from zero
-controls (P4: ``benchmarks.ilqr.problem``'s forward-velocity guess), 1000 samples per iteration, 30
+controls (P4: ``trajopt.problems.bicycle``'s forward-velocity guess), 1000 samples per iteration, 30
 iterations, one setting for both problems (MPPI: temperature 0.1, noise half the bound, time correlation
 0.9; CEM: 20 elites, initial spread the bound); cost in ``problems.py``'s convention, against
 box-constrained iLQR (500 iterations at most) from the same guess.
@@ -31,8 +31,8 @@ import torch
 import dynamics
 import trajopt
 from benchmarks import ilqr as ilqr_suite
-from benchmarks import problems
 from benchmarks.timing import table
+from trajopt.problems import reference as problems
 
 SAMPLES, HORIZON, STEPS = 1000, 30, 100
 NOISE, TEMPERATURE = 1.0, 1.0
@@ -73,9 +73,9 @@ def ours_episode(x0: np.ndarray, seed: int = 0, dtype=DTYPE, compile: bool = Fal
     that step's time in s); returns the episode costs ``(B,)``. With ``compile``, the first step's time
     includes compiling the samples' rollout. Run it under ``torch.no_grad()``."""
     model, cost = _pendulum(dtype)
-    solver = functools.partial(trajopt.mppi, samples=SAMPLES, noise_std=NOISE, temperature=TEMPERATURE,
-                               rollout_plan=False, generator=torch.Generator().manual_seed(seed), compile=compile)
-    mpc = trajopt.MPC(model, cost, HORIZON, u_lower=-2.0, u_upper=2.0, solver=solver)
+    mpc = trajopt.MPC(model, cost, HORIZON, u_lower=-2.0, u_upper=2.0, solver=trajopt.mppi, max_iter=1,
+                      samples=SAMPLES, noise_std=NOISE, temperature=TEMPERATURE, rollout_plan=False,
+                      generator=torch.Generator().manual_seed(seed), compile=compile)
     x = torch.tensor(x0, dtype=dtype)
     controls = []
     for _ in range(STEPS):
@@ -160,22 +160,20 @@ def speed(runs: int = RUNS, batch: int = 32) -> str:
 
 def optimum(iterations: int = 30) -> str:
     rows = []
-    for name, B in (("P2 pendulum", 32), ("P4 bicycle", 1)):
-        p = ilqr_suite.problem(name, B)
-        bounds = dict(u_lower=-p["u_max"], u_upper=p["u_max"])
-        common = dict(horizon=p["T"], samples=SAMPLES, **bounds)
+    for name, B, spec in (("P2 pendulum", 32, problems.PENDULUM), ("P4 bicycle", 1, problems.BICYCLE)):
+        p = ilqr_suite.PROBLEMS[name](B)
+        u_max = torch.as_tensor(spec["u_max"], dtype=torch.float64)
         t0 = time.perf_counter()
-        ref = ilqr_suite.solve(p, p["x0"], max_iter=500, grad=None, U_init=p["U_init"])
+        ref = ilqr_suite.solve(p, max_iter=500, grad=None)
         rows.append(dict(problem=name, solver="ilqr", cost=float(ilqr_suite.numpy_costs(p, ref.U).mean()),
                          s=time.perf_counter() - t0))
         ref_cost = rows[-1]["cost"]
-        runs = {"mppi": functools.partial(trajopt.mppi, iterations=iterations, temperature=0.1, correlation=0.9,
-                                          noise_std=0.5 * p["u_max"]),
-                "cem": functools.partial(trajopt.cem, iterations=iterations, elites=20, noise_std=p["u_max"])}
+        runs = {"mppi": functools.partial(trajopt.mppi, max_iter=iterations, temperature=0.1, correlation=0.9,
+                                          noise_std=0.5 * u_max),
+                "cem": functools.partial(trajopt.cem, max_iter=iterations, elites=20, noise_std=u_max)}
         for label, solver in runs.items():
             t0 = time.perf_counter()
-            sol = solver(p["dynamics"], p["cost"], p["x0"], p["U_init"], generator=torch.Generator().manual_seed(0),
-                         **common)
+            sol = solver(p, samples=SAMPLES, generator=torch.Generator().manual_seed(0))
             cost = float(ilqr_suite.numpy_costs(p, sol.U).mean())
             rows.append(dict(problem=name, solver=f"{label} ({iterations} it)", cost=cost,
                              s=time.perf_counter() - t0, gap=cost / ref_cost - 1))

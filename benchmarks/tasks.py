@@ -156,6 +156,7 @@ def reference(t: dict, max_iter: int = 500) -> dict:
     else:
         U_init = x0.new_zeros(len(x0), T, model.control_dim)
     with torch.no_grad():
-        sol = trajopt.ilqr(model, cost, x0, U_init, u_lower=t["u_lower"].double(), u_upper=t["u_upper"].double(),
-                           max_iter=max_iter, grad=None)
+        problem = trajopt.Problem(model, cost, x0, U_init=U_init, u_lower=t["u_lower"].double(),
+                                  u_upper=t["u_upper"].double())
+        sol = trajopt.ilqr(problem, max_iter=max_iter, grad=None)
     return dict(out, cost=float(sol.cost.mean()), converged=int(sol.converged.sum()), U=sol.U)

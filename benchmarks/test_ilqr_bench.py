@@ -7,23 +7,24 @@ through the solve, only through the final rollout).
 """
 import torch
 
-from benchmarks.ilqr import problem, solve
+import trajopt.problems
+from benchmarks.ilqr import solve
 
 B, MAX_ITER, ROUNDS = 32, 20, 3
 
 
 def test_ilqr_p2_forward(benchmark):
-    p = problem("P2 pendulum", B)
-    sol = benchmark.pedantic(lambda: solve(p, p["x0"], MAX_ITER, grad=None), rounds=ROUNDS)
+    p = trajopt.problems.pendulum(B)
+    sol = benchmark.pedantic(lambda: solve(p, MAX_ITER, grad=None), rounds=ROUNDS)
     assert torch.isfinite(sol.cost).all()
 
 
 def test_ilqr_p2_forward_backward(benchmark):
-    p = problem("P2 pendulum", B)
-    x0 = p["x0"].clone().requires_grad_(True)
+    x0 = trajopt.problems.pendulum(B).x0.clone().requires_grad_(True)
+    p = trajopt.problems.pendulum(B, x0=x0)
 
     def step():
         x0.grad = None
-        solve(p, x0, MAX_ITER, grad="implicit").cost.sum().backward()
+        solve(p, MAX_ITER, grad="implicit").cost.sum().backward()
     benchmark.pedantic(step, rounds=ROUNDS)
     assert torch.isfinite(x0.grad).all()

@@ -5,7 +5,7 @@ import torch
 
 import dynamics
 import trajopt
-from benchmarks import problems
+from trajopt.problems import reference as problems
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*already returned terminated:UserWarning")  # states set by hand
 D64 = dict(dtype=torch.float64)

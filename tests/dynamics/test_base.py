@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import dynamics
-from benchmarks import problems
+from trajopt.problems import reference as problems
 from tests.dynamics.models import Coupled, PendulumODE
 
 

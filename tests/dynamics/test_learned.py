@@ -1,14 +1,21 @@
+import math
+
 import gymnasium
 import pytest
 import torch
 
 import dynamics
 import trajopt
-from benchmarks.learned import pendulum_starts
 from dynamics.learned import (MLPDynamics, ProbabilisticEnsemble, ResidualDynamics, Transitions, collect_from_env,
                               collect_from_model, fit, open_loop_error)
 
 D64 = dict(dtype=torch.float64)
+
+
+def pendulum_starts(B, g):
+    """Pendulum states uniform in ``[-pi, pi] x [-1, 1]`` (the learned-model benchmark draws its starts alike)."""
+    return torch.stack([(torch.rand(B, generator=g, **D64) * 2 - 1) * math.pi,
+                        (torch.rand(B, generator=g, **D64) * 2 - 1)], -1)
 
 
 @pytest.fixture(autouse=True)

@@ -20,38 +20,43 @@ class LinearDynamics(Dynamics):
         A: ``(n, n)``, or ``(T, n, n)`` for a time-varying model.
         B: ``(n, m)`` or ``(T, n, m)``, time-varying exactly when ``A`` is.
         offset: ``(n,)``, ``(T, n)`` or None (zero).
-        learnable: register ``A``, ``B``, ``offset`` as parameters (else buffers).
+        learnable: register ``A``, ``B``, ``offset`` as parameters (else buffers holding the caller's tensors).
+        batched: the tensors have a leading problem dimension ``B`` (``A (B, [T,] n, n)``, ...): per-problem
+            models, as mpc.pytorch's ``LinDx``; a :class:`trajopt.Problem` matches its batch to them.
 
     A time-varying model needs the stage index ``t`` in :meth:`forward` and
     :meth:`jacobians`.
     """
 
     def __init__(self, A: torch.Tensor, B: torch.Tensor, offset: torch.Tensor | None = None, *,
-                 learnable: bool = False):
+                 learnable: bool = False, batched: bool = False):
         where = "LinearDynamics"
         dims: dict[str, int] = {}
-        tv = isinstance(A, torch.Tensor) and A.ndim == 3
-        lead = ("T",) if tv else ()
+        tv = isinstance(A, torch.Tensor) and A.ndim == 3 + bool(batched)
+        lead = (("B",) if batched else ()) + (("T",) if tv else ())
         A = check_tensor(where, "A", A, (*lead, "n", "n"), dims, batchable=False)
         B = check_tensor(where, "B", B, (*lead, "n", "m"), dims, batchable=False)
         if offset is None:
             offset = A.new_zeros((*A.shape[:-1],))
         offset = check_tensor(where, "offset", offset, (*lead, "n"), dims, batchable=False)
         super().__init__(dims["n"], dims["m"])
-        self.time_varying = tv
+        self.time_varying, self.batched = tv, bool(batched)
         register_tensors(self, learnable, A=A, B=B, offset=offset)
+        self.per_problem = ("A", "B", "offset") if batched else ()
 
     def _at(self, t):
         if not self.time_varying:
             return self.A, self.B, self.offset
         if t is None:
             raise ValueError("LinearDynamics: this model is time-varying; pass the stage index t")
-        return self.A[t], self.B[t], self.offset[t]
+        return self.A[..., t, :, :], self.B[..., t, :, :], self.offset[..., t, :]
 
     def forward(self, x, u, t=None):
         A, B, offset = self._at(t)
+        if self.batched:        # rows are problems
+            return (A @ x.unsqueeze(-1) + B @ u.unsqueeze(-1)).squeeze(-1) + offset
         return x @ A.mT + u @ B.mT + offset
 
     def jacobians(self, x, u, t=None):
         A, B, _ = self._at(t)
-        return A.expand(*x.shape[:-1], *A.shape), B.expand(*x.shape[:-1], *B.shape)
+        return A.expand(*x.shape[:-1], *A.shape[-2:]), B.expand(*x.shape[:-1], *B.shape[-2:])

@@ -22,7 +22,7 @@ def projected_gradient(problem, U: torch.Tensor) -> torch.Tensor:
     gradient. Not differentiable (detached)."""
     dynamics, cost = problem.dynamics, problem.cost
     U = U.expand(problem.B, problem.T, problem.m) if U.ndim == 2 else U
-    with torch.enable_grad():
+    with torch.enable_grad(), problem.evaluating():
         Ud = U.detach().requires_grad_(True)
         (g,) = torch.autograd.grad(cost(rollout(dynamics, problem.x0.detach(), Ud), Ud).sum(), Ud)
     out = project(g, U.detach(), problem.u_lower, problem.u_upper)
@@ -79,7 +79,7 @@ class BoxKKT(ImplicitRule):
         p = self.problem
         B, T, m = U.shape
         n = X.shape[-1]
-        with torch.no_grad():
+        with torch.no_grad(), p.evaluating():
             # the Newton system: the cost's Hessians and the dynamics' second-order terms, with the solution's costates
             q = p.cost.quadratize(X, U)
             g = q.c[..., n:] + (F[..., n:].mT @ lam[:, 1:].unsqueeze(-1)).squeeze(-1)      # dJ/dU
@@ -97,9 +97,10 @@ class BoxKKT(ImplicitRule):
         # -w' d(KKT)/dtheta: the Lagrangian sum_t l_t + lam_{t+1}' f_t + l_T differentiated along tau~ (its
         # -lam_t' x_t terms depend on no parameter), and the dynamics along lam~, at all stages at once
         Xg, Ug = self.X.clone().requires_grad_(True), self.U.clone().requires_grad_(True)
-        nxt = steps(p.dynamics, Xg[:, :T], Ug)
-        gx, gu = torch.autograd.grad(p.cost(Xg, Ug).sum() + (lam[:, 1:] * nxt).sum(), (Xg, Ug),
-                                     create_graph=True, materialize_grads=True)
+        with p.evaluating():
+            nxt = steps(p.dynamics, Xg[:, :T], Ug)
+            gx, gu = torch.autograd.grad(p.cost(Xg, Ug).sum() + (lam[:, 1:] * nxt).sum(), (Xg, Ug),
+                                         create_graph=True, materialize_grads=True)
         return ((gx * tau[..., :n]).sum() + (gu * tau[:, :T, n:]).sum() + (lam_t[:, 1:] * nxt).sum()
                 + (lam_t[:, 0] * x0).sum())
 

@@ -42,7 +42,7 @@ class Constraint(nn.Module):
 
     def stages(self, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         """Stage values ``(B, T, k)`` of the stage states ``X (B, T, n)`` and controls ``U (B, T, m)``."""
-        return over_stages(self.stage, self.time_varying, X, U)
+        return over_stages(self.stage, self, X, U)
 
 
 class FunctionConstraint(Constraint):

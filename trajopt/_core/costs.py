@@ -60,7 +60,7 @@ class Cost(nn.Module, abc.ABC):
 
     def forward(self, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         """Total cost ``(B,)`` of states ``X (B, T+1, n)`` and controls ``U (B, T, m)``."""
-        stage = over_stages(self.stage, self.time_varying, X[..., :-1, :], U)
+        stage = over_stages(self.stage, self, X[..., :-1, :], U)
         return stage.sum(1) + self.terminal(X[..., -1, :])
 
     def quadratize(self, X: torch.Tensor, U: torch.Tensor) -> Quadratization:
@@ -104,36 +104,42 @@ class QuadraticCost(Cost):
         C_final: ``(n, n)`` or None; c_final: ``(n,)`` or None.
         const, const_final: constants added to each stage and to the terminal term
             (they change the cost's value, never its minimizer).
-        learnable: register the tensors as parameters (else buffers).
+        learnable: register the tensors as parameters (else buffers holding the caller's tensors).
+        batched: every tensor has a leading problem dimension ``B`` (``C (B, n+m, n+m)`` or ``(B, T, n+m, n+m)``,
+            ``c (B, [T,] n+m)``, ``C_final (B, n, n)``, ``c_final (B, n)``): per-problem weights and targets, as
+            mpc.pytorch's ``QuadCost``; a :class:`~trajopt.Problem` matches its batch to them.
 
     Use :meth:`from_weights` for the common ``1/2 (x - x_goal)' Q (x - x_goal) + 1/2 (u - u_goal)' R (u - u_goal)``.
     """
 
-    def __init__(self, C, c=None, C_final=None, c_final=None, *, const=0.0, const_final=0.0, learnable=False):
+    def __init__(self, C, c=None, C_final=None, c_final=None, *, const=0.0, const_final=0.0, learnable=False,
+                 batched=False):
         super().__init__()
         where = "QuadraticCost"
-        tv = isinstance(C, torch.Tensor) and C.ndim == 3
-        lead = ("T",) if tv else ()
+        tv = isinstance(C, torch.Tensor) and C.ndim == 3 + bool(batched)
+        lead = (("B",) if batched else ()) + (("T",) if tv else ())
         dims: dict[str, int] = {}
         C = check_tensor(where, "C", C, (*lead, "n+m", "n+m"), dims, batchable=False)
         c = C.new_zeros(C.shape[:-1]) if c is None else check_tensor(where, "c", c, (*lead, "n+m"), dims,
                                                                       batchable=False)
-        self.time_varying = tv
+        self.time_varying, self.batched = tv, bool(batched)
         tensors = {"C": C, "c": c}
+        final = ("B",) if batched else ()
         if C_final is not None:
-            tensors["C_final"] = check_tensor(where, "C_final", C_final, ("n", "n"), dims, batchable=False)
+            tensors["C_final"] = check_tensor(where, "C_final", C_final, (*final, "n", "n"), dims, batchable=False)
         if c_final is not None:
-            tensors["c_final"] = check_tensor(where, "c_final", c_final, ("n",), dims, batchable=False)
+            tensors["c_final"] = check_tensor(where, "c_final", c_final, (*final, "n"), dims, batchable=False)
         if "n" in dims and dims["n"] >= dims["n+m"]:
             raise ValueError(f"{where}: C_final/c_final have n={dims['n']} but C has n+m={dims['n+m']}; "
                              "need n < n+m")
-        tensors["const"] = torch.as_tensor(const, dtype=C.dtype, device=C.device).expand(
-            C.shape[:1] if tv else ()).clone()
-        tensors["const_final"] = torch.as_tensor(const_final, dtype=C.dtype, device=C.device)
+        tensors["const"] = torch.as_tensor(const, dtype=C.dtype, device=C.device).expand(C.shape[:-2]).clone()
+        tensors["const_final"] = torch.as_tensor(const_final, dtype=C.dtype, device=C.device).expand(
+            C.shape[:1] if batched else ()).clone()
         register_tensors(self, learnable, **tensors)
         for name in ("C_final", "c_final"):
             if name not in tensors:
                 setattr(self, name, None)
+        self.per_problem = tuple(tensors) if batched else ()
 
     @classmethod
     def from_weights(cls, Q, R, x_goal=None, u_goal=None, Q_final=None, *, T=None, learnable=False):
@@ -177,39 +183,46 @@ class QuadraticCost(Cost):
             return self.C, self.c, self.const
         if t is None:
             raise ValueError("QuadraticCost: this cost is time-varying; pass the stage index t")
-        return self.C[t], self.c[t], self.const[t]
+        return self.C[..., t, :, :], self.c[..., t, :], self.const[..., t]
 
     def stage(self, x, u, t=None):
         C, c, const = self._at(t)
-        if x.ndim == 2:
+        if x.ndim == 2 and not self.batched:
             # sampling solvers call this on B N rows per step, kept column by column: work on (n+m, rows)
             tau = torch.cat([x.mT, u.mT], 0)
             y = torch.addmm(c.unsqueeze(-1), C.mT, tau, alpha=0.5)
             return tau.new_ones(tau.shape[0]) @ (y * tau) + const
         tau = torch.cat([x, u], -1)
-        return 0.5 * ((tau @ C) * tau).sum(-1) + tau @ c + const
+        return 0.5 * ((tau.unsqueeze(-2) @ C).squeeze(-2) * tau).sum(-1) + (tau * c).sum(-1) + const
 
     def terminal(self, x):
         out = x.new_zeros(x.shape[:-1]) + self.const_final
         if self.C_final is not None:
-            out = out + 0.5 * ((x @ self.C_final) * x).sum(-1)
+            out = out + 0.5 * ((x.unsqueeze(-2) @ self.C_final).squeeze(-2) * x).sum(-1)
         if self.c_final is not None:
-            out = out + x @ self.c_final
+            out = out + (x * self.c_final).sum(-1)
         return out
 
-    def _stage_tensors(self, T):
-        """``C (T, n+m, n+m)`` symmetrized, ``c (T, n+m)``, ``const (T,)``, for a horizon ``T``."""
+    def stage_tensors(self, T):
+        """``C (..., T, n+m, n+m)`` symmetrized, ``c (..., T, n+m)``, ``const (..., T)`` for a horizon ``T`` (a
+        leading ``B`` when batched)."""
         C = 0.5 * (self.C + self.C.mT)
         if self.time_varying:
-            if self.C.shape[0] != T:
-                raise ValueError(f"QuadraticCost: the cost has T={self.C.shape[0]} stages but the trajectory has {T}")
+            if self.C.shape[-3] != T:
+                raise ValueError(f"QuadraticCost: the cost has T={self.C.shape[-3]} stages but the trajectory has {T}")
             return C, self.c, self.const
-        return C.expand(T, *C.shape), self.c.expand(T, *self.c.shape), self.const.expand(T)
+        lead = C.shape[:-2]
+        return (C.unsqueeze(-3).expand(*lead, T, *C.shape[-2:]), self.c.unsqueeze(-2).expand(*lead, T, C.shape[-1]),
+                self.const.unsqueeze(-1).expand(*lead, T))
 
     def forward(self, X, U):
-        if self.time_varying:
+        if self.batched:        # rows are problems: (B, T+1, n) with the per-problem tensors (B, ...)
             tau = torch.cat([X[..., :-1, :], U], -1)
-            C, c, const = self._stage_tensors(U.shape[-2])
+            C, c, const = self.stage_tensors(U.shape[-2])
+            stage = 0.5 * torch.einsum("bti,btij,btj->b", tau, C, tau) + (tau * c).sum((-1, -2)) + const.sum(-1)
+        elif self.time_varying:
+            tau = torch.cat([X[..., :-1, :], U], -1)
+            C, c, const = self.stage_tensors(U.shape[-2])
             stage = 0.5 * torch.einsum("...ti,tij,...tj->...", tau, C, tau) + (tau * c).sum((-1, -2)) + const.sum()
         else:   # all stages as rows of one batch (sampling solvers evaluate B N trajectories at once)
             stage = self.stage(X[..., :-1, :].reshape(-1, X.shape[-1]), U.reshape(-1, U.shape[-1]))
@@ -219,10 +232,10 @@ class QuadraticCost(Cost):
     def quadratize(self, X, U):
         """Exact: ``C_t``, ``C_t tau_t + c_t`` and the terminal ones."""
         B, T, n = X.shape[0], U.shape[-2], X.shape[-1]
-        C, c, _ = self._stage_tensors(T)
+        C, c, _ = self.stage_tensors(T)
         tau = torch.cat([X[..., :-1, :], U], -1)
         xT = X[..., -1, :]
         Cf = X.new_zeros(n, n) if self.C_final is None else 0.5 * (self.C_final + self.C_final.mT)
-        cf = xT @ Cf + (0.0 if self.c_final is None else self.c_final)
-        return Quadratization(C.expand(B, *C.shape), (tau.unsqueeze(-2) @ C).squeeze(-2) + c,
+        cf = (xT.unsqueeze(-2) @ Cf).squeeze(-2) + (0.0 if self.c_final is None else self.c_final)
+        return Quadratization(C.expand(B, *C.shape[-3:]), (tau.unsqueeze(-2) @ C).squeeze(-2) + c,
                               Cf.expand(B, n, n), cf)

@@ -18,6 +18,7 @@ from dynamics.validation import check_consistent, check_tensor
 from .bounds import check_bounds, clamp
 from .constraint import Constraint, FunctionConstraint
 from .costs import Cost
+from .per_problem import check_per_problem, rows
 
 __all__ = ["Problem", "Solution", "Status", "SolveError", "solver"]
 
@@ -122,6 +123,13 @@ class Problem:
         x_lower, x_upper: state bounds broadcastable to ``(B, T+1, n)``, or None (transcription solvers).
         constraint: a :class:`trajopt.Constraint`, or a callable ``g(x (N, n), u (N, m)) -> (N, k)`` (each stage
             ``t < T``), for the solvers that take constraints.
+        module_rows: where the modules hold per-problem tensors for a larger batch: the index ``(B,)`` of each of
+            this problem's rows in them (what :meth:`select` sets); None: row ``b`` is their row ``b``.
+
+    Per-problem data rides on the modules: a model, cost or constraint lists in its attribute ``per_problem`` the
+    tensors whose leading dimension is the problem batch (``QuadraticCost(..., batched=True)``,
+    ``LinearDynamics(..., batched=True)``, or a user's module); their batch sets ``B`` when ``x0`` has none, and
+    must match it otherwise. Gradients reach these tensors themselves.
 
     The batch size is that of the batched arguments (an argument without ``B`` is shared); a problem built from
     unbatched arguments only is *unbatched*, and every solver then returns unbatched fields. Every tensor is
@@ -136,7 +144,7 @@ class Problem:
 
     def __init__(self, dynamics: Dynamics, cost: Cost, x0: torch.Tensor, *, horizon: int | None = None,
                  U_init: torch.Tensor | None = None, X_init: torch.Tensor | None = None, u_lower=None, u_upper=None,
-                 x_lower=None, x_upper=None, constraint=None):
+                 x_lower=None, x_upper=None, constraint=None, module_rows=None):
         where = "Problem"
         if not isinstance(dynamics, Dynamics):
             raise TypeError(f"{where}: dynamics must be a dynamics.Dynamics (a discrete model: call .discretize(dt) "
@@ -144,7 +152,8 @@ class Problem:
         if not isinstance(cost, Cost):
             raise TypeError(f"{where}: cost must be a trajopt.Cost, got {type(cost).__name__}")
         self._given = dict(dynamics=dynamics, cost=cost, x0=x0, horizon=horizon, U_init=U_init, X_init=X_init,
-                           u_lower=u_lower, u_upper=u_upper, x_lower=x_lower, x_upper=x_upper, constraint=constraint)
+                           u_lower=u_lower, u_upper=u_upper, x_lower=x_lower, x_upper=x_upper, constraint=constraint,
+                           module_rows=module_rows)
         dims = {"n": dynamics.state_dim, "m": dynamics.control_dim}
         x0 = check_tensor(where, "x0", x0, ("n",), dims)
         if U_init is None:
@@ -162,6 +171,18 @@ class Problem:
             tensors["X_init"] = check_tensor(where, "X_init", X_init, ("T+1", "n"), {**dims, "T+1": T + 1})
             ranks["X_init"] = 2
         batch = check_consistent(where, tensors, ranks)
+        constraint = _constraint(where, constraint)
+        modules = {"dynamics": dynamics, "cost": cost, "constraint": constraint}
+        if module_rows is None:
+            batch = check_per_problem(where, modules, batch)
+        else:
+            module_rows = torch.as_tensor(module_rows, dtype=torch.long, device=x0.device).reshape(-1)
+            if batch is not None and batch != len(module_rows):
+                raise ValueError(f"{where}: module_rows has {len(module_rows)} entries; the problem has B={batch}")
+            size = check_per_problem(where, modules, None)
+            if size is not None and len(module_rows) and not 0 <= int(module_rows.min()) <= int(module_rows.max()) < size:
+                raise ValueError(f"{where}: module_rows must index the {size} problems of the per-problem tensors")
+            batch = len(module_rows)
         if batch == 0:
             raise ValueError(f"{where}: the batch is empty (B=0)")
         B, n, m = batch or 1, dims["n"], dims["m"]
@@ -173,7 +194,8 @@ class Problem:
                                                   ("x_lower", "x_upper"), "(B, T+1, n)")
         self.U_init = clamp(U_init.expand(B, T, m), self.u_lower, self.u_upper)
         self.X_init = None if X_init is None else X_init.expand(B, T + 1, n)
-        self.constraint = _constraint(where, constraint)
+        self.constraint = constraint
+        self.module_rows = module_rows
 
     @property
     def dtype(self) -> torch.dtype:
@@ -205,11 +227,24 @@ class Problem:
         return Problem(dynamics, cost, x0, **given)
 
     def select(self, rows) -> Problem:
-        """The problems ``rows`` (an index tensor, a list, a slice or a bool mask) as a batched problem."""
-        pick = lambda z: None if z is None else z[rows]      # noqa: E731
+        """The problems ``rows`` (an index tensor, a list, a slice or a bool mask) as a batched problem; per-problem
+        tensors of the modules are selected with them (by ``module_rows``)."""
+        index = torch.arange(self.B, device=self.device)[rows].reshape(-1)
+        pick = lambda z: None if z is None else z[index]      # noqa: E731
+        base = index if self.module_rows is None else self.module_rows[index]
         return Problem(self.dynamics, self.cost, pick(self.x0), U_init=pick(self.U_init), X_init=pick(self.X_init),
                        u_lower=pick(self.u_lower), u_upper=pick(self.u_upper), x_lower=pick(self.x_lower),
-                       x_upper=pick(self.x_upper), constraint=self.constraint)
+                       x_upper=pick(self.x_upper), constraint=self.constraint, module_rows=base)
+
+    def evaluating(self):
+        """A context in which the modules' per-problem tensors are this problem's rows, in order (a no-op unless
+        the problem was selected from a larger batch). Every solver runs inside it; so do implicit backward passes."""
+        return rows(self.module_rows, self.dynamics, self.cost, self.constraint)
+
+    def at(self, index):
+        """A context in which the modules evaluate the rows ``index (R,)`` of this problem (inside
+        :meth:`evaluating`): row ``r`` of every model, cost or constraint call belongs to problem ``index[r]``."""
+        return rows(index, self.dynamics, self.cost, self.constraint)
 
     def __repr__(self) -> str:
         return (f"Problem(B={self.B}{'' if self.batched else ' (unbatched)'}, T={self.T}, n={self.n}, m={self.m}, "
@@ -238,6 +273,7 @@ def solver(fn: Callable) -> Callable:
             raise TypeError(f"{name}: the first argument must be a trajopt.Problem (and options follow by keyword), got "
                             f"{type(problem).__name__}{' and %d more positional' % len(args) if args else ''}; build one "
                             f"with trajopt.Problem(dynamics, cost, x0, horizon=T) (or U_init=...)")
-        sol = fn(problem, **options)
+        with problem.evaluating():
+            sol = fn(problem, **options)
         return sol if problem.batched else sol[0]
     return wrapper

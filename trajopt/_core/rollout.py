@@ -76,7 +76,7 @@ def linearize(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor):
     n, m = dims["n"], dims["m"]
     X, U = X.expand(B, T, n), U.expand(B, T, m)
     nxt, A, Bu = over_stages(lambda x, u, t: (dynamics(x, u, t), *dynamics.jacobians(x, u, t)),
-                             dynamics.time_varying, X, U)
+                             dynamics, X, U)
     F = torch.cat([A, Bu], -1)
     f = nxt - (A @ X.unsqueeze(-1)).squeeze(-1) - (Bu @ U.unsqueeze(-1)).squeeze(-1)
     return F, f
@@ -85,7 +85,7 @@ def linearize(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor):
 def steps(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """``dynamics(x_t, u_t, t)`` at every stage of ``X (B, T, n)``, ``U (B, T, m)``: ``(B, T, n)``, one batched call
     for a time-invariant model. Differentiable with respect to ``X``, ``U`` and the model's tensors."""
-    return over_stages(dynamics, dynamics.time_varying, X, U)
+    return over_stages(dynamics, dynamics, X, U)
 
 
 def second_order_terms(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -93,6 +93,6 @@ def second_order_terms(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor, lam
     ``lam (B, T+1, n)``, as ``(B, T, n+m, n+m)`` blocks (by :meth:`dynamics.Dynamics.vector_hessians`: never a full
     Hessian of the model). What DDP's Newton steps and the implicit gradients add to the cost's Hessians."""
     T = U.shape[1]
-    hxx, hux, huu = over_stages(lambda x, u, lm, t: dynamics.vector_hessians(x, u, lm, t), dynamics.time_varying,
+    hxx, hux, huu = over_stages(lambda x, u, lm, t: dynamics.vector_hessians(x, u, lm, t), dynamics,
                                 X[:, :T], U, lam[:, 1:])
     return torch.cat([torch.cat([hxx, hux.mT], -1), torch.cat([hux, huu], -1)], -2)

@@ -226,8 +226,9 @@ def _model(p, s, a) -> _Model:
     """Linearize and quadratize along the current trajectories of the problems ``a``; their projected gradients and
     costates go into the state."""
     Xa, Ua = s.X[a], s.U[a]
-    F, f = linearize(p.dynamics, Xa, Ua)
-    q = p.cost.quadratize(Xa, Ua)
+    with p.at(a):
+        F, f = linearize(p.dynamics, Xa, Ua)
+        q = p.cost.quadratize(Xa, Ua)
     g, lam = costates(F, q.C, q.c, q.C_final, q.c_final)
     gaps, gap0 = _gaps(F, f, Xa, Ua, p.x0[a], s.feasible[a])
     lo, hi = (None if b is None else b[a] for b in (p.u_lower, p.u_upper))
@@ -272,7 +273,8 @@ def _backward(p, s, model, second_order, tol) -> _Candidates:
     alt = newton.nonzero().flatten()                        # positions in ``a`` with a Gauss-Newton alternative
     C = q.C
     if len(alt):
-        C = C.index_put((alt,), C[alt] + second_order_terms(p.dynamics, s.X[a[alt]], s.U[a[alt]], model.lam[alt]))
+        with p.at(a[alt]):
+            C = C.index_put((alt,), C[alt] + second_order_terms(p.dynamics, s.X[a[alt]], s.U[a[alt]], model.lam[alt]))
     pos = torch.cat([torch.arange(len(a), device=device), alt])
     on_newton = torch.cat([newton, torch.zeros(len(alt), dtype=torch.bool, device=device)])
     b = a[pos]
@@ -312,9 +314,11 @@ def _line_search(p, s, x0, c: _Candidates):
         if len(r) == 0:
             continue
         br = b[r]
-        Xt, Ut = _forward(p.dynamics, x0[br], s.X[br], s.U[br], c.K[r], c.k[r], group, lower[br], upper[br],
-                          *((None, None) if gaps is None else (gaps[pos[r]], gap0[pos[r]])))
-        Jt = p.cost(Xt.flatten(0, 1), Ut.flatten(0, 1)).view(len(group), len(r))
+        with p.at(br.repeat_interleave(len(group))):          # rows problem-major in the rollouts
+            Xt, Ut = _forward(p.dynamics, x0[br], s.X[br], s.U[br], c.K[r], c.k[r], group, lower[br], upper[br],
+                              *((None, None) if gaps is None else (gaps[pos[r]], gap0[pos[r]])))
+        with p.at(br.repeat(len(group))):                      # step-size-major in the costs
+            Jt = p.cost(Xt.flatten(0, 1), Ut.flatten(0, 1)).view(len(group), len(r))
         decrease = s.J[br] - Jt
         predicted = -(group.unsqueeze(-1) * c.d1[r] + group.unsqueeze(-1) ** 2 * c.d2[r])   # (A, R)
         # closing gaps may cost: an infeasible problem accepts an increase up to twice the predicted one
@@ -368,16 +372,18 @@ def _finish(p, s, x0):
     i = (~s.feasible & (s.status != Status.NOT_FINITE)).nonzero().flatten()
     if len(i) == 0:
         return
-    Xi = rollout(p.dynamics, x0[i], s.U[i])
-    Ji = p.cost(Xi, s.U[i])
+    with p.at(i):
+        Xi = rollout(p.dynamics, x0[i], s.U[i])
+        Ji = p.cost(Xi, s.U[i])
     ok = torch.isfinite(Ji) & torch.isfinite(Xi).flatten(1).all(-1)
     s.status = s.status.index_put((i,), torch.where(ok, torch.where(s.status[i] == Status.CONVERGED,
                                                                      int(Status.MAX_ITER), s.status[i]),
                                                     int(Status.NOT_FINITE)))
     keep = i[ok]
     s.X, s.J = s.X.index_put((keep,), Xi[ok]), s.J.index_put((keep,), Ji[ok])
-    s.at = tuple(buf.index_put((keep,), z) for buf, z in
-                 zip(s.at, solution_costates(p.dynamics, p.cost, Xi[ok], s.U[keep])))
+    with p.at(keep):
+        s.at = tuple(buf.index_put((keep,), z) for buf, z in
+                     zip(s.at, solution_costates(p.dynamics, p.cost, Xi[ok], s.U[keep])))
 
 
 def _gaps(F, f, X, U, x0, feasible):

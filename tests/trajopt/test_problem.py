@@ -1,0 +1,120 @@
+"""The Problem: validation once, per-problem tensors of models and costs, selection, and gradients reaching the
+caller's own tensors."""
+import pytest
+import torch
+
+import dynamics
+import trajopt
+
+D64 = dict(dtype=torch.float64)
+B, T, n, m = 3, 10, 3, 2
+
+
+def per_problem_lq(seed=0, requires_grad=False):
+    """Three linear-quadratic problems whose dynamics, weights and targets all differ (the caller's tensors)."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.eye(n, **D64) + 0.1 * torch.randn(B, n, n, generator=g, **D64)
+    Bu = torch.randn(B, n, m, generator=g, **D64)
+    L = torch.randn(B, n + m, n + m, generator=g, **D64)
+    C = L @ L.mT / (n + m) + torch.eye(n + m, **D64)
+    c = torch.randn(B, T, n + m, generator=g, **D64)           # time-varying tracking terms, per problem
+    x0 = torch.randn(B, n, generator=g, **D64)
+    if requires_grad:
+        for z in (A, C, c):
+            z.requires_grad_(True)
+    return A, Bu, C, c, x0
+
+
+def test_per_problem_models_and_costs_solve_each_problem_as_if_alone():
+    A, Bu, C, c, x0 = per_problem_lq()
+    model = dynamics.LinearDynamics(A, Bu, batched=True)
+    cost = trajopt.QuadraticCost(C.unsqueeze(1).expand(B, T, n + m, n + m), c, batched=True)
+    problem = trajopt.Problem(model, cost, x0, horizon=T, u_lower=-0.4, u_upper=0.4)
+    assert problem.B == B and problem.batched
+    sol = trajopt.ilqr(problem, grad=None, grad_tol=1e-10)
+    assert sol.converged.all() and (sol.U.abs() <= 0.4).all() and (sol.U.abs() == 0.4).any()
+    for b in range(B):
+        alone = trajopt.ilqr(trajopt.Problem(dynamics.LinearDynamics(A[b], Bu[b]),
+                                             trajopt.QuadraticCost(C[b].expand(T, n + m, n + m), c[b]), x0[b],
+                                             horizon=T, u_lower=-0.4, u_upper=0.4), grad=None, grad_tol=1e-10)
+        torch.testing.assert_close(sol.U[b], alone.U, rtol=0, atol=1e-9)
+        torch.testing.assert_close(sol.cost[b], alone.cost, rtol=1e-12, atol=0)
+    # a selection keeps each row's own tensors, in any order
+    picked = trajopt.ilqr(problem.select([2, 0]), grad=None, grad_tol=1e-10)
+    torch.testing.assert_close(picked.U, sol.U[[2, 0]], rtol=0, atol=1e-9)
+    one = trajopt.ilqr(problem.select([2]).select([0]), grad=None, grad_tol=1e-10)
+    torch.testing.assert_close(one.U[0], sol.U[2], rtol=0, atol=1e-9)
+
+
+def test_the_callers_tensors_get_the_implicit_gradient():
+    """mpc.pytorch's use: gradients with respect to the caller's own per-problem C and A (no detached copies)."""
+    A, Bu, C, c, x0 = per_problem_lq(requires_grad=True)
+
+    def solve(grad="implicit"):
+        model = dynamics.LinearDynamics(A, Bu, batched=True)
+        cost = trajopt.QuadraticCost(C.unsqueeze(1).expand(B, T, n + m, n + m), c, batched=True)
+        return trajopt.ilqr(trajopt.Problem(model, cost, x0, horizon=T, u_lower=-0.4, u_upper=0.4), grad=grad,
+                            grad_tol=1e-11)
+
+    weights = torch.linspace(-1, 1, B * T * m, **D64).view(B, T, m)
+    sol = solve()
+    gA, gC, gc = torch.autograd.grad((sol.U * weights).sum(), [A, C, c])
+    unrolled = solve("unroll")
+    for a, b in zip(torch.autograd.grad((unrolled.U * weights).sum(), [A, C, c]), (gA, gC, gc)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+    for tensor, grad, index in ((A, gA, (1, 0, 2)), (C, gC, (2, 3, 3)), (c, gc, (0, 4, 1))):
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                tensor[index] += sign * 1e-6
+                values.append(float((solve(None).U * weights).sum()))
+                tensor[index] -= sign * 1e-6
+        assert float(grad[index]) == pytest.approx((values[0] - values[1]) / 2e-6, rel=1e-5, abs=1e-8)
+
+
+class _AttributeModel(dynamics.Dynamics):
+    """A model holding its matrix as a plain tensor attribute (as mpc.pytorch's AffineDynamics does)."""
+
+    def __init__(self, A, Bu):
+        super().__init__(A.shape[-1], Bu.shape[-1])
+        self.A_plain, self.B_plain = A, Bu
+
+    def forward(self, x, u, t=None):
+        return x @ self.A_plain.mT + u @ self.B_plain.mT
+
+
+def test_a_plain_tensor_attribute_gets_the_implicit_gradient():
+    A, Bu, C, c, x0 = per_problem_lq()
+    A0 = A[0].clone().requires_grad_(True)
+    cost = trajopt.QuadraticCost(C[0], c[0, 0])
+
+    def loss(grad):
+        sol = trajopt.ilqr(trajopt.Problem(_AttributeModel(A0, Bu[0]), cost, x0, horizon=T, u_lower=-0.4,
+                                           u_upper=0.4), grad=grad, grad_tol=1e-11)
+        return sol.U.sum()
+
+    (implicit,) = torch.autograd.grad(loss("implicit"), A0)
+    (unrolled,) = torch.autograd.grad(loss("unroll"), A0)
+    assert implicit.abs().sum() > 0
+    torch.testing.assert_close(implicit, unrolled, rtol=1e-6, atol=1e-9)
+
+
+def test_per_problem_tensors_must_match_the_batch():
+    A, Bu, C, c, x0 = per_problem_lq()
+    model = dynamics.LinearDynamics(A, Bu, batched=True)
+    with pytest.raises(ValueError, match=r"dynamics's per-problem 'A' \(LinearDynamics\) has 3 problems"):
+        trajopt.Problem(model, trajopt.QuadraticCost(C[0]), x0[:2], horizon=T)
+    shared = trajopt.Problem(model, trajopt.QuadraticCost(C[0]), x0[0], horizon=T)     # x0 shared by 3 problems
+    assert shared.B == 3 and shared.batched and shared.x0.shape == (3, n)
+    with pytest.raises(ValueError, match="C has shape"):
+        trajopt.QuadraticCost(C[0, 0], batched=True)
+
+
+def test_select_and_replace_validate_again():
+    problem = trajopt.problems.pendulum(4)
+    assert problem.select(torch.tensor([True, False, True, False])).B == 2
+    assert problem.replace(horizon=5).T == 5
+    with pytest.raises(TypeError, match="unknown field"):
+        problem.replace(horizont=5)
+    with pytest.raises(ValueError, match="u_lower exceeds u_upper"):
+        problem.replace(u_lower=3.0)

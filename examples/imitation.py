@@ -11,14 +11,14 @@ from _plot import save, subplots
 
 import dynamics
 import trajopt
-from benchmarks import problems
+from trajopt.problems import reference
 
 D64 = dict(dtype=torch.float64)
 TRUE = dict(m=1.0, l=1.0)
 
 
 def pendulum_mpc(m, l, horizon=20):
-    P = problems.PENDULUM
+    P = reference.PENDULUM
     model = dynamics.Pendulum(m=m, l=l).discretize()
     model.model.g.requires_grad_(False)
     cost = trajopt.QuadraticCost.from_weights(2 * torch.tensor(P["Q"]), 2 * torch.tensor([[P["R"]]]))

@@ -3,10 +3,11 @@
     python examples/shac_cartpole.py [--seconds 300] [--epochs 1500] [--seed 0] [--resume]
     python examples/shac_cartpole.py --plot-only run1.csv run2.csv
 
-The log (``shac_cartpole.csv``) has one row per epoch; every 25th is scored as the problems are (the
-deterministic policy closed loop from ``cartpole_x0(32, seed=0)``, mean ``trajectory_cost``). ``--resume``
-continues from ``shac_cartpole.pt``. The plot goes to ``docs/images/shac_cartpole.png``: cost against
-training time and against environment steps, beside box-constrained iLQR's open-loop optimum.
+The task and its settings are ``examples/shac_tasks.py``'s ``"P3"``. The log (``shac_cartpole.csv``) has one
+row per epoch; every 25th is scored as the problems are (the deterministic policy closed loop from
+``cartpole_x0(32, seed=0)``, mean ``trajectory_cost``). ``--resume`` continues from ``shac_cartpole.pt``. The
+plot goes to ``docs/images/shac_cartpole.png``: cost against training time and against environment steps,
+beside box-constrained iLQR's open-loop optimum.
 """
 import argparse
 import os
@@ -15,11 +16,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from benchmarks import rl  # noqa: E402
 from examples._plot import reference_lines, save, shac_curve, subplots  # noqa: E402
+from examples.shac_tasks import P3_SHAC, P3_STARTS, evaluator, references, task  # noqa: E402
 from trajopt.rl import SHAC  # noqa: E402
 
-OPTIONS = dict(rl.P3_SHAC, critic_lr=1e-3, reward_scale=0.01, critic_iterations=8, eval_every=25)
+OPTIONS = dict(P3_SHAC, critic_lr=1e-3, reward_scale=0.01, critic_iterations=8, eval_every=25)
 
 
 def plot(logs, path):
@@ -30,7 +31,7 @@ def plot(logs, path):
         for ax, x in ((axes[0], time), (axes[1], steps)):
             ax.plot(x, cost, lw=1, label=f"SHAC, {os.path.basename(log)}")
     for ax, label in ((axes[0], "training time (s)"), (axes[1], "environment steps")):
-        reference_lines(ax, rl.references("P3"))
+        reference_lines(ax, references("P3"))
         ax.set_xlabel(label)
         ax.set_yscale("log")
     axes[0].set_ylabel("mean closed-loop cost, 32 starts")
@@ -52,8 +53,8 @@ def main():
     if args.plot_only:
         return plot(args.plot_only, figure)
     log, ckpt = os.path.join(args.out, "shac_cartpole.csv"), os.path.join(args.out, "shac_cartpole.pt")
-    t = rl.task("P3", 64, **rl.P3_STARTS)
-    shac = SHAC(t["env"], seed=args.seed, evaluate=rl.evaluator(t), log=log, checkpoint=ckpt, checkpoint_every=25,
+    t = task("P3", 64, **P3_STARTS)
+    shac = SHAC(t["env"], seed=args.seed, evaluate=evaluator(t), log=log, checkpoint=ckpt, checkpoint_every=25,
                 **{**OPTIONS, "epochs": args.epochs})
     if args.resume:
         shac.load(ckpt)

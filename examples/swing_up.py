@@ -6,36 +6,47 @@ sign, for one or two periods, then zero) lead it to swing-ups instead; ``trajopt
 all of them for all 32 starts as one batch and keeps each start's cheapest solution. Run
 ``python examples/swing_up.py`` to print the costs and save ``docs/images/swing_up.png``.
 """
+import math
 import time
 
 import torch
 from _plot import save, subplots
 
 import trajopt
-from benchmarks import problems
-from benchmarks.ilqr import problem, pumping_guesses
+import trajopt.problems
+from trajopt.problems import reference
 
 D64 = dict(dtype=torch.float64)
-P = problems.PENDULUM
+P = reference.PENDULUM
+
+
+def pumping_guesses(T: int, dt: float = 0.05, u_max: float = 2.0, periods=(1.2, 1.6, 2.0), cycles=(1, 2)):
+    """Swing-up guesses for a pendulum: zero, and ``u_max sin(2 pi t / period)`` of either sign, cut after
+    ``cycles`` periods: ``(K, T, 1)`` (13 by default)."""
+    t = torch.arange(T, **D64) * dt
+    guesses = [torch.zeros(T, **D64)]
+    for period in periods:
+        for sign in (1.0, -1.0):
+            for c in cycles:
+                guesses.append(torch.where(t < c * period, sign * u_max * torch.sin(2 * math.pi * t / period), 0.0))
+    return torch.stack(guesses).unsqueeze(-1)
 
 
 def swing_up(B=32, screen_iter=40, max_iter=300):
-    p = problem("P2 pendulum", B)
+    problem = trajopt.problems.pendulum(B)
     guesses = pumping_guesses(P["T"], P["dt"], P["u_max"])
-    sol = trajopt.multistart(p["dynamics"], p["cost"], p["x0"], guesses, screen_iter=screen_iter, max_iter=max_iter,
-                             grad=None, u_lower=-p["u_max"], u_upper=p["u_max"])
-    return p, sol
+    sol = trajopt.multistart(problem, U_inits=guesses, screen_iter=screen_iter, max_iter=max_iter, grad=None)
+    return problem, sol
 
 
 def main(path="docs/images/swing_up.png"):
     t0 = time.perf_counter()
-    p, sol = swing_up()
+    problem, sol = swing_up()
     seconds = time.perf_counter() - t0
-    x0 = p["x0"]
-    plain = trajopt.ilqr(p["dynamics"], p["cost"], x0, horizon=p["T"], max_iter=300, grad=None,
-                         u_lower=-p["u_max"], u_upper=p["u_max"])
-    print(f"swing-up recipe: mean {sol.cost.mean():.2f} over {len(x0)} starts, hanging start {sol.cost[0]:.2f}, "
-          f"{int(sol.converged.sum())}/{len(x0)} converged, {seconds:.1f} s")
+    B = problem.B
+    plain = trajopt.ilqr(problem, max_iter=300, grad=None)
+    print(f"swing-up recipe: mean {sol.cost.mean():.2f} over {B} starts, hanging start {sol.cost[0]:.2f}, "
+          f"{int(sol.converged.sum())}/{B} converged, {seconds:.1f} s")
     print(f"plain iLQR from zero controls: mean {plain.cost.mean():.2f}, hanging start {plain.cost[0]:.2f}")
     t = torch.arange(P["T"] + 1) * P["dt"]
     fig, (a, b) = subplots(1, 2, figsize=(9, 3.2))
@@ -43,8 +54,8 @@ def main(path="docs/images/swing_up.png"):
     a.plot(t, plain.X[0, :, 0], label=f"from zero controls ({plain.cost[0]:.1f})")
     a.set(xlabel="time [s]", ylabel="angle (0 = upright)", title="hanging start")
     a.legend()
-    b.plot(sol.history["cost"][:, 0], label="recipe, final solve")
-    b.plot(plain.history["cost"][:, 0], label="from zero controls")
+    b.plot(sol.cost_history[0], label="recipe, final solve")
+    b.plot(plain.cost_history[0], label="from zero controls")
     b.set(xlabel="iteration", ylabel="cost", yscale="log", title="convergence, hanging start")
     b.legend()
     save(fig, path)

@@ -249,3 +249,48 @@ def test_implicit_route_refuses_double_backward():
     (gc,) = torch.autograd.grad(_loss(args, "implicit", w), args[3], create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable|does not require grad"):
         torch.autograd.grad(gc.sum(), args[2])
+
+
+def _qp_reference(F, f, C, c, x0, lower, upper):
+    """The bounded LQR of problem 0 as a QP solved by Clarabel through cvxpy at tight tolerance: ``U (T, m)``."""
+    cp = pytest.importorskip("cvxpy")
+    T, n, nm = F.shape[0], F.shape[1], F.shape[2]
+    m = nm - n
+    X, U = cp.Variable((T + 1, n)), cp.Variable((T, m))
+    objective, constraints = 0, [X[0] == x0]
+    for t in range(T):
+        tau = cp.hstack([X[t], U[t]])
+        Ct = 0.5 * (C[t] + C[t].T)
+        objective += 0.5 * cp.quad_form(tau, cp.psd_wrap(Ct)) + c[t] @ tau
+        constraints += [X[t + 1] == F[t] @ tau + f[t], U[t] >= lower[t], U[t] <= upper[t]]
+    cp.Problem(cp.Minimize(objective), constraints).solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12,
+                                                           tol_feas=1e-12)
+    return torch.tensor(U.value)
+
+
+def test_lqr_with_control_bounds_matches_a_qp_solver_and_its_gradient_central_differences(p1):
+    t, _ = p1_tensors(B=3, T=12, n=4, m=2, seed=3)
+    upper = torch.tensor([0.3, 0.5, 0.2], dtype=torch.float64).view(3, 1, 1).expand(3, 12, 2).clone()
+    upper[:, :3] = 0.1                                                  # per problem and per stage
+    F, f, C, c, x0 = (t[k] for k in ("F", "f", "C", "c", "x0"))
+    sol = trajopt.lqr(F, f, C, c, x0, u_lower=-upper, u_upper=upper, grad=None)
+    assert sol.converged.all() and (sol.U.abs() <= upper).all() and (sol.U.abs() == upper).any()
+    for b in range(3):
+        ref = _qp_reference(*(z[b].numpy() for z in (F, f, C, c, x0)), -upper[b].numpy(), upper[b].numpy())
+        torch.testing.assert_close(sol.U[b], ref, rtol=0, atol=1e-6)
+    unbounded = trajopt.lqr(F, f, C, c, x0, u_lower=-1e9, u_upper=1e9, grad=None)
+    torch.testing.assert_close(unbounded.U, trajopt.lqr(F, f, C, c, x0).U, rtol=0, atol=1e-9)
+    # gradients reach the caller's F, C, c through the implicit route
+    F, C, c = (z.clone().requires_grad_(True) for z in (F, C, c))
+    weights = torch.linspace(-1, 1, 3 * 12 * 2, dtype=torch.float64).view(3, 12, 2)
+    sol = trajopt.lqr(F, f, C, c, x0, u_lower=-upper, u_upper=upper)
+    gF, gC, gc = torch.autograd.grad((sol.U * weights).sum(), [F, C, c])
+    for tensor, grad, index in ((F, gF, (1, 4, 2, 5)), (C, gC, (2, 6, 1, 1)), (c, gc, (0, 8, 4))):
+        values = []
+        for sign in (1, -1):
+            with torch.no_grad():
+                tensor[index] += sign * 1e-6
+                values.append(float((trajopt.lqr(F, f, C, c, x0, u_lower=-upper, u_upper=upper, grad=None).U
+                                     * weights).sum()))
+                tensor[index] -= sign * 1e-6
+        assert float(grad[index]) == pytest.approx((values[0] - values[1]) / 2e-6, rel=1e-5, abs=1e-8)

@@ -1,8 +1,12 @@
+import math
+
+import numpy as np
 import pytest
 import torch
 
 import dynamics
 import trajopt
+from trajopt import Status
 
 D64 = dict(dtype=torch.float64)
 
@@ -75,21 +79,72 @@ def test_mpc_warm_starts_from_the_shifted_plan():
     mpc.reset()
     _, cold = mpc(x1)
     assert warm.converged.all() and cold.converged.all()
-    assert int(warm.history["iterations"].sum()) < int(cold.history["iterations"].sum())
+    assert int(warm.iterations.sum()) < int(cold.iterations.sum())
     # the shifted plan is where the warm solve started: its first iteration's cost is the shifted plan's
     shifted = torch.cat([first.U[:, 1:], first.U[:, -1:]], 1)
-    torch.testing.assert_close(warm.history["cost"][0], cost(trajopt.rollout(model, x1, shifted), shifted))
+    torch.testing.assert_close(warm.cost_history[:, 0], cost(trajopt.rollout(model, x1, shifted), shifted))
+    assert not warm.extras["recovered"].any()
 
 
 def test_mpc_rejects_bad_arguments():
-    model, cost, _ = linear_quadratic()
+    model, cost, x = linear_quadratic()
     with pytest.raises(TypeError, match="dynamics must be a dynamics.Dynamics"):
         trajopt.MPC(lambda x, u: x, cost, 5)
-    with pytest.raises(ValueError, match="horizon and max_iter must be positive"):
+    with pytest.raises(ValueError, match="horizon must be an int >= 1"):
         trajopt.MPC(model, cost, 0)
+    with pytest.raises(ValueError, match="horizon must be an int >= 1, got 1.7"):
+        trajopt.MPC(model, cost, 1.7)
+    with pytest.raises(ValueError, match="max_iter must be an int >= 1"):
+        trajopt.MPC(model, cost, 5, max_iter=0)
     tv = trajopt.QuadraticCost(torch.eye(5, **D64).expand(4, 5, 5))
     with pytest.raises(ValueError, match="time-invariant"):
         trajopt.MPC(model, tv, 4)
+    # options are checked against the solver's signature when the MPC is built, never dropped
+    with pytest.raises(TypeError, match="ilqr takes no option 'iterations'"):
+        trajopt.MPC(model, cost, 5, iterations=3)
+    with pytest.raises(TypeError, match="mppi takes no option 'grad'"):
+        trajopt.MPC(model, cost, 5, solver=trajopt.mppi, grad=None)
+    with pytest.raises(TypeError, match="mppi takes no option 'second_order'"):
+        trajopt.MPC(model, cost, 5, solver=trajopt.mppi, second_order=True)
+    mpc = trajopt.MPC(model, cost, 5)
+    with pytest.raises(ValueError, match="U_init must be .* the horizon T=5"):
+        mpc(x, U_init=torch.zeros(4, 3, 2, **D64))       # a shorter guess does not change the horizon
+
+
+class Fragile(dynamics.Dynamics):
+    """``x' = x + u`` while ``|u| <= limit``, infinite beyond it: a plan made before ``limit`` shrank diverges."""
+
+    def __init__(self):
+        super().__init__(1, 1)
+        self.limit = float("inf")
+
+    def forward(self, x, u, t=None):
+        return torch.where(u.abs() <= self.limit, x + u, float("inf"))
+
+
+def test_mpc_recovers_from_a_diverged_warm_start_by_a_cold_solve():
+    model = Fragile()
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(1, **D64), 0.1 * torch.eye(1, **D64),
+                                              x_goal=torch.ones(1, **D64))
+    mpc = trajopt.MPC(model, cost, 6, u_lower=-1.0, u_upper=1.0, max_iter=50, grad=None)
+    x = torch.tensor([[0.0], [1.0]], **D64)                  # the second is at the goal: its plan is zero
+    u, plan = mpc(x)
+    assert plan.converged.all() and float(plan.U[0].abs().max()) > 0.01 and float(plan.U[1].abs().max()) < 1e-9
+    model.limit = 1e-3                                      # the first problem's shifted plan now diverges
+    x = model(x, torch.zeros_like(u))
+    with torch.no_grad():
+        shifted = torch.cat([plan.U[:, 1:], plan.U[:, -1:]], 1)
+        diverged = trajopt.ilqr(trajopt.Problem(model, cost, x, U_init=shifted, u_lower=-1.0, u_upper=1.0),
+                                grad=None, max_iter=50)
+    assert diverged.status.tolist() == [Status.NOT_FINITE, Status.CONVERGED]
+    u, plan = mpc(x)
+    assert plan.extras["recovered"].tolist() == [True, False]
+    assert plan.status[0] != Status.NOT_FINITE and torch.isfinite(plan.cost).all() and torch.isfinite(u).all()
+    assert float(plan.U[0].abs().max()) <= 1e-3                  # the cold solve stayed where the model is finite
+    cold = trajopt.ilqr(trajopt.Problem(model, cost, x[:1], horizon=6, u_lower=-1.0, u_upper=1.0), grad=None,
+                        max_iter=50)
+    torch.testing.assert_close(plan.U[0], cold.U[0], rtol=0, atol=0)
+    torch.testing.assert_close(plan[1].U, diverged[1].U, rtol=0, atol=0)
 
 
 def test_imitation_example_recovers_the_pendulum_mass_and_length():
@@ -108,9 +163,7 @@ def test_mpc_swings_up_and_balances_gymnasium_pendulum_v1():
     """Closed loop on the real environment (its own step, torque and speed clips, angle wrapping): from seeds 0-3
     the pendulum ends upright and still, and the mean return beats rl-baselines3-zoo's TD3 (-151.9 over 100)."""
     pytest.importorskip("gymnasium")
-    from benchmarks.gym_pendulum import episodes
-
-    result = episodes(count=4, steps=120, progress=False)
+    result = gym_pendulum_episodes(count=4, steps=120)
     assert result["final"][:, 0].abs().max() < 0.01 and result["final"][:, 1].abs().max() < 0.05
     assert result["returns"].mean() > -151.9
 
@@ -123,10 +176,10 @@ def test_mpc_runs_a_sampling_solver_with_the_shifted_plan_as_its_warm_start():
                                               x_goal=torch.tensor([1.0, 0.0], dtype=torch.float64))
     seen = []
 
-    def solver(*args, **kwargs):
-        seen.append(args[3])                                   # U_init
-        return trajopt.mppi(*args, **kwargs)
-    sampled = trajopt.MPC(model, cost, 15, u_lower=-1.0, u_upper=1.0, solver=solver, samples=300, iterations=3,
+    def solver(problem, **options):
+        seen.append(problem.U_init)
+        return trajopt.mppi(problem, **options)
+    sampled = trajopt.MPC(model, cost, 15, u_lower=-1.0, u_upper=1.0, solver=solver, samples=300, max_iter=3,
                           temperature=0.1, noise_std=0.5, generator=torch.Generator().manual_seed(0))
     exact = trajopt.MPC(model, cost, 15, u_lower=-1.0, u_upper=1.0, max_iter=20, grad=None)
     totals = []
@@ -140,5 +193,54 @@ def test_mpc_runs_a_sampling_solver_with_the_shifted_plan_as_its_warm_start():
             total = total + cost.stage(x, u)
             x = model(x, u)
         totals.append(total)
-    assert seen[0] is None
+    assert torch.equal(seen[0], torch.zeros(2, 15, 1, dtype=torch.float64))    # the first solve starts cold
     torch.testing.assert_close(totals[0], totals[1], rtol=5e-2, atol=0)     # measured: 2.6% apart
+
+
+class PendulumCost(trajopt.Cost):
+    """Pendulum-v1's reward with the angle term made smooth and periodic: ``2 (1 - cos theta) + 0.1 theta_dot^2 +
+    0.001 u^2`` (its wrapped ``theta^2`` has a kink at the bottom that misleads a local solver)."""
+
+    def stage(self, x, u, t=None):
+        return 2 * (1 - torch.cos(x[..., 0])) + 0.1 * x[..., 1] ** 2 + 0.001 * u[..., 0] ** 2
+
+
+def pumping_guesses(T, dt=0.05, u_max=2.0, periods=(1.2, 1.6, 2.0), cycles=(1, 2)):
+    """Swing-up guesses: zero, and ``u_max sin(2 pi t / period)`` of either sign, cut after ``cycles`` periods."""
+    t = torch.arange(T, dtype=torch.float64) * dt
+    guesses = [torch.zeros(T, dtype=torch.float64)]
+    for period in periods:
+        for sign in (1.0, -1.0):
+            for c in cycles:
+                guesses.append(torch.where(t < c * period, sign * u_max * torch.sin(2 * math.pi * t / period), 0.0))
+    return torch.stack(guesses).unsqueeze(-1)
+
+
+def gym_pendulum_episodes(count, steps, horizon=60, max_iter=5, first_iter=100):
+    """``count`` seeded ``Pendulum-v1`` episodes under one batched MPC (3 s plans, ``max_iter`` warm-started
+    iterations per step), the first solve from the pumping guesses by multistart; returns the episode returns
+    and the final ``(theta, theta_dot)``."""
+    import gymnasium
+
+    def states(obs):
+        return torch.tensor(np.stack([np.arctan2(obs[:, 1], obs[:, 0]), obs[:, 2]], -1), dtype=torch.float64)
+
+    envs = [gymnasium.make("Pendulum-v1") for _ in range(count)]
+    obs = np.stack([env.reset(seed=i)[0] for i, env in enumerate(envs)])
+    model = dynamics.Pendulum().discretize().requires_grad_(False)
+    mpc = trajopt.MPC(model, PendulumCost(), horizon, u_lower=-2.0, u_upper=2.0, max_iter=max_iter, grad=None)
+    returns = np.zeros(count)
+    for step in range(steps):
+        x = states(obs)
+        if step == 0:
+            first = trajopt.Problem(model, mpc.cost, x, horizon=horizon, u_lower=-2.0, u_upper=2.0)
+            guess = trajopt.multistart(first, U_inits=pumping_guesses(horizon), screen_iter=20, max_iter=first_iter,
+                                       grad=None)
+            u, _ = mpc(x, U_init=guess.U)
+        else:
+            u, _ = mpc(x)
+        actions = u.detach().numpy()
+        for i, env in enumerate(envs):
+            obs[i], reward, *_ = env.step(actions[i])
+            returns[i] += reward
+    return dict(returns=returns, final=states(obs))

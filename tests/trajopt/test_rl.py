@@ -12,10 +12,18 @@ import torch
 
 import dynamics
 import trajopt
-from benchmarks import problems
+from trajopt.problems import reference as problems
 from trajopt.rl import SHAC, DiffEnv, GaussianPolicy, LearnedCost, MPCPolicy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def shac_tasks():
+    """``examples/shac_tasks.py``: the pusher and bicycle tasks (the definitions the benchmarks measure with)."""
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    from examples import shac_tasks
+    return shac_tasks
 
 
 def pendulum_env(num_envs=4, episode_length=5, shard=None, dtype=torch.float64, **options):
@@ -319,10 +327,10 @@ def test_mpc_policy_with_mppi_has_the_gradient_of_its_weights_under_common_rando
     model = dynamics.Pendulum().discretize()
     cost = LearnedCost(torch.tensor([2.0, 0.2], dtype=torch.float64), torch.tensor([0.02], dtype=torch.float64))
 
-    def solver(*args, **kwargs):
-        return trajopt.mppi(*args, samples=300, temperature=2.0, noise_std=1.0,
-                            generator=torch.Generator().manual_seed(0), **kwargs)
-    policy = MPCPolicy(model, cost, 5, -2.0, 2.0, solver=solver)
+    def solver(problem, **options):
+        return trajopt.mppi(problem, samples=300, temperature=2.0, noise_std=1.0,
+                            generator=torch.Generator().manual_seed(0), **options)
+    policy = MPCPolicy(model, cost, 5, -2.0, 2.0, solver=solver, max_iter=1)
     x = torch.tensor([[0.6, -0.3], [2.8, 0.5]], dtype=torch.float64)
     grad = assert_policy_gradient_matches_central_differences(policy, cost.log_q, x)
     assert float(grad.abs().min()) > 1e-4
@@ -361,10 +369,9 @@ def test_train_in_learned_model_collects_real_transitions_and_trains_through_the
 
 
 def test_shac_actor_gradient_through_the_pusher_contact_matches_central_differences():
-    """The pusher task (benchmarks.tasks): the actor loss of a window in which the finger is pushing the box,
-    so the gradient runs through the smoothed contact force and friction, against central differences."""
-    from benchmarks import rl
-    t = rl.task("pusher", 4, dtype=torch.float64)
+    """The pusher task (examples/shac_tasks.py): the actor loss of a window in which the finger is pushing the
+    box, so the gradient runs through the smoothed contact force and friction, against central differences."""
+    t = shac_tasks().task("pusher", 4, dtype=torch.float64)
     touching = torch.tensor([[-0.42, 0.0, -0.3, 0.0, 0.0, 0.0], [-0.3, -0.125, -0.3, 0.0, 0.0, 0.0],
                              [-0.415, 0.09, -0.3, 0.0, 0.2, 0.0]], dtype=torch.float64)
     env = DiffEnv(t["model"], t["cost"], reset=touching, episode_length=5, num_envs=4, u_lower=-1.0, u_upper=1.0,
@@ -383,7 +390,7 @@ def test_path_tracking_cost_errors_against_the_road_geometry():
     along the road's normal off it (to first order), and the heading difference; the Stanley controller (the
     task's classical reference) brings every start from up to 1.5 m off to within 0.75 m (it lags on the
     curves)."""
-    from benchmarks import rl, tasks
+    tasks = shac_tasks()
     cost = tasks.PathTrackingCost().double()
     x = torch.linspace(0.0, 20.0, 41, dtype=torch.float64)
     slope = cost.amplitude * cost.wavenumber * torch.cos(cost.wavenumber * x)
@@ -398,7 +405,7 @@ def test_path_tracking_cost_errors_against_the_road_geometry():
     offset, heading_error = cost.errors(aside)
     assert torch.allclose(offset, torch.full_like(offset, 1e-4), rtol=1e-3)
     assert torch.allclose(heading_error, torch.full_like(x, 0.1), atol=1e-3)
-    t = rl.task("bicycle", 4, dtype=torch.float64)
+    t = tasks.task("bicycle", 4, dtype=torch.float64)
     X = [t["x0"]]
     for _ in range(t["T"]):
         X.append(t["model"](X[-1], tasks.stanley(t["cost"], X[-1])))

@@ -2,7 +2,7 @@
 
 Solves, for a batch of problems,
 ``min_U cost(X, U)`` subject to ``x_{t+1} = f(x_t, u_t, t)``, ``u_lower <= U <= u_upper``,
-``g(x_t, u_t, t) <= 0`` for ``t < T`` and ``h(x_T) <= 0``.
+``g(x_t, u_t, t) <= 0`` for ``t < T`` and ``h(x_T) <= 0`` (the problem's :class:`~trajopt.Constraint`).
 The control bounds stay with the box-constrained :func:`~trajopt.ilqr`; the inequalities
 ``g`` and ``h`` move into the cost through the Powell-Hestenes-Rockafellar augmented
 Lagrangian (Rockafellar 1973; Nocedal and Wright, *Numerical Optimization*, 2nd ed., sec. 17.4;
@@ -14,78 +14,25 @@ with multiplier ``lambda_i >= 0`` and penalty ``rho_i > 0`` adds
 to the cost. After each inner iLQR solve, warm-started
 from the previous controls, the multipliers become ``max(0, lambda + rho g)`` and the penalty
 of every constraint whose violation did not shrink enough grows. Every problem of the batch
-has its own multipliers and penalties and stops once it has converged.
+has its own multipliers, penalties and status, and stops once it has converged.
 
-Differentiable with respect to: nothing yet; the solution is returned detached (as by
-:func:`~trajopt.ilqr`).
+Differentiable with respect to: nothing yet; the solution is returned detached.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
 from dynamics import Dynamics
-from dynamics.validation import check_consistent, check_finite
+from dynamics.validation import check_finite
+from .._core.checks import check_int, check_positive, tolerance
+from .._core.constraint import FunctionConstraint
 from .._core.costs import Cost, Quadratization
-from .._core.bounds import check_bounds, clamp as clamp_to_bounds, clamped as _clamped, project as _project
-from .._core.implicit import grad_tensors
-from .ilqr import ilqr
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.rollout import rollout
+from .ilqr import ilqr
 
-__all__ = ["Constraint", "constrained_ilqr"]
-
-
-class Constraint(nn.Module):
-    """Inequality constraints ``stage(x_t, u_t, t) <= 0`` at the stages ``t < T`` and ``terminal(x_T) <= 0``.
-
-    Subclasses override :meth:`stage` and/or :meth:`terminal` for batched inputs; each returns one
-    value per constraint, ``(N, k)`` (``k`` may be zero: the default of both methods is no
-    constraint). ``time_varying = True`` means :meth:`stage` looks at the stage index ``t``;
-    otherwise all stages are evaluated in one call on ``N = B T`` rows. Like a cost, a constraint
-    is shared by every problem of a batch. The solvers differentiate it twice by batched autograd,
-    so write it with differentiable torch operations, row by row: row ``r`` of the output must
-    depend on row ``r`` of ``x`` and ``u`` alone (no reductions over the batch).
-
-    A plain callable ``g(x (N, n), u (N, m)) -> (N, k)`` passed to :func:`constrained_ilqr`
-    is taken as a stage constraint that does not depend on ``t``.
-    """
-
-    time_varying: bool = False
-
-    def stage(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None) -> torch.Tensor:
-        """Constraint values ``(N, k)`` of ``x (N, n)``, ``u (N, m)`` at stage ``t``; none unless overridden."""
-        return x.new_zeros(*x.shape[:-1], 0)
-
-    def terminal(self, x: torch.Tensor) -> torch.Tensor:
-        """Constraint values ``(N, k_T)`` of ``x_T (N, n)``; none unless overridden."""
-        return x.new_zeros(*x.shape[:-1], 0)
-
-    def forward(self, X: torch.Tensor, U: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stage values ``(B, T, k)`` and terminal values ``(B, k_T)`` of ``X (B, T+1, n)``, ``U (B, T, m)``."""
-        return self._stages(X[:, :-1], U), self.terminal(X[:, -1])
-
-    def _stages(self, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-        """Stage values ``(B, T, k)`` of the stage states ``X (B, T, n)`` and controls ``U (B, T, m)``."""
-        B, T = U.shape[:2]
-        if self.time_varying:
-            return torch.stack([self.stage(X[:, t], U[:, t], t) for t in range(T)], 1)
-        G = self.stage(X.reshape(B * T, -1), U.reshape(B * T, -1))
-        return G.reshape(B, T, *G.shape[1:])
-
-
-class _FunctionConstraint(Constraint):
-    """A stage constraint given as a plain callable ``g(x, u) -> (N, k)``."""
-
-    def __init__(self, fn: Callable):
-        super().__init__()
-        self.fn = fn
-
-    def stage(self, x, u, t=None):
-        return self.fn(x, u)
+__all__ = ["constrained_ilqr"]
 
 
 def _phr(g, lam, rho):
@@ -93,12 +40,12 @@ def _phr(g, lam, rho):
     return (torch.clamp(lam + rho * g, min=0) ** 2 - lam ** 2) / (2 * rho)
 
 
-class _Tagged(Dynamics):
+class Tagged(Dynamics):
     """``dynamics`` with one more, constant, state: the index of the problem a trajectory belongs to.
 
     A solver may evaluate the cost on any selection of the batch's trajectories (a line search over
     several step sizes, the problems still iterating); the tag in ``X[..., n]`` tells
-    :class:`_AugmentedLagrangianCost` whose multipliers apply to each row.
+    :class:`AugmentedLagrangianCost` whose multipliers apply to each row.
     """
 
     def __init__(self, dynamics: Dynamics):
@@ -130,19 +77,19 @@ def _pad(a, i, dim):
     return torch.cat([a.narrow(dim, 0, i), a.new_zeros(shape), a.narrow(dim, i, a.shape[dim] - i)], dim)
 
 
-class _AugmentedLagrangianCost(Cost):
-    """``cost(X, U)`` plus the PHR augmented-Lagrangian terms of a :class:`Constraint`, per problem.
+class AugmentedLagrangianCost(Cost):
+    """``cost(X, U)`` plus the PHR augmented-Lagrangian terms of a :class:`~trajopt.Constraint`, per problem.
 
     ``sum_{t,i} (max(0, lam_ti + rho_ti g_ti)^2 - lam_ti^2) / (2 rho_ti)`` over the stage
     constraints ``g = constraint.stage`` and the same over the terminal ones.
 
     Args:
         cost: the :class:`~trajopt.Cost` to augment.
-        constraint: a :class:`Constraint` with ``k`` stage and ``k_T`` terminal values.
+        constraint: a :class:`~trajopt.Constraint` with ``k`` stage and ``k_T`` terminal values.
         multipliers, penalty: ``(B, T, k)``, ``lambda >= 0`` and ``rho > 0`` of every problem, stage and constraint.
         terminal_multipliers, terminal_penalty: ``(B, k_T)``.
 
-    It acts on *tagged* trajectories, those of :class:`_Tagged` dynamics: ``X (N, T+1, n+1)`` whose
+    It acts on *tagged* trajectories, those of :class:`Tagged` dynamics: ``X (N, T+1, n+1)`` whose
     last state is the index ``b`` of the problem (in ``0..B-1``) whose multipliers apply, ``U (N, T, m)``.
     ``cost`` and ``constraint`` see ``X[..., :n]``; the tag is constant and costs nothing.
     The stage term depends on ``t`` through the multipliers, so the cost is time-varying;
@@ -179,7 +126,7 @@ class _AugmentedLagrangianCost(Cost):
 
     def stage(self, x, u, t=None):
         if t is None:
-            raise ValueError("_AugmentedLagrangianCost: the multipliers differ by stage; pass the stage index t")
+            raise ValueError("AugmentedLagrangianCost: the multipliers differ by stage; pass the stage index t")
         b = self._problem(x)
         x = x[..., :-1]
         g = self.constraint.stage(x, u, t)
@@ -207,7 +154,7 @@ class _AugmentedLagrangianCost(Cost):
         C, c, C_final, c_final = self.cost.quadratize(x, U)
         constraint = self.constraint
         if self.multipliers.shape[-1]:
-            H, h = _penalty_quadratization(lambda tau: constraint._stages(tau[..., :n], tau[..., n:]),
+            H, h = _penalty_quadratization(lambda tau: constraint.stages(tau[..., :n], tau[..., n:]),
                                            torch.cat([x[:, :-1], U], -1), self.multipliers[b], self.penalty[b])
             C, c = C + H, c + h
         if self.terminal_multipliers.shape[-1]:
@@ -246,30 +193,27 @@ def _grad_or_zero(scalar, z):
     return torch.zeros_like(z) if out is None else out
 
 
-def constrained_ilqr(dynamics: Dynamics, cost: Cost, constraint: Constraint | Callable, x0: torch.Tensor,
-                     U_init: torch.Tensor | None = None, *, horizon: int | None = None, u_lower=None, u_upper=None,
-                     max_outer: int = 20, max_iter: int = 100, tol: float | None = None, grad_tol: float = 1e-6,
-                     intermediate_grad_tol: float | None = 1e-2, constraint_tol: float = 1e-6,
-                     penalty_init: float = 1.0, penalty_growth: float = 10.0, penalty_max: float = 1e8,
-                     violation_shrink: float = 0.1, progress: bool = False) -> Solution:
-    """Solve ``min_U cost(X, U)`` subject to the dynamics, ``u_lower <= U <= u_upper`` and ``constraint <= 0``.
+@solver
+def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 100, tol: float | None = None,
+                     grad_tol: float | None = None, intermediate_grad_tol: float | None = 1e-2,
+                     constraint_tol: float = 1e-6, penalty_init: float = 1.0, penalty_growth: float = 10.0,
+                     penalty_max: float = 1e8, violation_shrink: float = 0.1, progress: bool = False) -> Solution:
+    """Solve a :class:`~trajopt.Problem` with a ``constraint``: ``min_U cost(X, U)`` subject to the dynamics,
+    ``u_lower <= U <= u_upper`` and ``constraint <= 0``.
 
-    An augmented-Lagrangian outer loop around :func:`~trajopt.ilqr` (see the module docstring).
+    An augmented-Lagrangian outer loop around :func:`~trajopt.ilqr` (see the module docstring), from
+    ``problem.U_init`` (which need not satisfy the constraint).
 
     Args:
-        dynamics: a discrete :class:`dynamics.Dynamics`.
-        cost: a :class:`trajopt.Cost`.
-        constraint: a :class:`Constraint` (stage values ``(N, k)``, terminal values ``(N, k_T)``, all ``<= 0``
-            when satisfied), or a callable ``g(x (N, n), u (N, m)) -> (N, k)`` applied at every stage ``t < T``
-            (``x_T`` is then unconstrained).
-        x0: initial states ``(B, n)`` (or ``(n,)``).
-        U_init: initial controls ``(B, T, m)`` (or ``(T, m)``), clipped into the bounds; zeros of length
-            ``horizon`` if None. They need not satisfy the constraint.
-        horizon: ``T`` when ``U_init`` is None.
-        u_lower, u_upper: control bounds broadcastable to ``(B, T, m)``, or None; kept exactly by iLQR.
+        problem: the batch of problems; ``problem.constraint`` is a :class:`~trajopt.Constraint` (stage values
+            ``(N, k)``, terminal values ``(N, k_T)``, all ``<= 0`` when satisfied) or a callable
+            ``g(x (N, n), u (N, m)) -> (N, k)`` applied at every stage ``t < T`` (``x_T`` is then
+            unconstrained). A state guess ``X_init`` and state bounds are not taken (express state bounds in
+            the constraint).
         max_outer: most multiplier updates (inner solves) per problem.
         max_iter, tol: options of each inner :func:`~trajopt.ilqr` solve (``tol``: ilqr's default when None).
-        grad_tol: the inner solve that ends a problem must have converged to this ilqr ``grad_tol``.
+        grad_tol: the inner solve that ends a problem must have converged to this ilqr ``grad_tol`` (default
+            ``1e-6`` in float64, scaled to the dtype's precision as ilqr's).
         intermediate_grad_tol: while the multipliers are far from converged, inner solves stop at the looser
             ``min(intermediate_grad_tol, residual)`` (``residual``: the smallest, over the unconverged problems,
             of the largest violation or multiplier step ``|lambda_new - lambda| / rho`` of the previous solve),
@@ -280,81 +224,93 @@ def constrained_ilqr(dynamics: Dynamics, cost: Cost, constraint: Constraint | Ca
             ``max_i min(lambda_i, -g_i)`` (a constraint with a positive multiplier must be active).
         penalty_init: initial penalty ``rho`` of every constraint (multipliers start at zero).
         penalty_growth, penalty_max: after each solve, ``rho`` of a constraint is multiplied by
-            ``penalty_growth`` (up to ``penalty_max``) where its multiplier step ``|lambda_new - lambda| / rho
-            = |max(g, -lambda / rho)|`` (the violation of a violated constraint; for a satisfied one, how far it
-            is from active while its multiplier is still positive) is above ``constraint_tol`` and did not
-            shrink below ``violation_shrink`` times its value after the previous solve.
+            ``penalty_growth`` (``> 1``, up to ``penalty_max``) where its multiplier step
+            ``|lambda_new - lambda| / rho = |max(g, -lambda / rho)|`` (the violation of a violated constraint; for
+            a satisfied one, how far it is from active while its multiplier is still positive) is above
+            ``constraint_tol`` and did not shrink below ``violation_shrink`` times its value after the previous
+            solve.
         violation_shrink: that factor, in ``(0, 1)``.
         progress: show a progress bar over the outer iterations.
 
     Returns:
-        ``Solution`` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)`` (of ``cost`` alone),
-        ``converged (B,)``, ``iterations`` (inner iLQR iterations summed over the outer ones), ``K``, ``k``
-        of each problem's last inner solve, and ``history``: ``violation (B,)`` (largest ``max(0, g)`` over
-        every constraint of the final solution), ``complementarity (B,)``, ``outer_iterations (B,)``,
-        ``inner_converged (B,)``, ``multipliers (B, T, k)``, ``penalty (B, T, k)``,
-        ``terminal_multipliers (B, k_T)``, ``terminal_penalty (B, k_T)`` (the final estimates), and per
-        outer iteration ``outer_cost`` and ``outer_violation`` ``(J+1, B)`` (row 0: the initial controls),
-        ``inner_iterations`` and ``inner_grad_tol`` (lists, one entry per inner solve of the batch).
+        :class:`~trajopt.Solution` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)`` (of the problem's cost
+        alone), ``status``: ``CONVERGED`` (as ``constraint_tol`` says above); ``MAX_ITER`` (``max_outer`` inner
+        solves without converging); ``STALLED`` when the outer loop cannot make progress: every constraint whose
+        multiplier step is still above ``constraint_tol`` has its penalty at ``penalty_max`` and the last inner
+        solve did not lower the problem's largest violation or multiplier step (a larger penalty is all that could
+        help, and the cap forbids it); ``NOT_FINITE`` when the rollout of ``U_init`` or its cost is not finite (that
+        problem keeps ``x0`` held over the horizon and its ``U_init``; the rest of the batch is solved) or an inner
+        solve of it turned non-finite (it keeps its last finite iterate); either way its ``cost`` is ``inf``.
+        ``iterations (B,)``: inner iLQR iterations summed over the outer ones; ``cost_history (B, J+1)``: the cost
+        at ``U_init`` and after each of the ``J`` outer iterations the batch ran (a problem that stopped repeats
+        its value); ``residual (B,)``: the largest of the violation, the complementarity residual and the last
+        inner solve's projected gradient; ``K``, ``k`` of each problem's last inner solve (zero where no inner
+        iteration ran); and ``extras`` (batch first): ``violation (B,)`` (largest ``max(0, g)`` over every
+        constraint of the final solution), ``complementarity (B,)``, ``outer_iterations (B,)``,
+        ``inner_converged (B,)`` (the last inner solve converged at ``grad_tol``), ``multipliers (B, T, k)``,
+        ``penalty (B, T, k)``, ``terminal_multipliers (B, k_T)``, ``terminal_penalty (B, k_T)`` (the final
+        estimates), and per outer iteration ``outer_violation (B, J+1)`` (column 0: the initial controls),
+        ``inner_iterations (B, J)`` and ``inner_grad_tol (B, J)`` (the inner solve's iterations and tolerance;
+        0 where the problem had stopped). Violations of a ``NOT_FINITE`` problem without a finite iterate are
+        ``inf``.
 
     Differentiable with respect to: nothing yet; the solution is detached.
     """
     where = "constrained_ilqr"
-    if not isinstance(constraint, Constraint):
-        if not callable(constraint):
-            raise TypeError(f"{where}: constraint must be a trajopt.Constraint or a callable g(x, u) -> (N, k), "
-                            f"got {type(constraint).__name__}")
-        constraint = _FunctionConstraint(constraint)
-    _check_options(where, max_outer=max_outer, max_iter=max_iter, grad_tol=grad_tol,
-                   intermediate_grad_tol=grad_tol if intermediate_grad_tol is None else intermediate_grad_tol,
-                   constraint_tol=constraint_tol,
-                   penalty_init=penalty_init, penalty_growth=penalty_growth, penalty_max=penalty_max,
-                   violation_shrink=violation_shrink)
-    x0, U_init, dims = check_problem(where, dynamics, cost, x0, U_init, horizon)
-    batch = check_consistent(where, {"x0": x0, "U_init": U_init}, {"x0": 1, "U_init": 2})
-    options = dict(horizon=horizon, u_lower=u_lower, u_upper=u_upper, max_outer=max_outer, max_iter=max_iter,
-                   tol=tol, grad_tol=grad_tol, intermediate_grad_tol=intermediate_grad_tol,
-                   constraint_tol=constraint_tol, penalty_init=penalty_init,
-                   penalty_growth=penalty_growth, penalty_max=penalty_max, violation_shrink=violation_shrink,
-                   progress=progress)
-    if batch is None:
-        sol = constrained_ilqr(dynamics, cost, constraint, x0.unsqueeze(0), U_init.unsqueeze(0), **options)
-        history = {key: value if isinstance(value, list) else value[:, 0] if key.startswith("outer_") and
-                   key != "outer_iterations" else value[0] for key, value in sol.history.items()}
-        return Solution(X=sol.X[0], U=sol.U[0], cost=sol.cost[0], converged=sol.converged[0],
-                        iterations=sol.iterations, K=sol.K[0], k=sol.k[0], history=history)
+    constraint = problem.constraint
+    if constraint is None:
+        raise TypeError(f"{where}: the problem has no constraint; give trajopt.Problem(..., constraint=g) with a "
+                        "trajopt.Constraint or a callable g(x, u) -> (N, k), or solve it with trajopt.ilqr")
+    if problem.X_init is not None:
+        raise ValueError(f"{where}: a state guess X_init is not taken (the outer loop starts from the rollout of "
+                         "U_init); drop X_init")
+    if problem.x_lower is not None or problem.x_upper is not None:
+        raise ValueError(f"{where}: state bounds x_lower/x_upper are not taken; express them in the constraint")
+    check_int(where, max_outer=max_outer, max_iter=max_iter)
+    check_positive(where, constraint_tol=constraint_tol, penalty_init=penalty_init, penalty_max=penalty_max)
+    for name, value in (("grad_tol", grad_tol), ("intermediate_grad_tol", intermediate_grad_tol), ("tol", tol)):
+        if value is not None:
+            check_positive(where, **{name: value})
+    if not (_number(penalty_growth) and penalty_growth > 1):
+        raise ValueError(f"{where}: penalty_growth must be a number > 1, got {penalty_growth!r}")
+    if not (_number(violation_shrink) and 0 < violation_shrink < 1):
+        raise ValueError(f"{where}: violation_shrink must be in (0, 1), got {violation_shrink!r}")
+    if penalty_max < penalty_init:
+        raise ValueError(f"{where}: penalty_max must be >= penalty_init ({penalty_init!r}), got {penalty_max!r}")
+    grad_tol = tolerance(grad_tol, 1e-6, problem.dtype)
 
-    B, T, n, m = batch, U_init.shape[-2], dims["n"], dims["m"]
-    x0 = x0.expand(B, n).detach()
-    shape = (B, T, m)
-    lower, upper = check_bounds(where, u_lower, u_upper, shape, x0)
-
-    inner = {} if tol is None else {"tol": tol}
+    B, T, n, m = problem.B, problem.T, problem.n, problem.m
+    dynamics, cost, lower, upper = problem.dynamics, problem.cost, problem.u_lower, problem.u_upper
+    inner = {} if tol is None else {"tol": float(tol)}
     loosest = grad_tol if intermediate_grad_tol is None else max(grad_tol, intermediate_grad_tol)
+    inf = float("inf")
     with torch.no_grad():
-        U = clamp_to_bounds(U_init.expand(shape).detach(), lower, upper).clone()   # written in place below
+        x0 = problem.x0.detach()
+        U = problem.U_init.detach().clone()                 # written in place below
         X = rollout(dynamics, x0, U)
-        bad = ~torch.isfinite(X).flatten(1).all(-1)
-        if bool(bad.any()):
-            raise ValueError(f"{where}: the initial rollout is not finite for batch element(s) "
-                             f"{bad.nonzero().flatten().tolist()[:8]}")
-        G, GT = _evaluate(where, constraint, X, U)
+        J = cost(X, U)
+        finite = torch.isfinite(J) & torch.isfinite(X).flatten(1).all(-1)
+        status = torch.where(finite, int(Status.MAX_ITER), int(Status.NOT_FINITE)).long()
+        # a bad row never sinks the batch: it keeps x0 held and its initial controls, and is not solved
+        X = torch.where(finite.view(B, 1, 1), X, x0.unsqueeze(1).expand(B, T + 1, n)).clone()
+        J = torch.where(finite, J, inf)
+        G, GT = _evaluate(where, constraint, X, U, finite)
         k, kT = G.shape[-1], GT.shape[-1]
         lam, lam_T = x0.new_zeros(B, T, k), x0.new_zeros(B, kT)
         rho, rho_T = torch.full_like(lam, penalty_init), torch.full_like(lam_T, penalty_init)
-        violation = _largest(G.clamp_min(0), GT.clamp_min(0))
-        prev, prev_T = torch.full_like(lam, float("inf")), torch.full_like(lam_T, float("inf"))
-        complementarity = torch.zeros_like(violation)
-        residual = torch.full_like(violation, float("inf"))
-        J = cost(X, U)
-        outer_cost, outer_violation, inner_iterations, inner_grad_tol = [J.clone()], [violation.clone()], [], []
-        done = torch.zeros(B, dtype=torch.bool, device=x0.device)
+        violation = torch.where(finite, _largest(G.clamp_min(0), GT.clamp_min(0)), inf)
+        prev, prev_T = torch.full_like(lam, inf), torch.full_like(lam_T, inf)
+        complementarity = torch.where(finite, 0.0, torch.full_like(violation, inf))
+        residual = torch.full_like(violation, inf)           # largest violation or multiplier step
+        pg = torch.full_like(violation, inf)                 # the last inner solve's projected gradient
+        costs, violations, inner_iterations, inner_tols = [J.clone()], [violation.clone()], [], []
+        done = ~finite
         inner_ok = torch.zeros_like(done)
         outer = torch.zeros(B, dtype=torch.long, device=x0.device)
+        total = torch.zeros_like(outer)
         K, kff = x0.new_zeros(B, T, m, n), x0.new_zeros(B, T, m)
-        tagged = _Tagged(dynamics)
+        tagged = Tagged(dynamics)
         x0_tagged = torch.cat([x0, torch.arange(B, dtype=x0.dtype, device=x0.device).unsqueeze(-1)], -1)
-        total = 0
         bar = tqdm(range(max_outer), desc=where, disable=not progress, leave=False)
         for _ in bar:
             idx = (~done).nonzero().flatten()
@@ -363,18 +319,31 @@ def constrained_ilqr(dynamics: Dynamics, cost: Cost, constraint: Constraint | Ca
             # loose inner solves while every pending problem is far from converged, tight ones near the end
             far = float(residual[idx].min())
             omega = max(grad_tol, min(loosest, far)) if far > constraint_tol else grad_tol
-            al = _AugmentedLagrangianCost(cost, constraint, lam, rho, lam_T, rho_T)
-            sol = ilqr(tagged, al, x0_tagged[idx], U[idx], u_lower=None if lower is None else lower[idx],
-                       u_upper=None if upper is None else upper[idx], max_iter=max_iter, grad_tol=omega, **inner)
-            total += sol.iterations
-            inner_iterations.append(sol.iterations)
-            inner_grad_tol.append(omega)
+            al = AugmentedLagrangianCost(cost, constraint, lam, rho, lam_T, rho_T)
+            sub = Problem(tagged, al, x0_tagged[idx], U_init=U[idx], u_lower=None if lower is None else lower[idx],
+                          u_upper=None if upper is None else upper[idx])
+            sol = ilqr.__wrapped__(sub, max_iter=max_iter, grad_tol=omega, grad=None, **inner)
+            total[idx] += sol.iterations
+            step_iterations = torch.zeros_like(outer).index_put((idx,), sol.iterations)
+            inner_iterations.append(step_iterations)
+            inner_tols.append(torch.zeros_like(violation).index_put((idx,), torch.full_like(sol.cost, omega)))
+            outer[idx] += 1
+            # an inner solve that turned non-finite (its augmented cost at the warm start): that problem stops
+            # with its last finite iterate
+            bad = sol.status == Status.NOT_FINITE
+            if bool(bad.any()):
+                status[idx[bad]] = int(Status.NOT_FINITE)
+                done[idx[bad]] = True
+                J[idx[bad]] = inf
+                residual[idx[bad]] = inf
+                keep = (~bad).nonzero().flatten()
+                idx, sol = idx[keep], sol[keep]
             Xi, Ui = sol.X[..., :n], sol.U
             X[idx], U[idx] = Xi, Ui
-            if sol.K is not None:           # (None when the warm start was already optimal: no backward pass)
-                K[idx], kff[idx] = sol.K[..., :n], sol.k
+            ran = sol.iterations > 0            # a problem already optimal at its warm start keeps its gains
+            K[idx[ran]], kff[idx[ran]] = sol.K[ran][..., :n], sol.k[ran]
             inner_ok[idx] = sol.converged & (omega <= grad_tol)
-            outer[idx] += 1
+            pg[idx] = sol.residual
             G, GT = constraint(Xi, Ui)
             # multipliers first (with the penalties the solve used), then the penalties
             new_lam = torch.clamp(lam[idx] + rho[idx] * G, min=0)
@@ -387,49 +356,52 @@ def constrained_ilqr(dynamics: Dynamics, cost: Cost, constraint: Constraint | Ca
                                penalty_max)
             lam[idx], lam_T[idx], prev[idx], prev_T[idx] = new_lam, new_lam_T, step, step_T
             violation[idx] = _largest(G.clamp_min(0), GT.clamp_min(0))
+            before = residual[idx]
             residual[idx] = torch.maximum(violation[idx], _largest(step, step_T))
             complementarity[idx] = _largest(torch.minimum(new_lam, -G).clamp_min(0),
                                             torch.minimum(new_lam_T, -GT).clamp_min(0))
-            done[idx] = inner_ok[idx] & (violation[idx] <= constraint_tol) & (complementarity[idx] <= constraint_tol)
+            converged = inner_ok[idx] & (violation[idx] <= constraint_tol) & (complementarity[idx] <= constraint_tol)
+            # stalled: what is still off can only be fixed by a larger penalty, which the cap forbids, and the
+            # last solve did not help
+            capped = _all(((step <= constraint_tol) | (rho[idx] >= penalty_max)),
+                          ((step_T <= constraint_tol) | (rho_T[idx] >= penalty_max)))
+            stalled = ~converged & capped & (residual[idx] > constraint_tol) & (residual[idx] >= before)
+            status[idx] = torch.where(converged, int(Status.CONVERGED),
+                                      torch.where(stalled, int(Status.STALLED), status[idx]))
+            done[idx] = converged | stalled
             J[idx] = cost(Xi, Ui)
-            outer_cost.append(J.clone())
-            outer_violation.append(violation.clone())
-            bar.set_postfix(pending=int((~done).sum()), violation=f"{float(violation.max()):.1e}")
+            costs.append(J.clone())
+            violations.append(violation.clone())
+            shown = torch.where(status == Status.NOT_FINITE, 0.0, violation)
+            bar.set_postfix(pending=int((~done).sum()), violation=f"{float(shown.max()):.1e}")
         bar.close()
-    history = {"violation": violation, "complementarity": complementarity, "outer_iterations": outer,
-               "inner_converged": inner_ok, "multipliers": lam, "penalty": rho, "terminal_multipliers": lam_T,
-               "terminal_penalty": rho_T, "outer_cost": torch.stack(outer_cost),
-               "outer_violation": torch.stack(outer_violation), "inner_iterations": inner_iterations,
-               "inner_grad_tol": inner_grad_tol}
-    return Solution(X=X, U=U, cost=J, converged=done, iterations=total, K=K, k=kff, history=history)
+        not_finite = status == Status.NOT_FINITE
+        J = torch.where(not_finite, inf, J)
+        worst = torch.maximum(torch.maximum(violation, complementarity), pg)
+        worst = torch.where(not_finite, inf, worst)
+    stack = lambda zs, like: torch.stack(zs, 1) if zs else like.new_zeros(B, 0)     # noqa: E731
+    extras = {"violation": violation, "complementarity": complementarity, "outer_iterations": outer,
+              "inner_converged": inner_ok, "multipliers": lam, "penalty": rho, "terminal_multipliers": lam_T,
+              "terminal_penalty": rho_T, "outer_violation": torch.stack(violations, 1),
+              "inner_iterations": stack(inner_iterations, outer), "inner_grad_tol": stack(inner_tols, violation)}
+    return Solution(X=X, U=U, cost=J, status=status, iterations=total, cost_history=torch.stack(costs, 1),
+                    residual=worst, K=K, k=kff, extras=extras)
 
 
-def _check_options(where, **values):
-    checks = {"max_outer": (lambda v: isinstance(v, int) and v >= 1, "a positive int"),
-              "max_iter": (lambda v: isinstance(v, int) and v >= 1, "a positive int"),
-              "grad_tol": (lambda v: v > 0, "> 0"),
-              "intermediate_grad_tol": (lambda v: v > 0, "> 0 or None"),
-              "constraint_tol": (lambda v: v > 0, "> 0"),
-              "penalty_init": (lambda v: v > 0, "> 0"),
-              "penalty_growth": (lambda v: v > 1, "> 1"),
-              "penalty_max": (lambda v: v >= values["penalty_init"], ">= penalty_init"),
-              "violation_shrink": (lambda v: 0 < v < 1, "in (0, 1)")}
-    for name, value in values.items():
-        test, wanted = checks[name]
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not (ok and test(value)):
-            raise ValueError(f"{where}: {name} must be {wanted}, got {value!r}")
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _evaluate(where, constraint, X, U):
-    """The constraint at the initial trajectory, with its output shapes and values checked."""
+def _evaluate(where, constraint, X, U, finite):
+    """The constraint at the initial trajectory, with its output shapes checked, and its values on the rows
+    ``finite`` (those with a finite rollout)."""
     B, T = U.shape[:2]
     x, u = X[:, :-1].reshape(B * T, -1), U.reshape(B * T, -1)
     N = B * T
     if constraint.time_varying:
         x, u, N = X[:, 0], U[:, 0], B
     g = constraint.stage(x, u, 0 if constraint.time_varying else None)
-    _check_output(where, "constraint.stage" if not isinstance(constraint, _FunctionConstraint) else "constraint",
+    _check_output(where, "constraint" if isinstance(constraint, FunctionConstraint) else "constraint.stage",
                   g, N, x, u, "x (N, n), u (N, m)")
     gT = constraint.terminal(X[:, -1])
     _check_output(where, "constraint.terminal", gT, B, X[:, -1], None, "x (N, n)")
@@ -437,8 +409,8 @@ def _evaluate(where, constraint, X, U):
     if G.shape[-1] + GT.shape[-1] == 0:
         raise ValueError(f"{where}: constraint has no constraints (k = 0 stage and k_T = 0 terminal values); "
                          "use trajopt.ilqr")
-    check_finite(where, {"the constraint at the initial trajectory": G,
-                         "the terminal constraint at the initial trajectory": GT})
+    check_finite(where, {"the constraint at the initial trajectory": G[finite],
+                         "the terminal constraint at the initial trajectory": GT[finite]})
     return G, GT
 
 
@@ -463,3 +435,8 @@ def _grow(rho, measure, prev, tol, shrink, growth, cap):
 def _largest(a, b):
     """Largest entry per problem over ``a (B, T, k)`` and ``b (B, k_T)``, ``(B,)``; entries are >= 0."""
     return torch.cat([a.flatten(1), b, a.new_zeros(a.shape[0], 1)], 1).amax(-1)
+
+
+def _all(a, b):
+    """Per problem, whether every entry of ``a (B, T, k)`` and ``b (B, k_T)`` holds, ``(B,)``."""
+    return torch.cat([a.flatten(1), b], 1).all(-1)

@@ -25,8 +25,11 @@ from __future__ import annotations
 import torch
 
 from dynamics.validation import check_consistent, check_finite, check_tensor
-from .._core.problem import Solution, Status
+from dynamics.analytic.linear import LinearDynamics
+from .._core.costs import QuadraticCost
+from .._core.problem import Problem, Solution, Status
 from .._core.riccati import Stages, raise_if_not_pd, solve, spd_solve
+from .ilqr import ilqr
 
 __all__ = ["lqr", "lqr_cost"]
 
@@ -40,7 +43,10 @@ def lqr(
     *,
     C_final: torch.Tensor | None = None,
     c_final: torch.Tensor | None = None,
+    u_lower=None,
+    u_upper=None,
     grad: str | None = "implicit",
+    max_iter: int = 100,
 ) -> Solution:
     """Solve a batch of time-varying LQR problems.
 
@@ -56,13 +62,20 @@ def lqr(
         x0: initial states ``(B, n)``.
         C_final: terminal cost Hessian ``(B, n, n)`` on ``x_T``, or None for zero.
         c_final: terminal cost gradient ``(B, n)``, or None for zero.
+        u_lower, u_upper: control bounds broadcastable to ``(B, T, m)`` (per problem, stage and control), or None.
+            With bounds the problem is a box-constrained QP, solved by :func:`trajopt.ilqr` on the per-problem
+            linear model and quadratic cost (exact on a linear-quadratic problem: each iteration is a projected
+            Newton step on the active set; ``max_iter`` bounds them); its gradient is iLQR's implicit one (the
+            KKT conditions with the active set held), reaching the same inputs.
         grad: ``"implicit"`` (analytic adjoint, the default), ``"unroll"``
             (autograd through the recursion) or None (no graph is built).
+        max_iter: iteration budget of the box-constrained solve (unused without bounds).
 
     Returns:
         :class:`~trajopt.Solution` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``,
         ``K (B, T, m, n)``, ``k (B, T, m)``, ``status`` all ``CONVERGED`` (a direct solve), ``iterations`` ones,
-        ``cost_history (B, 1)``, ``residual`` None.
+        ``cost_history (B, 1)``, ``residual`` None. With bounds: :func:`trajopt.ilqr`'s solution (status,
+        iterations, residual per problem; ``K`` the feedback on the free controls).
 
     Raises:
         ValueError: wrong shapes, mismatched batch sizes, NaN/Inf in an input, or a
@@ -106,6 +119,10 @@ def lqr(
         batched("F", (T, n, n + m)), batched("f", (T, n)), batched("C", (T, n + m, n + m)),
         batched("c", (T, n + m)), batched("x0", (n,)), batched("C_final", (n, n)), batched("c_final", (n,)),
     )
+    if u_lower is not None or u_upper is not None:
+        check_finite(where, inputs)
+        sol = _box_constrained(*args, u_lower=u_lower, u_upper=u_upper, grad=grad, max_iter=max_iter)
+        return sol if batch is not None else sol[0]
     with torch.set_grad_enabled(grad is not None and torch.is_grad_enabled()):
         if grad == "implicit":
             X, U, cost, K, k, pd = LQRFunction.apply(*args)
@@ -221,3 +238,11 @@ class LQRFunction(torch.autograd.Function):
         return dF, df, dC, dc, dx0, dCf, dcf
 
 
+def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad, max_iter):
+    """The bounded LQR of batched tensors as a :class:`~trajopt.Problem` of per-problem time-varying linear
+    dynamics and quadratic cost, solved by iLQR; gradients reach the tensors through its implicit route."""
+    n = x0.shape[-1]
+    model = LinearDynamics(F[..., :n], F[..., n:], f, batched=True)
+    cost = QuadraticCost(C, c, C_final, c_final, batched=True)
+    problem = Problem(model, cost, x0, horizon=F.shape[1], u_lower=u_lower, u_upper=u_upper)
+    return ilqr(problem, max_iter=max_iter, grad=grad)

@@ -1,68 +1,85 @@
 """Receding-horizon control as a differentiable layer.
 
-:class:`MPC` solves a finite-horizon problem from the current state with :func:`trajopt.ilqr`
-(or :func:`trajopt.ddp`, or a sampling solver such as :func:`trajopt.mppi`), warm-started from the previous plan shifted by one step, under a
-fixed iteration budget, and returns the first control and the plan. Gradients flow from the
-returned control and plan to the state and to every tensor of the model and the cost that
-requires grad, by the solver's ``grad`` route.
+:class:`MPC` solves a finite-horizon :class:`~trajopt.Problem` from the current state with a solver
+(:func:`trajopt.ilqr` by default; :func:`trajopt.ddp`, or a sampling solver such as :func:`trajopt.mppi`),
+warm-started from the previous plan shifted by one step, under a fixed iteration budget, and returns the first
+control and the plan. Gradients flow from the returned control and plan to the state and to every tensor of
+the model and the cost that requires grad, by the solver's ``grad`` route.
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
 
 from dynamics import Dynamics
+from .._core.checks import check_int
 from .._core.costs import Cost
-from .._core.bounds import check_bounds, clamp as clamp_to_bounds, clamped as _clamped, project as _project
-from .._core.implicit import grad_tensors
+from .._core.problem import Problem, Solution, Status
 from .ilqr import ilqr
-from .._core.problem import Problem, Solution, Status, solver
 
 __all__ = ["MPC"]
 
+_RECOVER = (int(Status.NOT_FINITE), int(Status.STALLED))
+
 
 class MPC(nn.Module):
-    """Model-predictive control by box-constrained iLQR/DDP, as an ``nn.Module``.
+    """Model-predictive control by a trajectory solver (box-constrained iLQR by default), as an ``nn.Module``.
 
     Args:
         dynamics: a discrete :class:`dynamics.Dynamics` (a submodule: its parameters are this module's).
         cost: a time-invariant :class:`trajopt.Cost` over the horizon (a submodule too).
-        horizon: ``T``, the number of planned controls.
+        horizon: ``T``, the number of planned controls (a positive int).
         u_lower, u_upper: control bounds broadcastable to ``(B, T, m)``, or None.
-        max_iter: iteration budget of each solve (the first solve from scratch may want more: see
-            ``first_max_iter``).
+        solver: the solver, called as ``solver(trajopt.Problem(dynamics, cost, x, U_init=warm start or None,
+            horizon=T, u_lower=..., u_upper=...), max_iter=..., **options)``: :func:`trajopt.ilqr` (default),
+            :func:`trajopt.ddp`, :func:`trajopt.mppi`, :func:`trajopt.cem`, a ``functools.partial`` of one, or any
+            function of that call.
+        max_iter: iteration budget of each warm-started solve, passed to a solver that takes ``max_iter`` (an
+            explicit budget for one that does not raises).
         first_max_iter: budget of a solve with no plan to warm-start from (default ``max_iter``).
-        grad: the solver's gradient route, ``"implicit"`` (default), ``"unroll"`` or None.
-        second_order: use DDP's Newton steps.
-        solver: None for :func:`trajopt.ilqr` (with ``max_iter``, ``grad`` and ``second_order`` above), or
-            another solver of the same call signature, e.g. ``functools.partial(trajopt.mppi, samples=1000)``
-            or :func:`trajopt.cem`; it is called as ``solver(dynamics, cost, x, U_init, horizon=T,
-            u_lower=..., u_upper=..., **options)`` and its own options set its budget.
-        **options: further keyword arguments of the solver (for iLQR ``grad_tol``, ``tol``, ``mu_init``, ...).
+        **options: further keyword options of the solver (for iLQR ``grad``, ``grad_tol``, ``tol``,
+            ``second_order``, ...; for MPPI ``samples``, ``temperature``, ...), checked against its signature here:
+            an option the solver does not take raises a TypeError naming it.
 
-    Calling it on states ``x (B, n)`` returns ``(u (B, m), plan)`` with ``plan`` the :class:`Solution` of
-    the solve; the next call warm-starts from ``plan.U`` shifted by one step (the last control repeated)
-    when the batch size is unchanged. :meth:`reset` forgets the plan (call it at an episode's start).
+    Calling it on states ``x (B, n)`` (or ``(n,)``) returns ``(u (B, m), plan)`` with ``plan`` the
+    :class:`~trajopt.Solution` of the solve; the next call warm-starts from ``plan.U`` shifted by one step (the
+    last control repeated) when the batch size is unchanged. :meth:`reset` forgets the plan (call it at an
+    episode's start).
+
+    Warm-start recovery: where a warm-started solve ends ``NOT_FINITE`` or ``STALLED`` (a shifted plan can
+    lead a local solver somewhere it cannot leave), those problems are solved again from a cold start (zero
+    controls clamped into the bounds, the ``first_max_iter`` budget) and the cheaper of the two solutions is
+    kept (the warm one on a tie; for a solver told not to roll out its plan, which reports no cost, the cold one
+    only where the warm one was ``NOT_FINITE``). ``plan.extras["recovered"] (B,)`` marks the problems whose
+    cold solve was kept; their ``cost_history`` is the cold solve's, padded by repeating its last value where
+    the warm solve ran longer.
     """
 
-    def __init__(self, dynamics: Dynamics, cost: Cost, horizon: int, *, u_lower=None, u_upper=None,
-                 max_iter: int = 10, first_max_iter: int | None = None, grad: str | None = "implicit",
-                 second_order: bool = False, solver=None, **options):
+    def __init__(self, dynamics: Dynamics, cost: Cost, horizon: int, *, u_lower=None, u_upper=None, solver=ilqr,
+                 max_iter: int = 10, first_max_iter: int | None = None, **options):
         super().__init__()
+        where = "MPC"
         if not isinstance(dynamics, Dynamics):
-            raise TypeError(f"MPC: dynamics must be a dynamics.Dynamics, got {type(dynamics).__name__}")
+            raise TypeError(f"{where}: dynamics must be a dynamics.Dynamics, got {type(dynamics).__name__}")
         if not isinstance(cost, Cost):
-            raise TypeError(f"MPC: cost must be a trajopt.Cost, got {type(cost).__name__}")
+            raise TypeError(f"{where}: cost must be a trajopt.Cost, got {type(cost).__name__}")
         if cost.time_varying:
-            raise ValueError("MPC: the cost must be time-invariant (the horizon recedes)")
-        if int(horizon) < 1 or int(max_iter) < 1:
-            raise ValueError(f"MPC: horizon and max_iter must be positive, got {horizon} and {max_iter}")
-        self.dynamics, self.cost, self.horizon = dynamics, cost, int(horizon)
+            raise ValueError(f"{where}: the cost must be time-invariant (the horizon recedes)")
+        check_int(where, horizon=horizon, max_iter=max_iter)
+        if first_max_iter is not None:
+            check_int(where, first_max_iter=first_max_iter)
+        accepted = _accepted(where, solver, options)
+        self.takes_max_iter = accepted is None or "max_iter" in accepted
+        if not self.takes_max_iter and (max_iter != 10 or first_max_iter is not None):
+            raise TypeError(f"{where}: {_name(solver)} takes no max_iter; its own options set its budget")
+        self.dynamics, self.cost, self.horizon = dynamics, cost, horizon
         self.u_lower, self.u_upper = u_lower, u_upper
-        self.max_iter = int(max_iter)
-        self.first_max_iter = self.max_iter if first_max_iter is None else int(first_max_iter)
+        self.max_iter = max_iter
+        self.first_max_iter = max_iter if first_max_iter is None else first_max_iter
         self.solver = solver
-        self.options = dict(options) if solver is not None else dict(grad=grad, second_order=second_order, **options)
+        self.options = dict(options)
         self._plan: torch.Tensor | None = None
 
     def reset(self) -> None:
@@ -70,18 +87,90 @@ class MPC(nn.Module):
         self._plan = None
 
     def forward(self, x: torch.Tensor, U_init: torch.Tensor | None = None) -> tuple[torch.Tensor, Solution]:
-        """First control ``(B, m)`` (or ``(m,)``) and the plan's :class:`Solution` from states ``x (B, n)``.
+        """First control ``(B, m)`` (or ``(m,)``) and the plan's :class:`~trajopt.Solution` from states
+        ``x (B, n)`` (or ``(n,)``).
 
-        ``U_init (B, T, m)`` overrides the warm start.
+        ``U_init (B, T, m)`` (or ``(T, m)``) overrides the warm start; its length must be the horizon.
         """
-        warm = U_init is None and self._plan is not None and self._plan.shape[:-2] == x.shape[:-1]
+        if U_init is not None and (not isinstance(U_init, torch.Tensor) or U_init.ndim < 2
+                                   or U_init.shape[-2] != self.horizon):
+            raise ValueError(f"MPC: U_init must be (B, T, m) or (T, m) with the horizon T={self.horizon}, got "
+                             f"{tuple(U_init.shape) if isinstance(U_init, torch.Tensor) else type(U_init).__name__}")
+        batched = isinstance(x, torch.Tensor) and x.ndim == 2
+        if isinstance(x, torch.Tensor) and x.ndim == 1:
+            x = x.unsqueeze(0)
+            U_init = None if U_init is None or U_init.ndim == 3 else U_init.unsqueeze(0)
+        warm = U_init is None and self._plan is not None and self._plan.shape[0] == x.shape[0]
         if warm:
-            U_init = torch.cat([self._plan[..., 1:, :], self._plan[..., -1:, :]], -2)
-        if self.solver is None:
-            sol = ilqr(self.dynamics, self.cost, x, U_init, horizon=self.horizon, u_lower=self.u_lower,
-                       u_upper=self.u_upper, max_iter=self.max_iter if warm else self.first_max_iter, **self.options)
-        else:
-            sol = self.solver(self.dynamics, self.cost, x, U_init, horizon=self.horizon, u_lower=self.u_lower,
-                              u_upper=self.u_upper, **self.options)
+            U_init = torch.cat([self._plan[:, 1:], self._plan[:, -1:]], 1)
+        problem = Problem(self.dynamics, self.cost, x, U_init=U_init, horizon=self.horizon, u_lower=self.u_lower,
+                          u_upper=self.u_upper)
+        sol = self._solve(problem, self.max_iter if warm else self.first_max_iter)
+        recovered = torch.zeros(problem.B, dtype=torch.bool, device=problem.device)
+        if warm:
+            rows = torch.isin(sol.status, torch.tensor(_RECOVER, device=sol.status.device)).nonzero().flatten()
+            if len(rows):
+                cold = self._solve(problem.select(rows).replace(horizon=self.horizon), self.first_max_iter)
+                if sol.cost is None or cold.cost is None:    # a plan without its cost: replace what diverged
+                    better = (sol.status[rows] == Status.NOT_FINITE) & (cold.status != Status.NOT_FINITE)
+                else:
+                    better = cold.cost.detach() < sol.cost.detach()[rows]
+                if bool(better.any()):
+                    sol = _merge(sol, rows[better], cold[better])
+                    recovered[rows[better]] = True
+        sol.extras["recovered"] = recovered
         self._plan = sol.U.detach()
+        if not batched:
+            sol = sol[0]
         return sol.U[..., 0, :], sol
+
+    def _solve(self, problem: Problem, max_iter: int) -> Solution:
+        budget = {"max_iter": max_iter} if self.takes_max_iter else {}
+        return self.solver(problem, **budget, **self.options)
+
+
+def _name(solver):
+    solver = getattr(solver, "func", solver)            # a functools.partial names its function
+    return getattr(solver, "__name__", type(solver).__name__)
+
+
+def _accepted(where, solver, options):
+    """The keyword options ``solver`` takes (None when it takes any: ``**options``); raises a TypeError naming
+    an option of ``options`` that it does not take."""
+    if not callable(solver):
+        raise TypeError(f"{where}: solver must be a solver function solver(problem, **options), "
+                        f"got {type(solver).__name__}")
+    try:
+        params = list(inspect.signature(getattr(solver, "__wrapped__", solver)).parameters.values())
+    except (TypeError, ValueError):         # no signature to read: the solver checks its options itself
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    accepted = {p.name for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    for name in options:
+        if name not in accepted:
+            raise TypeError(f"{where}: {_name(solver)} takes no option {name!r}; it takes {sorted(accepted)}")
+    return accepted
+
+
+def _merge(sol: Solution, rows: torch.Tensor, other: Solution) -> Solution:
+    """``sol`` with the problems ``rows`` replaced by ``other``'s (a batch of ``len(rows)``); histories of different
+    lengths are padded by repeating their last column. Differentiable through both."""
+    def put(base, value):
+        if base is None or value is None:
+            if base is None and value is None:
+                return None
+            raise ValueError("MPC: the cold-start solve returned a field the warm one did not (or the reverse)")
+        if base.shape[1:] != value.shape[1:] and base.ndim == value.ndim == 2:
+            width = max(base.shape[1], value.shape[1])
+            base, value = _widen(base, width), _widen(value, width)
+        return base.index_put((rows,), value.to(base.dtype))
+
+    names = ("X", "U", "cost", "status", "iterations", "cost_history", "residual", "K", "k")
+    fields = {name: put(getattr(sol, name), getattr(other, name)) for name in names}
+    extras = {key: put(value, other.extras[key]) if key in other.extras else value for key, value in sol.extras.items()}
+    return Solution(**fields, extras=extras)
+
+
+def _widen(history, width):
+    return torch.cat([history, history[:, -1:].expand(-1, width - history.shape[1])], 1)

@@ -7,61 +7,157 @@ batch into a cheap global search.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
-from dynamics import Dynamics
 from dynamics.validation import check_tensor
-from .._core.costs import Cost
-from .._core.bounds import check_bounds, clamp as clamp_to_bounds, clamped as _clamped, project as _project
-from .._core.implicit import grad_tensors
+from .._core.bounds import clamp
+from .._core.checks import check_int
+from .._core.problem import Problem, Solution, Status, solver as as_solver
 from .ilqr import ilqr
-from .._core.problem import Problem, Solution, Status, solver
 
 __all__ = ["multistart"]
 
 
-def multistart(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_inits: torch.Tensor, *,
-               screen_iter: int | None = None, solver=ilqr, **options) -> Solution:
+@as_solver
+def multistart(problem: Problem, *, U_inits: torch.Tensor, screen_iter: int | None = None, solver=ilqr,
+               **options) -> Solution:
     """Solve every problem from ``K`` initial guesses in one batch and keep the cheapest solution.
 
     Args:
-        dynamics, cost: as for :func:`trajopt.ilqr`.
-        x0: initial states ``(B, n)``.
-        U_inits: guesses ``(K, T, m)`` shared by all problems, or ``(B, K, T, m)`` per problem.
-        screen_iter: iteration budget of the ``B * K`` solves (default: ``options["max_iter"]``); the
-            winner of each problem is then solved on, from where its screening stopped, with the full
-            ``options`` (so a short screening costs little and the result is still converged).
-        solver: :func:`trajopt.ilqr` or :func:`trajopt.ddp` (any function of that signature).
-        **options: keyword arguments of ``solver`` (bounds, ``max_iter``, ``grad``, ...).
+        problem: the batch of problems (its ``U_init`` is replaced by the guesses; its bounds, ``X_init`` and
+            constraint go to every solve).
+        U_inits: guesses ``(K, T, m)`` shared by all problems, or ``(B, K, T, m)`` per problem, with the
+            problem's ``T`` and ``m``.
+        screen_iter: iteration budget of the ``B * K`` screening solves (default: the solver's ``max_iter``
+            in ``options``, else its own default); the winner of each problem is then solved on, from where
+            its screening stopped, with the full ``options`` (so a short screening costs little and the result
+            is still converged).
+        solver: a solver ``solver(problem, **options) -> Solution`` (:func:`trajopt.ilqr` by default,
+            :func:`trajopt.ddp`, :func:`trajopt.constrained_ilqr`, ...). The screening solves run without
+            gradients (``grad=None`` where the solver takes ``grad``).
+        **options: keyword options of ``solver`` (``max_iter``, ``grad``, ...), checked against its signature
+            (an option it does not take raises a TypeError naming it).
 
     Returns:
-        The winners' :class:`Solution` (differentiable as the solver's ``grad`` says), with
-        ``history["candidates"]`` the screened cost of every guess ``(B, K)`` and
-        ``history["choice"]`` the index of the winning guess ``(B,)``.
+        The winners' :class:`~trajopt.Solution` (differentiable as the solver's ``grad`` says), with
+        ``extras["candidates"]`` the screened cost of every guess ``(B, K)`` (``inf`` for a guess whose
+        screening was not finite) and ``extras["choice"]`` the index of the winning guess ``(B,)``. A guess
+        whose screening solve ends ``NOT_FINITE`` loses; a problem none of whose guesses has a finite screening
+        cost gets ``Status.NOT_FINITE`` (``x0`` held over the horizon, its first guess clamped into the bounds,
+        ``cost = inf``, zero iterations) while the other problems are solved.
     """
     where = "multistart"
-    dims = {"n": dynamics.state_dim, "m": dynamics.control_dim}
-    x0 = check_tensor(where, "x0", x0, ("n",), dims, batchable=True)
-    if x0.ndim != 2:
-        raise ValueError(f"{where}: x0 must be batched (B, n), got shape {tuple(x0.shape)}")
-    if not isinstance(U_inits, torch.Tensor) or U_inits.ndim not in (3, 4) or U_inits.shape[-1] != dims["m"]:
-        raise ValueError(f"{where}: U_inits must be (K, T, m) or (B, K, T, m) with m={dims['m']}, got shape "
-                         f"{tuple(getattr(U_inits, 'shape', ()))}")
-    B = x0.shape[0]
+    accepted = _accepted(where, solver, options)
+    if screen_iter is not None:
+        check_int(where, screen_iter=screen_iter)
+        if accepted is not None and "max_iter" not in accepted:
+            raise TypeError(f"{where}: screen_iter needs a solver that takes max_iter; "
+                            f"{_name(solver)} does not")
+    B, T, m = problem.B, problem.T, problem.m
+    if not isinstance(U_inits, torch.Tensor) or U_inits.ndim not in (3, 4) or U_inits.shape[-1] != m:
+        got = (f"shape {tuple(U_inits.shape)}" if isinstance(U_inits, torch.Tensor) else type(U_inits).__name__)
+        raise ValueError(f"{where}: U_inits must be (K, T, m) or (B, K, T, m) with m={m}, got {got}")
     if U_inits.ndim == 3:
         U_inits = U_inits.unsqueeze(0).expand(B, *U_inits.shape)
     if U_inits.shape[0] != B:
-        raise ValueError(f"{where}: U_inits has {U_inits.shape[0]} problems, x0 has {B}")
-    U_inits = check_tensor(where, "U_inits", U_inits.flatten(0, 1), ("T", "m"), dims).view(U_inits.shape)
-    K, T, m = U_inits.shape[1:]
-    screen = dict(options, grad=None)
+        raise ValueError(f"{where}: U_inits has {U_inits.shape[0]} problems, the problem has B={B}")
+    if U_inits.shape[2] != T:
+        raise ValueError(f"{where}: U_inits has T={U_inits.shape[2]} steps, the problem has T={T}")
+    K = U_inits.shape[1]
+    if K < 1:
+        raise ValueError(f"{where}: U_inits holds no guess (K=0)")
+    U_inits = check_tensor(where, "U_inits", U_inits.reshape(B * K, T, m), ("T", "m"), {"T": T, "m": m})
+    U_inits = U_inits.to(problem.x0).view(B, K, T, m)
+
+    screen = dict(options)
+    if accepted is None or "grad" in accepted:
+        screen["grad"] = None
     if screen_iter is not None:
         screen["max_iter"] = screen_iter
+    rows = torch.arange(B, device=problem.device).repeat_interleave(K)
     with torch.no_grad():
-        trial = solver(dynamics, cost, x0.detach().repeat_interleave(K, 0), U_inits.reshape(B * K, T, m), **screen)
-    costs = trial.cost.view(B, K)
-    choice = torch.where(torch.isfinite(costs), costs, torch.full_like(costs, float("inf"))).argmin(1)
-    best = trial.U.view(B, K, T, m)[torch.arange(B, device=x0.device), choice]
-    sol = solver(dynamics, cost, x0, best, **options)
-    sol.history.update(candidates=costs, choice=choice)
+        trial = solver(problem.select(rows).replace(U_init=U_inits.reshape(B * K, T, m).detach()), **screen)
+    costs = trial.cost.detach().view(B, K)
+    lost = (trial.status.view(B, K) == Status.NOT_FINITE) | ~torch.isfinite(costs)
+    costs = torch.where(lost, float("inf"), costs)
+    choice = costs.argmin(1)
+    best = trial.U.detach().view(B, K, T, m)[torch.arange(B, device=problem.device), choice]
+    good = ~lost.all(1)
+    if bool(good.all()):
+        sol = solver(problem.replace(U_init=best), **options)
+    else:                                   # the problems with no finite guess are not solved again
+        keep = good.nonzero().flatten()
+        held = _not_finite(problem, U_inits[:, 0])
+        if len(keep) == 0:
+            sol = held
+        else:
+            part = solver(problem.select(keep).replace(U_init=best[keep]), **options)
+            sol = _merge(held, keep, part)
+    sol.extras.update(candidates=costs, choice=choice)
     return sol
+
+
+def _name(solver):
+    solver = getattr(solver, "func", solver)            # a functools.partial names its function
+    return getattr(solver, "__name__", type(solver).__name__)
+
+
+def _accepted(where, solver, options):
+    """The keyword options ``solver`` takes (None when it takes any: ``**options``); raises a TypeError naming
+    an option of ``options`` that it does not take."""
+    if not callable(solver):
+        raise TypeError(f"{where}: solver must be a solver function solver(problem, **options), "
+                        f"got {type(solver).__name__}")
+    try:
+        params = list(inspect.signature(getattr(solver, "__wrapped__", solver)).parameters.values())
+    except (TypeError, ValueError):         # no signature to read: the solver checks its options itself
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    accepted = {p.name for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    for name in options:
+        if name not in accepted:
+            raise TypeError(f"{where}: {_name(solver)} takes no option {name!r}; it takes {sorted(accepted)}")
+    return accepted
+
+
+def _not_finite(problem: Problem, U: torch.Tensor) -> Solution:
+    """The solution of problems with no finite guess: ``x0`` held, ``U`` clamped into the bounds, ``cost = inf``."""
+    B, T, n = problem.B, problem.T, problem.n
+    U = clamp(U, problem.u_lower, problem.u_upper)
+    inf = problem.x0.new_full((B,), float("inf"))
+    return Solution(X=problem.x0.unsqueeze(1).expand(B, T + 1, n), U=U, cost=inf,
+                    status=torch.full((B,), int(Status.NOT_FINITE), dtype=torch.long, device=problem.device),
+                    iterations=torch.zeros(B, dtype=torch.long, device=problem.device),
+                    cost_history=inf.unsqueeze(1), residual=inf)
+
+
+def _merge(held: Solution, rows: torch.Tensor, part: Solution) -> Solution:
+    """``held`` (``B`` problems) with the problems ``rows`` taken from ``part``: each field of ``part`` a batch of
+    ``len(rows)``; fields that ``held`` lacks are filled with zeros (``inf`` for costs), histories padded by
+    repeating their last column."""
+    B = held.U.shape[0]
+
+    def put(base, value, fill):
+        if value is None:
+            return base
+        if base is None or base.shape[1:] != value.shape[1:]:
+            if base is not None and base.ndim == 2 and value.ndim == 2:      # a history: repeat the last column
+                width = max(base.shape[1], value.shape[1])
+                base, value = _widen(base, width), _widen(value, width)
+            else:
+                base = torch.full((B, *value.shape[1:]), fill, dtype=value.dtype, device=value.device)
+        return base.to(value.dtype).index_put((rows,), value)
+
+    fields = {name: put(getattr(held, name), getattr(part, name), fill)
+              for name, fill in (("X", 0.0), ("U", 0.0), ("cost", float("inf")), ("status", 0), ("iterations", 0),
+                                 ("cost_history", float("inf")), ("residual", float("inf")), ("K", 0.0),
+                                 ("k", 0.0))}
+    extras = {key: put(None, value, False if value.dtype == torch.bool else 0) for key, value in part.extras.items()}
+    return Solution(**fields, extras=extras)
+
+
+def _widen(history, width):
+    return torch.cat([history, history[:, -1:].expand(-1, width - history.shape[1])], 1)

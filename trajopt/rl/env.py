@@ -18,8 +18,8 @@ from typing import Callable, NamedTuple
 import torch
 
 from dynamics import Dynamics
-from ..costs import Cost
-from ..ilqr import check_bounds, clamp_to_bounds
+from .._core.costs import Cost
+from .._core.bounds import check_bounds, clamp
 
 __all__ = ["DiffEnv", "Step"]
 
@@ -178,7 +178,7 @@ class DiffEnv:
             raise ValueError(f"DiffEnv.step: u has shape {tuple(u.shape)}; expected (B, m) = "
                              f"({self.local_envs}, {self.control_dim})")
         x = self.state
-        u = clamp_to_bounds(u, self.lower, self.upper)
+        u = clamp(u, self.lower, self.upper)
         x_next = self.dynamics(x, u)
         self.t = self.t + 1
         truncated = self.t >= self.episode_length

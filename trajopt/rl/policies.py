@@ -27,9 +27,9 @@ from torch import nn
 
 from dynamics import Dynamics
 from dynamics.learned.models import mlp
-from ..costs import Cost
-from ..ilqr import check_bounds, clamp_to_bounds
-from ..mpc import MPC
+from .._core.costs import Cost
+from .._core.bounds import check_bounds, clamp
+from .._solvers.mpc import MPC
 
 __all__ = ["GaussianPolicy", "MPCPolicy", "LearnedCost", "ValueNetwork", "ObservationNormalizer"]
 
@@ -166,10 +166,12 @@ class MPCPolicy(nn.Module):
         horizon: planning horizon; u_lower, u_upper: finite control bounds.
         to_state: ``obs (B, o) -> x (B, n)``; the identity when None (observations are states).
         noise_std: exploration standard deviation, in control units, ``(m,)`` or a float (fixed).
-        **options: options of :class:`trajopt.MPC` (``max_iter``, ``first_max_iter``, ``grad``, ``solver``...).
+        **options: options of :class:`trajopt.MPC`: ``solver`` (:func:`trajopt.ilqr` by default), ``max_iter``,
+            ``first_max_iter`` and the solver's own (``grad``, ... for iLQR; ``samples``, ... for MPPI), checked
+            against the solver's signature.
 
     Its gradient reaches the state, the cost's and the model's tensors by the solver's route: iLQR's implicit
-    (or unrolled) one by default, or, with ``solver=functools.partial(trajopt.mppi, ...)``, MPPI's weights
+    (or unrolled) one by default, or, with ``solver=trajopt.mppi`` (e.g. ``max_iter=1, samples=64``), MPPI's weights
     (under common random numbers; it does not vanish where the action is at a bound, as a box-constrained
     solve's does). The warm start follows the batch from call to call. Observations are not normalized
     (``raw_observations``).
@@ -196,5 +198,5 @@ class MPCPolicy(nn.Module):
         x = obs if self.to_state is None else self.to_state(obs)
         u, _ = self.mpc(x)
         if noise is not None:
-            u = clamp_to_bounds(u + self.noise_std * noise, self.lower, self.upper)
+            u = clamp(u + self.noise_std * noise, self.lower, self.upper)
         return u

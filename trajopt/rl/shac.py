@@ -27,7 +27,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from ..ilqr import clamp_to_bounds
+from .._core.bounds import clamp
 from .env import DiffEnv
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
 
@@ -176,7 +176,7 @@ class SHAC:
             X, U, x = [x0], [], x0           # (a solver layer may need autograd inside its solve)
             for t in range(steps):
                 u = self.act(env.observe(x, torch.full(x.shape[:-1], t, device=x.device))).detach()
-                u = clamp_to_bounds(u, env.lower, env.upper)
+                u = clamp(u, env.lower, env.upper)
                 x = dynamics(x, u).detach()
                 X.append(x)
                 U.append(u)

@@ -5,11 +5,13 @@ model authors; a :class:`~trajopt.Problem` runs them once at construction.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
 
-__all__ = ["check_positive", "check_int", "check_fraction", "check_choice", "resolve_grad", "tolerance"]
+__all__ = ["check_positive", "check_int", "check_fraction", "check_choice", "resolve_grad", "tolerance",
+           "solver_name", "solver_options"]
 
 GRAD_ROUTES = ("implicit", "unroll", None)
 
@@ -61,3 +63,28 @@ def tolerance(value, default, dtype):
         return float(value)
     scale = (torch.finfo(dtype).eps / torch.finfo(torch.float64).eps) ** (1 / 3)
     return default * scale
+
+
+def solver_name(solver) -> str:
+    solver = getattr(solver, "func", solver)            # a functools.partial names its function
+    return getattr(solver, "__name__", type(solver).__name__)
+
+
+def solver_options(where, solver, options):
+    """The keyword options ``solver`` (a function ``solver(problem, **options)``) takes, None when it takes any
+    (``**options``); raises a TypeError naming an option of ``options`` that it does not take. What a composite
+    (MPC, multistart) checks before forwarding options, so that none is dropped or misapplied silently."""
+    if not callable(solver):
+        raise TypeError(f"{where}: solver must be a solver function solver(problem, **options), "
+                        f"got {type(solver).__name__}")
+    try:
+        params = list(inspect.signature(getattr(solver, "__wrapped__", solver)).parameters.values())
+    except (TypeError, ValueError):         # no signature to read: the solver checks its options itself
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    accepted = {p.name for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    for name in options:
+        if name not in accepted:
+            raise TypeError(f"{where}: {solver_name(solver)} takes no option {name!r}; it takes {sorted(accepted)}")
+    return accepted

@@ -20,7 +20,7 @@ from .constraint import Constraint, FunctionConstraint
 from .costs import Cost
 from .per_problem import check_per_problem, rows
 
-__all__ = ["Problem", "Solution", "Status", "SolveError", "solver"]
+__all__ = ["Problem", "Solution", "Status", "SolveError", "solver", "merge"]
 
 
 class Status(enum.IntEnum):
@@ -105,6 +105,36 @@ class Solution:
             raise SolveError(f"{len(rows)} of {bad.numel()} problems did not finish as allowed "
                              f"({', '.join(Status(int(s)).name for s in allow)}): {named}{' ...' if len(rows) > 8 else ''}")
         return self
+
+
+def merge(base: Solution, rows: torch.Tensor, part: Solution) -> Solution:
+    """``base`` (``B`` problems) with the problems ``rows`` taken from ``part`` (a batch of ``len(rows)``).
+    Fields or extras that ``base`` lacks are filled (zeros; ``inf`` for costs and residuals) and histories of
+    different lengths padded by repeating their last column. Differentiable through both."""
+    B = base.U.shape[0]
+
+    def put(old, new, fill):
+        if new is None:
+            return old
+        if old is None or old.shape[1:] != new.shape[1:]:
+            if old is not None and old.ndim == 2 and new.ndim == 2:          # a history: repeat the last column
+                width = max(old.shape[1], new.shape[1])
+                old, new = _widen(old, width), _widen(new, width)
+            else:
+                old = torch.full((B, *new.shape[1:]), fill, dtype=new.dtype, device=new.device)
+        return old.to(new.dtype).index_put((rows,), new)
+
+    fields = {name: put(getattr(base, name), getattr(part, name), fill)
+              for name, fill in (("X", 0.0), ("U", 0.0), ("cost", float("inf")), ("status", 0), ("iterations", 0),
+                                 ("cost_history", float("inf")), ("residual", float("inf")), ("K", 0.0),
+                                 ("k", 0.0))}
+    keys = list(base.extras) + [key for key in part.extras if key not in base.extras]
+    extras = {key: put(base.extras.get(key), part.extras.get(key), 0) for key in keys}
+    return Solution(**fields, extras=extras)
+
+
+def _widen(history, width):
+    return torch.cat([history, history[:, -1:].expand(-1, width - history.shape[1])], 1)
 
 
 class Problem:

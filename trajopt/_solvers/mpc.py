@@ -8,15 +8,14 @@ the model and the cost that requires grad, by the solver's ``grad`` route.
 """
 from __future__ import annotations
 
-import inspect
 
 import torch
 from torch import nn
 
 from dynamics import Dynamics
-from .._core.checks import check_int
+from .._core.checks import check_int, solver_name, solver_options
 from .._core.costs import Cost
-from .._core.problem import Problem, Solution, Status
+from .._core.problem import Problem, Solution, Status, merge
 from .ilqr import ilqr
 
 __all__ = ["MPC"]
@@ -70,10 +69,10 @@ class MPC(nn.Module):
         check_int(where, horizon=horizon, max_iter=max_iter)
         if first_max_iter is not None:
             check_int(where, first_max_iter=first_max_iter)
-        accepted = _accepted(where, solver, options)
+        accepted = solver_options(where, solver, options)
         self.takes_max_iter = accepted is None or "max_iter" in accepted
         if not self.takes_max_iter and (max_iter != 10 or first_max_iter is not None):
-            raise TypeError(f"{where}: {_name(solver)} takes no max_iter; its own options set its budget")
+            raise TypeError(f"{where}: {solver_name(solver)} takes no max_iter; its own options set its budget")
         self.dynamics, self.cost, self.horizon = dynamics, cost, horizon
         self.u_lower, self.u_upper = u_lower, u_upper
         self.max_iter = max_iter
@@ -116,7 +115,7 @@ class MPC(nn.Module):
                 else:
                     better = cold.cost.detach() < sol.cost.detach()[rows]
                 if bool(better.any()):
-                    sol = _merge(sol, rows[better], cold[better])
+                    sol = merge(sol, rows[better], cold[better])
                     recovered[rows[better]] = True
         sol.extras["recovered"] = recovered
         self._plan = sol.U.detach()
@@ -127,50 +126,3 @@ class MPC(nn.Module):
     def _solve(self, problem: Problem, max_iter: int) -> Solution:
         budget = {"max_iter": max_iter} if self.takes_max_iter else {}
         return self.solver(problem, **budget, **self.options)
-
-
-def _name(solver):
-    solver = getattr(solver, "func", solver)            # a functools.partial names its function
-    return getattr(solver, "__name__", type(solver).__name__)
-
-
-def _accepted(where, solver, options):
-    """The keyword options ``solver`` takes (None when it takes any: ``**options``); raises a TypeError naming
-    an option of ``options`` that it does not take."""
-    if not callable(solver):
-        raise TypeError(f"{where}: solver must be a solver function solver(problem, **options), "
-                        f"got {type(solver).__name__}")
-    try:
-        params = list(inspect.signature(getattr(solver, "__wrapped__", solver)).parameters.values())
-    except (TypeError, ValueError):         # no signature to read: the solver checks its options itself
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    accepted = {p.name for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    for name in options:
-        if name not in accepted:
-            raise TypeError(f"{where}: {_name(solver)} takes no option {name!r}; it takes {sorted(accepted)}")
-    return accepted
-
-
-def _merge(sol: Solution, rows: torch.Tensor, other: Solution) -> Solution:
-    """``sol`` with the problems ``rows`` replaced by ``other``'s (a batch of ``len(rows)``); histories of different
-    lengths are padded by repeating their last column. Differentiable through both."""
-    def put(base, value):
-        if base is None or value is None:
-            if base is None and value is None:
-                return None
-            raise ValueError("MPC: the cold-start solve returned a field the warm one did not (or the reverse)")
-        if base.shape[1:] != value.shape[1:] and base.ndim == value.ndim == 2:
-            width = max(base.shape[1], value.shape[1])
-            base, value = _widen(base, width), _widen(value, width)
-        return base.index_put((rows,), value.to(base.dtype))
-
-    names = ("X", "U", "cost", "status", "iterations", "cost_history", "residual", "K", "k")
-    fields = {name: put(getattr(sol, name), getattr(other, name)) for name in names}
-    extras = {key: put(value, other.extras[key]) if key in other.extras else value for key, value in sol.extras.items()}
-    return Solution(**fields, extras=extras)
-
-
-def _widen(history, width):
-    return torch.cat([history, history[:, -1:].expand(-1, width - history.shape[1])], 1)

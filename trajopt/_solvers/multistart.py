@@ -7,14 +7,13 @@ batch into a cheap global search.
 """
 from __future__ import annotations
 
-import inspect
 
 import torch
 
 from dynamics.validation import check_tensor
 from .._core.bounds import clamp
-from .._core.checks import check_int
-from .._core.problem import Problem, Solution, Status, solver as as_solver
+from .._core.checks import check_int, solver_name, solver_options
+from .._core.problem import Problem, Solution, Status, merge, solver as as_solver
 from .ilqr import ilqr
 
 __all__ = ["multistart"]
@@ -49,12 +48,12 @@ def multistart(problem: Problem, *, U_inits: torch.Tensor, screen_iter: int | No
         ``cost = inf``, zero iterations) while the other problems are solved.
     """
     where = "multistart"
-    accepted = _accepted(where, solver, options)
+    accepted = solver_options(where, solver, options)
     if screen_iter is not None:
         check_int(where, screen_iter=screen_iter)
         if accepted is not None and "max_iter" not in accepted:
             raise TypeError(f"{where}: screen_iter needs a solver that takes max_iter; "
-                            f"{_name(solver)} does not")
+                            f"{solver_name(solver)} does not")
     B, T, m = problem.B, problem.T, problem.m
     if not isinstance(U_inits, torch.Tensor) or U_inits.ndim not in (3, 4) or U_inits.shape[-1] != m:
         got = (f"shape {tuple(U_inits.shape)}" if isinstance(U_inits, torch.Tensor) else type(U_inits).__name__)
@@ -94,33 +93,9 @@ def multistart(problem: Problem, *, U_inits: torch.Tensor, screen_iter: int | No
             sol = held
         else:
             part = solver(problem.select(keep).replace(U_init=best[keep]), **options)
-            sol = _merge(held, keep, part)
+            sol = merge(held, keep, part)
     sol.extras.update(candidates=costs, choice=choice)
     return sol
-
-
-def _name(solver):
-    solver = getattr(solver, "func", solver)            # a functools.partial names its function
-    return getattr(solver, "__name__", type(solver).__name__)
-
-
-def _accepted(where, solver, options):
-    """The keyword options ``solver`` takes (None when it takes any: ``**options``); raises a TypeError naming
-    an option of ``options`` that it does not take."""
-    if not callable(solver):
-        raise TypeError(f"{where}: solver must be a solver function solver(problem, **options), "
-                        f"got {type(solver).__name__}")
-    try:
-        params = list(inspect.signature(getattr(solver, "__wrapped__", solver)).parameters.values())
-    except (TypeError, ValueError):         # no signature to read: the solver checks its options itself
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    accepted = {p.name for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    for name in options:
-        if name not in accepted:
-            raise TypeError(f"{where}: {_name(solver)} takes no option {name!r}; it takes {sorted(accepted)}")
-    return accepted
 
 
 def _not_finite(problem: Problem, U: torch.Tensor) -> Solution:
@@ -132,32 +107,3 @@ def _not_finite(problem: Problem, U: torch.Tensor) -> Solution:
                     status=torch.full((B,), int(Status.NOT_FINITE), dtype=torch.long, device=problem.device),
                     iterations=torch.zeros(B, dtype=torch.long, device=problem.device),
                     cost_history=inf.unsqueeze(1), residual=inf)
-
-
-def _merge(held: Solution, rows: torch.Tensor, part: Solution) -> Solution:
-    """``held`` (``B`` problems) with the problems ``rows`` taken from ``part``: each field of ``part`` a batch of
-    ``len(rows)``; fields that ``held`` lacks are filled with zeros (``inf`` for costs), histories padded by
-    repeating their last column."""
-    B = held.U.shape[0]
-
-    def put(base, value, fill):
-        if value is None:
-            return base
-        if base is None or base.shape[1:] != value.shape[1:]:
-            if base is not None and base.ndim == 2 and value.ndim == 2:      # a history: repeat the last column
-                width = max(base.shape[1], value.shape[1])
-                base, value = _widen(base, width), _widen(value, width)
-            else:
-                base = torch.full((B, *value.shape[1:]), fill, dtype=value.dtype, device=value.device)
-        return base.to(value.dtype).index_put((rows,), value)
-
-    fields = {name: put(getattr(held, name), getattr(part, name), fill)
-              for name, fill in (("X", 0.0), ("U", 0.0), ("cost", float("inf")), ("status", 0), ("iterations", 0),
-                                 ("cost_history", float("inf")), ("residual", float("inf")), ("K", 0.0),
-                                 ("k", 0.0))}
-    extras = {key: put(None, value, False if value.dtype == torch.bool else 0) for key, value in part.extras.items()}
-    return Solution(**fields, extras=extras)
-
-
-def _widen(history, width):
-    return torch.cat([history, history[:, -1:].expand(-1, width - history.shape[1])], 1)

@@ -6,7 +6,8 @@ import dynamics
 import trajopt
 from trajopt import Constraint, Status, constrained_ilqr
 from trajopt._core.constraint import FunctionConstraint
-from trajopt._solvers.constrained import AugmentedLagrangianCost, Tagged
+from trajopt._core.per_problem import rows
+from trajopt._solvers.constrained import AugmentedLagrangianCost
 
 D64 = dict(dtype=torch.float64)
 T = 12
@@ -146,53 +147,36 @@ def test_augmented_lagrangian_cost_is_its_formula_per_problem_and_quadratizes_ex
     rho = 1 + 5 * torch.rand(B, Tn, 2, generator=g, **D64)
     lam_T, rho_T = torch.rand(B, 1, generator=g, **D64), torch.tensor([[3.0], [0.5]], **D64)
     al = AugmentedLagrangianCost(cost, Curved(), lam, rho, lam_T, rho_T)
-    # trajectories of the problems in any order and number, each tagged with its problem's index
+    # trajectories of the problems in any order and number: the row context names each row's problem
     problem = torch.tensor([1, 0, 1])
     X = torch.randn(3, Tn + 1, n, generator=g, **D64)
     U = torch.randn(3, Tn, m, generator=g, **D64)
-    tagged = torch.cat([X, problem.to(X.dtype).view(3, 1, 1).expand(3, Tn + 1, 1)], -1)
     G, GT = Curved()(X, U)
     expected = (cost(X, U) + _phr(G, lam[problem], rho[problem]).sum(-1)
                 + _phr(GT, lam_T[problem], rho_T[problem]))
-    torch.testing.assert_close(al(tagged, U), expected)
-    torch.testing.assert_close(sum(al.stage(tagged[:, t], U[:, t], t) for t in range(Tn)) + al.terminal(tagged[:, -1]),
-                               expected)
-    # the quadratization is the autograd Hessian and gradient of each stage's term (and of the terminal one);
-    # the tag (entry n of tau) has none
-    q = al.quadratize(tagged, U)
-    keep = [i for i in range(n + 1 + m) if i != n]
-    assert (q.C[..., n, :] == 0).all() and (q.c[..., n] == 0).all() and (q.C_final[:, n] == 0).all()
+    with rows(problem, al):
+        torch.testing.assert_close(al(X, U), expected)
+        torch.testing.assert_close(sum(al.stage(X[:, t], U[:, t], t) for t in range(Tn)) + al.terminal(X[:, -1]),
+                                   expected)
+        # the quadratization is the autograd Hessian and gradient of each stage's term (and of the terminal one)
+        q = al.quadratize(X, U)
     for r, b in enumerate(problem.tolist()):
         for t in range(Tn):
             def stage(tau, b=b, t=t):
                 x, u = tau[None, :n], tau[None, n:]
                 return (cost.stage(x, u) + _phr(Curved().stage(x, u), lam[b, t], rho[b, t]))[0]
             tau = torch.cat([X[r, t], U[r, t]])
-            torch.testing.assert_close(q.C[r, t][keep][:, keep], torch.autograd.functional.hessian(stage, tau))
-            torch.testing.assert_close(q.c[r, t][keep], torch.autograd.functional.jacobian(stage, tau))
+            torch.testing.assert_close(q.C[r, t], torch.autograd.functional.hessian(stage, tau))
+            torch.testing.assert_close(q.c[r, t], torch.autograd.functional.jacobian(stage, tau))
 
         def terminal(x, b=b):
             return (cost.terminal(x[None]) + _phr(Curved().terminal(x[None]), lam_T[b], rho_T[b]))[0]
-        torch.testing.assert_close(q.C_final[r, :n, :n], torch.autograd.functional.hessian(terminal, X[r, -1]))
-        torch.testing.assert_close(q.c_final[r, :n], torch.autograd.functional.jacobian(terminal, X[r, -1]))
+        torch.testing.assert_close(q.C_final[r], torch.autograd.functional.hessian(terminal, X[r, -1]))
+        torch.testing.assert_close(q.c_final[r], torch.autograd.functional.jacobian(terminal, X[r, -1]))
 
 
 def _phr(g, lam, rho):
     return (((lam + rho * g).clamp_min(0) ** 2 - lam ** 2) / (2 * rho)).sum(-1)
-
-
-def test_tagged_dynamics_carry_the_problem_index_and_their_derivatives_are_autodiffs():
-    g = torch.Generator().manual_seed(1)
-    model = dynamics.KinematicBicycle().discretize()
-    tagged = Tagged(model)
-    x = torch.cat([0.3 * torch.randn(4, 4, generator=g, **D64), torch.arange(4, **D64).unsqueeze(-1)], -1)
-    u, lam = torch.randn(4, 2, generator=g, **D64), torch.randn(4, 5, generator=g, **D64)
-    nxt = tagged(x, u)
-    torch.testing.assert_close(nxt, torch.cat([model(x[:, :4], u), x[:, 4:]], -1))
-    for ours, autodiff in zip(tagged.jacobians(x, u), dynamics.Dynamics.jacobians(tagged, x, u)):
-        torch.testing.assert_close(ours, autodiff)
-    for ours, autodiff in zip(tagged.vector_hessians(x, u, lam), dynamics.Dynamics.vector_hessians(tagged, x, u, lam)):
-        torch.testing.assert_close(ours, autodiff)
 
 
 def speed_limited(x0, constraint=speed_limit, **fields):

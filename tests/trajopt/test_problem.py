@@ -118,3 +118,25 @@ def test_select_and_replace_validate_again():
         problem.replace(horizont=5)
     with pytest.raises(ValueError, match="u_lower exceeds u_upper"):
         problem.replace(u_lower=3.0)
+
+
+def test_constrained_ilqr_keeps_each_problems_own_cost_and_multipliers():
+    """Per-problem targets with a path constraint: the batch equals each problem solved alone (the inner solves
+    see each row's multipliers and targets through the row context, with no state carrying the problem index)."""
+    model = dynamics.DoubleIntegrator().discretize()
+    goals = torch.tensor([[1.0, 0.0], [-0.5, 0.0], [0.8, 0.0]], **D64)
+    Q, R = torch.eye(2, **D64), 0.1 * torch.eye(1, **D64)
+    C = torch.block_diag(Q, R).expand(3, 5, 3, 3)
+    c = -torch.cat([goals, torch.zeros(3, 1, **D64)], -1).unsqueeze(1).expand(3, 5, 3)
+
+    def speed(x, u):
+        return x[..., 1:2].abs() - 0.3
+
+    x0 = torch.zeros(3, 2, **D64)
+    sol = trajopt.constrained_ilqr(trajopt.Problem(model, trajopt.QuadraticCost(C, c, batched=True), x0, horizon=5,
+                                                   constraint=speed))
+    assert sol.converged.all()
+    for b in range(3):
+        alone = trajopt.constrained_ilqr(trajopt.Problem(model, trajopt.QuadraticCost(C[b], c[b]), x0[b], horizon=5,
+                                                         constraint=speed))
+        torch.testing.assert_close(sol.U[b], alone.U, rtol=0, atol=1e-8)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
-from dynamics import Dynamics
 from dynamics.validation import check_finite
 from .._core.checks import check_int, check_positive, tolerance
 from .._core.constraint import FunctionConstraint
@@ -40,43 +39,6 @@ def _phr(g, lam, rho):
     return (torch.clamp(lam + rho * g, min=0) ** 2 - lam ** 2) / (2 * rho)
 
 
-class Tagged(Dynamics):
-    """``dynamics`` with one more, constant, state: the index of the problem a trajectory belongs to.
-
-    A solver may evaluate the cost on any selection of the batch's trajectories (a line search over
-    several step sizes, the problems still iterating); the tag in ``X[..., n]`` tells
-    :class:`AugmentedLagrangianCost` whose multipliers apply to each row.
-    """
-
-    def __init__(self, dynamics: Dynamics):
-        super().__init__(dynamics.state_dim + 1, dynamics.control_dim)
-        self.dynamics = dynamics
-        self.time_varying = dynamics.time_varying
-
-    def forward(self, x, u, t=None):
-        n = self.dynamics.state_dim
-        return torch.cat([self.dynamics(x[..., :n], u, t), x[..., n:]], -1)
-
-    def jacobians(self, x, u, t=None):
-        n = self.dynamics.state_dim
-        A, Bu = self.dynamics.jacobians(x[..., :n], u, t)
-        A = _pad(_pad(A, n, -1), n, -2)
-        A[..., n, n] = 1.0
-        return A, _pad(Bu, n, -2)
-
-    def vector_hessians(self, x, u, lam, t=None):
-        n = self.dynamics.state_dim
-        hxx, hux, huu = self.dynamics.vector_hessians(x[..., :n], u, lam[..., :n], t)
-        return _pad(_pad(hxx, n, -1), n, -2), _pad(hux, n, -1), huu
-
-
-def _pad(a, i, dim):
-    """``a`` with a zero slice inserted at position ``i`` of dimension ``dim``."""
-    shape = list(a.shape)
-    shape[dim] = 1
-    return torch.cat([a.narrow(dim, 0, i), a.new_zeros(shape), a.narrow(dim, i, a.shape[dim] - i)], dim)
-
-
 class AugmentedLagrangianCost(Cost):
     """``cost(X, U)`` plus the PHR augmented-Lagrangian terms of a :class:`~trajopt.Constraint`, per problem.
 
@@ -89,18 +51,18 @@ class AugmentedLagrangianCost(Cost):
         multipliers, penalty: ``(B, T, k)``, ``lambda >= 0`` and ``rho > 0`` of every problem, stage and constraint.
         terminal_multipliers, terminal_penalty: ``(B, k_T)``.
 
-    It acts on *tagged* trajectories, those of :class:`Tagged` dynamics: ``X (N, T+1, n+1)`` whose
-    last state is the index ``b`` of the problem (in ``0..B-1``) whose multipliers apply, ``U (N, T, m)``.
-    ``cost`` and ``constraint`` see ``X[..., :n]``; the tag is constant and costs nothing.
-    The stage term depends on ``t`` through the multipliers, so the cost is time-varying;
-    :meth:`forward` and :meth:`quadratize` still treat all stages at once (the quadratization of
-    the constraint terms is exact, including the constraints' second derivatives).
+    The multipliers and penalties are per-problem tensors (``per_problem``): row ``r`` of every evaluation belongs
+    to the problem the solver's row context names (see :meth:`trajopt.Problem.at`), so any selection of the
+    batch's trajectories sees its own problems' terms. The stage term depends on ``t`` through the multipliers,
+    so the cost is time-varying; :meth:`forward` and :meth:`quadratize` still treat all stages at once (the
+    quadratization of the constraint terms is exact, including the constraints' second derivatives).
 
     Differentiable with respect to: states, controls, the parameters of ``cost`` and ``constraint``
     (the value; :meth:`quadratize` returns the constraint part detached).
     """
 
     time_varying = True
+    per_problem = ("multipliers", "penalty", "terminal_multipliers", "terminal_penalty")
 
     def __init__(self, cost: Cost, constraint: Constraint, multipliers: torch.Tensor, penalty: torch.Tensor,
                  terminal_multipliers: torch.Tensor, terminal_penalty: torch.Tensor):
@@ -111,36 +73,24 @@ class AugmentedLagrangianCost(Cost):
         self.register_buffer("terminal_multipliers", terminal_multipliers.detach())
         self.register_buffer("terminal_penalty", terminal_penalty.detach())
 
-    @staticmethod
-    def _problem(x):
-        """The problem index of each row of tagged states ``x (N, ..., n+1)``: ``(N,)``."""
-        tag = x[..., -1] if x.ndim == 2 else x[:, 0, -1]
-        return tag.detach().round().long()
-
     def forward(self, X, U):
-        b = self._problem(X)
-        x = X[..., :-1]
-        G, GT = self.constraint(x, U)
-        return (self.cost(x, U) + _phr(G, self.multipliers[b], self.penalty[b]).sum((-1, -2))
-                + _phr(GT, self.terminal_multipliers[b], self.terminal_penalty[b]).sum(-1))
+        G, GT = self.constraint(X, U)
+        return (self.cost(X, U) + _phr(G, self.multipliers, self.penalty).sum((-1, -2))
+                + _phr(GT, self.terminal_multipliers, self.terminal_penalty).sum(-1))
 
     def stage(self, x, u, t=None):
         if t is None:
             raise ValueError("AugmentedLagrangianCost: the multipliers differ by stage; pass the stage index t")
-        b = self._problem(x)
-        x = x[..., :-1]
         g = self.constraint.stage(x, u, t)
         return (self.cost.stage(x, u, t if self.cost.time_varying else None)
-                + _phr(g, self.multipliers[b, t], self.penalty[b, t]).sum(-1))
+                + _phr(g, self.multipliers[:, t], self.penalty[:, t]).sum(-1))
 
     def terminal(self, x):
-        b = self._problem(x)
-        x = x[..., :-1]
         return (self.cost.terminal(x)
-                + _phr(self.constraint.terminal(x), self.terminal_multipliers[b], self.terminal_penalty[b]).sum(-1))
+                + _phr(self.constraint.terminal(x), self.terminal_multipliers, self.terminal_penalty).sum(-1))
 
     def quadratize(self, X, U):
-        """The cost's own quadratization plus the exact one of the constraint terms, zero for the tag.
+        """The cost's own quadratization plus the exact one of the constraint terms.
 
         Per stage, with ``w = max(0, lambda + rho g)``: gradient ``sum_i w_i g_i'`` and Hessian
         ``sum_i (rho_i [w_i > 0] g_i' g_i'^T + w_i g_i'')``, the constraints' derivatives by batched
@@ -148,21 +98,18 @@ class AugmentedLagrangianCost(Cost):
         the batch or, for constraints that are not time-varying, the stages). The constraint part is
         returned detached.
         """
-        b = self._problem(X)
-        x = X[..., :-1]
-        n = x.shape[-1]
-        C, c, C_final, c_final = self.cost.quadratize(x, U)
+        n = X.shape[-1]
+        C, c, C_final, c_final = self.cost.quadratize(X, U)
         constraint = self.constraint
         if self.multipliers.shape[-1]:
             H, h = _penalty_quadratization(lambda tau: constraint.stages(tau[..., :n], tau[..., n:]),
-                                           torch.cat([x[:, :-1], U], -1), self.multipliers[b], self.penalty[b])
+                                           torch.cat([X[:, :-1], U], -1), self.multipliers, self.penalty)
             C, c = C + H, c + h
         if self.terminal_multipliers.shape[-1]:
-            H, h = _penalty_quadratization(constraint.terminal, x[:, -1], self.terminal_multipliers[b],
-                                           self.terminal_penalty[b])
+            H, h = _penalty_quadratization(constraint.terminal, X[:, -1], self.terminal_multipliers,
+                                           self.terminal_penalty)
             C_final, c_final = C_final + H, c_final + h
-        return Quadratization(_pad(_pad(C, n, -1), n, -2), _pad(c, n, -1),
-                              _pad(_pad(C_final, n, -1), n, -2), _pad(c_final, n, -1))
+        return Quadratization(C, c, C_final, c_final)
 
 
 def _penalty_quadratization(values, z, lam, rho):
@@ -309,8 +256,6 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
         outer = torch.zeros(B, dtype=torch.long, device=x0.device)
         total = torch.zeros_like(outer)
         K, kff = x0.new_zeros(B, T, m, n), x0.new_zeros(B, T, m)
-        tagged = Tagged(dynamics)
-        x0_tagged = torch.cat([x0, torch.arange(B, dtype=x0.dtype, device=x0.device).unsqueeze(-1)], -1)
         bar = tqdm(range(max_outer), desc=where, disable=not progress, leave=False)
         for _ in bar:
             idx = (~done).nonzero().flatten()
@@ -320,9 +265,9 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
             far = float(residual[idx].min())
             omega = max(grad_tol, min(loosest, far)) if far > constraint_tol else grad_tol
             al = AugmentedLagrangianCost(cost, constraint, lam, rho, lam_T, rho_T)
-            sub = Problem(tagged, al, x0_tagged[idx], U_init=U[idx], u_lower=None if lower is None else lower[idx],
-                          u_upper=None if upper is None else upper[idx])
-            sol = ilqr.__wrapped__(sub, max_iter=max_iter, grad_tol=omega, grad=None, **inner)
+            sub = Problem(dynamics, al, x0[idx], U_init=U[idx], u_lower=None if lower is None else lower[idx],
+                          u_upper=None if upper is None else upper[idx], module_rows=idx)
+            sol = ilqr(sub, max_iter=max_iter, grad_tol=omega, grad=None, **inner)
             total[idx] += sol.iterations
             step_iterations = torch.zeros_like(outer).index_put((idx,), sol.iterations)
             inner_iterations.append(step_iterations)
@@ -338,13 +283,14 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
                 residual[idx[bad]] = inf
                 keep = (~bad).nonzero().flatten()
                 idx, sol = idx[keep], sol[keep]
-            Xi, Ui = sol.X[..., :n], sol.U
+            Xi, Ui = sol.X, sol.U
             X[idx], U[idx] = Xi, Ui
             ran = sol.iterations > 0            # a problem already optimal at its warm start keeps its gains
-            K[idx[ran]], kff[idx[ran]] = sol.K[ran][..., :n], sol.k[ran]
+            K[idx[ran]], kff[idx[ran]] = sol.K[ran], sol.k[ran]
             inner_ok[idx] = sol.converged & (omega <= grad_tol)
             pg[idx] = sol.residual
-            G, GT = constraint(Xi, Ui)
+            with problem.at(idx):
+                G, GT = constraint(Xi, Ui)
             # multipliers first (with the penalties the solve used), then the penalties
             new_lam = torch.clamp(lam[idx] + rho[idx] * G, min=0)
             new_lam_T = torch.clamp(lam_T[idx] + rho_T[idx] * GT, min=0)
@@ -369,7 +315,8 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
             status[idx] = torch.where(converged, int(Status.CONVERGED),
                                       torch.where(stalled, int(Status.STALLED), status[idx]))
             done[idx] = converged | stalled
-            J[idx] = cost(Xi, Ui)
+            with problem.at(idx):
+                J[idx] = cost(Xi, Ui)
             costs.append(J.clone())
             violations.append(violation.clone())
             shown = torch.where(status == Status.NOT_FINITE, 0.0, violation)

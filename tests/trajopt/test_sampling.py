@@ -132,7 +132,7 @@ def test_a_row_whose_model_gives_nan_is_not_finite_and_the_others_are_unaffected
     with the plain model (same batch, same random draws). With ``only_at`` the NaN appears only in the final state,
     which P2's cost (no terminal term) does not see: the sample must still count as non-finite."""
     if not stored:
-        monkeypatch.setattr(sampling, "_STORED_ROWS", 0)         # sum the stage costs along the rollout
+        monkeypatch.setattr(sampling, "STORED_ROWS", 0)         # sum the stage costs along the rollout
     good = pendulum(B=4, horizon=40)
     x0 = good.x0.clone()
     x0[2, 0] = 100.0
@@ -163,7 +163,7 @@ def test_a_row_whose_model_gives_nan_leaves_the_gradients_of_the_others_finite(m
     """The NaN samples of row 1 must not reach the gradient of a tensor all rows share (``0 * NaN``): d(U[0] and
     cost[0]) / d C is the one with a model that stays finite."""
     if not stored:
-        monkeypatch.setattr(sampling, "_STORED_ROWS", 0)
+        monkeypatch.setattr(sampling, "STORED_ROWS", 0)
     model = dynamics.Pendulum().discretize().double().requires_grad_(False)
     cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)),
                                               torch.tensor([[0.02]], **D64), learnable=True)
@@ -185,9 +185,9 @@ def test_samples_with_a_finite_cost_but_a_non_finite_final_state_cost_inf_both_w
     x0[1, 0] = 100.0
     model = Poisoned(p.dynamics, only_at=9)
     trial = torch.randn(2, 30, 10, 1, generator=seeded(5), **D64)
-    stored = sampling._sample_costs(model, p.cost, x0, trial)
-    monkeypatch.setattr(sampling, "_STORED_ROWS", 0)
-    summed = sampling._sample_costs(model, p.cost, x0, trial)
+    stored = sampling.sample_costs(trajopt.Problem(model, p.cost, x0, horizon=trial.shape[2]), x0, trial)
+    monkeypatch.setattr(sampling, "STORED_ROWS", 0)
+    summed = sampling.sample_costs(trajopt.Problem(model, p.cost, x0, horizon=trial.shape[2]), x0, trial)
     for J in (stored, summed):
         assert torch.isfinite(J[0]).all() and (J[1] == float("inf")).all()
     torch.testing.assert_close(stored[0], summed[0], rtol=1e-12, atol=0)
@@ -217,14 +217,14 @@ def test_mppi_gradient_of_a_cost_weight_matches_central_differences_with_common_
 def test_correlated_noise_has_its_spread_and_lag_one_correlation_and_smoothing_averages():
     g = seeded(0)
     U = torch.linspace(-1, 1, 30, **D64).view(1, 30, 1).repeat(4, 1, 1)
-    trial = sampling._perturbed(U, 5000, None, None, g, torch.tensor(0.7, **D64), 0.8)
+    trial = sampling.perturbed(U, 5000, None, None, g, torch.tensor(0.7, **D64), 0.8)
     assert trial.shape == (4, 5001, 30, 1)
     torch.testing.assert_close(trial[:, 0], U, rtol=0, atol=0)                  # sample 0 is the plan itself
     e = trial[:, 1:] - U.unsqueeze(1)
     assert e.std().item() == pytest.approx(0.7, rel=0.02)
     lag = (e[:, :, 1:] * e[:, :, :-1]).mean() / e.var()
     assert lag.item() == pytest.approx(0.8, abs=0.02)
-    smooth = sampling._smooth
+    smooth = sampling.smooth
     ramp = torch.arange(10, **D64).view(1, 10, 1).repeat(2, 1, 3)
     torch.testing.assert_close(smooth(ramp, 3)[:, 1:-1], ramp[:, 1:-1])        # linear: unchanged inside
     torch.testing.assert_close(smooth(torch.ones(2, 10, 3, **D64), 4), torch.ones(2, 10, 3, **D64))
@@ -276,9 +276,9 @@ def test_both_ways_of_costing_samples_agree_and_the_plan_rollout_can_be_skipped(
     p = double_integrator()
     model, cost, x0, T = p.dynamics, p.cost, p.x0, p.T
     trial = torch.randn(3, 40, T, 1, generator=seeded(4), **D64)
-    stored = sampling._sample_costs(model, cost, x0, trial)
-    monkeypatch.setattr(sampling, "_STORED_ROWS", 0)                 # sum the stage costs along the rollout
-    summed = sampling._sample_costs(model, cost, x0, trial)
+    stored = sampling.sample_costs(trajopt.Problem(model, cost, x0, horizon=trial.shape[2]), x0, trial)
+    monkeypatch.setattr(sampling, "STORED_ROWS", 0)                 # sum the stage costs along the rollout
+    summed = sampling.sample_costs(trajopt.Problem(model, cost, x0, horizon=trial.shape[2]), x0, trial)
     reference = torch.stack([cost(trajopt.rollout(model, x0, trial[:, i]), trial[:, i]) for i in range(40)], 1)
     torch.testing.assert_close(stored, reference, rtol=1e-12, atol=0)
     torch.testing.assert_close(summed, reference, rtol=1e-12, atol=0)
@@ -288,9 +288,10 @@ def test_both_ways_of_costing_samples_agree_and_the_plan_rollout_can_be_skipped(
                             (pendulum_model, cost, x0 @ torch.tensor([[3.0, 0.0], [0.0, 2.0]], **D64))):
         plans = torch.randn(3, T, 1, generator=seeded(6), **D64)
         bound = torch.full((3, T, 1), 1.5, **D64)
-        trial = sampling._perturbed(plans, 39, -bound, bound, seeded(7), torch.tensor(0.8, **D64), 0.5)
+        trial = sampling.perturbed(plans, 39, -bound, bound, seeded(7), torch.tensor(0.8, **D64), 0.5)
         reference = torch.stack([cost(trajopt.rollout(model, x0, trial[:, i]), trial[:, i]) for i in range(40)], 1)
-        torch.testing.assert_close(sampling._sample_costs(model, cost, x0, trial), reference, rtol=1e-12, atol=0)
+        costs = sampling.sample_costs(trajopt.Problem(model, cost, x0, horizon=trial.shape[2]), x0, trial)
+        torch.testing.assert_close(costs, reference, rtol=1e-12, atol=0)
     for solve in (mppi, cem):
         options = dict(samples=50, max_iter=2, **({"elites": 10} if solve is cem else {}))
         full = solve(p, generator=seeded(5), **options)
@@ -322,3 +323,22 @@ def test_compiled_sample_costs_give_the_eager_plans_and_gradients():
     for compiled, eager in zip(grads[1], grads[0]):
         assert eager.abs().max() > 1e-4
         torch.testing.assert_close(compiled, eager, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_samples_see_their_own_problems_per_problem_tensors(monkeypatch, stored):
+    """A cost whose targets differ by problem: each sample is costed with its own problem's target, both ways."""
+    if not stored:
+        monkeypatch.setattr(sampling, "STORED_ROWS", 0)
+    model = dynamics.Pendulum().discretize().double()
+    goals = torch.tensor([[0.0, 0.0], [1.0, 0.0], [-2.0, 0.5]], **D64)
+    C = torch.diag(torch.tensor([2.0, 0.2, 0.01], **D64)).expand(3, 3, 3)
+    c = -torch.cat([goals @ C[0, :2, :2], torch.zeros(3, 1, **D64)], -1)
+    cost = trajopt.QuadraticCost(C, c, batched=True)
+    x0 = torch.tensor([[0.5, 0.0], [1.0, 0.2], [-1.0, 0.0]], **D64)
+    trial = torch.randn(3, 20, 8, 1, generator=seeded(3), **D64)
+    costs = sampling.sample_costs(trajopt.Problem(model, cost, x0, horizon=8), x0, trial)
+    for b in range(3):
+        alone = trajopt.QuadraticCost(C[b], c[b])
+        X = trajopt.rollout(model, x0[b].expand(20, 2), trial[b])
+        torch.testing.assert_close(costs[b], alone(X, trial[b]), rtol=1e-12, atol=0)

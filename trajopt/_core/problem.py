@@ -18,7 +18,7 @@ from dynamics.validation import check_consistent, check_tensor
 from .bounds import check_bounds, clamp
 from .constraint import Constraint, FunctionConstraint
 from .costs import Cost
-from .per_problem import check_per_problem, rows
+from .per_problem import check_per_problem, has_per_problem, rows
 
 __all__ = ["Problem", "Solution", "Status", "SolveError", "solver", "merge"]
 
@@ -167,7 +167,8 @@ class Problem:
     ``(B, T+1, n)`` or None. Dtype and device are ``x0``'s; every tensor must share them.
 
     Attributes:
-        B, T, n, m: the dimensions; batched: whether the caller's input had a batch dimension; dtype, device.
+        B, T, n, m: the dimensions; batched: whether the caller's input had a batch dimension; dtype, device;
+        per_problem: whether the modules hold per-problem tensors.
 
     :meth:`select` keeps some problems of the batch, :meth:`replace` changes fields (and validates again).
     """
@@ -226,6 +227,7 @@ class Problem:
         self.X_init = None if X_init is None else X_init.expand(B, T + 1, n)
         self.constraint = constraint
         self.module_rows = module_rows
+        self.per_problem = has_per_problem(dynamics, cost, constraint)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -269,12 +271,17 @@ class Problem:
     def evaluating(self):
         """A context in which the modules' per-problem tensors are this problem's rows, in order (a no-op unless
         the problem was selected from a larger batch). Every solver runs inside it; so do implicit backward passes."""
-        return rows(self.module_rows, self.dynamics, self.cost, self.constraint)
+        return rows(self.module_rows if self.per_problem else None, self.dynamics, self.cost, self.constraint)
 
     def at(self, index):
         """A context in which the modules evaluate the rows ``index (R,)`` of this problem (inside
         :meth:`evaluating`): row ``r`` of every model, cost or constraint call belongs to problem ``index[r]``."""
-        return rows(index, self.dynamics, self.cost, self.constraint)
+        return rows(index if self.per_problem else None, self.dynamics, self.cost, self.constraint)
+
+    def at_repeated(self, each: int):
+        """:meth:`at` for ``each`` consecutive rows per problem (``B each`` rows, problem-major: samples)."""
+        index = torch.arange(self.B, device=self.device).repeat_interleave(each) if self.per_problem else None
+        return self.at(index)
 
     def __repr__(self) -> str:
         return (f"Problem(B={self.B}{'' if self.batched else ' (unbatched)'}, T={self.T}, n={self.n}, m={self.m}, "

@@ -38,7 +38,7 @@ from .._core.rollout import unchecked_rollout
 
 __all__ = ["mppi", "cem", "random_shooting"]
 
-_STORED_ROWS = 2 ** 17    # sample-stages up to which _sample_costs stores the trajectories
+STORED_ROWS = 2 ** 17    # sample-stages up to which sample_costs stores the trajectories
 
 
 @solver
@@ -95,8 +95,8 @@ def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperatur
     costs, best = [], []
     for _ in range(max_iter):
         # the plan rides along as an unweighted extra sample, for its cost in the history
-        trial = _perturbed(U, samples, lower, upper, generator, std, correlation)    # (B, 1 + N, T, m)
-        J = _sample_costs(problem.dynamics, problem.cost, x0, trial, compile)
+        trial = perturbed(U, samples, lower, upper, generator, std, correlation)    # (B, 1 + N, T, m)
+        J = sample_costs(problem, x0, trial, compile)
         costs.append(J[:, 0].detach())
         J = J[:, 1:]                                                                 # (B, N)
         logits = -(J - J.detach().amin(1, keepdim=True)) / temperature
@@ -109,7 +109,7 @@ def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperatur
         # sum_i w_i (trial_i - U); the reshape is a view of the time-major samples, the product one bmm
         drawn = trial[:, 1:].permute(0, 2, 3, 1).reshape(B, -1, samples)                # (B, T m, N)
         step = torch.bmm(drawn, weights.unsqueeze(-1)).view_as(U) - weights.sum(1).view(B, 1, 1) * U
-        U = U + _smooth(step, smoothing)
+        U = U + smooth(step, smoothing)
         best.append(J.detach().amin(1))
     U = clamp_to_bounds(U, lower, upper)
     extras = {"best_sample": torch.stack(best, 1), "weights": weights.detach()}
@@ -151,8 +151,8 @@ def cem(problem: Problem, *, samples: int = 1000, max_iter: int = 10, elites: in
     costs, best = [], []
     with torch.no_grad():
         for _ in range(max_iter):
-            trial = _perturbed(mean, samples, lower, upper, generator, std)
-            J = _sample_costs(problem.dynamics, problem.cost, x0, trial, compile)
+            trial = perturbed(mean, samples, lower, upper, generator, std)
+            J = sample_costs(problem, x0, trial, compile)
             costs.append(J[:, 0])                                                    # the mean rides along
             J, trial = J[:, 1:], trial[:, 1:]
             idx = J.topk(elites, 1, largest=False).indices                          # (B, E)
@@ -194,8 +194,8 @@ def random_shooting(problem: Problem, *, samples: int = 1000, noise_std=None,
         raise ValueError(f"{where}: uniform samples need finite u_lower and u_upper; or give noise_std")
     std = None if noise_std is None else _noise_std(where, noise_std, U)
     with torch.no_grad():
-        trial = _perturbed(U, samples - 1, lower, upper, generator, std)
-        J = _sample_costs(problem.dynamics, problem.cost, x0, trial, compile)
+        trial = perturbed(U, samples - 1, lower, upper, generator, std)
+        J = sample_costs(problem, x0, trial, compile)
         pick = torch.where(torch.isfinite(J).any(1), J.argmin(1), 0)               # none finite: U_init
         U = trial[torch.arange(B, device=U.device), pick]
         return _solution(problem, U, True, [J[:, 0]], [J.amin(1)], 1, {"costs": J})
@@ -211,10 +211,11 @@ def _solution(problem, U, rollout_plan, costs, best, iterations, extras):
         J = problem.cost(X, U)
         finite = torch.isfinite(J) & torch.isfinite(X).flatten(1).all(-1)
         held = problem.x0.unsqueeze(1).expand(B, T + 1, n)
-        if J.requires_grad and not bool(finite.all()):   # a graph without the NaN rows (see _sample_costs)
+        if J.requires_grad and not bool(finite.all()):   # a graph without the NaN rows (see sample_costs)
             rows = finite.nonzero().flatten()
-            X = held.index_put((rows,), unchecked_rollout(problem.dynamics, problem.x0[rows], U[rows]))
-            J = J.new_full((B,), math.inf).index_put((rows,), problem.cost(X[rows], U[rows]))
+            with problem.at(rows):
+                X = held.index_put((rows,), unchecked_rollout(problem.dynamics, problem.x0[rows], U[rows]))
+                J = J.new_full((B,), math.inf).index_put((rows,), problem.cost(X[rows], U[rows]))
         # a problem whose plan rolls out to NaN/Inf: x0 held over the horizon, cost inf (no NaN returned)
         X = torch.where(finite.view(B, 1, 1), X, held)
         J = torch.where(finite, J, math.inf)
@@ -240,12 +241,12 @@ def _noise_std(where, noise_std, like):
     return std
 
 
-def _perturbed(U, N, lower, upper, generator, std=None, rho=0.0):
+def perturbed(U, N, lower, upper, generator, std=None, rho=0.0):
     """``U (B, T, m)`` and ``N`` samples around it, clamped into the bounds: ``(B, 1 + N, T, m)``, ``U`` first.
 
     The samples are ``U + std e`` with ``e`` standard Gaussian, AR(1)-correlated in time by ``rho``
     (``std`` broadcastable to ``(B, T, m)``); with ``std`` None, uniform between the (finite) bounds. They are
-    drawn and laid out time-major (``permute(2, 3, 0, 1)`` of the result is contiguous): :func:`_sample_costs`
+    drawn and laid out time-major (``permute(2, 3, 0, 1)`` of the result is contiguous): :func:`sample_costs`
     steps through them one time step at a time, and the weighted sums over samples read contiguous memory.
     """
     B, T, m = U.shape
@@ -271,7 +272,7 @@ def _perturbed(U, N, lower, upper, generator, std=None, rho=0.0):
     return w.permute(2, 3, 0, 1)
 
 
-def _smooth(update, width):
+def smooth(update, width):
     """Moving average of ``update (B, T, m)`` along time over ``width`` steps (edges averaged over fewer)."""
     if width == 1:
         return update
@@ -285,7 +286,7 @@ def _smooth(update, width):
     return (total / count).transpose(1, 2)
 
 
-def _sample_costs(dynamics, cost, x0, trial, compile=False, again=True):
+def sample_costs(problem, x0, trial, compile=False):
     """Costs ``(B, N)`` of control sequences ``trial (B, N, T, m)`` from ``x0 (B, n)``, as one batch; ``inf``
     where the cost or the final state is not finite (a cost without a terminal term misses a final NaN state).
 
@@ -299,22 +300,29 @@ def _sample_costs(dynamics, cost, x0, trial, compile=False, again=True):
     instead (:func:`_summed_costs`): storing and re-reading ``B N`` trajectories then costs more than the
     arithmetic (one MPPI call on P2, 1000 samples, horizon 30, one thread: 74 ms stored against 23 ms summed
     at B=32; 4.6 against 5.4 ms the other way round at B=1)."""
-    B, N, T, m = trial.shape
-    if B * N * T <= _STORED_ROWS and not compile:
-        flat = trial.flatten(0, 1)
-        X = unchecked_rollout(dynamics, x0.repeat_interleave(N, 0), flat)
-        J = torch.where(torch.isfinite(X[:, -1]).all(-1), cost(X, flat), math.inf).view(B, N)
-    else:
-        U = trial.permute(2, 3, 0, 1).reshape(T, m, B * N)       # time-major: a view of _perturbed's samples
-        x = x0.mT.repeat_interleave(N, 1).mT                        # (B N, n), kept column by column
-        J = (_compiled_summed_costs() if compile else _summed_costs)(dynamics, cost, x, U).view(B, N)
+    B, N = trial.shape[:2]
+    with problem.at_repeated(N):                                    # rows b N .. b N + N - 1 are problem b's
+        J = _costs(problem.dynamics, problem.cost, x0, trial, compile)
     finite = torch.isfinite(J)
-    if again and J.requires_grad and not bool(finite.all()):
+    if J.requires_grad and not bool(finite.all()):
         rows = finite.flatten().nonzero().flatten()
-        redone = _sample_costs(dynamics, cost, x0.repeat_interleave(N, 0)[rows], trial.flatten(0, 1)[rows, None],
-                               compile, again=False)
+        with problem.at(torch.arange(B, device=x0.device).repeat_interleave(N)[rows] if problem.per_problem else None):
+            redone = _costs(problem.dynamics, problem.cost, x0.repeat_interleave(N, 0)[rows],
+                            trial.flatten(0, 1)[rows, None], compile)
         return J.new_full((B * N,), math.inf).index_put((rows,), redone.flatten()).view(B, N)
     return torch.where(finite, J, torch.full_like(J, float("inf")))
+
+
+def _costs(dynamics, cost, x0, trial, compile):
+    """:func:`sample_costs` of one batch, without the second pass (non-finite costs as they come)."""
+    B, N, T, m = trial.shape
+    if B * N * T <= STORED_ROWS and not compile:
+        flat = trial.flatten(0, 1)
+        X = unchecked_rollout(dynamics, x0.repeat_interleave(N, 0), flat)
+        return torch.where(torch.isfinite(X[:, -1]).all(-1), cost(X, flat), math.inf).view(B, N)
+    U = trial.permute(2, 3, 0, 1).reshape(T, m, B * N)       # time-major: a view of perturbed's samples
+    x = x0.mT.repeat_interleave(N, 1).mT                        # (B N, n), kept column by column
+    return (_compiled_summed_costs() if compile else _summed_costs)(dynamics, cost, x, U).view(B, N)
 
 
 def _summed_costs(dynamics, cost, x, U):

@@ -111,3 +111,24 @@ def test_quadratic_cost_rejects_bad_shapes():
     X, U, _ = trajectory(T=3)
     with pytest.raises(ValueError, match="T=4 stages but the trajectory has 3"):
         cost(X, U)
+
+
+def test_tracking_cost_is_its_formula_per_problem_and_its_targets_get_gradients():
+    g = torch.Generator().manual_seed(2)
+    B, T, n, m = 3, 6, 2, 1
+    Q, R, Qf = torch.diag(torch.tensor([2.0, 0.5], dtype=torch.float64)), torch.tensor([[0.1]], dtype=torch.float64), \
+        3 * torch.eye(2, dtype=torch.float64)
+    x_ref = torch.randn(B, T + 1, n, generator=g, dtype=torch.float64, requires_grad=True)
+    u_ref = torch.randn(B, T, m, generator=g, dtype=torch.float64)
+    cost = QuadraticCost.tracking(Q, R, x_ref, u_ref, Q_final=Qf)
+    X = torch.randn(B, T + 1, n, generator=g, dtype=torch.float64)
+    U = torch.randn(B, T, m, generator=g, dtype=torch.float64)
+    e, v = X - x_ref, U - u_ref
+    expected = (0.5 * ((e[:, :T] @ Q) * e[:, :T]).sum((-1, -2)) + 0.5 * ((v @ R) * v).sum((-1, -2))
+                + 0.5 * ((e[:, T] @ Qf) * e[:, T]).sum(-1))
+    torch.testing.assert_close(cost(X, U), expected)
+    (g_ref,) = torch.autograd.grad(cost(X, U).sum(), x_ref)
+    (g_exp,) = torch.autograd.grad(expected.sum(), x_ref)
+    torch.testing.assert_close(g_ref, g_exp)
+    one = QuadraticCost.tracking(Q, R, x_ref[1].detach(), u_ref[1], Q_final=Qf)       # unbatched: (T+1, n)
+    torch.testing.assert_close(one(X[1:2], U[1:2]), expected[1:2].detach())

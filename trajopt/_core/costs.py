@@ -178,6 +178,46 @@ class QuadraticCost(Cost):
         Qfx = Qf @ xgT
         return cls(C, c, Qf, -Qfx, const=const, const_final=0.5 * (xgT * Qfx).sum(), learnable=learnable)
 
+    @classmethod
+    def tracking(cls, Q, R, x_ref, u_ref=None, Q_final=None, *, learnable=False):
+        """Tracking of time-varying targets: ``1/2 (x_t - x_ref_t)' Q (x_t - x_ref_t) + 1/2 (u_t - u_ref_t)' R
+        (u_t - u_ref_t)`` at each stage ``t < T``, plus ``1/2 (x_T - x_ref_T)' Q_final (x_T - x_ref_T)``.
+
+        Args:
+            Q: ``(n, n)``; R: ``(m, m)``; Q_final: ``(n, n)`` or None (no terminal term).
+            x_ref: the reference states ``(T+1, n)``, or ``(B, T+1, n)`` per problem (a batched cost, see
+                ``batched``); u_ref: the reference controls ``(T, m)`` or ``(B, T, m)``, default zero.
+
+        Differentiable with respect to ``Q``, ``R``, ``Q_final``, ``x_ref`` and ``u_ref`` (they enter the cost's
+        tensors, which keep their graph: build the cost anew for each backward pass).
+        """
+        x_ref = torch.as_tensor(x_ref)
+        where = "QuadraticCost.tracking"
+        if x_ref.ndim not in (2, 3):
+            raise ValueError(f"{where}: x_ref must be (T+1, n) or (B, T+1, n), got shape {tuple(x_ref.shape)}")
+        batched = x_ref.ndim == 3
+        Q = torch.as_tensor(Q, dtype=x_ref.dtype, device=x_ref.device)
+        R = torch.as_tensor(R, dtype=x_ref.dtype, device=x_ref.device)
+        n, m, T = x_ref.shape[-1], R.shape[-1], x_ref.shape[-2] - 1
+        if Q.shape != (n, n) or R.ndim != 2 or R.shape[0] != m or T < 1:
+            raise ValueError(f"{where}: need Q (n, n) = ({n}, {n}), R (m, m) and x_ref with T+1 >= 2 states; got Q "
+                             f"{tuple(Q.shape)}, R {tuple(R.shape)}, x_ref {tuple(x_ref.shape)}")
+        lead = x_ref.shape[:-2]
+        u_ref = x_ref.new_zeros(*lead, T, m) if u_ref is None else torch.as_tensor(u_ref, dtype=x_ref.dtype)
+        if u_ref.shape[-2:] != (T, m) or u_ref.ndim != x_ref.ndim:
+            raise ValueError(f"{where}: u_ref must be {(*lead, T, m)}, got shape {tuple(u_ref.shape)}")
+        C = torch.block_diag(Q, R).expand(*lead, T, n + m, n + m)
+        ref = torch.cat([x_ref[..., :T, :], u_ref], -1)
+        c = -(ref.unsqueeze(-2) @ C).squeeze(-2)
+        const = 0.5 * (ref * (ref.unsqueeze(-2) @ C).squeeze(-2)).sum(-1)
+        if Q_final is None:
+            return cls(C, c, const=const, learnable=learnable, batched=batched)
+        Qf = torch.as_tensor(Q_final, dtype=x_ref.dtype, device=x_ref.device)
+        xT = x_ref[..., T, :]
+        Qfx = (xT.unsqueeze(-2) @ Qf).squeeze(-2)
+        return cls(C, c, Qf.expand(*lead, n, n), -Qfx, const=const, const_final=0.5 * (xT * Qfx).sum(-1),
+                   learnable=learnable, batched=batched)
+
     def _at(self, t):
         if not self.time_varying:
             return self.C, self.c, self.const

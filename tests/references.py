@@ -15,7 +15,8 @@ def lbfgsb(problem: trajopt.Problem, b: int, U_start: torch.Tensor, **options) -
 
     def f(u):
         U = torch.tensor(u.reshape(1, *shape), dtype=problem.dtype, requires_grad=True)
-        J = problem.cost(trajopt.rollout(problem.dynamics, x0, U), U).sum()
+        with problem.evaluating(), problem.at(torch.tensor([b])):      # row b's own per-problem tensors
+            J = problem.cost(trajopt.rollout(problem.dynamics, x0, U), U).sum()
         J.backward()
         return J.item(), U.grad.double().numpy().ravel()
     bounds = None

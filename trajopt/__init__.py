@@ -7,7 +7,7 @@ internal.
 """
 from ._core.box_kkt import projected_gradient
 from ._core.constraint import Constraint
-from ._core.costs import Cost, Quadratization, QuadraticCost
+from ._core.costs import Cost, Quadratization, QuadraticCost, SlewRateCost
 from ._core.problem import Problem, Solution, SolveError, Status
 from ._core.rollout import linearize, rollout
 from ._solvers.collocation import collocation, collocation_defects, multiple_shooting
@@ -22,4 +22,4 @@ from ._solvers.shooting import single_shooting
 __all__ = ["Problem", "Solution", "Status", "SolveError", "lqr", "lqr_cost", "ilqr", "ddp", "MPC", "multistart",
            "mppi", "cem", "random_shooting", "single_shooting", "multiple_shooting", "collocation",
            "collocation_defects", "constrained_ilqr", "Constraint", "projected_gradient", "rollout", "linearize",
-           "Cost", "QuadraticCost", "Quadratization"]
+           "Cost", "QuadraticCost", "Quadratization", "SlewRateCost"]

@@ -132,3 +132,27 @@ def test_tracking_cost_is_its_formula_per_problem_and_its_targets_get_gradients(
     torch.testing.assert_close(g_ref, g_exp)
     one = QuadraticCost.tracking(Q, R, x_ref[1].detach(), u_ref[1], Q_final=Qf)       # unbatched: (T+1, n)
     torch.testing.assert_close(one(X[1:2], U[1:2]), expected[1:2].detach())
+
+
+def test_slew_rate_cost_is_its_formula_and_its_quadratization_has_the_exact_gradient():
+    import trajopt
+    g = torch.Generator().manual_seed(4)
+    B, T, n, m = 2, 5, 2, 2
+    base = QuadraticCost.from_weights(torch.eye(n, dtype=torch.float64), 0.1 * torch.eye(m, dtype=torch.float64))
+    S = torch.tensor([[2.0, 0.3], [0.3, 1.0]], dtype=torch.float64)
+    u_prev = torch.randn(B, m, generator=g, dtype=torch.float64)
+    X = torch.randn(B, T + 1, n, generator=g, dtype=torch.float64)
+    U = torch.randn(B, T, m, generator=g, dtype=torch.float64, requires_grad=True)
+    for prev in (None, u_prev):
+        cost = trajopt.SlewRateCost(base, S, prev)
+        full = U if prev is None else torch.cat([prev.unsqueeze(1), U], 1)
+        d = full[:, 1:] - full[:, :-1]
+        expected = base(X, U) + 0.5 * ((d @ S) * d).sum((-1, -2))
+        torch.testing.assert_close(cost(X, U), expected)
+        q = cost.quadratize(X, U.detach())
+        (gU,) = torch.autograd.grad(expected.sum(), U)
+        torch.testing.assert_close(q.c[..., n:], gU)                  # the exact gradient in the controls
+        H = torch.autograd.functional.hessian(lambda u: cost(X, u).sum(), U.detach())[0, :, :, 0]
+        for t in range(T):                                           # the stagewise blocks of the exact Hessian
+            torch.testing.assert_close(q.C[0, t, n:, n:] - base.quadratize(X, U.detach()).C[0, t, n:, n:],
+                                       H[t, :, t, :] - 0.1 * torch.eye(m, dtype=torch.float64))

@@ -368,3 +368,32 @@ def test_a_non_finite_start_is_reported_for_its_row_and_the_rest_of_the_batch_is
     assert "1 not_finite" in sol.summary()
     with pytest.raises(trajopt.SolveError, match="1: NOT_FINITE"):
         sol.throw()
+
+
+def test_ilqr_with_a_slew_rate_penalty_reaches_the_lbfgsb_optimum_with_exact_implicit_gradients():
+    p = canonical.pendulum(3, seed=2).replace(horizon=30)
+    cost = trajopt.SlewRateCost(p.cost, torch.tensor([[0.5]], **D64), u_prev=torch.tensor([[0.0], [1.0], [-2.0]], **D64))
+    problem = p.replace(cost=cost)
+    sol = trajopt.ilqr(problem, grad=None, max_iter=500, grad_tol=1e-10)
+    assert sol.converged.all() and (sol.iterations < 30).all(), sol.summary()
+    for b in range(3):
+        assert float(sol.cost[b]) == pytest.approx(lbfgsb(problem, b, sol.U[b]), rel=1e-10)
+    plain = trajopt.ilqr(p, grad=None, max_iter=500)
+    assert (sol.U.diff(dim=1).abs().sum() < plain.U.diff(dim=1).abs().sum())   # smoother controls
+    torch.testing.assert_close(sol.X, trajopt.rollout(p.dynamics, p.x0, sol.U))
+    mass = p.dynamics.model.m.requires_grad_(True)
+    routes = {route: torch.autograd.grad(trajopt.ilqr(problem, grad=route, max_iter=500, grad_tol=1e-10).U.sum(),
+                                         mass)[0] for route in ("implicit", "unroll")}
+    shooting = trajopt.single_shooting(problem, max_iter=3000, grad_tol=1e-10)
+    (routes["shooting"],) = torch.autograd.grad(shooting.U.sum(), mass)
+    values = []
+    for sign in (1, -1):
+        with torch.no_grad():
+            mass += sign * 1e-6
+            values.append(float(trajopt.ilqr(problem, grad=None, max_iter=500, grad_tol=1e-11).U.sum()))
+            mass -= sign * 1e-6
+    for route, g in routes.items():
+        assert float(g) == pytest.approx((values[0] - values[1]) / 2e-6, rel=1e-5), route
+    mass.requires_grad_(False)
+    mppi = trajopt.mppi(problem, samples=200, max_iter=2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(mppi.cost, cost(trajopt.rollout(p.dynamics, p.x0, mppi.U), mppi.U))

@@ -47,6 +47,11 @@ def implicit_solution(problem, X, U, status, at=None):
     x0 = problem.x0
     if not torch.is_grad_enabled() or not any(z.requires_grad for z in (x0, *tensors)):
         return X, U
+    if not problem.cost.separable:          # the exact stagewise form, on the state [x_t; u_{t-1}]
+        lifted, _ = problem.cost.separated(problem)
+        previous = torch.cat([lifted.x0[:, problem.n:].unsqueeze(1).detach(), U.detach()], 1)
+        X, U = implicit_solution(lifted, torch.cat([X.detach(), previous], -1), U, status)
+        return X[..., :problem.n], U
     X, U = X.detach(), U.detach()
     if at is None:
         at = solution_costates(problem.dynamics, problem.cost, X, U)

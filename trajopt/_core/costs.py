@@ -14,11 +14,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from dynamics.base import register_tensors, rowwise_hessians
+from dynamics.base import Dynamics, register_tensors, rowwise_hessians
 from dynamics.validation import check_tensor
 from .stages import over_stages
 
-__all__ = ["Cost", "QuadraticCost", "Quadratization"]
+__all__ = ["Cost", "QuadraticCost", "Quadratization", "SlewRateCost"]
 
 
 class Quadratization(NamedTuple):
@@ -46,9 +46,12 @@ class Cost(nn.Module, abc.ABC):
     Subclasses implement :meth:`stage` (and :meth:`terminal` if there is one)
     for batched inputs. ``time_varying = True`` means :meth:`stage` looks at the
     stage index ``t``; otherwise all stages are evaluated in one batched call.
+    ``separable = False`` marks a cost that couples stages (:class:`SlewRateCost`): solvers then evaluate it
+    through :meth:`forward` only, and routes that need the exact stagewise Hessian (implicit gradients) refuse it.
     """
 
     time_varying: bool = False
+    separable: bool = True
 
     @abc.abstractmethod
     def stage(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None) -> torch.Tensor:
@@ -279,3 +282,152 @@ class QuadraticCost(Cost):
         cf = (xT.unsqueeze(-2) @ Cf).squeeze(-2) + (0.0 if self.c_final is None else self.c_final)
         return Quadratization(C.expand(B, *C.shape[-3:]), (tau.unsqueeze(-2) @ C).squeeze(-2) + c,
                               Cf.expand(B, n, n), cf)
+
+
+class SlewRateCost(Cost):
+    """``cost`` plus a control-rate (slew) penalty ``1/2 sum_t (u_t - u_{t-1})' S (u_t - u_{t-1})``.
+
+    Args:
+        cost: the :class:`Cost` to add the penalty to.
+        S: ``(m, m)`` positive semidefinite weight of the control change (or ``(m,)``, its diagonal).
+        u_prev: the control applied before the horizon, ``(m,)`` shared or ``(B, m)`` per problem (a per-problem
+            tensor); with it the first control's change ``u_0 - u_prev`` is penalized too, else the sum starts at
+            ``t = 1``.
+
+    The penalty couples consecutive stages (``separable = False``). Sampling and shooting solvers and the scipy
+    transcription back end evaluate :meth:`forward`, which is exact. Stagewise solvers (iLQR, DDP, and what is
+    built on them) solve :meth:`separated` instead: the same problem on the state ``[x_t; u_{t-1}]``, where the
+    penalty is a stage cost and the Riccati recursion holds its coupling exactly (so do their implicit gradients).
+    :meth:`quadratize` has the exact gradient and the stagewise blocks of the Hessian (without the blocks ``-S``
+    between ``u_{t-1}`` and ``u_t``).
+
+    Differentiable with respect to states, controls, ``S``, ``u_prev`` and the tensors of ``cost``.
+    """
+
+    separable = False
+
+    def __init__(self, cost: Cost, S, u_prev=None):
+        super().__init__()
+        if not isinstance(cost, Cost):
+            raise TypeError(f"SlewRateCost: cost must be a trajopt.Cost, got {type(cost).__name__}")
+        S = torch.as_tensor(S)
+        S = torch.diag_embed(S) if S.ndim == 1 else S
+        if S.ndim != 2 or S.shape[0] != S.shape[1]:
+            raise ValueError(f"SlewRateCost: S must be (m, m) or (m,), got shape {tuple(S.shape)}")
+        self.cost, self.time_varying = cost, cost.time_varying
+        self.register_buffer("S", S)
+        if u_prev is not None:
+            u_prev = torch.as_tensor(u_prev, dtype=S.dtype, device=S.device)
+            if u_prev.ndim not in (1, 2) or u_prev.shape[-1] != S.shape[0]:
+                raise ValueError(f"SlewRateCost: u_prev must be (m,) or (B, m) with m={S.shape[0]}, got shape "
+                                 f"{tuple(u_prev.shape)}")
+            self.per_problem = ("u_prev",) if u_prev.ndim == 2 else ()
+        self.register_buffer("u_prev", u_prev)
+
+    def _changes(self, U):
+        """``u_t - u_{t-1}`` ``(..., T or T-1, m)``."""
+        if self.u_prev is None:
+            return U[..., 1:, :] - U[..., :-1, :]
+        first = self.u_prev.unsqueeze(-2) if self.u_prev.ndim == 2 else self.u_prev.expand(*U.shape[:-2], 1, -1)
+        return torch.cat([first, U], -2).diff(dim=-2)
+
+    def stage(self, x, u, t=None):
+        raise TypeError("SlewRateCost couples consecutive controls: it has no stage term of (x_t, u_t) alone; "
+                        "evaluate it on whole trajectories (forward)")
+
+    def terminal(self, x):
+        return self.cost.terminal(x)
+
+    def forward(self, X, U):
+        d = self._changes(U)
+        return self.cost(X, U) + 0.5 * ((d @ self.S) * d).sum((-1, -2))
+
+    def quadratize(self, X, U):
+        """The cost's quadratization plus the penalty's exact gradient and the stagewise blocks of its Hessian
+        (``S`` for each change a control enters: ``2 S`` inside the horizon)."""
+        q = self.cost.quadratize(X, U)
+        n, T = X.shape[-1], U.shape[-2]
+        S = 0.5 * (self.S + self.S.mT)
+        d = self._changes(U) @ S                                   # S (u_t - u_{t-1}) for each change
+        pad = U.new_zeros(*U.shape[:-2], 1, U.shape[-1])
+        t = torch.arange(T, device=U.device)
+        # how many changes each control enters: the one from its predecessor, and the one to its successor
+        count = ((t >= 1) | (self.u_prev is not None)).to(U.dtype) + (t < T - 1).to(U.dtype)
+        if self.u_prev is None:
+            g = torch.cat([pad, d], -2) - torch.cat([d, pad], -2)
+        else:
+            g = d - torch.cat([d[..., 1:, :], pad], -2)
+        C, c = q.C.clone(), q.c.clone()
+        C[..., n:, n:] += count.view(T, 1, 1) * S
+        c[..., n:] += g
+        return Quadratization(C, c, q.C_final, q.c_final)
+
+    def separated(self, problem):
+        """The exact stagewise form of ``problem`` (whose cost is this one): a :class:`~trajopt.Problem` on the state
+        ``[x_t; u_{t-1}]`` (``n + m``), with dynamics ``[f(x_t, u_t, t); u_t]`` and stage cost ``cost.stage(x_t, u_t,
+        t) + 1/2 (u_t - u_{t-1})' S (u_t - u_{t-1})`` (none at ``t = 0`` without ``u_prev``), and a function that
+        maps its solution back to ``problem``'s (states, gains and costates of ``x`` alone; the gains on the
+        previous control in ``extras["K_previous"]``). Differentiable like the problem."""
+        n, m = problem.n, problem.m
+        prev = problem.x0.new_zeros(problem.B, m) if self.u_prev is None else self.u_prev.expand(problem.B, m)
+        x0 = torch.cat([problem.x0, prev], -1)
+        X_init = None
+        if problem.X_init is not None:
+            X_init = torch.cat([problem.X_init, torch.cat([prev.unsqueeze(1), problem.U_init], 1)], -1)
+        lifted = problem.replace(dynamics=_WithPreviousControl(problem.dynamics),
+                                 cost=_SlewStages(self.cost, self.S, self.u_prev is not None), x0=x0, X_init=X_init,
+                                 x_lower=None, x_upper=None)
+
+        def back(sol):
+            extras = dict(sol.extras)
+            if "costates" in extras:
+                extras["costates"] = extras["costates"][..., :n]
+            K = None if sol.K is None else sol.K[..., :n]
+            if sol.K is not None:
+                extras["K_previous"] = sol.K[..., n:]
+            return type(sol)(X=None if sol.X is None else sol.X[..., :n], U=sol.U, cost=sol.cost, status=sol.status,
+                             iterations=sol.iterations, cost_history=sol.cost_history, residual=sol.residual, K=K,
+                             k=sol.k, extras=extras)
+        return lifted, back
+
+
+class _WithPreviousControl(Dynamics):
+    """``[x; p] -> [f(x, u, t); u]``: a model whose state also holds the previous control."""
+
+    def __init__(self, dynamics):
+        super().__init__(dynamics.state_dim + dynamics.control_dim, dynamics.control_dim)
+        self.dynamics, self.time_varying = dynamics, dynamics.time_varying
+
+    def forward(self, x, u, t=None):
+        return torch.cat([self.dynamics(x[..., :self.dynamics.state_dim], u, t), u], -1)
+
+    def jacobians(self, x, u, t=None):
+        n, m = self.dynamics.state_dim, self.control_dim
+        A, Bu = self.dynamics.jacobians(x[..., :n], u, t)
+        eye = torch.eye(m, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], m, m)
+        return (torch.nn.functional.pad(A, (0, m, 0, m)), torch.cat([Bu, eye], -2))
+
+    def vector_hessians(self, x, u, lam, t=None):
+        n, m = self.dynamics.state_dim, self.control_dim
+        hxx, hux, huu = self.dynamics.vector_hessians(x[..., :n], u, lam[..., :n], t)
+        return torch.nn.functional.pad(hxx, (0, m, 0, m)), torch.nn.functional.pad(hux, (0, m)), huu
+
+
+class _SlewStages(Cost):
+    """The slew-rate penalty as a stage cost on ``[x; u_prev]`` (see :meth:`SlewRateCost.separated`)."""
+
+    def __init__(self, cost, S, first):
+        super().__init__()
+        self.cost, self.S, self.first = cost, S, first
+        self.time_varying = cost.time_varying or not first      # without u_prev, stage 0 has no penalty
+
+    def stage(self, x, u, t=None):
+        m = u.shape[-1]
+        d = u - x[..., -m:]
+        penalty = 0.5 * ((d @ self.S) * d).sum(-1)
+        if not self.first and t == 0:
+            penalty = penalty * 0.0
+        return self.cost.stage(x[..., :-m], u, t if self.cost.time_varying else None) + penalty
+
+    def terminal(self, x):
+        return self.cost.terminal(x[..., :x.shape[-1] - self.S.shape[-1]])

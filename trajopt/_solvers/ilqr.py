@@ -98,6 +98,10 @@ def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None
     converged problem is not positive definite. ``K`` and ``k`` are detached.
     """
     where = "ddp" if second_order else "ilqr"
+    if not problem.cost.separable:          # a cost coupling stages: its exact stagewise form on a larger state
+        lifted, back = problem.cost.separated(problem)
+        return back(ilqr.__wrapped__(lifted, max_iter=max_iter, grad_tol=grad_tol, tol=tol, second_order=second_order,
+                                     grad=grad, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max))
     check_int(where, minimum=0, max_iter=max_iter)
     check_positive(where, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)
     if not mu_min <= mu_init <= mu_max:
@@ -183,7 +187,7 @@ def _solve(p: Problem, *, unroll, max_iter, grad_tol, tol, second_order, mu_init
         if len(a) == 0:
             break
         model = _model(p, s, a)
-        go = _test(s, model, grad_tol, budget_spent=it > max_iter)
+        go = _test(s, model, grad_tol, budget_spent=it > max_iter, shrink=0.5 if p.cost.separable else 1.0)
         if len(go) == 0:
             break
         model = model.rows(go)
@@ -237,13 +241,14 @@ def _model(p, s, a) -> _Model:
     return _Model(a, F, q, lam, gaps, gap0)
 
 
-def _test(s, model, grad_tol, budget_spent):
+def _test(s, model, grad_tol, budget_spent, shrink):
     """The stopping test of the problems ``model.a``; returns the positions in ``model.a`` that go on."""
     a = model.a
     pg_max = s.pg[a].abs().flatten(1).amax(-1)
     now_converged = (pg_max <= grad_tol) & s.feasible[a]
-    # once steps are below rounding, Newton steps go on only while they still shrink the gradient
-    stuck = s.polished[a] & (pg_max > 0.5 * s.pg_prev[a]) & ~now_converged
+    # once steps are below rounding, Newton steps go on only while they still shrink the gradient: by half per
+    # step with an exact model, at all with a cost that couples stages (its model lacks the coupling blocks)
+    stuck = s.polished[a] & (pg_max > shrink * s.pg_prev[a]) & ~now_converged
     status = torch.where(now_converged, int(Status.CONVERGED), torch.where(stuck, int(Status.STALLED), s.status[a]))
     s.status = s.status.index_put((a,), status)
     stop = now_converged | stuck | budget_spent

@@ -316,7 +316,7 @@ def sample_costs(problem, x0, trial, compile=False):
 def _costs(dynamics, cost, x0, trial, compile):
     """:func:`sample_costs` of one batch, without the second pass (non-finite costs as they come)."""
     B, N, T, m = trial.shape
-    if B * N * T <= STORED_ROWS and not compile:
+    if (B * N * T <= STORED_ROWS and not compile) or not cost.separable:      # stages coupled: whole trajectories
         flat = trial.flatten(0, 1)
         X = unchecked_rollout(dynamics, x0.repeat_interleave(N, 0), flat)
         return torch.where(torch.isfinite(X[:, -1]).all(-1), cost(X, flat), math.inf).view(B, N)

@@ -15,111 +15,139 @@ Bounds are kept either by ``bounds="project"`` (clamping into the box; the solut
 optimum, the same as :func:`trajopt.ilqr`'s) or by ``bounds="squash"`` (``u = mid + half tanh(z)``, an
 unconstrained problem in ``z``; bounds are approached but never reached).
 
+A problem whose rollout, cost or gradient is not finite at its initial guess, or (Adam) at an iterate, stops
+there with ``Status.NOT_FINITE`` and keeps its last finite iterate; the rest of the batch is solved. A line-search
+step is accepted only where the whole trajectory, the cost and the gradient are finite.
+
 Differentiable with respect to ``x0`` and the tensors of the model and the cost that require grad, with
 ``bounds="project"``: the converged solution gets the implicit gradient of :func:`trajopt.ilqr` (the KKT
-conditions of the same problem), not a differentiation through the iterations.
+conditions of the same problem, :func:`trajopt._core.box_kkt.implicit_solution`), not a differentiation through
+the iterations.
 """
 from __future__ import annotations
 
 import torch
 
-from dynamics import Dynamics
-from dynamics.validation import check_consistent
-from .._core.costs import Cost
-from .._core.bounds import check_bounds, clamp as clamp_to_bounds, clamped as _clamped, project as _project
-from .._core.implicit import grad_tensors
+from .._core.bounds import clamp, clamped, project
+from .._core.box_kkt import implicit_solution
+from .._core.checks import check_choice, check_int, check_positive, resolve_grad, tolerance
+from .._core.linesearch import ALPHAS, rounding, sufficient_decrease
 from .._core.problem import Problem, Solution, Status, solver
-from .._core.rollout import rollout
+from .._core.rollout import unchecked_rollout
 
 __all__ = ["single_shooting"]
 
-_ALPHAS = (1.0, 0.5, 0.25, 0.1, 0.03, 0.01, 0.003, 0.001)
-_ARMIJO = 1e-4
-_ROUNDOFF = 1e-12     # relative cost changes below this are taken for rounding
 
-
-def single_shooting(dynamics: Dynamics, cost: Cost, x0: torch.Tensor, U_init: torch.Tensor | None = None, *,
-                    horizon: int | None = None, u_lower=None, u_upper=None, optimizer: str = "lbfgs",
-                    bounds: str = "project", max_iter: int = 1000, grad_tol: float = 1e-6, memory: int = 10,
-                    lr: float = 0.05, lr_final: float | None = None, grad: str | None = "implicit") -> Solution:
+@solver
+def single_shooting(problem: Problem, *, optimizer: str = "lbfgs", bounds: str = "project", max_iter: int = 1000,
+                    grad_tol: float | None = None, memory: int | None = None, lr: float | None = None,
+                    lr_final: float | None = None, grad: str | None = "implicit") -> Solution:
     """Minimize ``cost(rollout(x0, U), U)`` over ``u_lower <= U <= u_upper`` by gradient, for a batch of problems.
 
+    Starts from ``problem.U_init``. ``problem.X_init``, the state bounds and the constraint are not used.
+
     Args:
-        dynamics, cost, x0, U_init, horizon, u_lower, u_upper: as for :func:`trajopt.ilqr` (``x0 (B, n)``,
-            ``U_init (B, T, m)`` or zeros of length ``horizon``; bounds broadcastable to ``(B, T, m)``).
+        problem: the batch of problems (a :class:`~trajopt.Problem`).
         optimizer: ``"lbfgs"`` (default) or ``"adam"``.
         bounds: ``"project"`` (default; exact bounds, the box-constrained optimum) or ``"squash"``
-            (``u = (u_upper + u_lower)/2 + (u_upper - u_lower)/2 tanh(z)``, optimized in ``z``; needs both bounds).
+            (``u = (u_upper + u_lower)/2 + (u_upper - u_lower)/2 tanh(z)``, optimized in ``z``; needs both bounds,
+            finite, with ``u_lower < u_upper``).
         max_iter: iterations per problem (L-BFGS: one gradient and one batched line search each; Adam: one
             gradient each).
         grad_tol: a problem has converged when the largest entry of its projected gradient (``"project"``) or
-            of its gradient in ``z`` (``"squash"``) is at most ``grad_tol``.
-        memory: L-BFGS's number of stored curvature pairs.
-        lr, lr_final: Adam's learning rate, decayed geometrically to ``lr_final`` (default: constant).
-        grad: ``"implicit"`` (default; needs ``bounds="project"``) or None (detached).
+            of its gradient in ``z`` (``"squash"``) is at most ``grad_tol``; default ``1e-6`` in float64, scaled to
+            the dtype's precision otherwise (``8.1e-4`` in float32).
+        memory: L-BFGS's number of stored curvature pairs (default 10); L-BFGS only.
+        lr, lr_final: Adam's learning rate (default 0.05), decayed geometrically to ``lr_final`` (default ``lr``:
+            constant); Adam only.
+        grad: ``"implicit"`` (default; needs ``bounds="project"``) or None (a detached solution).
 
     Returns:
-        ``Solution`` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``, ``converged (B,)``, ``iterations``,
-        and ``history``: ``cost (iters+1, B)`` (after each iteration), ``projected_gradient`` (final largest
-        entry, ``(B,)``), ``iterations (B,)``, ``stalled (B,)`` (L-BFGS found no descent even along the steepest
-        direction: at a kink, or at the limits of rounding).
+        :class:`~trajopt.Solution` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``, ``status``
+        (``CONVERGED``; ``MAX_ITER``; ``STALLED``: L-BFGS found no descent even along the shortest steepest-descent
+        step, at a kink or at the limits of rounding; ``NOT_FINITE``: the rollout, cost or gradient was not finite at
+        the initial guess, where the problem keeps ``x0`` held over the horizon and its ``U_init``, or (Adam) at an
+        iterate, where it keeps the last finite one; its ``cost`` is ``inf``), ``iterations (B,)``,
+        ``cost_history (B, I+1)`` (the cost of each problem's iterate before the first iteration and after each;
+        a problem that stopped repeats its value; ``inf`` for a problem not finite at its initial guess),
+        ``residual (B,)`` (the largest entry of the projected gradient, or of the gradient in ``z``, at the final
+        iterate; ``inf`` for ``NOT_FINITE``). No ``K``, ``k`` or extras.
 
-    Differentiable (``grad="implicit"``, ``bounds="project"``) as :func:`trajopt.ilqr`'s implicit route: exact
-    at a converged strict local minimum; clamped controls and unconverged problems get no gradient through the
-    solve.
+    The model and the cost must treat the rows of a batch independently: the solver evaluates them on
+    selections of the batch (the problems still iterating, several step sizes at once).
+
+    Differentiable (``grad="implicit"``, ``bounds="project"``; ``X``, ``U``, ``cost``) with respect to ``x0`` and
+    the tensors of ``dynamics`` and ``cost`` that require grad, as :func:`trajopt.ilqr`'s implicit route: exact at a
+    converged strict local minimum; clamped controls and unconverged problems get no gradient through the solve
+    (only through the final rollout).
     """
     where = "single_shooting"
-    if optimizer not in ("lbfgs", "adam"):
-        raise ValueError(f"{where}: optimizer must be 'lbfgs' or 'adam', got {optimizer!r}")
-    if bounds not in ("project", "squash"):
-        raise ValueError(f"{where}: bounds must be 'project' or 'squash', got {bounds!r}")
-    if grad not in ("implicit", None):
-        raise ValueError(f"{where}: grad must be 'implicit' or None, got {grad!r}")
-    if grad == "implicit" and bounds == "squash" and torch.is_grad_enabled():
+    check_choice(where, "optimizer", optimizer, ("lbfgs", "adam"))
+    check_choice(where, "bounds", bounds, ("project", "squash"))
+    route = resolve_grad(where, grad, ("implicit", None))
+    if route == "implicit" and bounds == "squash":
         raise ValueError(f"{where}: grad='implicit' needs bounds='project' (a squashed control never reaches its "
                          "bound, so the active set is not defined); pass grad=None")
-    for name, value in (("max_iter", max_iter), ("memory", memory), ("lr", lr), ("grad_tol", grad_tol)):
-        if not value > 0:
-            raise ValueError(f"{where}: {name} must be positive, got {value}")
-    x0, U_init, dims = check_problem(where, dynamics, cost, x0, U_init, horizon)
-    batch = check_consistent(where, {"x0": x0, "U_init": U_init}, {"x0": 1, "U_init": 2})
-    options = dict(u_lower=u_lower, u_upper=u_upper, optimizer=optimizer, bounds=bounds, max_iter=max_iter,
-                   grad_tol=grad_tol, memory=memory, lr=lr, lr_final=lr_final, grad=grad)
-    if batch is None:
-        sol = single_shooting(dynamics, cost, x0.unsqueeze(0), U_init.unsqueeze(0), **options)
-        return Solution(X=sol.X[0], U=sol.U[0], cost=sol.cost[0], converged=sol.converged[0],
-                        iterations=sol.iterations,
-                        history={k: v[..., 0] if k == "cost" else v[0] for k, v in sol.history.items()})
-    B, T, m = batch, U_init.shape[-2], dims["m"]
-    x0 = x0.expand(B, dims["n"])
-    lower, upper = check_bounds(where, u_lower, u_upper, (B, T, m), x0)
+    check_int(where, max_iter=max_iter)
+    if grad_tol is not None:
+        check_positive(where, grad_tol=grad_tol)
+    grad_tol = tolerance(grad_tol, 1e-6, problem.dtype)
+    other = "adam" if optimizer == "lbfgs" else "lbfgs"
+    for name, value in ((("lr", lr), ("lr_final", lr_final)) if optimizer == "lbfgs" else (("memory", memory),)):
+        if value is not None:
+            raise ValueError(f"{where}: {name} applies to optimizer={other!r} only, not {optimizer!r}")
+    if optimizer == "lbfgs":
+        memory = 10 if memory is None else memory
+        check_int(where, memory=memory)
+        opts = dict(memory=memory)
+    else:
+        lr = 0.05 if lr is None else lr
+        check_positive(where, lr=lr)
+        lr_final = lr if lr_final is None else lr_final
+        check_positive(where, lr_final=lr_final)
+        opts = dict(lr=lr, lr_final=lr_final)
+    lower, upper = problem.u_lower, problem.u_upper
     if bounds == "squash":
         if lower is None or upper is None:
             raise ValueError(f"{where}: bounds='squash' needs both u_lower and u_upper")
         if not bool(torch.isfinite(upper - lower).all()) or bool((upper <= lower).any()):
             raise ValueError(f"{where}: bounds='squash' needs finite u_lower < u_upper everywhere")
+    B, T, n = problem.B, problem.T, problem.n
+    dynamics, cost = problem.dynamics, problem.cost
+    x0 = problem.x0.detach()
     box = _Box(lower, upper, bounds)
-    z = box.to_z(U_init.detach().expand(B, T, m))
 
     def evaluate(rows, Z):
-        """Cost ``(R,)`` and its gradient in ``Z (R, T, m)`` for the problems ``rows``."""
-        with torch.enable_grad():
+        """Cost ``(R,)``, its gradient in ``Z (R, T, m)`` for the problems ``rows``, and whether each is finite
+        (the whole trajectory, the cost and the gradient)."""
+        with torch.enable_grad(), problem.at(rows):
             Z = Z.detach().requires_grad_(True)
             U = box.to_u(Z, rows)
-            J = cost(rollout(dynamics, x0.detach()[rows], U), U)
+            X = unchecked_rollout(dynamics, x0[rows], U)
+            J = cost(X, U)
             (g,) = torch.autograd.grad(J.sum(), Z)
-        return J.detach(), g
+        ok = torch.isfinite(J) & torch.isfinite(X.detach()).flatten(1).all(-1) & torch.isfinite(g).flatten(1).all(-1)
+        return J.detach(), g, ok
 
-    run = _lbfgs if optimizer == "lbfgs" else _adam
-    z, history = run(evaluate, box, z, max_iter=max_iter, grad_tol=grad_tol, memory=memory, lr=lr,
-                     lr_final=lr if lr_final is None else lr_final)
-    U = box.to_u(z)
-    X = rollout(dynamics, x0.detach(), U)
-    sol = Solution(X=X, U=U, cost=cost(X, U), converged=history.pop("converged"),
-                   iterations=int(history["iterations"].max()), history=history)
-    if grad == "implicit":
-        implicit_gradient(dynamics, cost, x0, sol, lower, upper)
-    return sol
+    with torch.no_grad():
+        z = box.to_z(problem.U_init.detach())
+        run = _lbfgs if optimizer == "lbfgs" else _adam
+        z, r = run(evaluate, box, z, max_iter=max_iter, grad_tol=grad_tol, **opts)
+        # a problem not finite at its initial guess keeps x0 held over the horizon and its U_init
+        U = torch.where(r["start_bad"].view(B, 1, 1), problem.U_init.detach(), box.to_u(z))
+        X = unchecked_rollout(dynamics, x0, U)
+        X = torch.where(r["start_bad"].view(B, 1, 1), x0.unsqueeze(1).expand(B, T + 1, n), X)
+        J = cost(X, U)
+    status = torch.full((B,), int(Status.MAX_ITER), dtype=torch.long, device=problem.device)
+    status = torch.where(r["stalled"], int(Status.STALLED), status)
+    status = torch.where(r["converged"], int(Status.CONVERGED), status)
+    status = torch.where(r["bad"], int(Status.NOT_FINITE), status)
+    if route == "implicit":
+        X, U = implicit_solution(problem, X, U, status)
+        J = cost(X, U)
+    bad = status == Status.NOT_FINITE
+    return Solution(X=X, U=U, cost=torch.where(bad, float("inf"), J), status=status, iterations=r["iterations"],
+                    cost_history=r["cost"], residual=torch.where(bad, float("inf"), r["residual"]))
 
 
 class _Box:
@@ -130,6 +158,9 @@ class _Box:
         self.lower, self.upper, self.squash = lower, upper, mode == "squash"
         if self.squash:
             self.mid, self.half = (upper + lower) / 2, (upper - lower) / 2
+
+    def _rows(self, rows):
+        return tuple(b if b is None or rows is None else b[rows] for b in (self.lower, self.upper))
 
     def to_u(self, Z, rows=None):
         if not self.squash:
@@ -145,49 +176,57 @@ class _Box:
     def project(self, Z, rows=None):
         if self.squash:
             return Z
-        return clamp_to_bounds(Z, *(b if b is None or rows is None else b[rows] for b in (self.lower, self.upper)))
+        return clamp(Z, *self._rows(rows))
 
     def residual(self, Z, g, rows):
         """The optimality residual (projected gradient, or the gradient in ``z``), ``(R, T, m)``."""
         if self.squash:
             return g
-        return _project(g, Z, *(None if b is None else b[rows] for b in (self.lower, self.upper)))
+        return project(g, Z, *self._rows(rows))
 
     def free(self, Z, g, rows):
         """Controls not held at a bound by their gradient (float mask)."""
         if self.squash:
             return torch.ones_like(Z)
-        return (~_clamped(Z, g, *(None if b is None else b[rows] for b in (self.lower, self.upper)))).to(Z.dtype)
+        return (~clamped(Z, g, *self._rows(rows))).to(Z.dtype)
 
 
 def _dot(a, b):
     return (a * b).flatten(1).sum(-1)
 
 
-def _lbfgs(evaluate, box, z, *, max_iter, grad_tol, memory, **_):
-    """Batched projected L-BFGS; returns the final ``z (B, T, m)`` and the history."""
+def _start(evaluate, box, z):
+    """The cost, gradient and residual (largest entry and squared norm) at the initial guess ``z (B, T, m)``, and
+    the problems not finite there (their cost ``inf``, gradient zero, residual ``inf``)."""
+    rows = torch.arange(z.shape[0], device=z.device)
+    J, g, ok = evaluate(rows, z)
+    res = box.residual(z, g, rows)
+    res, res_norm = res.abs().flatten(1).amax(-1), _dot(res, res)
+    bad = ~(ok & torch.isfinite(res) & torch.isfinite(res_norm))
+    if bool(bad.any()):
+        J, res, res_norm = (torch.where(bad, float("inf"), v) for v in (J, res, res_norm))
+        g = torch.where(bad.view(-1, 1, 1), 0.0, g)
+    return J, g, res, res_norm, bad
+
+
+def _lbfgs(evaluate, box, z, *, max_iter, grad_tol, memory):
+    """Batched projected L-BFGS; returns the final ``z (B, T, m)`` and the per-problem record."""
     B = z.shape[0]
     opts = dict(dtype=z.dtype, device=z.device)
     flags = dict(dtype=torch.bool, device=z.device)
-    rows = torch.arange(B, device=z.device)
-    J, g = evaluate(rows, z)
-    if not bool(torch.isfinite(J).all()):
-        raise ValueError(f"single_shooting: the initial rollout is not finite for batch element(s) "
-                         f"{(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}")
+    J, g, res, res_norm, bad = _start(evaluate, box, z)
     S, Y = z.new_zeros(B, memory, *z.shape[1:]), z.new_zeros(B, memory, *z.shape[1:])
     valid = torch.zeros(B, memory, **flags)
     steepest = torch.zeros(B, **flags)                      # the last step failed: next direction is -g
     converged, stalled = torch.zeros(B, **flags), torch.zeros(B, **flags)
     iterations = torch.zeros(B, dtype=torch.long, device=z.device)
-    res = box.residual(z, g, rows)
-    res, res_norm = res.abs().flatten(1).amax(-1), _dot(res, res)
     scale = 1 / g.abs().flatten(1).amax(-1).clamp_min(1e-300)    # steepest descent's step scale
     shrink = torch.ones(B, **opts)      # after failed steepest-descent steps: the next ones are shorter
-    alphas = torch.tensor(_ALPHAS, **opts)
+    alphas = torch.tensor(ALPHAS, **opts)
     history = [J]
     for _ in range(max_iter):
         converged = converged | (res <= grad_tol)
-        a = (~converged & ~stalled).nonzero().flatten()
+        a = (~converged & ~stalled & ~bad).nonzero().flatten()
         if len(a) == 0:
             break
         za, ga, free = z[a], g[a], box.free(z[a], g[a], a)
@@ -203,18 +242,19 @@ def _lbfgs(evaluate, box, z, *, max_iter, grad_tol, memory, **_):
         rr = a.repeat(A)                                     # rows in (step size, problem) order
         step = (alphas.view(A, 1) * shrink[a]).view(-1, 1, 1)
         Zt = box.project(za.repeat(A, 1, 1) + step * d.repeat(A, 1, 1), rr)
-        Jt, gt = evaluate(rr, Zt)
+        Jt, gt, ok = evaluate(rr, Zt)
         rt = box.residual(Zt, gt, rr)
         rt, rt_norm = rt.abs().flatten(1).amax(-1).view(A, R), _dot(rt, rt).view(A, R)
         Jt = Jt.view(A, R)
         decrease = J[a] - Jt
         predicted = -_dot(ga.repeat(A, 1, 1), Zt - za.repeat(A, 1, 1)).view(A, R)
-        finite = torch.isfinite(Jt) & torch.isfinite(rt)
+        # the whole trajectory, the cost and the gradient finite (a cost may ignore a non-finite final state)
+        finite = ok.view(A, R) & torch.isfinite(Jt) & torch.isfinite(rt)
         # below rounding the cost cannot confirm a decrease: a step is then judged by the optimality residual's norm
-        rounding = _ROUNDOFF * J[a].abs().clamp_min(1.0)
-        fine = predicted <= rounding
-        accept = finite & torch.where(fine, (decrease >= -rounding) & (rt_norm < res_norm[a]),
-                                      (decrease > 0) & (decrease >= _ARMIJO * predicted))
+        tiny = rounding(J[a])
+        fine = predicted <= tiny
+        accept = finite & torch.where(fine, (decrease >= -tiny) & (rt_norm < res_norm[a]),
+                                      sufficient_decrease(decrease, predicted))
         hit = accept.any(0)
         pick = torch.argmax(accept.to(torch.int8), 0) * R + torch.arange(R, device=z.device)   # longest step
         w = hit.nonzero().flatten()
@@ -241,8 +281,8 @@ def _lbfgs(evaluate, box, z, *, max_iter, grad_tol, memory, **_):
         iterations = iterations.index_put((a,), iterations[a] + 1)
         history.append(J.clone())
     converged = converged | (res <= grad_tol)
-    return z, {"cost": torch.stack(history), "projected_gradient": res, "iterations": iterations,
-               "stalled": stalled & ~converged, "converged": converged}
+    return z, dict(cost=torch.stack(history, 1), residual=res, iterations=iterations, converged=converged,
+                   stalled=stalled & ~converged, bad=bad, start_bad=bad)
 
 
 def _two_loop(g, S, Y, valid):
@@ -268,32 +308,44 @@ def _two_loop(g, S, Y, valid):
     return r
 
 
-def _adam(evaluate, box, z, *, max_iter, grad_tol, lr, lr_final, **_):
-    """Batched Adam (each problem stops updating once converged); returns the final ``z`` and the history."""
+def _adam(evaluate, box, z, *, max_iter, grad_tol, lr, lr_final):
+    """Batched Adam (each problem stops updating once converged, or once an iterate is not finite: it then goes
+    back to the previous one); returns the final ``z`` and the per-problem record."""
     B = z.shape[0]
     flags = dict(dtype=torch.bool, device=z.device)
-    rows = torch.arange(B, device=z.device)
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     m1, m2 = torch.zeros_like(z), torch.zeros_like(z)
     converged = torch.zeros(B, **flags)
     iterations = torch.zeros(B, dtype=torch.long, device=z.device)
-    history = []
+    J, g, res, _, bad = _start(evaluate, box, z)
+    start_bad = bad
+    history = [J]
     decay = (lr_final / lr) ** (1.0 / max(max_iter - 1, 1))
+    z_prev = z
     for it in range(max_iter + 1):
-        J, g = evaluate(rows, z)
-        history.append(J)
-        res = box.residual(z, g, rows).abs().flatten(1).amax(-1)
+        if it > 0:
+            rows = (~bad).nonzero().flatten()           # every problem with a finite iterate, converged ones too
+            Jr, gr, ok = evaluate(rows, z[rows])
+            rr = box.residual(z[rows], gr, rows).abs().flatten(1).amax(-1)
+            ok = ok & torch.isfinite(rr)
+            # a problem whose new iterate is not finite stops at the previous one
+            now_bad = rows[~ok]
+            z = z.index_put((now_bad,), z_prev[now_bad])
+            bad = bad.index_put((now_bad,), torch.ones(len(now_bad), **flags))
+            res = res.index_put((now_bad,), torch.full((len(now_bad),), float("inf"), dtype=z.dtype, device=z.device))
+            good = rows[ok]
+            J, res = J.index_put((good,), Jr[ok]), res.index_put((good,), rr[ok])
+            g = torch.zeros_like(z).index_put((good,), gr[ok])
+            history.append(J)
         converged = converged | (res <= grad_tol)
-        if it == max_iter or bool(converged.all()):
+        if it == max_iter or bool((converged | bad).all()):
             break
-        if not bool(torch.isfinite(J).all()):
-            raise ValueError(f"single_shooting (adam): the cost became non-finite for batch element(s) "
-                             f"{(~torch.isfinite(J)).nonzero().flatten().tolist()[:8]}; lower lr")
-        live = (~converged).to(z.dtype).view(-1, 1, 1)
+        live = ~converged & ~bad
         m1 = beta1 * m1 + (1 - beta1) * g
         m2 = beta2 * m2 + (1 - beta2) * g * g
         step = lr * decay ** it * (m1 / (1 - beta1 ** (it + 1))) / ((m2 / (1 - beta2 ** (it + 1))).sqrt() + eps)
-        z = box.project(z - live * step)
-        iterations = iterations + (~converged).long()
-    return z, {"cost": torch.stack(history), "projected_gradient": res, "iterations": iterations,
-               "stalled": torch.zeros(B, **flags), "converged": converged}
+        z_prev = z
+        z = box.project(torch.where(live.view(-1, 1, 1), z - step, z))
+        iterations = iterations + live.long()
+    return z, dict(cost=torch.stack(history, 1), residual=res, iterations=iterations, converged=converged,
+                   stalled=torch.zeros(B, **flags), bad=bad, start_bad=start_bad)

@@ -285,6 +285,7 @@ def test_lqr_with_control_bounds_matches_a_qp_solver_and_its_gradient_central_di
     weights = torch.linspace(-1, 1, 3 * 12 * 2, dtype=torch.float64).view(3, 12, 2)
     sol = trajopt.lqr(F, f, C, c, x0, u_lower=-upper, u_upper=upper)
     gF, gC, gc = torch.autograd.grad((sol.U * weights).sum(), [F, C, c])
+    assert gF.is_contiguous() and gC.is_contiguous()              # laid out as the tensors (.view(-1) works)
     for tensor, grad, index in ((F, gF, (1, 4, 2, 5)), (C, gC, (2, 6, 1, 1)), (c, gc, (0, 8, 4))):
         values = []
         for sign in (1, -1):

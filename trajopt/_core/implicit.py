@@ -90,4 +90,4 @@ class _Implicit(torch.autograd.Function):
 
 
 def _neg(z):
-    return None if z is None else -z
+    return None if z is None else z.neg().contiguous()     # a gradient laid out as its tensor (views of it work)

@@ -24,7 +24,7 @@ def p1_inputs(B, T, n, m, *, requires_grad=False, seed=0):
     return {k: torch.tensor(p[k]).requires_grad_(requires_grad) for k in ARGS}
 
 
-def _loss(X, U, extra=0.0):
+def loss_of(X, U, extra=0.0):
     return X.square().sum() + U.sum() + extra
 
 
@@ -36,7 +36,7 @@ def check_accuracy(B=8, T=30, n=8, m=3) -> dict:
     grads = {}
     for mode in ("implicit", "unroll"):
         sol = trajopt.lqr(*(t[k] for k in ARGS), grad=mode)
-        grads[mode] = torch.autograd.grad(_loss(sol.X, sol.U, sol.cost.sum()), list(t.values()))
+        grads[mode] = torch.autograd.grad(loss_of(sol.X, sol.U, sol.cost.sum()), list(t.values()))
     return {
         "X_err": float((sol.X[:, :T].detach() - torch.tensor(X_ref)).abs().max()),
         "U_err": float((sol.U.detach() - torch.tensor(U_ref)).abs().max()),
@@ -59,7 +59,7 @@ def measure(B, T, n, m, repeat=20) -> dict:
     def fwd_bwd():
         zero_grad()
         sol = trajopt.lqr(*(tg[k] for k in ARGS))
-        _loss(sol.X, sol.U, sol.cost.sum()).backward()
+        loss_of(sol.X, sol.U, sol.cost.sum()).backward()
 
     fns = {"fwd": fwd, "fwd_bwd": fwd_bwd}
     for name, solve in _peer_solvers().items():
@@ -70,7 +70,7 @@ def measure(B, T, n, m, repeat=20) -> dict:
         def peer_fwd_bwd(solve=solve):
             zero_grad()
             X, U = solve(*(tg[k] for k in ARGS))
-            _loss(X, U).backward()
+            loss_of(X, U).backward()
         fns.update({f"{name}_fwd": peer_fwd, f"{name}_fwd_bwd": peer_fwd_bwd})
     row.update(interleaved_ms(fns, repeat if len(fns) == 2 else max(5, repeat // 2)))
     row["us_per_problem"] = 1e3 * row["fwd"] / B

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import trajopt
-from benchmarks.lqr import ARGS, SIZES, _loss, p1_inputs
+from benchmarks.lqr import ARGS, SIZES, loss_of, p1_inputs
 
 
 @pytest.mark.parametrize("B,T,n,m", SIZES, ids=[f"B{b}-T{t}-n{n}-m{m}" for b, t, n, m in SIZES])
@@ -25,6 +25,6 @@ def test_lqr_forward_backward(benchmark, B, T, n, m):
         for v in t.values():
             v.grad = None
         sol = trajopt.lqr(*(t[k] for k in ARGS))
-        _loss(sol.X, sol.U, sol.cost.sum()).backward()
+        loss_of(sol.X, sol.U, sol.cost.sum()).backward()
     benchmark(step)
     assert all(torch.isfinite(v.grad).all() for v in t.values())

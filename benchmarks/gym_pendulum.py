@@ -17,7 +17,7 @@ import torch
 
 import dynamics
 import trajopt
-from benchmarks.ilqr import pumping_guesses
+from trajopt.problems import pumping_guesses
 
 ZOO = {"TD3": -151.9, "SAC": -157.0, "PPO": -172.2}
 HORIZON, MAX_ITER = 60, 5   # 3 s plans; over 100 episodes horizons 50/60/70 gave means -137.0/-137.3/-147.2

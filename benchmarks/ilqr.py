@@ -11,7 +11,6 @@ and the best of each is reported; B=256 solves run once.
 """
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
@@ -36,18 +35,6 @@ REFERENCE = {dynamics.Pendulum: (problems.PENDULUM, problems.pendulum_step),
              dynamics.KinematicBicycle: (problems.BICYCLE, problems.bicycle_step)}
 SUITE = ("P2 pendulum", "P3 cart-pole")
 STATE_GUESS = ("P2 pendulum",)  # also solved from the zero-state guess (X_init)
-
-
-def pumping_guesses(T: int, dt: float = 0.05, u_max: float = 2.0, periods=(1.2, 1.6, 2.0), cycles=(1, 2)):
-    """Swing-up guesses for a pendulum (the recipe of ``examples/swing_up.py``): zero, and
-    ``u_max sin(2 pi t / period)`` of either sign, cut after ``cycles`` periods: ``(K, T, 1)``."""
-    t = torch.arange(T, dtype=torch.float64) * dt
-    guesses = [torch.zeros(T, dtype=torch.float64)]
-    for period in periods:
-        for sign in (1.0, -1.0):
-            for c in cycles:
-                guesses.append(torch.where(t < c * period, sign * u_max * torch.sin(2 * math.pi * t / period), 0.0))
-    return torch.stack(guesses).unsqueeze(-1)
 
 
 def lbfgsb(problem: trajopt.Problem, b: int, U_start: torch.Tensor, **options) -> float:

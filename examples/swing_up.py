@@ -6,7 +6,6 @@ sign, for one or two periods, then zero) lead it to swing-ups instead; ``trajopt
 all of them for all 32 starts as one batch and keeps each start's cheapest solution. Run
 ``python examples/swing_up.py`` to print the costs and save ``docs/images/swing_up.png``.
 """
-import math
 import time
 
 import torch
@@ -14,22 +13,10 @@ from _plot import save, subplots
 
 import trajopt
 import trajopt.problems
-from trajopt.problems import reference
+from trajopt.problems import pumping_guesses, reference
 
 D64 = dict(dtype=torch.float64)
 P = reference.PENDULUM
-
-
-def pumping_guesses(T: int, dt: float = 0.05, u_max: float = 2.0, periods=(1.2, 1.6, 2.0), cycles=(1, 2)):
-    """Swing-up guesses for a pendulum: zero, and ``u_max sin(2 pi t / period)`` of either sign, cut after
-    ``cycles`` periods: ``(K, T, 1)`` (13 by default)."""
-    t = torch.arange(T, **D64) * dt
-    guesses = [torch.zeros(T, **D64)]
-    for period in periods:
-        for sign in (1.0, -1.0):
-            for c in cycles:
-                guesses.append(torch.where(t < c * period, sign * u_max * torch.sin(2 * math.pi * t / period), 0.0))
-    return torch.stack(guesses).unsqueeze(-1)
 
 
 def swing_up(B=32, screen_iter=40, max_iter=300):

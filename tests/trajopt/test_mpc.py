@@ -1,4 +1,3 @@
-import math
 
 import numpy as np
 import pytest
@@ -7,6 +6,7 @@ import torch
 import dynamics
 import trajopt
 from trajopt import Status
+from trajopt.problems import pumping_guesses
 
 D64 = dict(dtype=torch.float64)
 
@@ -203,17 +203,6 @@ class PendulumCost(trajopt.Cost):
 
     def stage(self, x, u, t=None):
         return 2 * (1 - torch.cos(x[..., 0])) + 0.1 * x[..., 1] ** 2 + 0.001 * u[..., 0] ** 2
-
-
-def pumping_guesses(T, dt=0.05, u_max=2.0, periods=(1.2, 1.6, 2.0), cycles=(1, 2)):
-    """Swing-up guesses: zero, and ``u_max sin(2 pi t / period)`` of either sign, cut after ``cycles`` periods."""
-    t = torch.arange(T, dtype=torch.float64) * dt
-    guesses = [torch.zeros(T, dtype=torch.float64)]
-    for period in periods:
-        for sign in (1.0, -1.0):
-            for c in cycles:
-                guesses.append(torch.where(t < c * period, sign * u_max * torch.sin(2 * math.pi * t / period), 0.0))
-    return torch.stack(guesses).unsqueeze(-1)
 
 
 def gym_pendulum_episodes(count, steps, horizon=60, max_iter=5, first_iter=100):

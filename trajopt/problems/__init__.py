@@ -10,6 +10,8 @@ swing the steering angle past ``pi/2``, where ``tan`` jumps.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -18,7 +20,7 @@ from .._core.costs import QuadraticCost
 from .._core.problem import Problem
 from . import reference
 
-__all__ = ["pendulum", "cartpole", "bicycle", "random_lqr", "reference"]
+__all__ = ["pendulum", "cartpole", "bicycle", "random_lqr", "pumping_guesses", "reference"]
 
 
 def _cost(spec, dtype):
@@ -64,3 +66,18 @@ def random_lqr(B: int = 64, T: int = 50, n: int = 8, m: int = 3, seed: int = 0, 
     """P1, random time-varying LQR, as the tensors of :func:`trajopt.lqr`: ``F, f, C, c, x0``."""
     p = reference.lqr_problem(B=B, T=T, n=n, m=m, seed=seed)
     return {k: torch.tensor(v, dtype=dtype) for k, v in p.items()}
+
+
+def pumping_guesses(T: int, dt: float = 0.05, u_max: float = 2.0, periods=(1.2, 1.6, 2.0), cycles=(1, 2),
+                    dtype=torch.float64) -> torch.Tensor:
+    """Swing-up guesses for a pendulum (P2's recipe with :func:`trajopt.multistart`): zero, and
+    ``u_max sin(2 pi t / period)`` of either sign, cut after ``cycles`` periods: ``(K, T, 1)``, ``K = 1 + 2 *
+    len(periods) * len(cycles)``. Local solvers from rest stall at the bottom of the swing; from these guesses the
+    cheapest of the local optima is the swing-up."""
+    t = torch.arange(T, dtype=dtype) * dt
+    guesses = [torch.zeros(T, dtype=dtype)]
+    for period in periods:
+        for sign in (1.0, -1.0):
+            for c in cycles:
+                guesses.append(torch.where(t < c * period, sign * u_max * torch.sin(2 * math.pi * t / period), 0.0))
+    return torch.stack(guesses).unsqueeze(-1)

@@ -10,7 +10,7 @@ from ._core.constraint import Constraint
 from ._core.costs import Cost, Quadratization, QuadraticCost, SlewRateCost
 from ._core.problem import Problem, Solution, SolveError, Status
 from ._core.rollout import linearize, rollout
-from ._solvers.collocation import collocation, collocation_defects, multiple_shooting
+from ._solvers.collocation import Scipy, Theseus, collocation, collocation_defects, multiple_shooting
 from ._solvers.constrained import constrained_ilqr
 from ._solvers.ilqr import ddp, ilqr
 from ._solvers.lqr import lqr, lqr_cost
@@ -21,5 +21,5 @@ from ._solvers.shooting import single_shooting
 
 __all__ = ["Problem", "Solution", "Status", "SolveError", "lqr", "lqr_cost", "ilqr", "ddp", "MPC", "multistart",
            "mppi", "cem", "random_shooting", "single_shooting", "multiple_shooting", "collocation",
-           "collocation_defects", "constrained_ilqr", "Constraint", "projected_gradient", "rollout", "linearize",
+           "collocation_defects", "Scipy", "Theseus", "constrained_ilqr", "Constraint", "projected_gradient", "rollout", "linearize",
            "Cost", "QuadraticCost", "Quadratization", "SlewRateCost"]

@@ -33,14 +33,14 @@ def _spec(name):
 
 
 def features(name, x, t, T):
-    """The observation of :func:`benchmarks.rl.task`: ``x / scale``, sin and cos of the angle, ``t / T``."""
+    """The observation of :func:`trajopt.rl.tasks.task`: ``x / scale``, sin and cos of the angle, ``t / T``."""
     a = x[..., ANGLE[name]]
     return np.concatenate([x / SCALE[name], np.sin(a)[..., None], np.cos(a)[..., None],
                            np.broadcast_to(np.asarray(t / T, float), x.shape[:-1])[..., None]], -1).astype(np.float32)
 
 
 def make_env(name="P3", reward_scale=0.01, wide_starts=0.0):
-    """The Gymnasium environment class of a task; ``wide_starts`` as in :func:`benchmarks.rl.task`."""
+    """The Gymnasium environment class of a task; ``wide_starts`` as in :func:`trajopt.rl.tasks.task`."""
     import gymnasium as gym
     p, step, _ = _spec(name)
 
@@ -132,7 +132,7 @@ def run(repeat: int = 1, quick: bool = False, seconds: float = 900.0, seeds=(0, 
         import stable_baselines3  # noqa: F401
     except ImportError:
         return "PPO baseline: stable-baselines3 is not installed (pip install stable-baselines3)"
-    from benchmarks.rl import P3_STARTS
+    from trajopt.rl.tasks import P3_STARTS
     if quick:
         seconds, seeds = 60.0, (0,)
     lines = [f"PPO (stable-baselines3) on P3, {seconds:.0f} s per seed", "",

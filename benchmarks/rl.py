@@ -1,131 +1,24 @@
-"""Policy learning on the canonical problems: SHAC (``trajopt.rl``) on P2 (pendulum) and P3 (cart-pole).
+"""Policy learning on the tasks of :mod:`trajopt.rl.tasks`: SHAC (``trajopt.rl``) on P2 (pendulum), P3
+(cart-pole), the pusher and the bicycle; an MPC policy trained by SHAC; SHAC inside a learned model.
 
-Each task is its problem's model, cost (``problems.py``'s convention: ``x'Qx + u'Ru`` per step, angle not
-wrapped, no terminal term), horizon as the episode length (finite-horizon episodes, the fraction of the
-episode elapsed observed), and training starts drawn like ``pendulum_x0`` / ``cartpole_x0``. A policy is
-scored as the problems are: the deterministic policy run closed loop from the 32 starts ``*_x0(32, seed=0)``
-and the mean of ``problems.trajectory_cost`` over them.
+The tasks, their scores (the deterministic policy run closed loop from 32 fixed starts, the mean cost), SHAC's
+setting per task and the reference costs are :mod:`trajopt.rl.tasks`'s; this module measures with them.
 
 ``python -m benchmarks shac`` trains SHAC on P3 for 5 minutes per seed (3 seeds) and reports the cost
 reached against wall time and environment steps, beside box-constrained iLQR's open-loop optimum.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import math
 
 import numpy as np
 import torch
 
-import dynamics
 import trajopt
-from benchmarks import tasks
-from trajopt.problems import reference as problems
 from trajopt.rl import SHAC, DiffEnv
-
-# P3's setting: the window is the whole episode (60 steps, undiscounted, as P3's sum is), small exploration
-# noise, the learning rate decaying linearly over 1500 epochs (about 5 minutes here). Windows of 16-32 steps
-# with the critic stayed at the hanging pole (2600-2900) in every run tried.
-P3_SHAC = dict(horizon=60, gamma=1.0, actor_lr=1e-2, init_std=0.1, epochs=1500)
-# half of P3's training starts with a uniform angle: without it, one seed of three stayed at 1300
-P3_STARTS = dict(wide_starts=0.5)
-SHAC_DEFAULTS = dict(horizon=32, epochs=100_000, actor_lr=1e-2, critic_lr=1e-3, gamma=0.99, reward_scale=0.01,
-                     critic_iterations=8, eval_every=25)
-# The pusher's window is its whole episode too (32-step windows hovered at 190-230 in 150 s; 150 steps: 62.3).
-# The bicycle keeps the defaults (the whole 80-step episode: 11.39 after 120 s, the defaults 11.27).
-# The pendulum's rate decays over 1000 epochs (about 2 minutes): at a near-constant 1e-2 its score wandered
-# between 684 and 742.
-TASK_SHAC = {"P2": dict(epochs=1000), "P3": P3_SHAC, "pusher": dict(horizon=150, gamma=1.0, init_std=0.1, epochs=400)}
-
-
-# The open-loop costs each task is compared with, from its 32 scoring starts: ``(label, cost, line style)``.
-# P2: the multistart swing-up recipe (examples/swing_up.py); pusher and bicycle: benchmarks.tasks.reference
-# (box-constrained iLQR; the pusher's 1500 iterations from zero controls, 27 of 32 converged; the bicycle's
-# warm-started from Stanley, all converged).
-REFERENCES = {"P2": [("multistart iLQR, open loop", 410.2, "--")],
-              "P3": [("box-constrained iLQR, open loop", 890.6, "--")],      # the issue's figure
-              "pusher": [("box-constrained iLQR, open loop", 60.22, "--")],
-              "bicycle": [("iLQR from Stanley's controls, open loop", 10.60, "--"),
-                          ("Stanley controller, closed loop", 31.05, ":")]}
-
-
-def references(name: str) -> list:
-    """The reference costs of a task, ``[(label, cost, line style), ...]``."""
-    return REFERENCES[name]
-
-
-def _angle_features(x, angle, scale):
-    s, c = torch.sin(x[..., angle:angle + 1]), torch.cos(x[..., angle:angle + 1])
-    return torch.cat([x / scale, s, c], -1)
-
-
-def task(name: str, num_envs: int = 64, dtype=torch.float32, wide_starts: float = 0.0, **env_options) -> dict:
-    """``{"env", "x0", "T", "model", "cost", ...}`` of a task: ``"P2"`` (pendulum swing-up), ``"P3"`` (cart-pole
-    swing-up), ``"pusher"`` (pushing a box to a goal through smoothed contact) or ``"bicycle"`` (path
-    tracking). P2 and P3 also give ``"step", "Q", "R", "u_max"`` (``problems.py``'s NumPy model and weights).
-
-    ``wide_starts``: P3's training starts are ``cartpole_x0``'s (hanging, 0.05 noise), except this fraction,
-    whose angle is uniform in ``[-pi, pi]`` (a curriculum: the critic sees the upright states early). P2's
-    are ``pendulum_x0``'s (uniform angle, speed in ``[-1, 1]``), except this fraction, whose speed is uniform
-    in ``[-8, 8]`` (enough to swing over the top from hanging)."""
-    if name in ("pusher", "bicycle"):
-        return tasks.make(name, num_envs, dtype, env_options)
-    if name == "P2":
-        p, step, starts = problems.PENDULUM, problems.pendulum_step, problems.pendulum_x0
-        model = dynamics.Pendulum().discretize(p["dt"], "semi_implicit_euler")
-        scale = torch.tensor([math.pi, 4.0], dtype=dtype)
-        angle = 0
-
-        def reset(count, generator):
-            u = torch.rand(count, 3 if wide_starts else 2, generator=generator, dtype=dtype)
-            speed = torch.where(u[:, 2] < wide_starts, 8.0, 1.0) if wide_starts else 1.0
-            return torch.stack([math.pi * (2 * u[:, 0] - 1), speed * (2 * u[:, 1] - 1)], -1)
-    elif name == "P3":
-        p, step, starts = problems.CARTPOLE, problems.cartpole_step, problems.cartpole_x0
-        model = dynamics.CartPole().discretize(p["dt"], "euler")
-        scale = torch.tensor([1.0, 3.0, 3.0, 5.0], dtype=dtype)
-        angle = 2
-
-        def reset(count, generator):
-            x = torch.zeros(count, 4, dtype=dtype)
-            x[:, 2] = math.pi
-            draw = torch.rand(count, 2, generator=generator, dtype=dtype)
-            x[:, 2] = torch.where(draw[:, 0] < wide_starts, math.pi * (2 * draw[:, 1] - 1), math.pi)
-            return x + 0.05 * torch.randn(count, 4, generator=generator, dtype=dtype)
-    else:
-        raise ValueError(f"task: name must be 'P2', 'P3', 'pusher' or 'bicycle', got {name!r}")
-    for param in model.parameters():
-        param.requires_grad_(False)
-    Q = torch.as_tensor(p["Q"], dtype=dtype)
-    R = torch.as_tensor(np.atleast_2d(p["R"]), dtype=dtype)
-    cost = trajopt.QuadraticCost.from_weights(2 * Q, 2 * R)
-    options = dict(finite_horizon=True, time_feature=True)
-    options.update(env_options)
-    env = DiffEnv(model, cost, reset=reset, episode_length=p["T"], num_envs=num_envs, u_lower=-p["u_max"],
-                  u_upper=p["u_max"], observe=lambda x: _angle_features(x, angle, scale), **options)
-    return dict(env=env, x0=torch.tensor(starts(32, seed=0), dtype=dtype), step=step, Q=p["Q"], R=p["R"],
-                T=p["T"], u_max=p["u_max"], model=model, cost=cost)
-
-
-def score(t: dict, U: torch.Tensor) -> float:
-    """Mean cost of controls ``U (32, T, m)`` from the task's 32 starts: ``problems.trajectory_cost`` for P2
-    and P3, the task's cost on a float64 rollout otherwise."""
-    if "step" not in t:
-        model, cost = copy.deepcopy(t["model"]).double(), copy.deepcopy(t["cost"]).double()
-        U = U.detach().double()
-        with torch.no_grad():
-            return float(cost(trajopt.rollout(model, t["x0"].double(), U), U).mean())
-    x0, U = t["x0"].double().numpy(), U.detach().double().numpy()
-    return float(np.mean([problems.trajectory_cost(t["step"], x0[b], U[b], t["Q"], t["R"]) for b in range(len(x0))]))
-
-
-def evaluator(t: dict):
-    """``evaluate(shac)`` for :class:`SHAC`: the closed-loop score of its deterministic policy."""
-    def evaluate(shac):
-        _, U = shac.closed_loop(t["x0"], t["T"])
-        return score(t, U)
-    return evaluate
+from trajopt.rl.tasks import (P3_STARTS, REFERENCES, SHAC_DEFAULTS, TASK_SHAC, angle_features, evaluator, references,
+                              score, task)
 
 
 def train_shac(name: str = "P3", seconds: float = 300.0, seed: int = 0, num_envs: int = 64, progress: bool = False,
@@ -196,7 +89,7 @@ class _TerminalValue(torch.nn.Module):
             self.net[-1].bias.zero_()
 
     def forward(self, x):
-        return self.gain * self.net(_angle_features(x, 0, self.scale)).squeeze(-1)
+        return self.gain * self.net(angle_features(x, 0, self.scale)).squeeze(-1)
 
 
 # The sampling MPC inside a policy: one MPPI iteration of 64 samples per control step, warm-started.

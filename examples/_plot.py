@@ -24,6 +24,6 @@ def shac_curve(log):
 
 
 def reference_lines(ax, references):
-    """Horizontal lines for ``[(label, cost, line style), ...]`` (``benchmarks.rl.references``)."""
+    """Horizontal lines for ``[(label, cost, line style), ...]`` (``trajopt.rl.tasks.references``)."""
     for label, value, style in references:
         ax.axhline(value, color="k", ls=style, lw=1, label=f"{label} ({value:.1f})")

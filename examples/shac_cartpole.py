@@ -3,7 +3,7 @@
     python examples/shac_cartpole.py [--seconds 300] [--epochs 1500] [--seed 0] [--resume]
     python examples/shac_cartpole.py --plot-only run1.csv run2.csv
 
-The task and its settings are ``examples/shac_tasks.py``'s ``"P3"``. The log (``shac_cartpole.csv``) has one
+The task and its settings are :mod:`trajopt.rl.tasks`'s ``"P3"``. The log (``shac_cartpole.csv``) has one
 row per epoch; every 25th is scored as the problems are (the deterministic policy closed loop from
 ``cartpole_x0(32, seed=0)``, mean ``trajectory_cost``). ``--resume`` continues from ``shac_cartpole.pt``. The
 plot goes to ``docs/images/shac_cartpole.png``: cost against training time and against environment steps,
@@ -17,8 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from examples._plot import reference_lines, save, shac_curve, subplots  # noqa: E402
-from examples.shac_tasks import P3_SHAC, P3_STARTS, evaluator, references, task  # noqa: E402
 from trajopt.rl import SHAC  # noqa: E402
+from trajopt.rl.tasks import P3_SHAC, P3_STARTS, evaluator, references, task  # noqa: E402
 
 OPTIONS = dict(P3_SHAC, critic_lr=1e-3, reward_scale=0.01, critic_iterations=8, eval_every=25)
 

@@ -11,6 +11,7 @@ import dynamics.validation
 import trajopt
 import trajopt.problems
 import trajopt.rl
+import trajopt.rl.tasks
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 EXAMPLES = [(page.name, i, block) for page in sorted(DOCS.glob("*.md"))
@@ -31,5 +32,6 @@ def test_api_page_lists_the_public_surface():
     assert section["dynamics.contact"] == set(dynamics.contact.__all__)
     assert section["dynamics.learned"] == set(dynamics.learned.__all__)
     assert section["trajopt.rl"] == set(trajopt.rl.__all__)
+    assert section["trajopt.rl.tasks"] == set(trajopt.rl.tasks.__all__)
     assert section["trajopt.problems"] == set(trajopt.problems.__all__)
     assert section["dynamics.validation"] == set(dynamics.validation.__all__)

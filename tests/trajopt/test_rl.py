@@ -14,16 +14,9 @@ import dynamics
 import trajopt
 from trajopt.problems import reference as problems
 from trajopt.rl import SHAC, DiffEnv, GaussianPolicy, LearnedCost, MPCPolicy
+from trajopt.rl import tasks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def shac_tasks():
-    """``examples/shac_tasks.py``: the pusher and bicycle tasks (the definitions the benchmarks measure with)."""
-    if ROOT not in sys.path:
-        sys.path.insert(0, ROOT)
-    from examples import shac_tasks
-    return shac_tasks
 
 
 def pendulum_env(num_envs=4, episode_length=5, shard=None, dtype=torch.float64, **options):
@@ -369,9 +362,9 @@ def test_train_in_learned_model_collects_real_transitions_and_trains_through_the
 
 
 def test_shac_actor_gradient_through_the_pusher_contact_matches_central_differences():
-    """The pusher task (examples/shac_tasks.py): the actor loss of a window in which the finger is pushing the
+    """The pusher task (trajopt.rl.tasks): the actor loss of a window in which the finger is pushing the
     box, so the gradient runs through the smoothed contact force and friction, against central differences."""
-    t = shac_tasks().task("pusher", 4, dtype=torch.float64)
+    t = tasks.task("pusher", 4, dtype=torch.float64)
     touching = torch.tensor([[-0.42, 0.0, -0.3, 0.0, 0.0, 0.0], [-0.3, -0.125, -0.3, 0.0, 0.0, 0.0],
                              [-0.415, 0.09, -0.3, 0.0, 0.2, 0.0]], dtype=torch.float64)
     env = DiffEnv(t["model"], t["cost"], reset=touching, episode_length=5, num_envs=4, u_lower=-1.0, u_upper=1.0,
@@ -390,7 +383,6 @@ def test_path_tracking_cost_errors_against_the_road_geometry():
     along the road's normal off it (to first order), and the heading difference; the Stanley controller (the
     task's classical reference) brings every start from up to 1.5 m off to within 0.75 m (it lags on the
     curves)."""
-    tasks = shac_tasks()
     cost = tasks.PathTrackingCost().double()
     x = torch.linspace(0.0, 20.0, 41, dtype=torch.float64)
     slope = cost.amplitude * cost.wavenumber * torch.cos(cost.wavenumber * x)

@@ -27,11 +27,13 @@ def main(path="docs/images/collocation_knots.png", T=20, dt=0.25):
     model = dynamics.Pendulum().requires_grad_(False)
     cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)), 0.02 * torch.eye(1, **D64))
     x0 = torch.tensor([2.0, 0.0], **D64)
+    # the continuous model discretized at the intervals' length: collocation reaches (model, dt) through the
+    # problem; the RK4 rollout of the zero controls is its initial guess for the knots
+    problem = trajopt.Problem(model.discretize(dt, "rk4"), cost, x0, horizon=T, u_lower=-2.0, u_upper=2.0)
     fig, axes = subplots(1, 2, figsize=(10, 3.6), sharey=True)
     errors = {}
     for ax, method in zip(axes, ("hermite_simpson", "trapezoidal")):
-        sol = trajopt.collocation(model, cost, x0, horizon=T, dt=dt, method=method, u_lower=-2.0, u_upper=2.0,
-                                  solver="scipy")
+        sol = trajopt.collocation(problem, method=method, backend=trajopt.Scipy())
         t, X = integrate(model, x0, sol.U, dt)
         ax.plot(t, X[:, 0], color="tab:blue", lw=1.5, label="RK4, 50 substeps, same controls")
         ax.plot(torch.arange(T + 1) * dt, sol.X[:, 0], "o", color="tab:red", ms=4, label="collocation knots")

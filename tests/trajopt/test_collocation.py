@@ -7,8 +7,7 @@ import torch
 
 import dynamics
 import trajopt
-from trajopt import problems
-from trajopt._solvers.collocation import Scipy, Theseus, collocation, collocation_defects, multiple_shooting
+from trajopt import Scipy, Theseus, collocation, collocation_defects, multiple_shooting, problems
 from trajopt.problems import reference
 
 D64 = dict(dtype=torch.float64)

@@ -58,7 +58,7 @@ class Case:
     seeded: bool = False        # random: takes a generator
     fields: dict = field(default_factory=dict)
     exact: bool = True          # deterministic per row: batched row b equals the problem solved alone
-
+    reference: dict = field(default_factory=dict)   # options of the tight solves central differences are taken of
     def call(self, p, **extra):
         options = dict(self.options, **extra)
         if self.seeded:
@@ -66,14 +66,22 @@ class Case:
         return self.fn(p, **options)
 
 
+# SLSQP's default ftol (1e-10) stops each solve a few iterations early on a path that moves smoothly with the
+# parameters, so central differences of default solves differentiate that path (4e-4 off on collocation), not the
+# optimum the implicit gradient describes: they are taken of solves to ftol 1e-14 (theseus's too: its inner
+# tolerance leaves central differences noisy at 1e-3).
+TIGHT = trajopt.Scipy(options={"ftol": 1e-14})
+
 CASES = [
     Case("ilqr", trajopt.ilqr, dict(max_iter=200, grad_tol=1e-10), ("implicit", "unroll")),
     Case("ddp", trajopt.ddp, dict(max_iter=200, grad_tol=1e-10), ("implicit", "unroll")),
     Case("single_shooting", trajopt.single_shooting, dict(max_iter=3000, grad_tol=1e-9), ("implicit",)),
-    Case("multiple_shooting-scipy", trajopt.multiple_shooting, dict(backend=trajopt.Scipy()), ("implicit",)),
+    Case("multiple_shooting-scipy", trajopt.multiple_shooting, dict(backend=trajopt.Scipy()), ("implicit",),
+         reference=dict(backend=TIGHT)),
     Case("multiple_shooting-theseus", trajopt.multiple_shooting, dict(backend=trajopt.Theseus()), ("implicit",),
-         exact=False),
-    Case("collocation-scipy", trajopt.collocation, dict(backend=trajopt.Scipy()), ("implicit",)),
+         exact=False, reference=dict(backend=TIGHT)),
+    Case("collocation-scipy", trajopt.collocation, dict(backend=trajopt.Scipy()), ("implicit",),
+         reference=dict(backend=TIGHT)),
     Case("constrained_ilqr", trajopt.constrained_ilqr, dict(grad_tol=1e-9), fields=dict(constraint=constraint)),
     Case("mppi", trajopt.mppi, dict(samples=64, max_iter=3, temperature=0.5, noise_std=0.3), ("weights",),
          certified=False, seeded=True, exact=False),
@@ -104,15 +112,17 @@ def test_batched_and_unbatched_input_agree(case):
 
 
 def test_float32_behaves_as_float64(case):
-    if case.name == "multiple_shooting-theseus":
-        pytest.xfail("open: the transcription's constraint_tol (1e-8) does not scale with the dtype yet, so float32 "
-                     "theseus solves end MAX_ITER/STALLED where float64 converges")
     default = {"grad_tol": None} if "grad_tol" in case.options else {}     # each dtype's own default tolerance
     s64 = case.call(problem(**case.fields), **default)
     s32 = case.call(problem(torch.float32, **case.fields), **default)
     assert s32.U.dtype == s32.X.dtype == s32.cost.dtype == torch.float32
     assert torch.isfinite(s32.X).all() and torch.isfinite(s32.cost).all()
-    if case.certified:
+    if case.name == "multiple_shooting-theseus":
+        # the documented limit (docs/collocation.md): the defects' float32 rounding times the penalty keeps the
+        # augmented Lagrangian's gradient above the scaled grad_tol, so the right solution is reported MAX_ITER
+        assert (s64.status == Status.CONVERGED).all() and (s32.status == Status.MAX_ITER).all()
+        torch.testing.assert_close(s32.cost.double(), s64.cost, rtol=1e-4, atol=0)
+    elif case.certified:
         assert s32.status.tolist() == s64.status.tolist()
         torch.testing.assert_close(s32.cost.double(), s64.cost, rtol=1e-4, atol=0)
     else:
@@ -154,13 +164,9 @@ def _loss(sol):
     return (sol.U.sum((-1, -2)) * torch.tensor([1.0, -2.0, 0.5], **D64)).sum() + (sol.X[..., 0] ** 2).sum()
 
 
-@pytest.mark.parametrize("route", ["implicit", "unroll", "weights"])
+@pytest.mark.parametrize("case, route", [(c, r) for c in CASES for r in c.routes],
+                         ids=[f"{c.name}-{r}" for c in CASES for r in c.routes])
 def test_every_advertised_gradient_route_agrees_with_central_differences(case, route):
-    if route not in case.routes:
-        pytest.skip(f"{case.name} does not advertise {route}")
-    if case.name == "multiple_shooting-theseus":
-        pytest.xfail("open: theseus's implicit gradient on this problem missed central differences at rel 1e-4 in "
-                     "this session's run; see the session note")
     p = problem(**case.fields)
     mass = p.dynamics.model.m.requires_grad_(True)
     x0 = p.x0.clone().requires_grad_(True)
@@ -173,7 +179,8 @@ def test_every_advertised_gradient_route_agrees_with_central_differences(case, r
         for sign in (1, -1):
             with torch.no_grad():
                 tensor[index] += sign * eps
-                values.append(float(_loss(case.call(p, **({} if route == "weights" else dict(grad=None))))))
+                extra = {} if route == "weights" else dict(grad=None, **case.reference)
+                values.append(float(_loss(case.call(p, **extra))))
                 tensor[index] -= sign * eps
         return (values[0] - values[1]) / (2 * eps)
 
@@ -182,9 +189,8 @@ def test_every_advertised_gradient_route_agrees_with_central_differences(case, r
         assert float(g_x0[2, 0]) == pytest.approx(central(p.x0.data, (2, 0)), rel=1e-4, abs=1e-7)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if not c.routes], ids=[c.name for c in CASES if not c.routes])
 def test_solvers_without_a_gradient_route_return_detached_solutions(case):
-    if case.routes:
-        pytest.skip(f"{case.name} is differentiable")
     p = problem(**case.fields)
     p.dynamics.model.m.requires_grad_(True)
     sol = case.call(p)

@@ -71,7 +71,7 @@ def collocation_defects(model: ContinuousDynamics, X: torch.Tensor, U: torch.Ten
 @solver
 def collocation(problem: Problem, *, method: str = "hermite_simpson", backend: Scipy | Theseus = Theseus(),
                 grad: str | None = "implicit", max_iter: int = 200, grad_tol: float | None = None,
-                constraint_tol: float = 1e-8) -> Solution:
+                constraint_tol: float | None = None) -> Solution:
     """Direct collocation of a :class:`~trajopt.Problem` whose dynamics is a discretized continuous model.
 
     The problem's dynamics must be ``model.discretize(dt)`` of a :class:`dynamics.ContinuousDynamics` (reached
@@ -105,7 +105,8 @@ def collocation(problem: Problem, *, method: str = "hermite_simpson", backend: S
             otherwise. Not taken with :class:`Scipy` (raises: scipy stops by its own tests, set through
             ``Scipy(options=...)``).
         constraint_tol: ... and its largest defect and bound violation are at most this (either back end; for
-            trust-constr also the constraint violation scipy reports).
+            trust-constr also the constraint violation scipy reports); default ``1e-8`` in float64, scaled to the
+            dtype's precision otherwise (``8.1e-6`` in float32, whose defects carry rounding of about ``1e-7``).
 
     Returns:
         :class:`~trajopt.Solution` with ``X (B, T+1, n)`` (the knots), ``U (B, T, m)``, ``cost (B,)``
@@ -160,7 +161,7 @@ def collocation(problem: Problem, *, method: str = "hermite_simpson", backend: S
 @solver
 def multiple_shooting(problem: Problem, *, segment: int = 1, backend: Scipy | Theseus = Theseus(),
                       grad: str | None = "implicit", max_iter: int = 200, grad_tol: float | None = None,
-                      constraint_tol: float = 1e-8) -> Solution:
+                      constraint_tol: float | None = None) -> Solution:
     """Multiple shooting of a :class:`~trajopt.Problem`, the problem :func:`trajopt.ilqr` solves.
 
     The states ``x_0, x_s, x_2s, .., x_T`` (``s = segment``, which must divide ``T``; ``x_0 = x0`` fixed) are
@@ -213,9 +214,10 @@ def _check_options(where, problem, backend, grad, max_iter, grad_tol, constraint
     route = resolve_grad(where, grad)
     backend.check(where, grad, grad_tol)
     check_int(where, max_iter=max_iter)
-    check_positive(where, constraint_tol=constraint_tol)
+    if constraint_tol is not None:
+        check_positive(where, constraint_tol=constraint_tol)
     return route, dict(max_iter=max_iter, grad_tol=tolerance(grad_tol, 1e-6, problem.dtype),
-                       constraint_tol=float(constraint_tol))
+                       constraint_tol=tolerance(constraint_tol, 1e-8, problem.dtype))
 
 
 def _initial_states(problem):

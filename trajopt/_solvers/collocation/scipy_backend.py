@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..._core.checks import check_choice
+from ..._core.checks import check_choice, tolerance
 from ..._core.problem import Status
 from .kkt import lagrangian_residual
 from .transcription import Outcome, defect_jacobian
@@ -32,7 +32,9 @@ class Scipy:
             ``"trust-constr"`` (exact Hessian-vector products of the Lagrangian; ``gtol = 1e-9``,
             ``xtol = 1e-14``, ``maxiter = 20 max_iter``). Its barrier stops bounded variables about ``1e-5`` short of
             their bounds, so they count as free for the implicit gradient: prefer SLSQP for gradients with active
-            bounds.
+            bounds. The tolerances are float64's, scaled to the problem's dtype otherwise (as
+            :func:`trajopt.ilqr`'s ``grad_tol``: ``ftol = 8.1e-8`` in float32, whose costs carry rounding of about
+            ``1e-7``).
         options: extra ``options`` of ``scipy.optimize.minimize`` (they override the defaults above).
 
     A problem converges when scipy reports success (trust-constr: its ``gtol`` or ``xtol`` test with a constraint
@@ -133,7 +135,8 @@ class Scipy:
                 if self.method == "SLSQP":
                     res = so.minimize(row.fun, z0, jac=True, method="SLSQP", bounds=bounds, callback=callback,
                                       constraints=[{"type": "eq", "fun": row.defects, "jac": row.jacobian}],
-                                      options={"maxiter": max_iter * 10, "ftol": 1e-10, **options})
+                                      options={"maxiter": max_iter * 10, "ftol": tolerance(None, 1e-10, x0.dtype),
+                                               **options})
                     good = bool(res.success)
                     lam = None
                     limit = res.status == 9
@@ -144,7 +147,8 @@ class Scipy:
                         warnings.simplefilter("ignore", UserWarning)   # "delta_grad == 0.0": quasi-Newton not used here
                         res = so.minimize(row.fun, z0, jac=True, hess=lambda z, *a, b=b: lagrangian_hvp(z, b),
                                           method="trust-constr", bounds=bounds, constraints=[con], callback=callback,
-                                          options={"maxiter": max_iter * 20, "gtol": 1e-9, "xtol": 1e-14, **options})
+                                          options={"maxiter": max_iter * 20, "gtol": tolerance(None, 1e-9, x0.dtype),
+                                                   "xtol": tolerance(None, 1e-14, x0.dtype), **options})
                     good = res.status in (1, 2) and res.constr_violation <= constraint_tol
                     lam = torch.as_tensor(-np.asarray(res.v[0]), **opts)
                     limit = res.status == 0

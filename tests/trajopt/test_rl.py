@@ -253,6 +253,7 @@ def _distributed_worker(rank, world, init_file, out, epochs):
         shac.train()
         if rank == 0:
             torch.save({"actor": flat(shac.actor), "critic": flat(shac.critic), "mean": shac.normalizer.mean}, out)
+        torch.distributed.barrier()     # neither rank tears gloo down while the other still uses it (a SIGABRT)
     finally:
         torch.distributed.destroy_process_group()
 

@@ -7,6 +7,7 @@ batch into a cheap global search.
 """
 from __future__ import annotations
 
+import dataclasses
 
 import torch
 
@@ -40,7 +41,8 @@ def multistart(problem: Problem, *, U_inits: torch.Tensor, screen_iter: int | No
             (an option it does not take raises a TypeError naming it).
 
     Returns:
-        The winners' :class:`~trajopt.Solution` (differentiable as the solver's ``grad`` says), with
+        The winners' :class:`~trajopt.Solution` (differentiable as the solver's ``grad`` says; ``iterations`` and
+        ``cost_history`` count each winner's screening iterations and then its own), with
         ``extras["candidates"]`` the screened cost of every guess ``(B, K)`` (``inf`` for a guess whose
         screening was not finite) and ``extras["choice"]`` the index of the winning guess ``(B,)``. A guess
         whose screening solve ends ``NOT_FINITE`` loses; a problem none of whose guesses has a finite screening
@@ -94,8 +96,22 @@ def multistart(problem: Problem, *, U_inits: torch.Tensor, screen_iter: int | No
         else:
             part = solver(problem.select(keep).replace(U_init=best[keep]), **options)
             sol = merge(held, keep, part)
+    picked = torch.arange(B, device=problem.device) * K + choice
+    sol = _after_screening(sol, trial.iterations[picked], trial.cost_history[picked], good)
     sol.extras.update(candidates=costs, choice=choice)
     return sol
+
+
+def _after_screening(sol: Solution, iterations: torch.Tensor, history: torch.Tensor, good: torch.Tensor) -> Solution:
+    """``sol`` with each winner's screening ``iterations (B,)`` and ``history (B, I_s+1)`` put before its own
+    (problems not ``good (B,)`` were not screened to a finite guess and keep theirs)."""
+    iterations = torch.where(good, iterations, 0)
+    total = sol.iterations + iterations
+    steps = torch.arange(int(total.max()) + 1, device=total.device)
+    first = history.gather(1, torch.minimum(steps, iterations.unsqueeze(1)).clamp(max=history.shape[1] - 1))
+    rest = sol.cost_history.gather(1, (steps - iterations.unsqueeze(1)).clamp(0, sol.cost_history.shape[1] - 1))
+    joined = torch.where(good.unsqueeze(1) & (steps <= iterations.unsqueeze(1)), first, rest)
+    return dataclasses.replace(sol, iterations=total, cost_history=joined.to(sol.cost_history))
 
 
 def _not_finite(problem: Problem, U: torch.Tensor) -> Solution:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from dynamics.validation import check_finite
 from .._core.checks import check_int, check_positive, tolerance
-from .._core.constraint import FunctionConstraint
+from .._core.constraint import Constraint, FunctionConstraint
 from .._core.costs import Cost, Quadratization
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.rollout import rollout

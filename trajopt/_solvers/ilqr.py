@@ -39,7 +39,7 @@ from .._core.bounds import project
 from .._core.box_kkt import implicit_solution, solution_costates
 from .._core.box_lqr import box_lqr_backward
 from .._core.checks import check_int, check_positive, resolve_grad, tolerance
-from .._core.linesearch import ALPHAS, ARMIJO, rounding, sufficient_decrease
+from .._core.linesearch import ALPHAS, rounding, sufficient_decrease
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.riccati import costates
 from .._core.rollout import linearize, rollout, second_order_terms

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import abc
 import itertools
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -231,8 +233,8 @@ class Discretized(Dynamics):
         super().__init__(model.state_dim, model.control_dim)
         if method not in integrators.METHODS:
             raise ValueError(f"method must be one of {sorted(integrators.METHODS)}, got {method!r}")
-        if not dt > 0:
-            raise ValueError(f"dt must be positive, got {dt}")
+        if not (isinstance(dt, numbers.Real) and not isinstance(dt, bool) and math.isfinite(dt) and dt > 0):
+            raise ValueError(f"{type(model).__name__}.discretize: dt must be a finite number > 0, got {dt!r}")
         if method == "semi_implicit_euler":
             if model.positions is None:
                 raise ValueError(f"method='semi_implicit_euler' needs {type(model).__name__}.positions "

@@ -45,17 +45,16 @@ def check_tensor(
     if value.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{where}: {name} must be float32 or float64, got {value.dtype}")
     k = len(trailing)
-    ok_ndim = value.ndim == k or (batchable and value.ndim == k + 1)
-    shape_ok = ok_ndim and all(
-        dims.get(d, s) == s for d, s in zip(trailing, value.shape[value.ndim - k:])
-    )
+    learned = dict(dims)               # a name repeated in ``trailing`` ("n", "n": square) must match itself too
+    shape_ok = value.ndim == k or (batchable and value.ndim == k + 1)
+    for d, s in zip(trailing, value.shape[value.ndim - k:] if shape_ok else ()):
+        shape_ok = shape_ok and learned.setdefault(d, s) == s
     if not shape_ok:
         want = _shape_str(trailing, dims)
         if batchable:
             want = f"{_shape_str(('B', *trailing), dims)} or {want}"
         raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected {want}")
-    for d, s in zip(trailing, value.shape[value.ndim - k:]):
-        dims.setdefault(d, s)
+    dims.update(learned)
     if finite:
         check_finite(where, {name: value})
     return value

@@ -22,7 +22,8 @@ class Acrobot(ContinuousDynamics):
 
     def __init__(self, m1=1.0, m2=1.0, l1=1.0, lc1=0.5, lc2=0.5, I1=1.0, I2=1.0, g=9.8):
         super().__init__(4, 1)
-        scalar_parameters(self, m1=m1, m2=m2, l1=l1, lc1=lc1, lc2=lc2, I1=I1, I2=I2, g=g)
+        scalar_parameters(self, positive=("m1", "m2", "l1", "lc1", "lc2", "I1", "I2"), m1=m1, m2=m2, l1=l1, lc1=lc1,
+                          lc2=lc2, I1=I1, I2=I2, g=g)
 
     def _terms(self, x, u):
         """Accelerations and, as ``(..., 5)`` rows over ``(theta1, theta2, w1, w2, torque)``, their partials."""

@@ -20,7 +20,9 @@ class KinematicBicycle(ContinuousDynamics):
 
     def __init__(self, L: float = 2.5, lr: float = 1.25):
         super().__init__(4, 2)
-        scalar_parameters(self, L=L, lr=lr)
+        scalar_parameters(self, positive=("L",), nonnegative=("lr",), L=L, lr=lr)
+        if float(lr) > float(L):
+            raise ValueError(f"KinematicBicycle: lr (rear axle to centre of mass) must be at most L={L}, got {lr!r}")
 
     def _terms(self, x):
         psi, d = x[..., 2], x[..., 3]

@@ -22,7 +22,7 @@ class CartPole(ContinuousDynamics):
 
     def __init__(self, mc: float = 1.0, mp: float = 0.1, l: float = 0.5, g: float = 9.8):
         super().__init__(4, 1)
-        scalar_parameters(self, mc=mc, mp=mp, l=l, g=g)
+        scalar_parameters(self, positive=("mc", "mp", "l"), mc=mc, mp=mp, l=l, g=g)
 
     def _terms(self, x, u):
         thd, th, force = x[..., 3], x[..., 2], u[..., 0]

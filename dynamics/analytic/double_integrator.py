@@ -18,7 +18,7 @@ class DoubleIntegrator(ContinuousDynamics):
         super().__init__(2 * dim, dim)
         self.dim = int(dim)
         self.positions = tuple(range(dim))
-        scalar_parameters(self, mass=mass)
+        scalar_parameters(self, positive=("mass",), mass=mass)
 
     def derivative(self, x, u, t=None):
         return torch.cat([x[..., self.dim:], u / self.mass], -1)

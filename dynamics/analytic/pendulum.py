@@ -22,7 +22,7 @@ class Pendulum(ContinuousDynamics):
 
     def __init__(self, g: float = 10.0, m: float = 1.0, l: float = 1.0):
         super().__init__(2, 1)
-        scalar_parameters(self, g=g, m=m, l=l)
+        scalar_parameters(self, positive=("m", "l"), g=g, m=m, l=l)
 
     def _acceleration(self, x, u):
         return torch.addcmul(torch.sin(x[..., 0]) * (1.5 * self.g / self.l), u[..., 0], 3.0 / (self.m * self.l ** 2))

@@ -20,7 +20,7 @@ class Quadrotor2D(ContinuousDynamics):
 
     def __init__(self, m: float = 1.0, arm: float = 0.25, inertia: float = 0.0125, g: float = 9.81):
         super().__init__(6, 2)
-        scalar_parameters(self, m=m, arm=arm, inertia=inertia, g=g)
+        scalar_parameters(self, positive=("m", "arm", "inertia"), m=m, arm=arm, inertia=inertia, g=g)
 
     def derivative(self, x, u, t=None):
         th = x[..., 2]

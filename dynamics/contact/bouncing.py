@@ -33,8 +33,9 @@ class BouncingMass(ContinuousDynamics):
 
     def __init__(self, k=1000.0, stiffness=1e5, restitution=0.8, mass=1.0, mu=0.0, friction_k=10.0, g=9.81):
         super().__init__(4, 2)
-        scalar_parameters(self, k=k, stiffness=stiffness, restitution=restitution, mass=mass, mu=mu,
-                          friction_k=friction_k, g=g)
+        scalar_parameters(self, positive=("k", "stiffness", "mass", "friction_k"), nonnegative=("mu",),
+                          fraction=("restitution",), k=k, stiffness=stiffness, restitution=restitution, mass=mass,
+                          mu=mu, friction_k=friction_k, g=g)
 
     def derivative(self, x, u, t=None):
         z, vx, vz = x[..., 1], x[..., 2], x[..., 3]

@@ -30,8 +30,9 @@ class PlanarPusher(ContinuousDynamics):
     def __init__(self, k=200.0, stiffness=1000.0, damping_ratio=1.0, mass=1.0, mu=0.3, friction_k=20.0,
                  half_width=0.1, radius=0.02, g=9.81):
         super().__init__(6, 2)
-        scalar_parameters(self, k=k, stiffness=stiffness, damping_ratio=damping_ratio, mass=mass, mu=mu,
-                          friction_k=friction_k, half_width=half_width, radius=radius, g=g)
+        scalar_parameters(self, positive=("k", "stiffness", "mass", "friction_k", "half_width", "radius"),
+                          nonnegative=("damping_ratio", "mu"), k=k, stiffness=stiffness, damping_ratio=damping_ratio,
+                          mass=mass, mu=mu, friction_k=friction_k, half_width=half_width, radius=radius, g=g)
 
     def signed_distance(self, finger: torch.Tensor, box: torch.Tensor):
         """Smoothed distance from the finger's centre to the box's surface ``(...)``, and its gradient

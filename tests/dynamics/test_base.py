@@ -115,7 +115,7 @@ def test_semi_implicit_euler_needs_position_indices():
         NoSplit(2, 1).discretize(0.1, "semi_implicit_euler")
     with pytest.raises(ValueError, match="method must be one of"):
         NoSplit(2, 1).discretize(0.1, "leapfrog")
-    with pytest.raises(ValueError, match="dt must be positive"):
+    with pytest.raises(ValueError, match="dt must be a finite number > 0"):
         NoSplit(2, 1).discretize(0.0)
 
 

@@ -156,3 +156,15 @@ def test_slew_rate_cost_is_its_formula_and_its_quadratization_has_the_exact_grad
         for t in range(T):                                           # the stagewise blocks of the exact Hessian
             torch.testing.assert_close(q.C[0, t, n:, n:] - base.quadratize(X, U.detach()).C[0, t, n:, n:],
                                        H[t, :, t, :] - 0.1 * torch.eye(m, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("build, named", [
+    (lambda: trajopt.QuadraticCost(torch.randn(3, 4, dtype=torch.float64)), "QuadraticCost: C has shape"),
+    (lambda: trajopt.QuadraticCost.from_weights(torch.randn(2, 3), torch.eye(1)), "from_weights: Q has shape"),
+    (lambda: trajopt.QuadraticCost.from_weights(torch.eye(2), torch.randn(1, 2)), "from_weights: R has shape"),
+    (lambda: trajopt.QuadraticCost.from_weights(torch.eye(2), torch.eye(1), x_goal=torch.zeros(3)), "x_goal"),
+    (lambda: trajopt.QuadraticCost.from_weights(torch.eye(2), torch.eye(1), Q_final=torch.eye(3)), "Q_final"),
+])
+def test_a_weight_of_the_wrong_shape_is_refused_by_name(build, named):
+    with pytest.raises(ValueError, match=named):
+        build()

@@ -157,12 +157,18 @@ class QuadraticCost(Cost):
 
         Note the 1/2: the figures of ``problems.py`` (``x'Qx + u'Ru``) need ``Q, R`` doubled.
         """
-        Q = torch.as_tensor(Q)
+        where, dims = "QuadraticCost.from_weights", {}
+        Q = check_tensor(where, "Q", torch.as_tensor(Q), ("n", "n"), dims)
         R = torch.as_tensor(R, dtype=Q.dtype, device=Q.device)
-        R = R.reshape(*R.shape, 1, 1) if R.ndim == 0 else R
+        R = check_tensor(where, "R", R.reshape(*R.shape, 1, 1) if R.ndim == 0 else R, ("m", "m"), dims)
         n, m = Q.shape[-1], R.shape[-1]
-        xg = Q.new_zeros(n) if x_goal is None else torch.as_tensor(x_goal, dtype=Q.dtype)
-        ug = Q.new_zeros(m) if u_goal is None else torch.as_tensor(u_goal, dtype=Q.dtype)
+        xg = Q.new_zeros(n) if x_goal is None else check_tensor(
+            where, "x_goal", torch.as_tensor(x_goal, dtype=Q.dtype, device=Q.device), ("n",), dims)
+        ug = Q.new_zeros(m) if u_goal is None else check_tensor(
+            where, "u_goal", torch.as_tensor(u_goal, dtype=Q.dtype, device=Q.device), ("m",), dims)
+        if Q_final is not None:
+            Q_final = check_tensor(where, "Q_final", torch.as_tensor(Q_final, dtype=Q.dtype, device=Q.device),
+                                   ("n", "n"), dims, batchable=False)
         lengths = [a.shape[0] for a, k in ((Q, 2), (R, 2), (xg, 1), (ug, 1)) if a.ndim == k + 1]
         if T is None and lengths:
             T = lengths[0]

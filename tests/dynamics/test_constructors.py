@@ -1,0 +1,63 @@
+"""Every model constructor refuses physically impossible constants with an error naming the constant."""
+import math
+
+import pytest
+import torch
+
+import dynamics
+from dynamics.contact import BouncingMass, PlanarPusher
+
+# (model, constants that must be > 0, constants that must be >= 0, constants in [0, 1], constants only finite)
+MODELS = [
+    (dynamics.Pendulum, ("m", "l"), (), (), ("g",)),
+    (dynamics.CartPole, ("mc", "mp", "l"), (), (), ("g",)),
+    (dynamics.KinematicBicycle, ("L",), ("lr",), (), ()),
+    (dynamics.DoubleIntegrator, ("mass",), (), (), ()),
+    (dynamics.Quadrotor2D, ("m", "arm", "inertia"), (), (), ("g",)),
+    (dynamics.Acrobot, ("m1", "m2", "l1", "lc1", "lc2", "I1", "I2"), (), (), ("g",)),
+    (BouncingMass, ("k", "stiffness", "mass", "friction_k"), ("mu",), ("restitution",), ("g",)),
+    (PlanarPusher, ("k", "stiffness", "mass", "friction_k", "half_width", "radius"), ("damping_ratio", "mu"), (),
+     ("g",)),
+]
+
+
+def _cases():
+    for model, positive, nonnegative, fraction, finite in MODELS:
+        for name in positive:
+            yield from ((model, name, v) for v in (0.0, -1.0, math.nan, math.inf))
+        for name in nonnegative:
+            yield from ((model, name, v) for v in (-1e-3, math.nan, -math.inf))
+        for name in fraction:
+            yield from ((model, name, v) for v in (-0.1, 1.5, math.nan))
+        for name in finite:
+            yield from ((model, name, v) for v in (math.nan, math.inf))
+
+
+@pytest.mark.parametrize("model, name, value", list(_cases()), ids=lambda v: getattr(v, "__name__", repr(v)))
+def test_an_impossible_constant_is_refused_by_name(model, name, value):
+    with pytest.raises(ValueError, match=rf"{model.__name__}: {name} must be a finite number"):
+        model(**{name: value})
+
+
+@pytest.mark.parametrize("model", [m[0] for m in MODELS], ids=lambda m: m.__name__)
+def test_the_default_constants_are_accepted_and_step_finitely(model):
+    m = model()
+    x = torch.zeros(3, m.state_dim, dtype=torch.float64)
+    step = m.discretize() if isinstance(m, dynamics.ContinuousDynamics) else m
+    assert torch.isfinite(step(x, torch.zeros(3, m.control_dim, dtype=torch.float64))).all()
+
+
+def test_a_rear_axle_beyond_the_wheelbase_is_refused():
+    with pytest.raises(ValueError, match="lr"):
+        dynamics.KinematicBicycle(L=2.0, lr=2.5)
+
+
+@pytest.mark.parametrize("dt", [0.0, -0.1, math.nan, math.inf])
+def test_discretize_refuses_a_step_that_is_not_finite_and_positive(dt):
+    with pytest.raises(ValueError, match="Pendulum.discretize: dt must be a finite number > 0"):
+        dynamics.Pendulum().discretize(dt)
+
+
+def test_matrices_that_must_be_square_are_refused():
+    with pytest.raises(ValueError, match="LinearDynamics: A has shape"):
+        dynamics.LinearDynamics(torch.randn(2, 3), torch.randn(2, 1))

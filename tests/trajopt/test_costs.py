@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+import trajopt
 from trajopt import Cost, QuadraticCost
 
 D = dict(dtype=torch.float64)

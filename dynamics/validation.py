@@ -6,11 +6,12 @@ what passed.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["check_tensor", "check_consistent", "check_finite"]
+__all__ = ["check_tensor", "check_consistent", "check_finite", "check_positive", "check_int", "check_fraction"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
@@ -90,3 +91,28 @@ def check_consistent(where: str, tensors: Mapping[str, torch.Tensor], trailing_n
                 raise ValueError(f"{where}: batch sizes differ: {batch_name} has B={batch}, "
                                  f"{name} has B={v.shape[0]}")
     return batch
+
+
+def _number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_positive(where, allow_inf=False, **values):
+    """Each value a finite positive number (``inf`` too where ``allow_inf``)."""
+    for name, value in values.items():
+        if not (_number(value) and value > 0 and (allow_inf or math.isfinite(value))):
+            raise ValueError(f"{where}: {name} must be a positive{'' if allow_inf else ' finite'} number, got {value!r}")
+
+
+def check_int(where, minimum=1, **values):
+    """Each value an int of at least ``minimum``."""
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
+
+
+def check_fraction(where, **values):
+    """Each value a number in ``[0, 1)``."""
+    for name, value in values.items():
+        if not (_number(value) and 0.0 <= value < 1.0):
+            raise ValueError(f"{where}: {name} must be in [0, 1), got {value!r}")

@@ -26,6 +26,19 @@ class Transitions:
     def __len__(self):
         return len(self.x)
 
+    def check(self, where: str, at_least: int) -> None:
+        """Raise a ValueError naming ``where`` unless there are ``at_least`` transitions, all finite floats."""
+        if len(self) < at_least:
+            raise ValueError(f"{where}: data holds {len(self)} transition(s); at least {at_least} are needed")
+        for name in ("x", "u", "x_next"):
+            value = getattr(self, name)
+            if not value.is_floating_point():
+                raise TypeError(f"{where}: data.{name} must be a float tensor, got {value.dtype}")
+            bad = ~torch.isfinite(value).all(-1)
+            if bool(bad.any()):
+                raise ValueError(f"{where}: data.{name} is not finite in {int(bad.sum())} of {len(self)} "
+                                 f"transitions (first: row {int(bad.nonzero()[0])}); drop or repair them first")
+
     def __getitem__(self, index) -> Transitions:
         return Transitions(self.x[index], self.u[index], self.x_next[index])
 

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from tqdm.auto import tqdm
 
 from ..base import Dynamics
+from ..validation import check_fraction, check_int, check_positive
 from .data import Transitions
 from .models import ProbabilisticEnsemble
 
@@ -22,7 +24,18 @@ def fit(model, data: Transitions, *, epochs: int = 100, batch_size: int = 256, l
     fitted on the training set first. The model is moved to the data's dtype and device.
 
     Returns a history: ``train_loss`` and ``val_loss`` per epoch, ``best_epoch``, ``epochs``.
+
+    Raises a ValueError for data that is not finite or too small (at least 2 transitions: one to train on, one to
+    validate) and for options out of range, and a RuntimeError when a training loss turns non-finite (the
+    learning rate too high, say) with the model's weights left as they were before the call.
     """
+    where = "fit"
+    data.check(where, at_least=2)
+    check_int(where, epochs=epochs, batch_size=batch_size, patience=patience)
+    check_positive(where, lr=lr)
+    check_fraction(where, val_fraction=val_fraction)
+    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+        raise ValueError(f"{where}: weight_decay must be a finite number >= 0, got {weight_decay!r}")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model.to(dtype=data.x.dtype, device=data.x.device)
@@ -33,7 +46,8 @@ def fit(model, data: Transitions, *, epochs: int = 100, batch_size: int = 256, l
     ensemble = isinstance(model, ProbabilisticEnsemble)
     boot = torch.randint(len(train), (model.members, len(train)), generator=g) if ensemble else None
     history = {"train_loss": [], "val_loss": [], "best_epoch": 0}
-    best, best_state, waited = float("inf"), copy.deepcopy(model.state_dict()), 0
+    initial = copy.deepcopy(model.state_dict())
+    best, best_state, waited = float("inf"), initial, 0
     bar = tqdm(range(epochs), desc=f"fit {type(model).__name__}", disable=not progress, leave=False)
     for epoch in bar:
         model.train()
@@ -50,6 +64,10 @@ def fit(model, data: Transitions, *, epochs: int = 100, batch_size: int = 256, l
         model.eval()
         with torch.no_grad():
             val_loss = float(model.loss(val))
+        if not (math.isfinite(total) and math.isfinite(val_loss)):
+            model.load_state_dict(initial)
+            raise RuntimeError(f"{where}: the loss became non-finite in epoch {epoch} (train {total / len(train)}, "
+                               f"validation {val_loss}); lower lr (now {lr}) or check the data's scale")
         history["train_loss"].append(total / len(train))
         history["val_loss"].append(val_loss)
         bar.set_postfix(train=f"{history['train_loss'][-1]:.4g}", val=f"{val_loss:.4g}")

@@ -13,6 +13,7 @@ import torch
 from torch.func import functional_call
 
 from ..base import Dynamics
+from ..validation import check_int, check_positive
 from .data import Transitions
 
 
@@ -38,11 +39,16 @@ def identify(model: Dynamics, data: Transitions, names, *, method: str = "lbfgs"
     or ``"levenberg_marquardt"`` (theseus-ai; see :func:`identify_theseus`). The other
     parameters are held fixed. Returns ``{name: value}`` of the fitted parameters.
     """
+    where = "identify"
+    if method not in ("lbfgs", "adam", "levenberg_marquardt"):
+        raise ValueError(f"{where}: method must be 'lbfgs', 'adam' or 'levenberg_marquardt', got {method!r}")
+    data.check(where, at_least=2)          # the residuals are scaled by the spread of the observed changes
+    check_int(where, steps=steps)
+    check_positive(where, lr=lr, tolerance=tolerance)
     if method == "levenberg_marquardt":
         return identify_theseus(model, data, names, max_iterations=steps)
-    if method not in ("lbfgs", "adam"):
-        raise ValueError(f"identify: method must be 'lbfgs', 'adam' or 'levenberg_marquardt', got {method!r}")
     params = _select(model, names)
+    before = [p.detach().clone() for p in params]
     frozen = [p for p in model.parameters() if all(p is not q for q in params)]
     state = [p.requires_grad for p in frozen]
     for p in frozen:
@@ -71,6 +77,12 @@ def identify(model: Dynamics, data: Transitions, names, *, method: str = "lbfgs"
     finally:
         for p, s in zip(frozen, state):
             p.requires_grad_(s)
+    if not all(bool(torch.isfinite(p).all()) for p in params):
+        with torch.no_grad():
+            for p, b in zip(params, before):
+                p.copy_(b)
+        raise RuntimeError(f"{where}: the fit of {list(names)} went non-finite (the model is not finite on this data, "
+                           "or Adam's lr is too high); the parameters are left as they were")
     return {n: p.detach().clone() for n, p in zip(names, params)}
 
 
@@ -85,6 +97,7 @@ def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iteration
     except ImportError as err:  # pragma: no cover - exercised where theseus-ai is absent
         raise ImportError("identify(method='levenberg_marquardt') needs theseus-ai; see the README for its "
                           "install (pip install --no-build-isolation --no-deps theseus-ai ...)") from err
+    data.check("identify", at_least=2)
     params = _select(model, names)
     dtype = params[0].dtype
     variables = [th.Vector(1, name=f"p{i}", dtype=dtype) for i in range(len(names))]
@@ -110,7 +123,11 @@ def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iteration
     with warnings.catch_warnings():   # theseus 0.2.3 calls np.array(tensor, copy=False), which numpy 2 flags
         warnings.simplefilter("ignore", DeprecationWarning)
         solution, _ = layer.forward(inputs, optimizer_kwargs={"damping": damping, "track_best_solution": True})
+    values = [solution[f"p{i}"].reshape(()) for i in range(len(params))]
+    if not all(bool(torch.isfinite(v)) for v in values):
+        raise RuntimeError(f"identify: the Levenberg-Marquardt fit of {list(names)} went non-finite (the model is not "
+                           "finite on this data); the parameters are left as they were")
     with torch.no_grad():
-        for i, p in enumerate(params):
-            p.copy_(solution[f"p{i}"].reshape(()))
+        for p, v in zip(params, values):
+            p.copy_(v)
     return {n: p.detach().clone() for n, p in zip(names, params)}

@@ -1,44 +1,21 @@
 """Option checks shared by the solvers: each names the option and what was expected.
 
-The argument checks of tensors (shapes, dtypes, batches, NaN) are :mod:`dynamics.validation`'s, public for
-model authors; a :class:`~trajopt.Problem` runs them once at construction.
+The argument checks of tensors (shapes, dtypes, batches, NaN) and of scalar options (``check_positive``,
+``check_int``, ``check_fraction``) are :mod:`dynamics.validation`'s, public for model authors; a
+:class:`~trajopt.Problem` runs them once at construction.
 """
 from __future__ import annotations
 
 import inspect
-import math
 
 import torch
+
+from dynamics.validation import check_fraction, check_int, check_positive
 
 __all__ = ["check_positive", "check_int", "check_fraction", "check_choice", "resolve_grad", "tolerance",
            "solver_name", "solver_options"]
 
 GRAD_ROUTES = ("implicit", "unroll", None)
-
-
-def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_positive(where, allow_inf=False, **values):
-    """Each value a finite positive number (``inf`` too where ``allow_inf``)."""
-    for name, value in values.items():
-        if not (_number(value) and value > 0 and (allow_inf or math.isfinite(value))):
-            raise ValueError(f"{where}: {name} must be a positive{'' if allow_inf else ' finite'} number, got {value!r}")
-
-
-def check_int(where, minimum=1, **values):
-    """Each value an int of at least ``minimum``."""
-    for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
-
-
-def check_fraction(where, **values):
-    """Each value a number in ``[0, 1)``."""
-    for name, value in values.items():
-        if not (_number(value) and 0.0 <= value < 1.0):
-            raise ValueError(f"{where}: {name} must be in [0, 1), got {value!r}")
 
 
 def check_choice(where, name, value, allowed):

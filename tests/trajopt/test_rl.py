@@ -221,6 +221,26 @@ shac.train()
 """
 
 
+def test_checkpoint_writes_leave_no_temporary_file_behind(tmp_path):
+    import subprocess
+    import sys
+    from trajopt.rl.shac import atomic_write
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path = str(tmp_path / "run.pt")
+    stale = tmp_path / f"run.pt.tmp{int(gone.stdout)}"            # what a writer killed mid-write leaves
+    stale.write_bytes(b"half a checkpoint")
+    shac = small_shac(pendulum_env(), epochs=1)
+    shac.save(path)
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]
+
+    def fails(tmp):
+        open(tmp, "w").write("partial")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.pt"]      # the old checkpoint kept, no debris
+
+
 def test_shac_killed_mid_training_resumes_to_the_uninterrupted_parameters(tmp_path):
     ckpt = str(tmp_path / "run.pt")
     script = _KILLED_RUN.format(root=ROOT, tests=os.path.dirname(os.path.abspath(__file__)), ckpt=ckpt)

@@ -18,11 +18,12 @@ and normalization statistics are averaged, so ``k`` processes give the update of
 from __future__ import annotations
 
 import csv
+import glob
 import math
 import os
 import time
 import warnings
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 
 import torch
 from torch import nn
@@ -386,10 +387,9 @@ class SHAC:
             self.actor.reset()
 
     def save(self, path: str) -> None:
-        """Write a checkpoint atomically (a temporary file renamed over ``path``)."""
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(self.state_dict(), tmp)
-        os.replace(tmp, path)
+        """Write a checkpoint atomically (a temporary file renamed over ``path``; the temporary files of writes
+        that were killed are removed)."""
+        atomic_write(path, lambda tmp: torch.save(self.state_dict(), tmp))
 
     def load(self, path: str) -> None:
         """Resume from a checkpoint written by :meth:`save` (rewrites the CSV log to the checkpoint's rows)."""
@@ -411,12 +411,42 @@ class SHAC:
     def _write_log(self):
         if self.log_path is None or self.env.rank:
             return
-        tmp = f"{self.log_path}.tmp{os.getpid()}"
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, _COLUMNS)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, self.log_path)
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                writer = csv.DictWriter(f, _COLUMNS)
+                writer.writeheader()
+                writer.writerows(self.rows)
+        atomic_write(self.log_path, write)
+
+
+def atomic_write(path: str, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path`` (readers see the old file
+    or the new one, never half of one). The temporary file is removed when ``write`` raises, and the ones left by
+    writers that were killed (their process is gone) are removed first."""
+    for stale in glob.glob(glob.escape(path) + ".tmp*"):
+        pid = stale.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with suppress(OSError):
+                os.remove(stale)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:           # a live process of another user
+        return True
+    return True
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:

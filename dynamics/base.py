@@ -213,6 +213,14 @@ class ContinuousDynamics(_Model):
         """One step of the integrator in :attr:`fused_methods`, equal to the generic one up to rounding."""
         raise NotImplementedError(f"{type(self).__name__} has no fused step")
 
+    def domain(self, x: torch.Tensor) -> torch.Tensor | None:
+        """Where the model is defined: a bool ``(...)`` for states ``x (..., n)``, or None (everywhere: the
+        default). A step of :meth:`discretize`'s model that ends outside returns NaN, which every solver treats as
+        non-finite: a trial step into it is rejected by the line search, and an initial guess whose rollout leaves
+        it is reported ``NOT_FINITE`` for its problem alone. Override it where the equations break down (e.g. the
+        kinematic bicycle's ``tan`` of the steering angle at ``+-pi/2``)."""
+        return None
+
     def discretize(self, dt: float | None = None, method: str | None = None) -> Discretized:
         """A :class:`Dynamics` stepping this model by ``dt`` with ``method`` in
         ``"euler"``, ``"semi_implicit_euler"``, ``"rk4"``; by default the model's
@@ -250,9 +258,12 @@ class Discretized(Dynamics):
     @_batched
     def forward(self, x, u, t=None):
         if self.method in self.model.fused_methods:
-            return self.model.fused_step(x, u, self.dt, t)
-        step, _ = integrators.METHODS[self.method]
-        return step(self.model.derivative, x, u, self.dt, t, positions=getattr(self, "_positions", None))
+            y = self.model.fused_step(x, u, self.dt, t)
+        else:
+            step, _ = integrators.METHODS[self.method]
+            y = step(self.model.derivative, x, u, self.dt, t, positions=getattr(self, "_positions", None))
+        inside = self.model.domain(y)
+        return y if inside is None else torch.where(inside.unsqueeze(-1), y, float("nan"))
 
     @_batched
     def jacobians(self, x, u, t=None):

@@ -5,7 +5,10 @@
 Euler with ``dt = 0.1`` (the default here).
 
 Differentiable with respect to: state, control, ``L`` (wheelbase), ``lr`` (rear axle to centre of mass).
+Defined for ``|delta| < pi/2`` (:meth:`KinematicBicycle.domain`): a step past it returns NaN.
 """
+import math
+
 import torch
 
 from ..base import ContinuousDynamics, stack_columns
@@ -29,6 +32,10 @@ class KinematicBicycle(ContinuousDynamics):
         tan_d = torch.tan(d)
         beta = torch.atan(self.lr * tan_d / self.L)
         return psi, d, tan_d, beta
+
+    def domain(self, x):
+        """The steering angle strictly inside ``(-pi/2, pi/2)``, where ``tan`` is finite and continuous."""
+        return x[..., 3].abs() < math.pi / 2
 
     def derivative(self, x, u, t=None):
         psi, d, tan_d, beta = self._terms(x)

@@ -23,6 +23,10 @@ def random_point(model, B=16, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, model.state_dim, generator=g, dtype=dtype)
     u = torch.randn(B, model.control_dim, generator=g, dtype=dtype)
+    continuous = model.model if isinstance(model, dynamics.Discretized) else model
+    if isinstance(continuous, dynamics.ContinuousDynamics) and continuous.domain(x) is not None:
+        x, u = 0.25 * x, 0.25 * u       # well inside the model's domain, and so is the step from there
+        assert continuous.domain(x).all()
     return x, u
 
 
@@ -195,3 +199,12 @@ def test_gradients_reach_physical_parameters():
         hi = trajopt.rollout(dynamics.Pendulum(m=1 + eps).discretize(), x0, U)[0, -1, 0]
         lo = trajopt.rollout(dynamics.Pendulum(m=1 - eps).discretize(), x0, U)[0, -1, 0]
     assert float(dm) == pytest.approx(float((hi - lo) / (2 * eps)), rel=1e-6)
+
+
+def test_a_bicycle_step_that_ends_past_a_right_angle_of_steering_is_not_finite():
+    model = dynamics.KinematicBicycle().discretize()
+    x = torch.tensor([[0.0, 0.0, 0.0, 1.5], [0.0, 0.0, 0.0, 1.5]], dtype=torch.float64)
+    u = torch.tensor([[1.0, 0.5], [1.0, 1.0]], dtype=torch.float64)       # delta 1.55 (inside), 1.6 (outside)
+    y = model(x, u)
+    assert torch.isfinite(y[0]).all() and torch.isnan(y[1]).all()
+    assert model.model.domain(y[:1]).all()

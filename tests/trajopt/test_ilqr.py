@@ -253,6 +253,17 @@ def test_p4_optimum_matches_lbfgsb_started_from_it():
         problems.bicycle_step, p.x0[0].numpy(), sol.U[0].numpy(), P["Q"], P["R"], P["target"]), rel=1e-12)
 
 
+def test_p4_from_zero_controls_converges_to_lbfgsbs_optimum_from_the_same_start():
+    """From rest the second step once swung the steering past pi/2, where tan jumps, and iLQR stalled at 1134.23:
+    the bicycle declares its domain, a trial step that leaves it is rejected like a non-finite one."""
+    p = canonical.bicycle(1)
+    p = p.replace(U_init=torch.zeros_like(p.U_init))
+    sol = trajopt.ilqr(p, grad=None)
+    assert sol.converged.all() and float(sol.X[..., 3].abs().max()) < torch.pi / 2
+    reference = lbfgsb(p, 0, torch.zeros_like(p.U_init[0]), gtol=1e-10, maxiter=3000)
+    assert float(sol.cost[0]) == pytest.approx(reference, rel=1e-8)
+
+
 def test_p4_implicit_gradients_match_finite_differences_with_active_bounds():
     p = canonical.bicycle(1)
     model, cost, ub = p.dynamics, p.cost, p.u_upper

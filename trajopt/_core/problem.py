@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -43,6 +44,23 @@ class Status(enum.IntEnum):
 
 class SolveError(RuntimeError):
     """Raised by :meth:`Solution.throw` when a problem ended with a status it was not allowed to."""
+
+
+def _check_module_tensors(where: str, modules: dict, x0: torch.Tensor) -> None:
+    """The models' and costs' tensors share ``x0``'s dtype and device (0-dim float64 constants excepted: they do
+    not promote float32 arithmetic, and are moved to the device by PyTorch)."""
+    for role, module in modules.items():
+        if not isinstance(module, torch.nn.Module):
+            continue
+        for name, tensor in itertools.chain(module.named_parameters(), module.named_buffers()):
+            if not tensor.is_floating_point() or tensor.ndim == 0:
+                continue
+            if tensor.dtype != x0.dtype:
+                raise TypeError(f"{where}: x0 is {x0.dtype} but the {role}'s tensor {name!r} is {tensor.dtype}; "
+                                f"convert one side: {role}.to({x0.dtype}) or x0.to({tensor.dtype})")
+            if tensor.device != x0.device:
+                raise ValueError(f"{where}: x0 is on {x0.device} but the {role}'s tensor {name!r} is on "
+                                 f"{tensor.device}; move one side: {role}.to({str(x0.device)!r})")
 
 
 @dataclass
@@ -204,6 +222,7 @@ class Problem:
         batch = check_consistent(where, tensors, ranks)
         constraint = _constraint(where, constraint)
         modules = {"dynamics": dynamics, "cost": cost, "constraint": constraint}
+        _check_module_tensors(where, modules, x0)
         if module_rows is None:
             batch = check_per_problem(where, modules, batch)
         else:

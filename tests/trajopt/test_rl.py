@@ -424,3 +424,26 @@ def test_path_tracking_cost_errors_against_the_road_geometry():
         X.append(t["model"](X[-1], tasks.stanley(t["cost"], X[-1])))
     offset, _ = t["cost"].errors(torch.stack(X, 1))
     assert offset[:, -20:].abs().max() < 0.75
+
+
+def test_diffenv_refuses_resets_and_observations_that_are_not_finite_states():
+    env = pendulum_env()
+    nan_reset = DiffEnv(env.dynamics, env.cost, reset=lambda n, g: torch.full((n, 2), math.nan, dtype=torch.float64),
+                        episode_length=5, num_envs=4)
+    with pytest.raises(ValueError, match="reset must return finite float states"):
+        nan_reset.reset()
+    wrong = DiffEnv(env.dynamics, env.cost, reset=env._reset, episode_length=5, num_envs=4,
+                    observe=lambda x: x[0])                                  # drops the batch dimension
+    with pytest.raises(ValueError, match=r"observe must return a float tensor \(B, o\) with B = 4"):
+        wrong.reset()
+    blows_up = DiffEnv(env.dynamics, env.cost, reset=env._reset, episode_length=5, num_envs=4,
+                       observe=lambda x: torch.log(x - 10))                 # NaN on every finite state
+    with pytest.raises(FloatingPointError, match="observe returned NaN or Inf"):
+        blows_up.reset()
+
+
+@pytest.mark.parametrize("option", ["actor_lr", "critic_lr", "reward_scale", "grad_norm"])
+@pytest.mark.parametrize("value", [math.inf, math.nan, 0.0])
+def test_shac_refuses_step_sizes_that_are_not_finite_and_positive(option, value):
+    with pytest.raises(ValueError, match=f"SHAC: {option} must be a positive finite number"):
+        small_shac(pendulum_env(), **{option: value})

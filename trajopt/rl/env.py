@@ -137,6 +137,12 @@ class DiffEnv:
         """Observations ``(B, o)`` of states ``x (B, n)`` at steps ``t (B,)`` of their episodes (used only with
         ``time_feature``)."""
         obs = x if self.observe_fn is None else self.observe_fn(x)
+        if self.observe_fn is not None and not (isinstance(obs, torch.Tensor) and obs.ndim == 2
+                                                and obs.shape[0] == x.shape[0] and obs.is_floating_point()):
+            raise ValueError(f"DiffEnv: observe must return a float tensor (B, o) with B = {x.shape[0]}, got "
+                             f"{tuple(obs.shape) if isinstance(obs, torch.Tensor) else type(obs).__name__}")
+        if self.observe_fn is not None and bool(torch.isfinite(x).all()) and not bool(torch.isfinite(obs).all()):
+            raise FloatingPointError("DiffEnv.observe: observe returned NaN or Inf for finite states")
         if not self.time_feature:
             return obs
         if t is None:
@@ -153,6 +159,9 @@ class DiffEnv:
             if x.shape != (self.num_envs, self.state_dim):
                 raise ValueError(f"DiffEnv: reset returned shape {tuple(x.shape)}; expected (count, n) = "
                                  f"({self.num_envs}, {self.state_dim})")
+            if not x.is_floating_point() or not bool(torch.isfinite(x).all()):
+                raise ValueError(f"DiffEnv: reset must return finite float states; got {x.dtype}"
+                                 f"{'' if not x.is_floating_point() else ' with NaN or Inf'}")
         return x[self.rank * self.local_envs:(self.rank + 1) * self.local_envs].detach()
 
     def reset(self, generator: torch.Generator | None = None) -> torch.Tensor:

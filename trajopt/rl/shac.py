@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .._core.bounds import clamp
+from .._core.checks import check_int, check_positive
 from .env import DiffEnv
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
 
@@ -86,21 +87,16 @@ class SHAC:
         where = "SHAC"
         if not isinstance(env, DiffEnv):
             raise TypeError(f"{where}: env must be a trajopt.rl.DiffEnv, got {type(env).__name__}")
-        for name, value in (("horizon", horizon), ("epochs", epochs), ("critic_iterations", critic_iterations),
-                            ("critic_minibatches", critic_minibatches), ("checkpoint_every", checkpoint_every),
-                            ("eval_every", eval_every)):
-            if int(value) != value or int(value) < 1:
-                raise ValueError(f"{where}: {name} must be a positive integer, got {value}")
+        check_int(where, horizon=horizon, epochs=epochs, critic_iterations=critic_iterations,
+                  critic_minibatches=critic_minibatches, checkpoint_every=checkpoint_every, eval_every=eval_every)
         if critic_minibatches > horizon:
             raise ValueError(f"{where}: critic_minibatches ({critic_minibatches}) must be at most horizon ({horizon})")
         for name, value in (("gamma", gamma), ("lam", lam), ("target_alpha", target_alpha)):
             if not 0 <= value <= 1:
                 raise ValueError(f"{where}: {name} must lie in [0, 1], got {value}")
-        for name, value in (("actor_lr", actor_lr), ("critic_lr", critic_lr), ("reward_scale", reward_scale)):
-            if not value > 0:
-                raise ValueError(f"{where}: {name} must be positive, got {value}")
-        if grad_norm is not None and not grad_norm > 0:
-            raise ValueError(f"{where}: grad_norm must be positive or None, got {grad_norm}")
+        check_positive(where, actor_lr=actor_lr, critic_lr=critic_lr, reward_scale=reward_scale)
+        if grad_norm is not None:
+            check_positive(where, grad_norm=grad_norm)
         if lr_schedule not in _SCHEDULES:
             raise ValueError(f"{where}: lr_schedule must be one of {_SCHEDULES}, got {lr_schedule!r}")
         self.world = env.world

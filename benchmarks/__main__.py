@@ -6,10 +6,10 @@ import sys
 import benchmarks  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch
 
-from benchmarks import collocation, gym_pendulum, ilqr, learned, lqr, ppo, rl, sampling, shooting
+from benchmarks import box_lqr, collocation, gym_pendulum, ilqr, learned, lqr, ppo, rl, sampling, shooting
 from benchmarks.timing import environment
 
-SUITES = {"lqr": lqr.run, "ilqr": ilqr.run, "ilqr-optimality": lambda repeat: ilqr.optimality(), "learned": learned.run,
+SUITES = {"lqr": lqr.run, "box-lqr": box_lqr.run, "ilqr": ilqr.run, "ilqr-optimality": lambda repeat: ilqr.optimality(), "learned": learned.run,
           "mpc-pendulum-v1": gym_pendulum.run, "mppi-pendulum-v1": gym_pendulum.run_mppi,
           "sampling": sampling.run, "shooting": shooting.run, "collocation": collocation.run,
           "shac": rl.run, "shac-tasks": rl.run_tasks, "shac-mpc": rl.run_mpc, "shac-learned": rl.run_learned,

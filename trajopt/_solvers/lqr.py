@@ -25,11 +25,11 @@ from __future__ import annotations
 import torch
 
 from dynamics.validation import check_consistent, check_finite, check_tensor
-from dynamics.analytic.linear import LinearDynamics
-from .._core.costs import QuadraticCost
-from .._core.problem import Problem, Solution, Status
+from .._core.bounds import check_bounds
+from .._core.checks import tolerance
+from .._core.interior_point import fix_active, interior_point
+from .._core.problem import Solution, Status
 from .._core.riccati import Stages, raise_if_not_pd, solve, spd_solve
-from .ilqr import ilqr
 
 __all__ = ["lqr", "lqr_cost"]
 
@@ -62,20 +62,29 @@ def lqr(
         x0: initial states ``(B, n)``.
         C_final: terminal cost Hessian ``(B, n, n)`` on ``x_T``, or None for zero.
         c_final: terminal cost gradient ``(B, n)``, or None for zero.
-        u_lower, u_upper: control bounds broadcastable to ``(B, T, m)`` (per problem, stage and control), or None.
-            With bounds the problem is a box-constrained QP, solved by :func:`trajopt.ilqr` on the per-problem
-            linear model and quadratic cost (exact on a linear-quadratic problem: each iteration is a projected
-            Newton step on the active set; ``max_iter`` bounds them); its gradient is iLQR's implicit one (the
-            KKT conditions with the active set held), reaching the same inputs.
+        u_lower, u_upper: control bounds broadcastable to ``(B, T, m)`` (per problem, stage and control; ``-inf``/``inf``
+            or None where unbounded). With bounds the problem is a box-constrained QP: a problem whose unbounded
+            solution is within its bounds keeps it; the others are solved by a primal-dual interior-point method
+            on the Riccati structure (Mehrotra's predictor-corrector, one batched Riccati pass per iteration with
+            the barrier diagonal on ``Q_uu``; :mod:`trajopt._core.interior_point`) that ends with the LQR of the
+            active set (controls at their bounds fixed), exact to rounding. Its gradient is that of the solution
+            with the active set held (the KKT system at the solution, strictly active bounds as equality
+            constraints): the adjoint LQR of that active-set LQR, reaching ``F, f, C, c, x0, C_final, c_final`` and
+            the bounds of the controls at them.
         grad: ``"implicit"`` (analytic adjoint, the default), ``"unroll"``
             (autograd through the recursion) or None (no graph is built).
-        max_iter: iteration budget of the box-constrained solve (unused without bounds).
+        max_iter: interior-point iteration budget (unused without bounds).
 
     Returns:
         :class:`~trajopt.Solution` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``,
         ``K (B, T, m, n)``, ``k (B, T, m)``, ``status`` all ``CONVERGED`` (a direct solve), ``iterations`` ones,
-        ``cost_history (B, 1)``, ``residual`` None. With bounds: :func:`trajopt.ilqr`'s solution (status,
-        iterations, residual per problem; ``K`` the feedback on the free controls).
+        ``cost_history (B, 1)``, ``residual`` None. With bounds: ``status`` ``CONVERGED`` where the solution
+        within the bounds has a projected gradient at most ``1e-8`` (float64; scaled to the dtype) relative to the
+        scale of the gradient, ``MAX_ITER`` when the budget ran out first (the last iterate clamped into the
+        bounds and its rollout; its gradient is that of the rollout of its controls), ``NOT_FINITE`` when a step
+        overflowed (the last finite iterate); ``iterations`` the interior-point iterations (0 for a problem
+        within its bounds); ``residual`` the projected gradient's largest entry; ``K`` the feedback of the
+        active-set LQR (zero rows on controls at a bound).
 
     Raises:
         ValueError: wrong shapes, mismatched batch sizes, NaN/Inf in an input, or a
@@ -83,7 +92,8 @@ def lqr(
         TypeError: a non-tensor or non-float input, or mismatched dtypes.
 
     Differentiable with respect to: F, f, C, c, x0, C_final, c_final (once, on the implicit route;
-    ``grad="unroll"`` supports higher-order derivatives).
+    ``grad="unroll"`` supports higher-order derivatives); with bounds also u_lower, u_upper (the entries at which
+    controls rest), and ``grad="unroll"`` takes the implicit route.
     """
     where = "lqr"
     if grad not in ("implicit", "unroll", None):
@@ -238,11 +248,56 @@ class LQRFunction(torch.autograd.Function):
         return dF, df, dC, dc, dx0, dCf, dcf
 
 
-def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad, max_iter):
-    """The bounded LQR of batched tensors as a :class:`~trajopt.Problem` of per-problem time-varying linear
-    dynamics and quadratic cost, solved by iLQR; gradients reach the tensors through its implicit route."""
-    n = x0.shape[-1]
-    model = LinearDynamics(F[..., :n], F[..., n:], f, batched=True)
-    cost = QuadraticCost(C, c, C_final, c_final, batched=True)
-    problem = Problem(model, cost, x0, horizon=F.shape[1], u_lower=u_lower, u_upper=u_upper)
-    return ilqr(problem, max_iter=max_iter, grad=grad)
+def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad, max_iter, tol=None):
+    """The bounded LQR of batched tensors by the interior-point method of :mod:`trajopt._core.interior_point`.
+
+    The unbounded solution comes first (one Riccati pass): a problem whose solution is within its bounds is solved.
+    The others go to the interior-point method, which ends with the LQR of their active set (the controls at
+    their bounds fixed). With grad, that LQR of every problem, fixed as :func:`fix_active` states it, is solved
+    once more through :class:`LQRFunction`: the gradient is that of the solution with its active set held (the
+    KKT system at the solution, strictly active bounds as equality constraints), by the same adjoint LQR as
+    without bounds, and reaches ``F, f, C, c, x0, C_final, c_final`` and the bounds of the fixed controls.
+    Problems that did not converge have every control fixed: their gradient is that of the rollout of their
+    controls."""
+    B, T, n, nm = F.shape
+    m = nm - n
+    lower, upper = check_bounds("lqr", u_lower, u_upper, (B, T, m), F)
+    lower = torch.full((B, T, m), -torch.inf, dtype=F.dtype, device=F.device) if lower is None else lower
+    upper = torch.full((B, T, m), torch.inf, dtype=F.dtype, device=F.device) if upper is None else upper
+    tol = tolerance(tol, 1e-8, F.dtype)
+    args = (F, f, C, c, x0, C_final, c_final)
+    record = grad is not None and torch.is_grad_enabled()
+    with torch.set_grad_enabled(record):       # the unbounded solution, the answer of every problem within bounds
+        X, U, cost, K, k, pd = (LQRFunction.apply(*args) if record else solve(*args, keep=False).outputs())
+    pd = pd.all(0)
+    inside = pd & ((U.detach() >= lower) & (U.detach() <= upper)).flatten(1).all(1)
+    status = torch.full((B,), int(Status.CONVERGED), dtype=torch.long, device=F.device)
+    iterations = torch.zeros(B, dtype=torch.long, device=F.device)
+    residual = torch.zeros(B, dtype=F.dtype, device=F.device)
+    if not bool(inside.all()):
+        with torch.no_grad():
+            X, U, cost, K, k = (z.detach().clone() for z in (X, U, cost, K, k))
+            fixed = torch.zeros_like(U, dtype=torch.bool)
+            rows = (~inside).nonzero()[:, 0]
+            start = torch.where(pd.view(-1, 1, 1), U, 0.0)[rows]
+            Xs = X[rows] if bool(pd[rows].all()) else rollout_of(*(z[rows] for z in args), start)
+            ip = interior_point(*(z[rows] for z in (*args, lower, upper)), start, Xs, tol=tol, max_iter=max_iter)
+            X[rows], U[rows], K[rows], k[rows], fixed[rows] = ip.X, ip.U, ip.K, ip.k, ip.fixed
+            status[rows] = torch.where(ip.converged, int(Status.CONVERGED),
+                                       torch.where(ip.finite, int(Status.MAX_ITER), int(Status.NOT_FINITE)))
+            iterations[rows], residual[rows] = ip.iterations, ip.residual
+            cost = lqr_cost(X, U, C, c, C_final, c_final)
+        if record:      # the LQR of the active set, differentiable (see the docstring)
+            values = torch.where(U == lower, lower, torch.where(U == upper, upper, U))
+            Fk, fk, Ck, ck, constant = fix_active(F, f, C, c, fixed, values)
+            X, Uk, cost, _, _, _ = LQRFunction.apply(Fk, fk, Ck, ck, x0, C_final, c_final)
+            U, cost = torch.where(fixed, values, Uk), cost + constant
+    return Solution(X=X, U=U, cost=cost, status=status, iterations=iterations,
+                    cost_history=cost.detach().unsqueeze(-1), residual=residual, K=K, k=k)
+
+
+def rollout_of(F, f, C, c, x0, C_final, c_final, U):
+    """The states of ``U`` under the dynamics ``F``, ``f`` from ``x0`` (every control fixed)."""
+    fixed = torch.ones_like(U, dtype=torch.bool)
+    Fk, fk, Ck, ck, _ = fix_active(F, f, C, c, fixed, U)
+    return solve(Fk, fk, Ck, ck, x0, C_final, c_final, keep=False).outputs()[0]

@@ -408,3 +408,33 @@ def test_ilqr_with_a_slew_rate_penalty_reaches_the_lbfgsb_optimum_with_exact_imp
     mass.requires_grad_(False)
     mppi = trajopt.mppi(problem, samples=200, max_iter=2, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(mppi.cost, cost(trajopt.rollout(p.dynamics, p.x0, mppi.U), mppi.U))
+
+
+def test_qp_step_on_a_box_constrained_linear_problem_is_the_bounded_lqr_in_a_few_steps():
+    """On a linear-quadratic problem the exact box-constrained step is the bounded optimum (up to the regularization
+    ``mu I`` on the control Hessian), so a few iterations reach the stopping test; the status and iteration counts
+    follow the default step's semantics."""
+    model, cost, x0, T = linear_problem(B=3, T=12, seed=1)
+    upper = torch.full((3, T, 2), 0.3, **D64)
+    p = trajopt.Problem(model, cost, x0, horizon=T, u_lower=-upper, u_upper=upper)
+    sol = trajopt.ilqr(p, step="qp", max_iter=50)
+    n, m = 3, 2
+    direct = trajopt.lqr(torch.cat([model.A, model.B], -1).expand(T, n, n + m), None, cost.C.expand(T, n + m, n + m),
+                         cost.c.expand(T, n + m), x0, C_final=cost.C_final, c_final=cost.c_final, u_lower=-upper,
+                         u_upper=upper)
+    assert sol.converged.all() and (sol.U == upper).any() and (sol.iterations <= 3).all()
+    torch.testing.assert_close(sol.U, direct.U, atol=1e-6, rtol=0)           # mu on C_uu, stopped at grad_tol
+    assert sol.cost_history.shape[1] == int(sol.iterations.max()) + 1
+    short = trajopt.ilqr(p, step="qp", max_iter=0)
+    assert (short.status == int(trajopt.Status.MAX_ITER)).all() and (short.iterations == 0).all()
+    with pytest.raises(ValueError, match="step"):
+        trajopt.ilqr(p, step="newton")
+
+
+def test_qp_step_reaches_the_box_ddp_optimum_on_p3():
+    p = canonical.cartpole(2)
+    ddp_ = trajopt.ilqr(p, max_iter=200, grad=None)
+    qp = trajopt.ilqr(p, max_iter=200, grad=None, step="qp")
+    assert ddp_.converged.all() and qp.converged.all()
+    torch.testing.assert_close(qp.cost, ddp_.cost, rtol=1e-7, atol=0)
+    assert (qp.U <= p.u_upper).all() and (qp.U >= p.u_lower).all()

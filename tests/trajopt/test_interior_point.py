@@ -157,3 +157,23 @@ def test_float32_behaves_like_float64_to_its_precision():
     s32 = _solve(p32, lower.float(), upper.float(), grad=None)
     assert s32.converged.all() and s32.U.dtype == torch.float32
     torch.testing.assert_close(s32.U.double(), s64.U, rtol=0, atol=1e-4)
+
+
+def test_active_set_iterations_and_the_interior_point_alone_reach_the_same_solution():
+    """The active-set iterations from the unbounded solution, the interior point alone (``active_set=0``) and one
+    active-set solve followed by the interior point all return the solution Clarabel finds; an active-set solve
+    counts as an iteration."""
+    from trajopt._core.interior_point import interior_point, unbounded
+    p, lower, upper = _problem(B=4, seed=7)
+    args = [p[k] for k in ("F", "f", "C", "c", "x0", "C_final", "c_final")]
+    X, U, *_ = unbounded(*args)
+    outs = {k: interior_point(*args, lower, upper, U, X, tol=1e-8, max_iter=100, active_set=k) for k in (10, 0, 1)}
+    for k, out in outs.items():
+        assert out.converged.all() and out.finite.all() and (out.iterations >= 1).all(), k
+        assert (out.U >= lower).all() and (out.U <= upper).all()
+    assert (outs[10].iterations <= 10).all() and (outs[0].iterations > outs[10].iterations).any()
+    for k in (0, 1):
+        torch.testing.assert_close(outs[k].U, outs[10].U, rtol=0, atol=1e-9)
+        torch.testing.assert_close(outs[k].fixed, outs[10].fixed)
+    for b in range(2):
+        torch.testing.assert_close(outs[0].U[b], _clarabel(p, b, lower, upper), rtol=0, atol=1e-8)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["solve", "Solved", "Stages", "augment", "gauss_jordan", "use_elimination", "spd_solve",
+__all__ = ["solve", "solve_augmented", "Solved", "Stages", "augment", "gauss_jordan", "use_elimination", "spd_solve",
            "spd_solve_small", "lqr_with_costates", "costates", "raise_if_not_pd"]
 
 
@@ -204,9 +204,13 @@ class Solved:
 
 def solve(F, f, C, c, x0, C_final, c_final, keep: bool = True) -> Solved:
     """Forward solve; ``keep`` retains what the adjoint backward needs (Vh, Quu)."""
-    B, T, n, nm = F.shape
-    Fh, Ch, VTh = augment(F, f, C, c, C_final, c_final)
-    Kh, Vh, Quu, pd = riccati(Fh, Ch, VTh, use_elimination(nm - n), keep)
+    return solve_augmented(*augment(F, f, C, c, C_final, c_final), x0, keep)
+
+
+def solve_augmented(Fh, Ch, VTh, x0, keep: bool = True) -> Solved:
+    """:func:`solve` of the homogeneous blocks of :func:`augment` (time major) and ``x0 (B, n)``."""
+    T, B, n1, N = Fh.shape
+    Kh, Vh, Quu, pd = riccati(Fh, Ch, VTh, use_elimination(N - n1), keep)
     xh = torch.cat([x0.new_ones(B, 1), x0], -1).unsqueeze(-1)
     cost = 0.5 * (xh.mT @ Vh[0] @ xh).view(B)
     Xh, Uh = Stages(T + 1), Stages(T)

@@ -43,16 +43,18 @@ from .._core.linesearch import ALPHAS, rounding, sufficient_decrease
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.riccati import costates
 from .._core.rollout import linearize, rollout, second_order_terms
+from .lqr import lqr as box_lqr
 
 __all__ = ["ilqr", "ddp"]
 
 _ROWS_AT_ONCE = 1024    # problems x step sizes evaluated in one forward pass
+_QP_MAX_ITER = 50       # iteration budget of a step="qp" subproblem
 
 
 @solver
 def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None, tol: float | None = None,
          second_order: bool = False, grad: str | None = "implicit", mu_init: float = 1e-6, mu_min: float = 1e-9,
-         mu_max: float = 1e10) -> Solution:
+         mu_max: float = 1e10, step: str = "box_ddp") -> Solution:
     """Solve a :class:`~trajopt.Problem` ``min_U cost(rollout(x0, U), U)`` within its control bounds by iLQR.
 
     Starts from ``problem.U_init``; with ``problem.X_init`` from that infeasible state guess instead, where each
@@ -74,8 +76,14 @@ def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None
             default ``1e-12`` in float64, scaled by the dtype's ``eps`` otherwise.
         second_order: add the dynamics' second-order terms (see :func:`ddp`).
         grad: ``"implicit"`` (default), ``"unroll"`` or None (a detached solution).
-        mu_init, mu_min, mu_max: the regularization ``mu`` of the backward pass (``Q_uu + mu B'B``); it shrinks
-            fourfold after a full step, grows fourfold after a short one and tenfold after a rejected one.
+        mu_init, mu_min, mu_max: the regularization ``mu`` of the backward pass (``Q_uu + mu B'B``; ``mu I`` on the
+            control Hessian with ``step="qp"``); it shrinks fourfold after a full step, grows fourfold after a short
+            one and tenfold after a rejected one.
+        step: ``"box_ddp"`` (default) the box-constrained backward pass of Tassa, Mansard and Todorov (2014): a box
+            QP per stage, the bounds of later stages seen only through the value function; ``"qp"`` the exact step
+            of the box-constrained LQ subproblem (the whole horizon's bounds at once, an SQP step), solved by the
+            bounded :func:`trajopt.lqr`'s solver (active-set iterations, then an interior point;
+            :mod:`trajopt._core.interior_point`), with feedback on the controls free at its solution.
 
     Returns:
         :class:`~trajopt.Solution` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``, ``status``
@@ -101,15 +109,17 @@ def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None
     if not problem.cost.separable:          # a cost coupling stages: its exact stagewise form on a larger state
         lifted, back = problem.cost.separated(problem)
         return back(ilqr.__wrapped__(lifted, max_iter=max_iter, grad_tol=grad_tol, tol=tol, second_order=second_order,
-                                     grad=grad, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max))
+                                     grad=grad, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max, step=step))
     check_int(where, minimum=0, max_iter=max_iter)
+    if step not in ("box_ddp", "qp"):
+        raise ValueError(f"{where}: step must be 'box_ddp' or 'qp', got {step!r}")
     check_positive(where, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)
     if not mu_min <= mu_init <= mu_max:
         raise ValueError(f"{where}: need mu_min <= mu_init <= mu_max, got {mu_min}, {mu_init}, {mu_max}")
     check_positive(where, **{k: v for k, v in (("grad_tol", grad_tol), ("tol", tol)) if v is not None})
     route = resolve_grad(where, grad)
     opts = dict(max_iter=max_iter, grad_tol=tolerance(grad_tol, 1e-6, problem.dtype), second_order=second_order,
-                tol=float(tol) if tol is not None else None, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)
+                tol=float(tol) if tol is not None else None, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max, step=step)
     with torch.set_grad_enabled(route == "unroll"):
         s = _solve(problem, unroll=route == "unroll", **opts)
     X, U = s.X, s.U
@@ -172,7 +182,8 @@ class _Model:
                       None if self.gaps is None else self.gaps[keep], None if self.gap0 is None else self.gap0[keep])
 
 
-def _solve(p: Problem, *, unroll, max_iter, grad_tol, tol, second_order, mu_init, mu_min, mu_max) -> _State:
+def _solve(p: Problem, *, unroll, max_iter, grad_tol, tol, second_order, mu_init, mu_min, mu_max,
+           step="box_ddp") -> _State:
     """The iterations; differentiable when grad mode is on (the unroll route).
 
     Each iteration works on the problems still iterating only: one linearization, one backward pass and one
@@ -191,7 +202,7 @@ def _solve(p: Problem, *, unroll, max_iter, grad_tol, tol, second_order, mu_init
         if len(go) == 0:
             break
         model = model.rows(go)
-        cand = _backward(p, s, model, second_order, tol)
+        cand = _backward(p, s, model, second_order, tol, step)
         chosen = _line_search(p, s, x0, cand)
         _schedule(s, model.a, cand, chosen, mu_min, mu_max)
         s.history.append(s.J.detach())
@@ -267,7 +278,7 @@ class _Candidates:
     ok: torch.Tensor; fine: torch.Tensor; scale: torch.Tensor; model: _Model  # noqa: E702
 
 
-def _backward(p, s, model, second_order, tol) -> _Candidates:
+def _backward(p, s, model, second_order, tol, step="box_ddp") -> _Candidates:
     """The box-constrained backward pass of every candidate, in one batch.
 
     Newton's model where asked, and where Gauss-Newton steps have reached rounding (at a strict local minimum the
@@ -285,13 +296,39 @@ def _backward(p, s, model, second_order, tol) -> _Candidates:
     b = a[pos]
     nonconvex = on_newton & s.fine[b]
     lower, upper = _bounds(p, s.U)
-    K, k, (d1, d2), _, ok = box_lqr_backward(
-        model.F[pos], torch.cat([C, q.C[alt]]), q.c[pos], q.C_final[pos], q.c_final[pos], lower[b] - s.U[b],
-        upper[b] - s.U[b], s.mu[b], *((None, None) if model.gaps is None else (model.gaps[pos], model.gap0[pos])),
-        nonconvex=nonconvex if bool(nonconvex.any()) else None)
+    gaps = (None, None) if model.gaps is None else (model.gaps[pos], model.gap0[pos])
+    if step == "qp":
+        K, k, (d1, d2), ok = _qp_step(model.F[pos], torch.cat([C, q.C[alt]]), q.c[pos], q.C_final[pos],
+                                      q.c_final[pos], lower[b] - s.U[b], upper[b] - s.U[b], s.mu[b], *gaps)
+    else:
+        K, k, (d1, d2), _, ok = box_lqr_backward(
+            model.F[pos], torch.cat([C, q.C[alt]]), q.c[pos], q.C_final[pos], q.c_final[pos], lower[b] - s.U[b],
+            upper[b] - s.U[b], s.mu[b], *gaps, nonconvex=nonconvex if bool(nonconvex.any()) else None)
     scale = s.J[b].abs().clamp_min(1.0)
     fine = ok & s.feasible[b] & (-d1 <= (rounding(s.J[b]) if tol is None else tol * scale))
     return _Candidates(pos, on_newton, alt, K, k, d1, d2, ok, fine, scale, model)
+
+
+def _qp_step(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=None, dx0=None):
+    """The exact step of the box-constrained LQ subproblem in deltas (the model of :func:`box_lqr_backward`, with
+    ``mu I`` on the control Hessian), by the bounded LQR's solver: its feedback ``K (B, T, m, n)`` (zero rows on the
+    controls at a bound) and ``k (B, T, m)``, the terms ``(d1, d2)`` of the model's change ``alpha d1 + alpha^2 d2``
+    along ``alpha`` times the step (gaps scaled alike) and ``ok (B,)`` (solved, finite). Not differentiable."""
+    B, T, n, nm = F.shape
+    m = nm - n
+    Creg = C.clone()
+    Creg[..., n:, n:] += mu.view(B, 1, 1, 1) * torch.eye(m, dtype=C.dtype, device=C.device)
+    f = F.new_zeros(B, T, n) if gaps is None else gaps
+    x0 = F.new_zeros(B, n) if dx0 is None else dx0
+    with torch.no_grad():
+        sol = box_lqr(F, f, Creg, c, x0, C_final=C_final, c_final=c_final, u_lower=du_lower, u_upper=du_upper,
+                      grad=None, max_iter=_QP_MAX_ITER)
+    tau = torch.cat([sol.X[:, :-1], sol.U], -1)
+    xT = sol.X[:, -1]
+    d1 = (c * tau).sum((1, 2)) + (c_final * xT).sum(-1)
+    d2 = 0.5 * (torch.einsum("bti,btij,btj->b", tau, C, tau) + torch.einsum("bi,bij,bj->b", xT, C_final, xT))
+    ok = (sol.status == int(Status.CONVERGED)) & torch.isfinite(d1) & torch.isfinite(d2)
+    return sol.K, sol.k, (d1, d2), ok
 
 
 def _bounds(p, like):

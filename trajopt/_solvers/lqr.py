@@ -27,7 +27,7 @@ import torch
 from dynamics.validation import check_consistent, check_finite, check_tensor
 from .._core.bounds import check_bounds
 from .._core.checks import tolerance
-from .._core.interior_point import fix_active, interior_point
+from .._core.interior_point import fix_active, interior_point, unbounded
 from .._core.problem import Solution, Status
 from .._core.riccati import Stages, raise_if_not_pd, solve, spd_solve
 
@@ -130,8 +130,8 @@ def lqr(
         batched("c", (T, n + m)), batched("x0", (n,)), batched("C_final", (n, n)), batched("c_final", (n,)),
     )
     if u_lower is not None or u_upper is not None:
-        check_finite(where, inputs)
-        sol = _box_constrained(*args, u_lower=u_lower, u_upper=u_upper, grad=grad, max_iter=max_iter)
+        sol = _box_constrained(*args, u_lower=u_lower, u_upper=u_upper, grad=grad, max_iter=max_iter,
+                               inputs=inputs)
         return sol if batch is not None else sol[0]
     with torch.set_grad_enabled(grad is not None and torch.is_grad_enabled()):
         if grad == "implicit":
@@ -248,7 +248,7 @@ class LQRFunction(torch.autograd.Function):
         return dF, df, dC, dc, dx0, dCf, dcf
 
 
-def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad, max_iter, tol=None):
+def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad, max_iter, tol=None, inputs=None):
     """The bounded LQR of batched tensors by the interior-point method of :mod:`trajopt._core.interior_point`.
 
     The unbounded solution comes first (one Riccati pass): a problem whose solution is within its bounds is solved.
@@ -258,7 +258,8 @@ def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad
     KKT system at the solution, strictly active bounds as equality constraints), by the same adjoint LQR as
     without bounds, and reaches ``F, f, C, c, x0, C_final, c_final`` and the bounds of the fixed controls.
     Problems that did not converge have every control fixed: their gradient is that of the rollout of their
-    controls."""
+    controls. NaN/Inf in the ``inputs`` (a dict of the named tensors) reaches the unbounded solution: only then are
+    they scanned, to raise naming the input."""
     B, T, n, nm = F.shape
     m = nm - n
     lower, upper = check_bounds("lqr", u_lower, u_upper, (B, T, m), F)
@@ -267,9 +268,15 @@ def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad
     tol = tolerance(tol, 1e-8, F.dtype)
     args = (F, f, C, c, x0, C_final, c_final)
     record = grad is not None and torch.is_grad_enabled()
+    blocks = None
     with torch.set_grad_enabled(record):       # the unbounded solution, the answer of every problem within bounds
-        X, U, cost, K, k, pd = (LQRFunction.apply(*args) if record else solve(*args, keep=False).outputs())
-    pd = pd.all(0)
+        if record:
+            X, U, cost, K, k, pd = LQRFunction.apply(*args)
+            pd = pd.all(0)
+        else:
+            X, U, cost, K, k, pd, blocks = unbounded(*args)
+    if inputs is not None and not (bool(torch.isfinite(cost).all()) and bool(torch.isfinite(U).all())):
+        check_finite("lqr", inputs)
     inside = pd & ((U.detach() >= lower) & (U.detach() <= upper)).flatten(1).all(1)
     status = torch.full((B,), int(Status.CONVERGED), dtype=torch.long, device=F.device)
     iterations = torch.zeros(B, dtype=torch.long, device=F.device)
@@ -281,7 +288,8 @@ def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad
             rows = (~inside).nonzero()[:, 0]
             start = torch.where(pd.view(-1, 1, 1), U, 0.0)[rows]
             Xs = X[rows] if bool(pd[rows].all()) else rollout_of(*(z[rows] for z in args), start)
-            ip = interior_point(*(z[rows] for z in (*args, lower, upper)), start, Xs, tol=tol, max_iter=max_iter)
+            ip = interior_point(*(z[rows] for z in (*args, lower, upper)), start, Xs, tol=tol, max_iter=max_iter,
+                                blocks=None if blocks is None else blocks if len(rows) == B else blocks.rows(rows))
             X[rows], U[rows], K[rows], k[rows], fixed[rows] = ip.X, ip.U, ip.K, ip.k, ip.fixed
             status[rows] = torch.where(ip.converged, int(Status.CONVERGED),
                                        torch.where(ip.finite, int(Status.MAX_ITER), int(Status.NOT_FINITE)))

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["check_tensor", "check_consistent", "check_finite", "check_positive", "check_int", "check_fraction"]
+__all__ = ["check_tensor", "check_consistent", "check_finite", "check_positive", "check_int", "check_fraction",
+           "check_bool", "check_callable"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
@@ -116,3 +117,18 @@ def check_fraction(where, **values):
     for name, value in values.items():
         if not (_number(value) and 0.0 <= value < 1.0):
             raise ValueError(f"{where}: {name} must be in [0, 1), got {value!r}")
+
+
+def check_bool(where, **values):
+    """Each value a bool (not a truthy stand-in such as ``'yes'`` or ``1``)."""
+    for name, value in values.items():
+        if not isinstance(value, bool):
+            raise TypeError(f"{where}: {name} must be a bool (True or False), got {value!r}")
+
+
+def check_callable(where, allow_none=False, **values):
+    """Each value callable (or None where ``allow_none``)."""
+    for name, value in values.items():
+        if not (callable(value) or (allow_none and value is None)):
+            raise TypeError(f"{where}: {name} must be callable{' or None' if allow_none else ''}, "
+                            f"got {type(value).__name__}")

@@ -24,6 +24,9 @@ class Acrobot(ContinuousDynamics):
         super().__init__(4, 1)
         scalar_parameters(self, positive=("m1", "m2", "l1", "lc1", "lc2", "I1", "I2"), m1=m1, m2=m2, l1=l1, lc1=lc1,
                           lc2=lc2, I1=I1, I2=I2, g=g)
+        if float(self.lc1.detach()) > float(self.l1.detach()):
+            raise ValueError(f"Acrobot: lc1 (the distance to the first link's centre of mass) must be at most l1 "
+                             f"(the link's length), got lc1={lc1!r} > l1={l1!r}")
 
     def _terms(self, x, u):
         """Accelerations and, as ``(..., 5)`` rows over ``(theta1, theta2, w1, w2, torque)``, their partials."""

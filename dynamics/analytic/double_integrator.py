@@ -5,6 +5,7 @@ Differentiable with respect to: state, control, ``mass``.
 import torch
 
 from ..base import ContinuousDynamics
+from ..validation import check_int
 from ._params import scalar_parameters
 
 
@@ -15,6 +16,7 @@ class DoubleIntegrator(ContinuousDynamics):
     default_method = "semi_implicit_euler"
 
     def __init__(self, dim: int = 1, mass: float = 1.0):
+        check_int("DoubleIntegrator", dim=dim)
         super().__init__(2 * dim, dim)
         self.dim = int(dim)
         self.positions = tuple(range(dim))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..validation import check_tensor
+from ..validation import check_consistent, check_tensor
 from ..base import Dynamics, register_tensors
 
 __all__ = ["LinearDynamics"]
@@ -25,7 +25,8 @@ class LinearDynamics(Dynamics):
             models, as mpc.pytorch's ``LinDx``; a :class:`trajopt.Problem` matches its batch to them.
 
     A time-varying model needs the stage index ``t`` in :meth:`forward` and
-    :meth:`jacobians`.
+    :meth:`jacobians`; its ``stages`` (``T``) bound the horizon of a :class:`trajopt.Problem`. Note that an unbatched
+    ``A`` of rank 3 is time-varying (``(T, n, n)``); per-problem models need ``batched=True``.
     """
 
     def __init__(self, A: torch.Tensor, B: torch.Tensor, offset: torch.Tensor | None = None, *,
@@ -34,13 +35,18 @@ class LinearDynamics(Dynamics):
         dims: dict[str, int] = {}
         tv = isinstance(A, torch.Tensor) and A.ndim == 3 + bool(batched)
         lead = (("B",) if batched else ()) + (("T",) if tv else ())
+        if isinstance(A, torch.Tensor) and isinstance(B, torch.Tensor) and A.ndim != B.ndim:
+            raise ValueError(f"{where}: A has shape {tuple(A.shape)} and B {tuple(B.shape)}; both must be "
+                             f"{'(B, ' if batched else '('}[T,] n, ...) alike (time-varying both or neither)")
         A = check_tensor(where, "A", A, (*lead, "n", "n"), dims, batchable=False)
         B = check_tensor(where, "B", B, (*lead, "n", "m"), dims, batchable=False)
         if offset is None:
             offset = A.new_zeros((*A.shape[:-1],))
         offset = check_tensor(where, "offset", offset, (*lead, "n"), dims, batchable=False)
+        check_consistent(where, {"A": A, "B": B, "offset": offset}, {"A": A.ndim, "B": B.ndim, "offset": offset.ndim})
         super().__init__(dims["n"], dims["m"])
         self.time_varying, self.batched = tv, bool(batched)
+        self.stages = A.shape[-3] if tv else None        # the stages a time-varying model covers (t < stages)
         register_tensors(self, learnable, A=A, B=B, offset=offset)
         self.per_problem = ("A", "B", "offset") if batched else ()
 
@@ -49,6 +55,9 @@ class LinearDynamics(Dynamics):
             return self.A, self.B, self.offset
         if t is None:
             raise ValueError("LinearDynamics: this model is time-varying; pass the stage index t")
+        if not 0 <= t < self.stages:
+            raise IndexError(f"LinearDynamics: this time-varying model has {self.stages} stages (A is "
+                             f"{tuple(self.A.shape)}); stage t={t} is beyond them")
         return self.A[..., t, :, :], self.B[..., t, :, :], self.offset[..., t, :]
 
     def forward(self, x, u, t=None):

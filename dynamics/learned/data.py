@@ -7,24 +7,50 @@ import numpy as np
 import torch
 
 from ..base import Dynamics
+from ..validation import check_consistent
 
 
 @dataclass
 class Transitions:
-    """``N`` transitions: states ``x (N, n)``, controls ``u (N, m)``, next states ``x_next (N, n)``."""
+    """``N`` transitions: states ``x (N, n)``, controls ``u (N, m)``, next states ``x_next (N, n)``: float tensors of
+    one dtype and device (a TypeError or ValueError names the one that is not). Finiteness is checked where they are
+    used (:func:`~dynamics.learned.fit`, :func:`~dynamics.learned.identify`), which name the first bad row."""
 
     x: torch.Tensor
     u: torch.Tensor
     x_next: torch.Tensor
 
     def __post_init__(self):
-        n = len(self.x)
-        if not (len(self.u) == len(self.x_next) == n) or self.x.shape != self.x_next.shape:
-            raise ValueError(f"Transitions: x {tuple(self.x.shape)}, u {tuple(self.u.shape)} and x_next "
+        where = "Transitions"
+        for name, dim in (("x", "n"), ("u", "m"), ("x_next", "n")):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{where}: {name} must be a torch.Tensor (N, {dim}), got {type(value).__name__}")
+            if not value.is_floating_point():
+                raise TypeError(f"{where}: {name} must be a float tensor, got {value.dtype}")
+            if value.ndim != 2:
+                raise ValueError(f"{where}: {name} must be (N, {dim}), got shape {tuple(value.shape)}")
+        check_consistent(where, {"x": self.x, "u": self.u, "x_next": self.x_next}, {"x": 1, "u": 1, "x_next": 1})
+        if self.x.shape != self.x_next.shape:
+            raise ValueError(f"{where}: x {tuple(self.x.shape)}, u {tuple(self.u.shape)} and x_next "
                              f"{tuple(self.x_next.shape)} must be (N, n), (N, m), (N, n)")
+
+    @classmethod
+    def _unchecked(cls, x, u, x_next) -> Transitions:
+        """Transitions of tensors already checked (rows of a checked set; ``(E, N, ...)`` for ensembles)."""
+        out = object.__new__(cls)
+        out.x, out.u, out.x_next = x, u, x_next
+        return out
 
     def __len__(self):
         return len(self.x)
+
+    def check_model(self, where: str, model) -> None:
+        """Raise naming ``where`` unless ``model`` (a :class:`~dynamics.Dynamics`) has this data's ``n`` and ``m``."""
+        n, m = self.x.shape[-1], self.u.shape[-1]
+        if (model.state_dim, model.control_dim) != (n, m):
+            raise ValueError(f"{where}: data has n={n} states and m={m} controls but the model has "
+                             f"n={model.state_dim}, m={model.control_dim}")
 
     def check(self, where: str, at_least: int) -> None:
         """Raise a ValueError naming ``where`` unless there are ``at_least`` transitions, all finite floats."""
@@ -40,7 +66,7 @@ class Transitions:
                                  f"transitions (first: row {int(bad.nonzero()[0])}); drop or repair them first")
 
     def __getitem__(self, index) -> Transitions:
-        return Transitions(self.x[index], self.u[index], self.x_next[index])
+        return Transitions._unchecked(self.x[index], self.u[index], self.x_next[index])
 
     def split(self, fraction: float, generator: torch.Generator | None = None):
         """A random ``(1 - fraction, fraction)`` split, e.g. into training and validation sets."""

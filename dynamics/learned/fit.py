@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..base import Dynamics
-from ..validation import check_fraction, check_int, check_positive
+from ..validation import check_bool, check_fraction, check_int, check_positive
 from .data import Transitions
 from .models import ProbabilisticEnsemble
 
@@ -30,11 +30,18 @@ def fit(model, data: Transitions, *, epochs: int = 100, batch_size: int = 256, l
     learning rate too high, say) with the model's weights left as they were before the call.
     """
     where = "fit"
-    data.check(where, at_least=2)
+    if not (isinstance(model, Dynamics) and callable(getattr(model, "fit_normalization", None))
+            and callable(getattr(model, "loss", None))):
+        raise TypeError(f"{where}: model must be a learned model of dynamics.learned (a Dynamics with "
+                        f"fit_normalization and loss, e.g. MLPDynamics), got {type(model).__name__}; fit a physical "
+                        "model's parameters with dynamics.learned.identify")
+    _check_data(where, data, model)
     check_int(where, epochs=epochs, batch_size=batch_size, patience=patience)
+    check_int(where, minimum=0, seed=seed)
+    check_bool(where, progress=progress)
     check_positive(where, lr=lr)
     check_fraction(where, val_fraction=val_fraction)
-    if not (math.isfinite(weight_decay) and weight_decay >= 0):
+    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ValueError(f"{where}: weight_decay must be a finite number >= 0, got {weight_decay!r}")
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -80,6 +87,15 @@ def fit(model, data: Transitions, *, epochs: int = 100, batch_size: int = 256, l
     model.load_state_dict(best_state)
     history["epochs"] = len(history["val_loss"])
     return history
+
+
+def _check_data(where, data, model):
+    """``data`` a :class:`Transitions` of at least 2 finite transitions with ``model``'s ``n`` and ``m``."""
+    if not isinstance(data, Transitions):
+        raise TypeError(f"{where}: data must be a dynamics.learned.Transitions(x, u, x_next), "
+                        f"got {type(data).__name__}")
+    data.check_model(where, model)
+    data.check(where, at_least=2)
 
 
 @torch.no_grad()

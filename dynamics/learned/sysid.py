@@ -15,14 +15,41 @@ from torch.func import functional_call
 from ..base import Dynamics
 from ..validation import check_int, check_positive
 from .data import Transitions
+from .fit import _check_data
 
 
 def _select(model: Dynamics, names):
+    where = "identify"
+    if isinstance(names, str):
+        raise TypeError(f"identify: names must be a list of parameter names, got the str {names!r}; "
+                        f"write [{names!r}]")
+    try:
+        names = list(names)
+    except TypeError:
+        raise TypeError(f"{where}: names must be a list of parameter names, got {type(names).__name__}") from None
+    if not names:
+        raise ValueError(f"{where}: names is empty; give the parameters to fit, some of "
+                         f"{sorted(dict(model.named_parameters()))}")
     params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
     unknown = [n for n in names if n not in params]
+    held = [n for n in unknown if n in buffers or _attribute(model, n)]
+    if held:
+        raise ValueError(f"{where}: names {held} {'is' if len(held) == 1 else 'are'} not learnable parameter(s) of the "
+                         f"model (a buffer or a fixed attribute, e.g. the time step); the model's parameters are "
+                         f"{sorted(params)}")
     if unknown:
-        raise ValueError(f"identify: unknown parameter(s) {unknown}; the model has {sorted(params)}")
+        raise ValueError(f"{where}: unknown parameter(s) {unknown}; the model has {sorted(params)}")
     return [params[n] for n in names]
+
+
+def _attribute(model, name):
+    try:
+        for part in name.split("."):
+            model = getattr(model, part)
+        return True
+    except AttributeError:
+        return False
 
 
 def residuals(model: Dynamics, data: Transitions, values: dict) -> torch.Tensor:
@@ -40,14 +67,24 @@ def identify(model: Dynamics, data: Transitions, names, *, method: str = "lbfgs"
     parameters are held fixed. Returns ``{name: value}`` of the fitted parameters.
     """
     where = "identify"
+    if not isinstance(model, Dynamics):
+        raise TypeError(f"{where}: model must be a dynamics.Dynamics, got {type(model).__name__}")
     if method not in ("lbfgs", "adam", "levenberg_marquardt"):
         raise ValueError(f"{where}: method must be 'lbfgs', 'adam' or 'levenberg_marquardt', got {method!r}")
-    data.check(where, at_least=2)          # the residuals are scaled by the spread of the observed changes
+    _check_data(where, data, model)         # the residuals are scaled by the spread of the observed changes
     check_int(where, steps=steps)
     check_positive(where, lr=lr, tolerance=tolerance)
     if method == "levenberg_marquardt":
         return identify_theseus(model, data, names, max_iterations=steps)
     params = _select(model, names)
+    names = list(names)
+    with torch.no_grad():
+        start = residuals(model, data, {})
+    if not bool(torch.isfinite(start).all()):
+        bad = ~torch.isfinite(start).all(-1)
+        raise ValueError(f"{where}: the model is not finite on data (its prediction is NaN or Inf for "
+                         f"{int(bad.sum())} of {len(data)} transitions, first: row {int(bad.nonzero()[0])}) at the "
+                         "current parameters; start them where the model is defined, or drop those transitions")
     before = [p.detach().clone() for p in params]
     frozen = [p for p in model.parameters() if all(p is not q for q in params)]
     state = [p.requires_grad for p in frozen]
@@ -73,7 +110,12 @@ def identify(model: Dynamics, data: Transitions, names, *, method: str = "lbfgs"
                 loss = objective()
                 loss.backward()
                 return loss
-            opt.step(closure)
+            try:
+                opt.step(closure)
+            except IndexError:      # torch's L-BFGS indexes an empty history once the objective turns NaN
+                with torch.no_grad():
+                    for p in params:
+                        p.fill_(float("nan"))       # reported (and the parameters restored) below
     finally:
         for p, s in zip(frozen, state):
             p.requires_grad_(s)
@@ -97,8 +139,9 @@ def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iteration
     except ImportError as err:  # pragma: no cover - exercised where theseus-ai is absent
         raise ImportError("identify(method='levenberg_marquardt') needs theseus-ai; see the README for its "
                           "install (pip install --no-build-isolation --no-deps theseus-ai ...)") from err
-    data.check("identify", at_least=2)
+    _check_data("identify", data, model)
     params = _select(model, names)
+    names = list(names)
     dtype = params[0].dtype
     variables = [th.Vector(1, name=f"p{i}", dtype=dtype) for i in range(len(names))]
     n = data.x.shape[-1]
@@ -108,7 +151,7 @@ def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iteration
     def err_fn(optim_vars, aux_vars):           # theseus batch of one: the whole dataset is one problem
         x, u, xn = (a.tensor[0] for a in aux_vars)
         values = {name: v.tensor[0, 0] for name, v in zip(names, optim_vars)}
-        return residuals(model, Transitions(x, u, xn), values).reshape(1, -1) / len(data) ** 0.5
+        return residuals(model, Transitions._unchecked(x, u, xn), values).reshape(1, -1) / len(data) ** 0.5
 
     cost = th.AutoDiffCostFunction(variables, err_fn, len(data) * n, aux_vars=[X, U, Xn],
                                    cost_weight=th.ScaleCostWeight(torch.ones(1, 1, dtype=dtype)),

@@ -61,3 +61,27 @@ def test_discretize_refuses_a_step_that_is_not_finite_and_positive(dt):
 def test_matrices_that_must_be_square_are_refused():
     with pytest.raises(ValueError, match="LinearDynamics: A has shape"):
         dynamics.LinearDynamics(torch.randn(2, 3), torch.randn(2, 1))
+
+
+# ---------------------------------------------------------------------------------------- issue 21: nothing silent
+@pytest.mark.parametrize("build, error, match", [
+    (lambda: dynamics.DoubleIntegrator(dim=0), ValueError, "DoubleIntegrator: dim must be an int >= 1"),
+    (lambda: dynamics.DoubleIntegrator(dim=1.5), ValueError, "DoubleIntegrator: dim must be an int >= 1"),
+    (lambda: dynamics.DoubleIntegrator(dim="2"), ValueError, "DoubleIntegrator: dim must be an int >= 1"),
+    (lambda: dynamics.DoubleIntegrator(dim=None), ValueError, "DoubleIntegrator: dim must be an int >= 1"),
+    (lambda: dynamics.Acrobot(lc1=2.0), ValueError, "Acrobot: lc1 .* must be at most l1"),
+    (lambda: dynamics.LinearDynamics(torch.eye(2), torch.ones(2, 1, dtype=torch.float64)), TypeError,
+     "LinearDynamics: B has dtype torch.float64 but A has torch.float32"),
+    (lambda: dynamics.LinearDynamics(torch.eye(2).expand(3, 2, 2), torch.ones(2, 1)), ValueError,
+     "LinearDynamics: A has shape \\(3, 2, 2\\) and B \\(2, 1\\)"),
+])
+def test_constructors_name_issue21_arguments(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def test_time_varying_linear_dynamics_names_a_stage_beyond_its_own():
+    model = dynamics.LinearDynamics(torch.eye(2).expand(3, 2, 2), torch.ones(3, 2, 1))
+    assert model.stages == 3
+    with pytest.raises(IndexError, match="LinearDynamics: this time-varying model has 3 stages"):
+        model(torch.zeros(1, 2), torch.zeros(1, 1), 3)

@@ -65,3 +65,59 @@ def test_identify_refuses_bad_options():
         identify(dynamics.Pendulum().discretize(), _data(), ["model.m"], steps=0)
     with pytest.raises(ValueError, match="identify: method"):
         identify(dynamics.Pendulum().discretize(), _data(), ["model.m"], method="newton")
+
+
+# ---------------------------------------------------------------------------------------- issue 21: nothing silent
+def _issue21_data(N=40, n=2, m=1, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    x, u = torch.randn(N, n, generator=g, dtype=dtype), torch.randn(N, m, generator=g, dtype=dtype)
+    return Transitions(x, u, dynamics.Pendulum(m=1.3, l=0.8).double().discretize()(x, u) if n == 2 else x)
+
+
+@pytest.mark.parametrize("args, error, match", [
+    (lambda d: ([[0.0, 0.0]], d.u[:1], d.x_next[:1]), TypeError, "Transitions: x must be a torch.Tensor"),
+    (lambda d: (d.x, d.u[:, 0], d.x_next), ValueError, "Transitions: u must be \\(N, m\\)"),
+    (lambda d: (d.x.float(), d.u, d.x_next), TypeError, "Transitions: u has dtype torch.float64 but x has"),
+    (lambda d: (d.x.long(), d.u, d.x_next), TypeError, "Transitions: x must be a float tensor"),
+    (lambda d: (d.x, d.u[:5], d.x_next), ValueError, "Transitions: batch sizes differ"),
+])
+def test_transitions_name_bad_tensors(args, error, match):
+    with pytest.raises(error, match=match):
+        Transitions(*args(_issue21_data()))
+
+
+def test_fit_and_identify_name_bad_models_data_and_names():
+    data = _issue21_data()
+    net = MLPDynamics(2, 1, (8,)).double()
+    pend = dynamics.Pendulum(m=1.0, l=1.0).double().discretize()
+    cases = [
+        (lambda: fit(pend, data, epochs=1), TypeError, "fit: model must be a learned model"),
+        (lambda: fit(None, data, epochs=1), TypeError, "fit: model must be a learned model"),
+        (lambda: fit(net, (data.x, data.u, data.x_next), epochs=1), TypeError, "fit: data must be a"),
+        (lambda: fit(net, _issue21_data(n=3), epochs=1), ValueError, "fit: data has n=3 states and m=1 controls"),
+        (lambda: fit(net, data, epochs=1, seed="a"), ValueError, "fit: seed must be an int >= 0"),
+        (lambda: identify(pend, data, "model.m"), TypeError, "identify: names must be a list .* write \\['model.m'\\]"),
+        (lambda: identify(pend, data, []), ValueError, "identify: names is empty"),
+        (lambda: identify(pend, data, None), TypeError, "identify: names must be a list"),
+        (lambda: identify(pend, data, ["dt"]), ValueError, "identify: names \\[.dt.\\] is not learnable"),
+        (lambda: identify(None, data, ["model.m"]), TypeError, "identify: model must be a dynamics.Dynamics"),
+        (lambda: identify(pend, _issue21_data(n=3), ["model.m"]), ValueError, "identify: data has n=3"),
+    ]
+    for call, error, match in cases:
+        with pytest.raises(error, match=match):
+            call()
+
+
+def test_identify_names_a_model_that_is_not_finite_on_the_data():
+    data = _issue21_data()
+    data.x[0, 0] = 50.0                                    # the model below is NaN there
+
+    class Partial(dynamics.Dynamics):
+        def __init__(self):
+            super().__init__(2, 1)
+            self.k = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+
+        def forward(self, x, u, t=None):
+            return torch.where(x.abs() > 10, float("nan"), self.k * x)
+    with pytest.raises(ValueError, match="identify: the model is not finite on data .* first: row 0"):
+        identify(Partial(), data, ["k"])

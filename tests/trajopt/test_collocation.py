@@ -590,3 +590,52 @@ def test_implicit_gradient_holds_knots_at_active_state_bounds():
             values.append(_losses(cost, *_kkt_polished(model, cost, start, near.X, near.U, held, held_knots)))
         columns.append((values[0] - values[1]) / (2 * GRAD_EPS))
     torch.testing.assert_close(grads, torch.stack(columns, 1), rtol=1e-6, atol=0)
+
+
+# ---------------------------------------------------------------------------------------- issue 21: nothing silent
+class _NaNPendulum(dynamics.ContinuousDynamics):
+    """The pendulum's derivative, NaN where ``|x| > 5``."""
+
+    default_dt, default_method = 0.05, "rk4"
+
+    def __init__(self):
+        super().__init__(2, 1)
+        self.base = dynamics.Pendulum()
+
+    def derivative(self, x, u, t=None):
+        y = self.base.derivative(x, u)
+        return torch.where(x.abs().amax(-1, keepdim=True) > 5, torch.full_like(y, float("nan")), y)
+
+
+@pytest.mark.parametrize("backend", [Scipy(), Theseus()], ids=["scipy", "theseus"])
+@pytest.mark.parametrize("solve", [collocation, multiple_shooting], ids=["collocation", "multiple_shooting"])
+def test_every_problem_non_finite_gives_all_not_finite(solve, backend):
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(2, **D64), 0.1 * torch.eye(1, **D64))
+    p = trajopt.Problem(_NaNPendulum().discretize(), cost, torch.tensor([[9.0, 0.0], [9.0, 0.0]], **D64),
+                        horizon=5, u_lower=-2.0, u_upper=2.0)
+    sol = solve(p, backend=backend)
+    assert (sol.status == trajopt.Status.NOT_FINITE).all() and torch.isinf(sol.cost).all()
+    assert torch.isfinite(sol.X).all() and torch.isfinite(sol.U).all()
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: Scipy(options={"maxiter": -1}), "Scipy: options\\['maxiter'\\] must be an int >= 1"),
+    (lambda: Scipy(options={"bogus": 1}), "Scipy: options has 'bogus', which scipy's SLSQP does not take"),
+    (lambda: Scipy("trust-constr", options={"ftol": 1e-9}), "Scipy: options has 'ftol'"),
+    (lambda: Scipy(options={"ftol": -1.0}), "Scipy: options\\['ftol'\\] must be a positive"),
+    (lambda: Theseus(options={"bogus": 1}), "Theseus: options has an unknown key 'bogus'"),
+    (lambda: Theseus(options={"damping": -1.0}), "Theseus: options\\['damping'\\] must be a positive"),
+    (lambda: Theseus(options={"step_size": 2.0}), "Theseus: options\\['step_size'\\] must be in \\(0, 1\\]"),
+])
+def test_backend_options_are_checked(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+@pytest.mark.parametrize("grad_tol", [-1e-3, float("nan")])
+@pytest.mark.parametrize("solve", [collocation, multiple_shooting], ids=["collocation", "multiple_shooting"])
+def test_theseus_refuses_a_grad_tol_that_is_not_positive(solve, grad_tol):
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(2, **D64), 0.1 * torch.eye(1, **D64))
+    p = trajopt.Problem(dynamics.Pendulum().discretize(), cost, torch.zeros(1, 2, **D64), horizon=5)
+    with pytest.raises(ValueError, match=f"{solve.__name__}: grad_tol must be a positive"):
+        solve(p, backend=Theseus(), grad_tol=grad_tol)

@@ -74,7 +74,7 @@ def test_constrained_ilqr_matches_slsqp_with_an_active_state_bound_per_problem()
     problem = trajopt.Problem(model, cost, x0, horizon=T, u_lower=-3.0, u_upper=3.0, constraint=speed_limit)
     sol = constrained_ilqr(problem)
     with torch.no_grad():
-        free = trajopt.ilqr(problem)
+        free = trajopt.ilqr(problem.replace(constraint=None))
     assert free.X[[0, 2], :, 1].amax(-1).min() > V_MAX + 0.1 and free.X[1, :, 1].max() < V_MAX
     assert sol.converged.all() and (sol.status == Status.CONVERGED).all()
     assert (sol.extras["violation"] <= 1e-6).all() and (sol.X[..., 1] <= V_MAX + 1e-6).all()
@@ -296,3 +296,18 @@ def test_constrained_ilqr_rejects_bad_input():
         constrained_ilqr(problem, iterations=3)
     with pytest.raises(ValueError, match="constraint at the initial trajectory contains NaN"):
         constrained_ilqr(speed_limited(x0, lambda x, u: torch.full_like(x[..., :1], float("nan"))))
+
+
+# ---------------------------------------------------------------------------------------- issue 21: nothing silent
+def test_constrained_ilqr_names_progress_and_a_failing_constraint():
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([1.0, 0.1], **D64)), 0.01 * torch.eye(1, **D64))
+    model = dynamics.Pendulum().discretize()
+    x0 = torch.zeros(2, 2, **D64)
+    ok = trajopt.Problem(model, cost, x0, horizon=5, constraint=lambda x, u: x[:, 1:2] - 10.0)
+    with pytest.raises(TypeError, match="constrained_ilqr: progress must be a bool"):
+        constrained_ilqr(ok, progress="yes")
+
+    def fails(x, u):
+        raise ZeroDivisionError("division by zero")
+    with pytest.raises(RuntimeError, match="constrained_ilqr: the problem's constraint raised ZeroDivisionError"):
+        constrained_ilqr(ok.replace(constraint=fails))

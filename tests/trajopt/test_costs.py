@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -169,3 +171,52 @@ def test_slew_rate_cost_is_its_formula_and_its_quadratization_has_the_exact_grad
 def test_a_weight_of_the_wrong_shape_is_refused_by_name(build, named):
     with pytest.raises(ValueError, match=named):
         build()
+
+
+# ---------------------------------------------------------------------------------------- issue 21: nothing silent
+_C3, _Q, _R = torch.eye(3, **D), torch.diag(torch.tensor([2.0, 0.2], **D)), torch.tensor([[0.002]], **D)
+_XR = torch.zeros(6, 2, **D)
+
+
+@pytest.mark.parametrize("build, error, match", [
+    (lambda: QuadraticCost(_C3, torch.zeros(3)), TypeError, "QuadraticCost: c has dtype torch.float32"),
+    (lambda: QuadraticCost(_C3, const=float("nan")), ValueError, "QuadraticCost: const contains NaN"),
+    (lambda: QuadraticCost(_C3, const="a"), TypeError, "QuadraticCost: const must be a torch.Tensor or a number"),
+    (lambda: QuadraticCost(torch.zeros(0, 0, **D)), ValueError, "QuadraticCost: C has shape \\(0, 0\\)"),
+    (lambda: QuadraticCost.from_weights(_Q, _R, T=0), ValueError, "from_weights: T must be an int >= 1"),
+    (lambda: QuadraticCost.from_weights(_Q, _R, T=-1), ValueError, "from_weights: T must be an int >= 1"),
+    (lambda: QuadraticCost.from_weights(_Q, _R, T=1.7), ValueError, "from_weights: T must be an int >= 1"),
+    (lambda: QuadraticCost.from_weights(None, _R), TypeError, "from_weights: Q must be a torch.Tensor"),
+    (lambda: QuadraticCost.from_weights([[2.0, 0.0], [0.0, 0.2]], _R), TypeError, "from_weights: Q must be"),
+    (lambda: QuadraticCost.from_weights(_Q, _R, x_goal="origin"), TypeError, "from_weights: x_goal must be"),
+    (lambda: QuadraticCost.tracking(_Q, _R, None), TypeError, "tracking: x_ref must be a torch.Tensor"),
+    (lambda: QuadraticCost.tracking(_Q, _R, _XR.tolist()), TypeError, "tracking: x_ref must be a torch.Tensor"),
+    (lambda: QuadraticCost.tracking(_Q, _R, _XR.float()), TypeError, "tracking: Q has dtype torch.float64 but x_ref"),
+    (lambda: QuadraticCost.tracking(_Q, _R, torch.full((6, 2), float("nan"), **D)), ValueError,
+     "tracking: x_ref contains NaN"),
+    (lambda: QuadraticCost.tracking(_Q, _R, _XR, u_ref=torch.full((5, 1), math.inf, **D)), ValueError,
+     "tracking: u_ref contains NaN"),
+    (lambda: trajopt.SlewRateCost(_cost(), torch.eye(2, **D)), ValueError, "SlewRateCost: S has shape \\(2, 2\\) but"),
+    (lambda: trajopt.SlewRateCost(_cost(), torch.tensor([[float("nan")]], **D)), ValueError,
+     "SlewRateCost: S contains"),
+    (lambda: trajopt.SlewRateCost(_cost(), torch.tensor([[math.inf]], **D)), ValueError, "SlewRateCost: S contains"),
+    (lambda: trajopt.SlewRateCost(_cost(), torch.ones(1, 1, dtype=torch.int64)), TypeError, "SlewRateCost: S must be"),
+    (lambda: trajopt.SlewRateCost(_cost(), torch.ones(1, 1)), TypeError, "SlewRateCost: S has dtype torch.float32"),
+    (lambda: trajopt.SlewRateCost(_cost(), "S"), TypeError, "SlewRateCost: S must be a torch.Tensor"),
+    (lambda: trajopt.SlewRateCost(_cost(), torch.ones(1, 1, **D), u_prev=torch.tensor([float("nan")], **D)),
+     ValueError, "SlewRateCost: u_prev contains NaN"),
+])
+def test_cost_constructors_name_bad_arguments(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
+
+
+def _cost():
+    return QuadraticCost.from_weights(_Q, _R)
+
+
+def test_from_weights_converts_the_other_weights_to_q_dtype():
+    """The documented conversion: float tensors of another dtype than Q's take Q's (R a number too)."""
+    cost = QuadraticCost.from_weights(_Q, torch.tensor([[0.002]]), x_goal=torch.zeros(2))
+    assert cost.C.dtype == torch.float64 and cost.declared_dims() == {"n+m": 3, "n": 2, "m": 1}
+    assert QuadraticCost.from_weights(_Q, 0.5).C[2, 2] == 0.5

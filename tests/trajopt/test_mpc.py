@@ -233,3 +233,27 @@ def gym_pendulum_episodes(count, steps, horizon=60, max_iter=5, first_iter=100):
             obs[i], reward, *_ = env.step(actions[i])
             returns[i] += reward
     return dict(returns=returns, final=states(obs))
+
+
+# ---------------------------------------------------------------------------------------- issue 21: nothing silent
+@pytest.mark.parametrize("x, error, match", [
+    (torch.zeros(2, 3, **D64), ValueError, "MPC: x has shape \\(2, 3\\)"),
+    (torch.tensor([[float("nan"), 0.0]], **D64), ValueError, "MPC: x contains NaN"),
+    (torch.zeros(2, 2, dtype=torch.int64), TypeError, "MPC: x must be float32 or float64"),
+    ([[0.0, 0.0]], TypeError, "MPC: x must be a torch.Tensor"),
+    (None, TypeError, "MPC: x must be a torch.Tensor"),
+    (torch.zeros(2, 1, 2, **D64), ValueError, "MPC: x has shape \\(2, 1, 2\\)"),
+    (torch.zeros(2, 2), TypeError, "MPC: x is torch.float32 but the cost's tensor"),
+])
+def test_mpc_names_its_argument_x(x, error, match):
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)),
+                                              torch.tensor([[0.002]], **D64))
+    mpc = trajopt.MPC(dynamics.Pendulum().discretize(), cost, 5, u_lower=-2.0, u_upper=2.0, grad=None)
+    with pytest.raises(error, match=match):
+        mpc(x)
+
+
+def test_mpc_refuses_a_solver_that_does_not_take_a_problem():
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(2, **D64), torch.eye(1, **D64))
+    with pytest.raises(TypeError, match="MPC: solver must be a solver\\(problem, \\*\\*options\\).*lqr takes \\(F, f"):
+        trajopt.MPC(dynamics.Pendulum().discretize(), cost, 5, solver=trajopt.lqr)

@@ -89,3 +89,20 @@ def test_multistart_rejects_bad_guesses_and_options():
         trajopt.multistart(problem, U_inits=guesses, screen_iter=0)
     with pytest.raises(TypeError, match="U_inits"):
         trajopt.multistart(problem)
+
+
+# ---------------------------------------------------------------------------------------- issue 21: nothing silent
+def test_multistart_names_bad_solvers_and_guesses():
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)),
+                                              torch.tensor([[0.002]], **D64))
+    problem = trajopt.Problem(dynamics.Pendulum().discretize(), cost, torch.zeros(2, 2, **D64), horizon=5,
+                              u_lower=-2.0, u_upper=2.0)
+    guesses = torch.zeros(2, 5, 1, **D64)
+    with pytest.raises(TypeError, match="multistart: solver must be a solver\\(problem"):
+        trajopt.multistart(problem, U_inits=guesses, solver=trajopt.lqr)
+    with pytest.raises(TypeError, match="multistart: solver must return a trajopt.Solution; .* returned NoneType"):
+        trajopt.multistart(problem, U_inits=guesses, solver=lambda problem, **k: None)
+    assert trajopt.multistart(problem, U_inits=guesses.float(), max_iter=2).U.dtype == torch.float64   # converted
+    bounded = problem.replace(x_upper=torch.tensor([math.inf, 0.3], **D64))
+    with pytest.raises(ValueError, match="multistart: the problem has x_upper, which ilqr does not take"):
+        trajopt.multistart(bounded, U_inits=guesses)

@@ -1,5 +1,7 @@
 """The Problem: validation once, per-problem tensors of models and costs, selection, and gradients reaching the
 caller's own tensors."""
+import math
+
 import pytest
 import torch
 
@@ -140,3 +142,71 @@ def test_constrained_ilqr_keeps_each_problems_own_cost_and_multipliers():
         alone = trajopt.constrained_ilqr(trajopt.Problem(model, trajopt.QuadraticCost(C[b], c[b]), x0[b], horizon=5,
                                                          constraint=speed))
         torch.testing.assert_close(sol.U[b], alone.U, rtol=0, atol=1e-8)
+
+
+# ---------------------------------------------------------------------------------------- issue 21: nothing silent
+def _issue21_fixtures():
+    D = dict(dtype=torch.float64)
+    model = dynamics.Pendulum().discretize()
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D)), torch.tensor([[0.002]], **D))
+    x0 = torch.tensor([[3.0, 0.0], [1.0, 0.5]], **D)
+    return model, cost, x0, D
+
+
+@pytest.mark.parametrize("change, error, match", [
+    (dict(u_lower=-math.inf, u_upper=-math.inf), ValueError, "Problem: u_upper is -inf"),
+    (dict(u_lower=math.inf, u_upper=math.inf), ValueError, "Problem: u_lower is \\+inf"),
+    (dict(u_lower=[-2.0]), TypeError, "Problem: u_lower must be a number or a tensor"),
+    (dict(u_lower=torch.tensor([-2.0])), TypeError, "Problem: u_lower is torch.float32"),
+    (dict(u_lower=torch.tensor([-2])), TypeError, "Problem: u_lower is torch.int64"),
+    (dict(cost="n=3"), ValueError, "Problem: the cost is for n=3 but the dynamics has n=2"),
+    (dict(cost="m=2"), ValueError, "Problem: the cost is for m=2"),
+    (dict(cost="n+m=4"), ValueError, "Problem: the cost is for n\\+m=4"),
+    (dict(cost="T=4"), ValueError, "Problem: the cost is time-varying with T=4 stages"),
+    (dict(cost="stage fails"), ValueError, "Problem: the cost failed on the dynamics' states"),
+    (dict(dynamics="T=3"), ValueError, "Problem: the dynamics is time-varying with 3 stages"),
+])
+def test_problem_refuses_what_it_used_to_accept(change, error, match):
+    model, cost, x0, D = _issue21_fixtures()
+
+    class Bad(trajopt.Cost):
+        def stage(self, x, u, t=None):
+            return x[:, 5]
+    costs = {"n=3": trajopt.QuadraticCost.from_weights(torch.eye(3, **D), torch.eye(1, **D)),
+             "m=2": trajopt.QuadraticCost.from_weights(torch.eye(2, **D), torch.eye(2, **D)),
+             "n+m=4": trajopt.QuadraticCost(torch.eye(4, **D)),
+             "T=4": trajopt.QuadraticCost.tracking(torch.eye(2, **D), torch.eye(1, **D), torch.zeros(5, 2, **D)),
+             "stage fails": Bad()}
+    kw = dict(horizon=5, u_lower=-2.0, u_upper=2.0)
+    kw.update({k: v for k, v in change.items() if k not in ("cost", "dynamics")})
+    if "cost" in change:
+        cost = costs[change["cost"]]
+    if "dynamics" in change:
+        model = dynamics.LinearDynamics(torch.eye(2, **D).expand(3, 2, 2), torch.ones(3, 2, 1, **D))
+    with pytest.raises(error, match=match):
+        trajopt.Problem(model, cost, x0, **kw)
+
+
+@pytest.mark.parametrize("solver", ["ilqr", "ddp", "single_shooting", "mppi", "cem", "random_shooting", "multistart"])
+@pytest.mark.parametrize("field", ["x_upper", "constraint"])
+def test_solvers_refuse_the_fields_they_do_not_take(solver, field):
+    model, cost, x0, D = _issue21_fixtures()
+    extra = dict(x_upper=torch.tensor([math.inf, 0.3], **D)) if field == "x_upper" else \
+        dict(constraint=lambda x, u: x[:, 1:2] - 0.3)
+    problem = trajopt.Problem(model, cost, x0, horizon=5, u_lower=-2.0, u_upper=2.0, **extra)
+    options = dict(U_inits=torch.zeros(2, 5, 1, **D)) if solver == "multistart" else {}
+    with pytest.raises(ValueError, match=f"{solver}: the problem has {field}, which .* does not take"):
+        getattr(trajopt, solver)(problem, **options)
+
+
+def test_select_solution_index_and_throw_name_their_arguments():
+    model, cost, x0, D = _issue21_fixtures()
+    problem = trajopt.Problem(model, cost, x0, horizon=5, u_lower=-2.0, u_upper=2.0)
+    with pytest.raises(IndexError, match="Problem.select: rows"):
+        problem.select([5])
+    sol = trajopt.ilqr(problem, max_iter=2)
+    with pytest.raises(IndexError, match="Solution: index 5"):
+        sol[5]
+    with pytest.raises(ValueError, match="Solution.throw: allow must be trajopt.Status"):
+        sol.throw(allow="x")
+    assert sol.throw(allow=tuple(trajopt.Status)) is sol

@@ -447,3 +447,66 @@ def test_diffenv_refuses_resets_and_observations_that_are_not_finite_states():
 def test_shac_refuses_step_sizes_that_are_not_finite_and_positive(option, value):
     with pytest.raises(ValueError, match=f"SHAC: {option} must be a positive finite number"):
         small_shac(pendulum_env(), **{option: value})
+
+
+# ---------------------------------------------------------------------------------------- issue 21: nothing silent
+@pytest.mark.parametrize("options, error, match", [
+    (dict(episode_length=1.7), ValueError, "DiffEnv: episode_length must be an int >= 1"),
+    (dict(episode_length="5"), ValueError, "DiffEnv: episode_length must be an int >= 1"),
+    (dict(episode_length=float("nan")), ValueError, "DiffEnv: episode_length must be an int >= 1"),
+    (dict(num_envs=2.5), ValueError, "DiffEnv: num_envs must be an int >= 1"),
+    (dict(num_envs=math.inf), ValueError, "DiffEnv: num_envs must be an int >= 1"),
+    (dict(shard=(0.5, 2)), ValueError, "DiffEnv: shard\\[0\\] \\(rank\\) must be an int >= 0"),
+    (dict(shard="x"), ValueError, "DiffEnv: shard must be a pair"),
+    (dict(observe="x"), TypeError, "DiffEnv: observe must be callable"),
+    (dict(terminate=5), TypeError, "DiffEnv: terminate must be callable"),
+])
+def test_diffenv_checks_its_options(options, error, match):
+    with pytest.raises(error, match=match):
+        pendulum_env(**options)
+
+
+def test_diffenv_checks_the_cost_against_the_model_and_the_actions():
+    model = dynamics.Pendulum().discretize()
+    starts = torch.zeros(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="DiffEnv: the cost is for n=3"):
+        DiffEnv(model, trajopt.QuadraticCost.from_weights(torch.eye(3).double(), torch.eye(1).double()), reset=starts,
+                episode_length=5, num_envs=4)
+    with pytest.raises(TypeError, match="DiffEnv: reset is torch.float64 but the cost's tensor"):
+        DiffEnv(model, trajopt.QuadraticCost.from_weights(torch.eye(2), torch.eye(1)), reset=starts,
+                episode_length=5, num_envs=4)
+    env = pendulum_env()
+    env.reset(torch.Generator().manual_seed(0))
+    for u, error, match in [([[0.0]] * 4, TypeError, "DiffEnv.step: u must be a torch.Tensor"),
+                            (torch.zeros(4, 1), TypeError, "DiffEnv.step: u is torch.float32"),
+                            (torch.zeros(4, 1, dtype=torch.int64), TypeError, "DiffEnv.step: u is torch.int64")]:
+        with pytest.raises(error, match=match):
+            env.step(u)
+
+
+@pytest.mark.parametrize("options, error, match", [
+    (dict(betas=(1.5, 0.9)), ValueError, "SHAC: betas\\[0\\] must be in \\[0, 1\\)"),
+    (dict(seed="a"), ValueError, "SHAC: seed must be an int >= 0"),
+    (dict(dtype="float"), TypeError, "SHAC: dtype must be a floating torch.dtype"),
+    (dict(critic=5), TypeError, "SHAC: critic must be a torch.nn.Module"),
+    (dict(hidden=(0,)), ValueError, "SHAC: hidden\\[0\\] must be an int >= 1"),
+    (dict(evaluate=5), TypeError, "SHAC: evaluate must be callable"),
+    (dict(log=5), TypeError, "SHAC: log must be a path"),
+])
+def test_shac_checks_its_options(options, error, match):
+    with pytest.raises(error, match=match):
+        small_shac(pendulum_env(), **options)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(epochs=-1), "epochs must be an int >= 0"),
+                                       (dict(epochs=1.5), "epochs must be an int >= 0"),
+                                       (dict(time_limit=-1), "time_limit must be a positive"),
+                                       (dict(time_limit=float("nan")), "time_limit must be a positive")])
+def test_shac_train_checks_its_budget(kw, match):
+    with pytest.raises(ValueError, match=f"SHAC.train: {match}"):
+        small_shac(pendulum_env()).train(**kw)
+
+
+def test_shac_checks_the_actor_interface():
+    with pytest.raises(TypeError, match="SHAC: actor must be called as actor\\(obs, noise\\)"):
+        small_shac(pendulum_env(), actor=torch.nn.Linear(2, 1).double())

@@ -78,3 +78,43 @@ def test_rollout_and_linearize_reject_bad_input():
         trajopt.rollout(PendulumODE(), torch.zeros(2), torch.zeros(4, 1))
     with pytest.raises(ValueError, match="batch sizes differ"):
         trajopt.linearize(model, torch.zeros(2, 5, 3, dtype=torch.float64), torch.zeros(3, 4, 2, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------- issue 21: nothing silent
+class _NaNBeyond(dynamics.Dynamics):
+    """The pendulum, NaN (or ``value``) for rows with ``|x| > 5``."""
+
+    def __init__(self, value=float("nan")):
+        super().__init__(2, 1)
+        self.base, self.value = dynamics.Pendulum().discretize(), value
+
+    def forward(self, x, u, t=None):
+        y = self.base(x, u)
+        return torch.where(x.abs().amax(-1, keepdim=True) > 5, torch.full_like(y, self.value), y)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_rollout_and_linearize_raise_naming_the_rows_instead_of_returning_nan(value):
+    D = dict(dtype=torch.float64)
+    x0, U = torch.tensor([[1.0, 0.0], [9.0, 0.0], [0.5, 0.0]], **D), torch.zeros(3, 5, 1, **D)
+    with pytest.raises(FloatingPointError, match=r"rollout: the model gave NaN or Inf states for row\(s\) \[1\], "
+                                                 r"first at step t=0"):
+        trajopt.rollout(_NaNBeyond(value), x0, U)
+    X = trajopt.rollout(dynamics.Pendulum().discretize(), x0, U)
+    with pytest.raises(FloatingPointError, match=r"linearize: .* row\(s\) \[1\]"):
+        trajopt.linearize(_NaNBeyond(value), X, U)
+    with pytest.raises(FloatingPointError, match="rollout: .*first at step"):      # overflow
+        trajopt.rollout(dynamics.Pendulum().discretize(), x0, torch.full((3, 5, 1), 1e308, **D))
+
+
+@pytest.mark.parametrize("t0", [-1, 1.7, "a", True])
+def test_rollout_checks_t0(t0):
+    D = dict(dtype=torch.float64)
+    with pytest.raises(ValueError, match="rollout: t0 must be an int >= 0"):
+        trajopt.rollout(dynamics.Pendulum().discretize(), torch.zeros(2, 2, **D), torch.zeros(2, 5, 1, **D), t0=t0)
+
+
+def test_linearize_names_a_length_mismatch_of_x_and_u():
+    D = dict(dtype=torch.float64)
+    with pytest.raises(ValueError, match="linearize: X has shape \\(2, 5, 2\\); expected T\\+1 = 7"):
+        trajopt.linearize(dynamics.Pendulum().discretize(), torch.zeros(2, 5, 2, **D), torch.zeros(2, 6, 1, **D))

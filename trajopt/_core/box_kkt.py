@@ -10,7 +10,7 @@ from .bounds import clamped, project
 from .implicit import ImplicitRule, grad_tensors, implicit
 from .problem import Status
 from .riccati import costates, lqr_with_costates
-from .rollout import linearize, rollout, second_order_terms, steps
+from .rollout import second_order_terms, steps, unchecked_linearize, unchecked_rollout
 
 __all__ = ["projected_gradient", "implicit_solution", "solution_costates"]
 
@@ -24,7 +24,7 @@ def projected_gradient(problem, U: torch.Tensor) -> torch.Tensor:
     U = U.expand(problem.B, problem.T, problem.m) if U.ndim == 2 else U
     with torch.enable_grad(), problem.evaluating():
         Ud = U.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(cost(rollout(dynamics, problem.x0.detach(), Ud), Ud).sum(), Ud)
+        (g,) = torch.autograd.grad(cost(unchecked_rollout(dynamics, problem.x0.detach(), Ud), Ud).sum(), Ud)
     out = project(g, U.detach(), problem.u_lower, problem.u_upper)
     return out if problem.batched else out[0]
 
@@ -32,7 +32,7 @@ def projected_gradient(problem, U: torch.Tensor) -> torch.Tensor:
 def solution_costates(dynamics, cost, X, U):
     """The dynamics' Jacobians ``F (B, T, n, n+m)`` and the costates ``lam (B, T+1, n)`` at a trajectory."""
     with torch.no_grad():
-        F, _ = linearize(dynamics, X, U)
+        F, _ = unchecked_linearize(dynamics, X, U)
         q = cost.quadratize(X, U)
         return F, costates(F, q.C, q.c, q.C_final, q.c_final)[1]
 

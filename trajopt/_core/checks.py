@@ -10,10 +10,10 @@ import inspect
 
 import torch
 
-from dynamics.validation import check_fraction, check_int, check_positive
+from dynamics.validation import check_bool, check_callable, check_fraction, check_int, check_positive
 
-__all__ = ["check_positive", "check_int", "check_fraction", "check_choice", "resolve_grad", "tolerance",
-           "solver_name", "solver_options"]
+__all__ = ["check_positive", "check_int", "check_fraction", "check_choice", "check_bool", "check_callable",
+           "resolve_grad", "tolerance", "solver_name", "solver_options"]
 
 GRAD_ROUTES = ("implicit", "unroll", None)
 
@@ -58,6 +58,11 @@ def solver_options(where, solver, options):
         params = list(inspect.signature(getattr(solver, "__wrapped__", solver)).parameters.values())
     except (TypeError, ValueError):         # no signature to read: the solver checks its options itself
         return None
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p.name for p in positional if p.default is p.empty]
+    if len(required) > 1 or (not positional and not any(p.kind is p.VAR_POSITIONAL for p in params)):
+        raise TypeError(f"{where}: solver must be a solver(problem, **options) of a trajopt.Problem (such as "
+                        f"trajopt.ilqr); {solver_name(solver)} takes ({', '.join(p.name for p in params)})")
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
         return None
     accepted = {p.name for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}

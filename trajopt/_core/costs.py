@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dynamics.base import Dynamics, register_tensors, rowwise_hessians
-from dynamics.validation import check_tensor
+from dynamics.validation import check_finite, check_int, check_tensor
 from .stages import over_stages
 
 __all__ = ["Cost", "QuadraticCost", "Quadratization", "SlewRateCost"]
@@ -61,6 +61,12 @@ class Cost(nn.Module, abc.ABC):
         """Terminal cost ``(B,)`` of ``x_T (B, n)``; zero unless overridden."""
         return x.new_zeros(x.shape[:-1])
 
+    def declared_dims(self) -> dict:
+        """The problem dimensions the cost is built for, some of ``{"n", "m", "n+m", "T"}`` (``T``: the stages of a
+        time-varying cost); ``{}`` when it does not say. A :class:`~trajopt.Problem` checks them against its dynamics
+        and horizon (and, for a cost that declares none, calls :meth:`stage` once on zeros)."""
+        return {}
+
     def forward(self, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         """Total cost ``(B,)`` of states ``X (B, T+1, n)`` and controls ``U (B, T, m)``."""
         stage = over_stages(self.stage, self, X[..., :-1, :], U)
@@ -98,6 +104,36 @@ def _stage_hessians(gx, gu, X, U, create_graph: bool = False):
     return H, hx[:n, :, T].transpose(0, 1)
 
 
+def _same_dtype(where, name, value, like, like_name, *, number=False, convert=False):
+    """``value``: a tensor of ``like``'s dtype (moved to its device; a float tensor of another dtype is converted
+    where ``convert``) or, where ``number``, a Python number (converted to a 0-dim tensor of that dtype). Anything
+    else raises a TypeError naming ``name``."""
+    if number and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{where}: {name} must be a torch.Tensor{' or a number' if number else ''}, "
+                        f"got {type(value).__name__}")
+    if value.is_floating_point() and value.dtype != like.dtype and convert:
+        value = value.to(like.dtype)
+    if value.is_floating_point() and value.dtype != like.dtype:
+        raise TypeError(f"{where}: {name} has dtype {value.dtype} but {like_name} has {like.dtype}; all tensors "
+                        f"must share one dtype (convert with .to({like.dtype}))")
+    return value.to(like.device)
+
+
+def _constant(where, name, value, like, shape):
+    """A stage or terminal constant: a finite number or a float tensor broadcastable to ``shape``."""
+    value = _same_dtype(where, name, value, like, "C", number=True)
+    if not value.is_floating_point():
+        raise TypeError(f"{where}: {name} must be a float number or tensor, got {value.dtype}")
+    check_finite(where, {name: value})
+    try:
+        return value.expand(shape).clone()
+    except RuntimeError:
+        raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected a number or a shape "
+                         f"broadcastable to {tuple(shape)}") from None
+
+
 class QuadraticCost(Cost):
     """``stage = 1/2 tau' C_t tau + c_t' tau + const_t``, ``terminal = 1/2 x' C_final x + c_final' x + const_final``.
 
@@ -123,21 +159,28 @@ class QuadraticCost(Cost):
         lead = (("B",) if batched else ()) + (("T",) if tv else ())
         dims: dict[str, int] = {}
         C = check_tensor(where, "C", C, (*lead, "n+m", "n+m"), dims, batchable=False)
-        c = C.new_zeros(C.shape[:-1]) if c is None else check_tensor(where, "c", c, (*lead, "n+m"), dims,
-                                                                      batchable=False)
+        if dims["n+m"] < 2:
+            raise ValueError(f"{where}: C has shape {tuple(C.shape)}; n+m must be at least 2 (n >= 1 states and "
+                             f"m >= 1 controls)")
+        c = C.new_zeros(C.shape[:-1]) if c is None else check_tensor(
+            where, "c", _same_dtype(where, "c", c, C, "C"), (*lead, "n+m"), dims, batchable=False)
         self.time_varying, self.batched = tv, bool(batched)
         tensors = {"C": C, "c": c}
         final = ("B",) if batched else ()
         if C_final is not None:
-            tensors["C_final"] = check_tensor(where, "C_final", C_final, (*final, "n", "n"), dims, batchable=False)
+            tensors["C_final"] = check_tensor(where, "C_final", _same_dtype(where, "C_final", C_final, C, "C"),
+                                              (*final, "n", "n"), dims, batchable=False)
         if c_final is not None:
-            tensors["c_final"] = check_tensor(where, "c_final", c_final, (*final, "n"), dims, batchable=False)
+            tensors["c_final"] = check_tensor(where, "c_final", _same_dtype(where, "c_final", c_final, C, "C"),
+                                              (*final, "n"), dims, batchable=False)
         if "n" in dims and dims["n"] >= dims["n+m"]:
             raise ValueError(f"{where}: C_final/c_final have n={dims['n']} but C has n+m={dims['n+m']}; "
                              "need n < n+m")
-        tensors["const"] = torch.as_tensor(const, dtype=C.dtype, device=C.device).expand(C.shape[:-2]).clone()
-        tensors["const_final"] = torch.as_tensor(const_final, dtype=C.dtype, device=C.device).expand(
-            C.shape[:1] if batched else ()).clone()
+        tensors["const"] = _constant(where, "const", const, C, C.shape[:-2])
+        tensors["const_final"] = _constant(where, "const_final", const_final, C, C.shape[:1] if batched else ())
+        self._dims = {key: dims[key] for key in ("n+m", "n") if key in dims}
+        if tv:
+            self._dims["T"] = C.shape[-3]
         register_tensors(self, learnable, **tensors)
         for name in ("C_final", "c_final"):
             if name not in tensors:
@@ -153,23 +196,31 @@ class QuadraticCost(Cost):
             Q: ``(n, n)`` (or ``(T, n, n)``); R: ``(m, m)`` (or ``(T, m, m)``).
             x_goal: ``(n,)`` or ``(T, n)``, default zero; u_goal: ``(m,)`` or ``(T, m)``, default zero.
             Q_final: ``(n, n)`` or None (no terminal term).
-            T: horizon; when given, the cost is made time-varying with ``T`` stages.
+            T: horizon (an int >= 1); when given, the cost is made time-varying with ``T`` stages.
+
+        ``Q`` is a float tensor; ``R`` a tensor or a number (``m = 1``); the goals and ``Q_final`` tensors. Float
+        tensors of another dtype than ``Q``'s are converted to it (the one conversion); lists are refused.
 
         Note the 1/2: the figures of ``problems.py`` (``x'Qx + u'Ru``) need ``Q, R`` doubled.
         """
         where, dims = "QuadraticCost.from_weights", {}
-        Q = check_tensor(where, "Q", torch.as_tensor(Q), ("n", "n"), dims)
-        R = torch.as_tensor(R, dtype=Q.dtype, device=Q.device)
+        Q = check_tensor(where, "Q", Q, ("n", "n"), dims)
+        R = _same_dtype(where, "R", R, Q, "Q", convert=True, number=True)
         R = check_tensor(where, "R", R.reshape(*R.shape, 1, 1) if R.ndim == 0 else R, ("m", "m"), dims)
         n, m = Q.shape[-1], R.shape[-1]
         xg = Q.new_zeros(n) if x_goal is None else check_tensor(
-            where, "x_goal", torch.as_tensor(x_goal, dtype=Q.dtype, device=Q.device), ("n",), dims)
+            where, "x_goal", _same_dtype(where, "x_goal", x_goal, Q, "Q", convert=True), ("n",), dims)
         ug = Q.new_zeros(m) if u_goal is None else check_tensor(
-            where, "u_goal", torch.as_tensor(u_goal, dtype=Q.dtype, device=Q.device), ("m",), dims)
+            where, "u_goal", _same_dtype(where, "u_goal", u_goal, Q, "Q", convert=True), ("m",), dims)
         if Q_final is not None:
-            Q_final = check_tensor(where, "Q_final", torch.as_tensor(Q_final, dtype=Q.dtype, device=Q.device),
+            Q_final = check_tensor(where, "Q_final", _same_dtype(where, "Q_final", Q_final, Q, "Q", convert=True),
                                    ("n", "n"), dims, batchable=False)
+        if T is not None:
+            check_int(where, T=T)
         lengths = [a.shape[0] for a, k in ((Q, 2), (R, 2), (xg, 1), (ug, 1)) if a.ndim == k + 1]
+        if len(set(lengths)) > 1 or (T is not None and lengths and lengths[0] != T):
+            raise ValueError(f"{where}: the time-varying weights and goals disagree on the horizon: lengths "
+                             f"{lengths}{'' if T is None else f' and T={T}'}")
         if T is None and lengths:
             T = lengths[0]
         if T is not None:
@@ -181,11 +232,12 @@ class QuadraticCost(Cost):
         c = -torch.cat([Qxg, Rug], -1)
         const = 0.5 * ((xg * Qxg).sum(-1) + (ug * Rug).sum(-1))
         if Q_final is None:
-            return cls(C, c, const=const, learnable=learnable)
-        Qf = torch.as_tensor(Q_final, dtype=Q.dtype)
+            return cls(C, c, const=const, learnable=learnable)._declare(n=n, m=m)
+        Qf = Q_final
         xgT = xg[-1] if xg.ndim == 2 else xg
         Qfx = Qf @ xgT
-        return cls(C, c, Qf, -Qfx, const=const, const_final=0.5 * (xgT * Qfx).sum(), learnable=learnable)
+        return cls(C, c, Qf, -Qfx, const=const, const_final=0.5 * (xgT * Qfx).sum(),
+                   learnable=learnable)._declare(n=n, m=m)
 
     @classmethod
     def tracking(cls, Q, R, x_ref, u_ref=None, Q_final=None, *, learnable=False):
@@ -197,35 +249,59 @@ class QuadraticCost(Cost):
             x_ref: the reference states ``(T+1, n)``, or ``(B, T+1, n)`` per problem (a batched cost, see
                 ``batched``); u_ref: the reference controls ``(T, m)`` or ``(B, T, m)``, default zero.
 
+        Every tensor has ``x_ref``'s dtype (``R`` may be a number, ``m = 1``); a mismatch raises a TypeError.
+
         Differentiable with respect to ``Q``, ``R``, ``Q_final``, ``x_ref`` and ``u_ref`` (they enter the cost's
         tensors, which keep their graph: build the cost anew for each backward pass).
         """
-        x_ref = torch.as_tensor(x_ref)
         where = "QuadraticCost.tracking"
+        if not isinstance(x_ref, torch.Tensor):
+            raise TypeError(f"{where}: x_ref must be a torch.Tensor (T+1, n) or (B, T+1, n), "
+                            f"got {type(x_ref).__name__}")
         if x_ref.ndim not in (2, 3):
             raise ValueError(f"{where}: x_ref must be (T+1, n) or (B, T+1, n), got shape {tuple(x_ref.shape)}")
+        if not x_ref.is_floating_point():
+            raise TypeError(f"{where}: x_ref must be float32 or float64, got {x_ref.dtype}")
+        check_finite(where, {"x_ref": x_ref})
         batched = x_ref.ndim == 3
-        Q = torch.as_tensor(Q, dtype=x_ref.dtype, device=x_ref.device)
-        R = torch.as_tensor(R, dtype=x_ref.dtype, device=x_ref.device)
+        Q = _same_dtype(where, "Q", Q, x_ref, "x_ref")
+        R = _same_dtype(where, "R", R, x_ref, "x_ref", number=True)
+        R = R.reshape(1, 1) if R.ndim == 0 else R
+        check_finite(where, {"Q": Q, "R": R})
         n, m, T = x_ref.shape[-1], R.shape[-1], x_ref.shape[-2] - 1
         if Q.shape != (n, n) or R.ndim != 2 or R.shape[0] != m or T < 1:
             raise ValueError(f"{where}: need Q (n, n) = ({n}, {n}), R (m, m) and x_ref with T+1 >= 2 states; got Q "
                              f"{tuple(Q.shape)}, R {tuple(R.shape)}, x_ref {tuple(x_ref.shape)}")
         lead = x_ref.shape[:-2]
-        u_ref = x_ref.new_zeros(*lead, T, m) if u_ref is None else torch.as_tensor(u_ref, dtype=x_ref.dtype)
+        u_ref = x_ref.new_zeros(*lead, T, m) if u_ref is None else _same_dtype(where, "u_ref", u_ref, x_ref, "x_ref")
         if u_ref.shape[-2:] != (T, m) or u_ref.ndim != x_ref.ndim:
             raise ValueError(f"{where}: u_ref must be {(*lead, T, m)}, got shape {tuple(u_ref.shape)}")
+        check_finite(where, {"u_ref": u_ref})
+        if Q_final is not None:
+            Q_final = _same_dtype(where, "Q_final", Q_final, x_ref, "x_ref")
+            if Q_final.shape != (n, n):
+                raise ValueError(f"{where}: Q_final must be (n, n) = ({n}, {n}), got shape {tuple(Q_final.shape)}")
+            check_finite(where, {"Q_final": Q_final})
         C = torch.block_diag(Q, R).expand(*lead, T, n + m, n + m)
         ref = torch.cat([x_ref[..., :T, :], u_ref], -1)
         c = -(ref.unsqueeze(-2) @ C).squeeze(-2)
         const = 0.5 * (ref * (ref.unsqueeze(-2) @ C).squeeze(-2)).sum(-1)
         if Q_final is None:
-            return cls(C, c, const=const, learnable=learnable, batched=batched)
-        Qf = torch.as_tensor(Q_final, dtype=x_ref.dtype, device=x_ref.device)
+            return cls(C, c, const=const, learnable=learnable, batched=batched)._declare(n=n, m=m)
+        Qf = Q_final
         xT = x_ref[..., T, :]
         Qfx = (xT.unsqueeze(-2) @ Qf).squeeze(-2)
         return cls(C, c, Qf.expand(*lead, n, n), -Qfx, const=const, const_final=0.5 * (xT * Qfx).sum(-1),
-                   learnable=learnable, batched=batched)
+                   learnable=learnable, batched=batched)._declare(n=n, m=m)
+
+    def _declare(self, **dims):
+        self._dims.update(dims)
+        return self
+
+    def declared_dims(self) -> dict:
+        """``n+m`` (and ``T`` when time-varying) from ``C``; ``n`` when there is a terminal term; ``n`` and ``m``
+        when built by :meth:`from_weights` or :meth:`tracking`."""
+        return dict(self._dims)
 
     def _at(self, t):
         if not self.time_varying:
@@ -314,21 +390,39 @@ class SlewRateCost(Cost):
 
     def __init__(self, cost: Cost, S, u_prev=None):
         super().__init__()
+        where = "SlewRateCost"
         if not isinstance(cost, Cost):
-            raise TypeError(f"SlewRateCost: cost must be a trajopt.Cost, got {type(cost).__name__}")
-        S = torch.as_tensor(S)
+            raise TypeError(f"{where}: cost must be a trajopt.Cost, got {type(cost).__name__}")
+        if not isinstance(S, torch.Tensor):
+            raise TypeError(f"{where}: S must be a torch.Tensor (m, m) or (m,), got {type(S).__name__}")
+        if not S.is_floating_point():
+            raise TypeError(f"{where}: S must be float32 or float64, got {S.dtype}")
         S = torch.diag_embed(S) if S.ndim == 1 else S
         if S.ndim != 2 or S.shape[0] != S.shape[1]:
-            raise ValueError(f"SlewRateCost: S must be (m, m) or (m,), got shape {tuple(S.shape)}")
+            raise ValueError(f"{where}: S must be (m, m) or (m,), got shape {tuple(S.shape)}")
+        check_finite(where, {"S": S})
+        like = next((z for z in (*cost.parameters(), *cost.buffers()) if z.is_floating_point() and z.ndim), None)
+        if like is not None and like.dtype != S.dtype:
+            raise TypeError(f"{where}: S has dtype {S.dtype} but the cost's tensors have {like.dtype}; convert one "
+                            f"side (S.to({like.dtype}))")
+        m = cost.declared_dims().get("m")
+        if m is not None and S.shape[0] != m:
+            raise ValueError(f"{where}: S has shape {tuple(S.shape)} but the cost is for m={m} controls; S must be "
+                             f"(m, m) = ({m}, {m}) or (m,)")
         self.cost, self.time_varying = cost, cost.time_varying
         self.register_buffer("S", S)
         if u_prev is not None:
-            u_prev = torch.as_tensor(u_prev, dtype=S.dtype, device=S.device)
+            u_prev = _same_dtype(where, "u_prev", u_prev, S, "S")
             if u_prev.ndim not in (1, 2) or u_prev.shape[-1] != S.shape[0]:
-                raise ValueError(f"SlewRateCost: u_prev must be (m,) or (B, m) with m={S.shape[0]}, got shape "
+                raise ValueError(f"{where}: u_prev must be (m,) or (B, m) with m={S.shape[0]}, got shape "
                                  f"{tuple(u_prev.shape)}")
+            check_finite(where, {"u_prev": u_prev})
             self.per_problem = ("u_prev",) if u_prev.ndim == 2 else ()
         self.register_buffer("u_prev", u_prev)
+
+    def declared_dims(self) -> dict:
+        """The wrapped cost's, with ``m`` from ``S``."""
+        return {**self.cost.declared_dims(), "m": self.S.shape[0]}
 
     def _changes(self, U):
         """``u_t - u_{t-1}`` ``(..., T or T-1, m)``."""

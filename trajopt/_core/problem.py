@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import functools
 import itertools
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -21,7 +22,7 @@ from .constraint import Constraint, FunctionConstraint
 from .costs import Cost
 from .per_problem import check_per_problem, has_per_problem, rows
 
-__all__ = ["Problem", "Solution", "Status", "SolveError", "solver", "merge"]
+__all__ = ["Problem", "Solution", "Status", "SolveError", "solver", "merge", "check_takes", "TAKES"]
 
 
 class Status(enum.IntEnum):
@@ -46,7 +47,7 @@ class SolveError(RuntimeError):
     """Raised by :meth:`Solution.throw` when a problem ended with a status it was not allowed to."""
 
 
-def _check_module_tensors(where: str, modules: dict, x0: torch.Tensor) -> None:
+def _check_module_tensors(where: str, modules: dict, x0: torch.Tensor, name_x0: str = "x0") -> None:
     """The models' and costs' tensors share ``x0``'s dtype and device (0-dim float64 constants excepted: they do
     not promote float32 arithmetic, and are moved to the device by PyTorch)."""
     for role, module in modules.items():
@@ -56,10 +57,10 @@ def _check_module_tensors(where: str, modules: dict, x0: torch.Tensor) -> None:
             if not tensor.is_floating_point() or tensor.ndim == 0:
                 continue
             if tensor.dtype != x0.dtype:
-                raise TypeError(f"{where}: x0 is {x0.dtype} but the {role}'s tensor {name!r} is {tensor.dtype}; "
-                                f"convert one side: {role}.to({x0.dtype}) or x0.to({tensor.dtype})")
+                raise TypeError(f"{where}: {name_x0} is {x0.dtype} but the {role}'s tensor {name!r} is {tensor.dtype}; "
+                                f"convert one side: {role}.to({x0.dtype}) or {name_x0}.to({tensor.dtype})")
             if tensor.device != x0.device:
-                raise ValueError(f"{where}: x0 is on {x0.device} but the {role}'s tensor {name!r} is on "
+                raise ValueError(f"{where}: {name_x0} is on {x0.device} but the {role}'s tensor {name!r} is on "
                                  f"{tensor.device}; move one side: {role}.to({str(x0.device)!r})")
 
 
@@ -103,6 +104,14 @@ class Solution:
         return self.status == Status.CONVERGED
 
     def __getitem__(self, rows) -> Solution:
+        B = self.status.shape[0] if self.status.ndim else None
+        if B is None:
+            raise IndexError("Solution: this solution is unbatched (its problem was); it has no problems to index")
+        try:
+            torch.arange(B, device=self.status.device)[rows]
+        except (IndexError, TypeError, RuntimeError) as e:
+            raise IndexError(f"Solution: index {rows!r} does not select problems of this batch of B={B} "
+                             f"({e})") from None
         pick = (lambda z: z if z is None else z[rows])       # noqa: E731
         return Solution(**{f.name: {k: pick(v) for k, v in self.extras.items()} if f.name == "extras"
                            else pick(getattr(self, f.name)) for f in fields(self)})
@@ -114,7 +123,17 @@ class Solution:
         return f"{status.numel()} problems: " + ", ".join(f"{c} {name}" for name, c in counts if c)
 
     def throw(self, allow=(Status.CONVERGED, Status.NO_CERTIFICATE)) -> Solution:
-        """Raise :class:`SolveError` naming the problems whose status is not in ``allow``; else return ``self``."""
+        """Raise :class:`SolveError` naming the problems whose status is not in ``allow`` (:class:`Status` values, or a
+        single one); else return ``self``."""
+        allow = (allow,) if isinstance(allow, int) and not isinstance(allow, bool) else allow
+        try:
+            items = list(allow)
+            if any(isinstance(z, (bool, str)) for z in items):
+                raise TypeError
+            allow = tuple(Status(z) for z in items)
+        except (TypeError, ValueError):
+            raise ValueError(f"Solution.throw: allow must be trajopt.Status values (e.g. (Status.CONVERGED,)), "
+                             f"got {allow!r}") from None
         allowed = torch.tensor([int(s) for s in allow], device=self.status.device)
         bad = ~torch.isin(self.status.reshape(-1), allowed)
         if bool(bad.any()):
@@ -236,6 +255,11 @@ class Problem:
         if batch == 0:
             raise ValueError(f"{where}: the batch is empty (B=0)")
         B, n, m = batch or 1, dims["n"], dims["m"]
+        _check_cost_dims(where, cost, n, m, T, x0)
+        stages = getattr(dynamics, "stages", None)
+        if isinstance(stages, int) and stages < T:
+            raise ValueError(f"{where}: the dynamics is time-varying with {stages} stages, fewer than the horizon "
+                             f"T={T} (a per-problem model needs batched=True)")
         self.dynamics, self.cost = dynamics, cost
         self.B, self.T, self.n, self.m, self.batched = B, T, n, m, batch is not None
         self.x0 = x0.expand(B, n)
@@ -280,7 +304,11 @@ class Problem:
     def select(self, rows) -> Problem:
         """The problems ``rows`` (an index tensor, a list, a slice or a bool mask) as a batched problem; per-problem
         tensors of the modules are selected with them (by ``module_rows``)."""
-        index = torch.arange(self.B, device=self.device)[rows].reshape(-1)
+        try:
+            index = torch.arange(self.B, device=self.device)[rows].reshape(-1)
+        except (IndexError, TypeError, RuntimeError) as e:
+            raise IndexError(f"Problem.select: rows {rows!r} do not select problems of this batch of B={self.B} "
+                             f"({e})") from None
         pick = lambda z: None if z is None else z[index]      # noqa: E731
         base = index if self.module_rows is None else self.module_rows[index]
         return Problem(self.dynamics, self.cost, pick(self.x0), U_init=pick(self.U_init), X_init=pick(self.X_init),
@@ -307,6 +335,50 @@ class Problem:
                 f"dynamics={type(self.dynamics).__name__}, cost={type(self.cost).__name__}, dtype={self.dtype})")
 
 
+_PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()     # cost -> {(n, m, T, dtype)} it passed
+
+
+def _check_cost_dims(where, cost, n, m, T, like):
+    """The cost fits the dynamics' ``n``, ``m`` and the horizon ``T``: by the dimensions it declares
+    (:meth:`trajopt.Cost.declared_dims`), else by one call of its ``stage`` on zeros ``(1, n)``, ``(1, m)`` (once per
+    cost and dimensions; not for a cost with per-problem tensors, whose rows are the batch's, nor for one that
+    couples stages). A constraint is checked by the solver that takes it."""
+    declared = cost.declared_dims()
+    if declared:
+        have = {"n": n, "m": m, "n+m": n + m, "T": T}
+        for key in ("n", "m", "n+m", "T"):
+            value = declared.get(key)
+            if value is not None and value != have[key]:
+                if key == "T":
+                    raise ValueError(f"{where}: the cost is time-varying with T={value} stages but the problem's "
+                                     f"horizon is T={T}; build the cost for {T} stages (or the problem with "
+                                     f"horizon={value})")
+                raise ValueError(f"{where}: the cost is for {key}={value} but the dynamics has {key}={have[key]} "
+                                 f"(n={n}, m={m}); build the cost for this model")
+        return
+    if not cost.separable or has_per_problem(cost):
+        return
+    key = (n, m, T if cost.time_varying else None, like.dtype)
+    if key in _PROBED.get(cost, ()):
+        return
+    call = f"cost.stage(zeros(1, {n}), zeros(1, {m}){', t=0' if cost.time_varying else ''})"
+    try:
+        with torch.no_grad():
+            out = cost.stage(like.new_zeros(1, n), like.new_zeros(1, m), 0 if cost.time_varying else None)
+    except Exception as e:              # noqa: BLE001 -- any failure here is the user's cost meeting n and m
+        raise ValueError(f"{where}: the cost failed on the dynamics' states (n={n}) and controls (m={m}): "
+                         f"{call} raised {type(e).__name__}: {e}") from e
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{where}: the cost's stage must return a tensor (B,); {call} returned {type(out).__name__}")
+    if out.shape != (1,):
+        raise ValueError(f"{where}: the cost's stage must return one value per row (B,); {call} returned shape "
+                         f"{tuple(out.shape)}, expected (1,)")
+    try:
+        _PROBED.setdefault(cost, set()).add(key)
+    except TypeError:                   # not weak-referenceable: probe again next time
+        pass
+
+
 def _constraint(where, constraint):
     if constraint is None:
         return None
@@ -318,10 +390,42 @@ def _constraint(where, constraint):
                     f"got {type(constraint).__name__}")
 
 
-def solver(fn: Callable) -> Callable:
+# What each library solver takes of a Problem beyond its dynamics, cost, x0, initial guesses and control bounds:
+# a field it does not take raises (naming where to go) instead of being ignored. multistart forwards the problem
+# to its inner solver, which judges it; a solver missing here (a user's) takes everything.
+STATE_BOUNDS, CONSTRAINT = ("x_lower", "x_upper"), ("constraint",)
+TAKES = {"ilqr": (), "ddp": (), "single_shooting": (), "mppi": (), "cem": (), "random_shooting": (),
+         "constrained_ilqr": CONSTRAINT, "collocation": STATE_BOUNDS, "multiple_shooting": STATE_BOUNDS}
+_ELSEWHERE = {"x_lower": "state bounds: use trajopt.collocation or trajopt.multiple_shooting (or express them as a "
+                         "constraint of trajopt.constrained_ilqr)",
+              "x_upper": "state bounds: use trajopt.collocation or trajopt.multiple_shooting (or express them as a "
+                         "constraint of trajopt.constrained_ilqr)",
+              "constraint": "a constraint: use trajopt.constrained_ilqr"}
+
+
+def check_takes(where, problem: Problem, name: str, takes) -> None:
+    """Raise a ValueError naming the first optional field of ``problem`` (state bounds, constraint) that the solver
+    ``name`` does not take (``takes``: the fields it does; None: every field)."""
+    if takes is None:
+        return
+    for field_name in ("x_lower", "x_upper", "constraint"):
+        if getattr(problem, field_name) is not None and field_name not in takes:
+            raise ValueError(f"{where}: the problem has {field_name}, which {name} does not take (it would be "
+                             f"ignored); for {_ELSEWHERE[field_name]}")
+
+
+def solver(fn: Callable | None = None, *, takes=None) -> Callable:
     """Make ``fn(problem, **options) -> Solution`` (written for a batched :class:`Problem`) a public solver: the
-    problem is checked to be a :class:`Problem`, and an unbatched one gets its solution unbatched."""
+    problem is checked to be a :class:`Problem` whose optional fields (``x_lower``, ``x_upper``, ``constraint``) the
+    solver takes, and an unbatched one gets its solution unbatched.
+
+    ``takes``: the optional fields ``fn`` uses (a tuple of names), else the library's registry :data:`TAKES` by
+    ``fn``'s name, else every field (no check). Used as ``@solver`` or ``@solver(takes=(...))``; the wrapper
+    carries it as ``wrapper.takes`` (what :func:`trajopt.multistart` checks for its inner solver)."""
+    if fn is None:
+        return functools.partial(solver, takes=takes)
     name = fn.__name__
+    takes = tuple(takes) if takes is not None else TAKES.get(name)
 
     @functools.wraps(fn)
     def wrapper(problem, *args, **options) -> Solution:
@@ -329,7 +433,10 @@ def solver(fn: Callable) -> Callable:
             raise TypeError(f"{name}: the first argument must be a trajopt.Problem (and options follow by keyword), got "
                             f"{type(problem).__name__}{' and %d more positional' % len(args) if args else ''}; build one "
                             f"with trajopt.Problem(dynamics, cost, x0, horizon=T) (or U_init=...)")
+        check_takes(name, problem, name, takes)
         with problem.evaluating():
             sol = fn(problem, **options)
         return sol if problem.batched else sol[0]
+    wrapper.takes = takes
+    wrapper.takes_problem = True
     return wrapper

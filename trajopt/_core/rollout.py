@@ -12,7 +12,7 @@ from dynamics import Dynamics
 from dynamics.validation import check_consistent, check_tensor
 from .stages import over_stages
 
-__all__ = ["rollout", "unchecked_rollout", "linearize", "steps", "second_order_terms"]
+__all__ = ["rollout", "unchecked_rollout", "linearize", "unchecked_linearize", "steps", "second_order_terms"]
 
 
 def _check_model(where, dynamics):
@@ -29,15 +29,42 @@ def rollout(dynamics: Dynamics, x0: torch.Tensor, U: torch.Tensor, t0: int = 0) 
     unbatched ``x0`` with batched ``U`` (or the reverse) is broadcast. ``t0`` is the stage index of ``U[:, 0]``
     (for a time-varying model rolled out from the middle of a horizon).
     Differentiable with respect to ``x0``, ``U`` and the model's parameters.
+
+    Raises a ``FloatingPointError`` naming the rows and the first step where the states are NaN or Inf (a model
+    undefined there, or an overflow): no NaN is returned. (Solvers roll out with :func:`unchecked_rollout` and
+    report such problems as ``Status.NOT_FINITE``.)
     """
     where = "rollout"
     dims = _check_model(where, dynamics)
+    _check_t0(where, t0)
     check_tensor(where, "x0", x0, ("n",), dims)
     check_tensor(where, "U", U, ("T", "m"), dims)
     batch = check_consistent(where, {"x0": x0, "U": U}, {"x0": 1, "U": 2})
     if batch is None:
         return rollout(dynamics, x0.unsqueeze(0), U.unsqueeze(0), t0).squeeze(0)
-    return unchecked_rollout(dynamics, x0.expand(batch, dims["n"]), U.expand(batch, *U.shape[-2:]), t0)
+    X = unchecked_rollout(dynamics, x0.expand(batch, dims["n"]), U.expand(batch, *U.shape[-2:]), t0)
+    _not_finite(where, "states", X[:, 1:].unsqueeze(-1))
+    return X
+
+
+def _check_t0(where, t0):
+    if isinstance(t0, bool) or not isinstance(t0, int) or t0 < 0:
+        raise ValueError(f"{where}: t0 must be an int >= 0 (the stage index of U[:, 0]), got {t0!r}")
+
+
+def _not_finite(where, what, value):
+    """Raise a FloatingPointError naming the rows and the first step where ``value (B, T, ...)`` is NaN or Inf;
+    nothing when it is finite."""
+    bad = ~torch.isfinite(value)
+    if not bool(bad.any()):
+        return
+    bad = bad.flatten(2).any(-1)                                                  # (B, T)
+    rows = bad.any(1).nonzero().flatten().tolist()
+    step = int(bad.any(0).nonzero()[0])
+    raise FloatingPointError(f"{where}: the model gave NaN or Inf {what} for row(s) {rows[:8]}"
+                             f"{' ...' if len(rows) > 8 else ''}, first at step t={step}; check the model there (or "
+                             "its inputs: huge controls overflow). The solvers report such a problem as "
+                             "Status.NOT_FINITE instead")
 
 
 def unchecked_rollout(dynamics: Dynamics, x0: torch.Tensor, U: torch.Tensor, t0: int = 0) -> torch.Tensor:
@@ -60,7 +87,8 @@ def linearize(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor):
         ``F (B, T, n, n+m)`` and ``f (B, T, n)`` with ``F_t tau_t + f_t = dynamics(x_t, u_t, t)``
         at the given points and the model's first derivatives there.
 
-    Differentiable with respect to ``X``, ``U`` and the model's parameters.
+    Raises a ``FloatingPointError`` naming the rows and the first step where the values or Jacobians are NaN or
+    Inf (no NaN is returned). Differentiable with respect to ``X``, ``U`` and the model's parameters.
     """
     where = "linearize"
     dims = _check_model(where, dynamics)
@@ -68,13 +96,23 @@ def linearize(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor):
     check_tensor(where, "U", U, ("T", "m"), dims)
     if isinstance(X, torch.Tensor) and X.ndim >= 2 and X.shape[-2] == T + 1:
         X = X[..., :T, :]
+    if isinstance(X, torch.Tensor) and X.ndim >= 2 and X.shape[-2] != T:
+        raise ValueError(f"{where}: X has shape {tuple(X.shape)}; expected T+1 = {T + 1} (or T = {T}) states for "
+                         f"U's T = {T} controls")
     check_tensor(where, "X", X, ("T", "n"), dims)
     B = check_consistent(where, {"X": X, "U": U}, {"X": 2, "U": 2})
     if B is None:
         F, f = linearize(dynamics, X.unsqueeze(0), U.unsqueeze(0))
         return F[0], f[0]
-    n, m = dims["n"], dims["m"]
-    X, U = X.expand(B, T, n), U.expand(B, T, m)
+    F, f = unchecked_linearize(dynamics, X.expand(B, T, dims["n"]), U.expand(B, T, dims["m"]))
+    _not_finite(where, "values or Jacobians", torch.cat([F.flatten(-2), f], -1).unsqueeze(-1))
+    return F, f
+
+
+def unchecked_linearize(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor):
+    """:func:`linearize` of batched ``X (B, T+1, n)`` or ``(B, T, n)`` and ``U (B, T, m)`` without the argument
+    checks and the NaN scan (a row where the model is not finite comes back non-finite), for solvers."""
+    X = X[:, :U.shape[1]]
     nxt, A, Bu = over_stages(lambda x, u, t: (dynamics(x, u, t), *dynamics.jacobians(x, u, t)),
                              dynamics, X, U)
     F = torch.cat([A, Bu], -1)

@@ -24,11 +24,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dynamics.validation import check_finite
-from .._core.checks import check_int, check_positive, tolerance
+from .._core.checks import check_bool, check_int, check_positive, tolerance
 from .._core.constraint import Constraint, FunctionConstraint
 from .._core.costs import Cost, Quadratization
 from .._core.problem import Problem, Solution, Status, solver
-from .._core.rollout import rollout
+from .._core.rollout import unchecked_rollout
 from .ilqr import ilqr
 
 __all__ = ["constrained_ilqr"]
@@ -214,6 +214,7 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
     if problem.x_lower is not None or problem.x_upper is not None:
         raise ValueError(f"{where}: state bounds x_lower/x_upper are not taken; express them in the constraint")
     check_int(where, max_outer=max_outer, max_iter=max_iter)
+    check_bool(where, progress=progress)
     check_positive(where, constraint_tol=constraint_tol, penalty_init=penalty_init, penalty_max=penalty_max)
     for name, value in (("grad_tol", grad_tol), ("intermediate_grad_tol", intermediate_grad_tol), ("tol", tol)):
         if value is not None:
@@ -234,7 +235,7 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
     with torch.no_grad():
         x0 = problem.x0.detach()
         U = problem.U_init.detach().clone()                 # written in place below
-        X = rollout(dynamics, x0, U)
+        X = unchecked_rollout(dynamics, x0, U)
         J = cost(X, U)
         finite = torch.isfinite(J) & torch.isfinite(X).flatten(1).all(-1)
         status = torch.where(finite, int(Status.MAX_ITER), int(Status.NOT_FINITE)).long()
@@ -290,7 +291,7 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
             inner_ok[idx] = sol.converged & (omega <= grad_tol)
             pg[idx] = sol.residual
             with problem.at(idx):
-                G, GT = constraint(Xi, Ui)
+                G, GT = _call(where, "constraint", constraint, Xi, Ui)
             # multipliers first (with the penalties the solve used), then the penalties
             new_lam = torch.clamp(lam[idx] + rho[idx] * G, min=0)
             new_lam_T = torch.clamp(lam_T[idx] + rho_T[idx] * GT, min=0)
@@ -347,18 +348,26 @@ def _evaluate(where, constraint, X, U, finite):
     N = B * T
     if constraint.time_varying:
         x, u, N = X[:, 0], U[:, 0], B
-    g = constraint.stage(x, u, 0 if constraint.time_varying else None)
-    _check_output(where, "constraint" if isinstance(constraint, FunctionConstraint) else "constraint.stage",
-                  g, N, x, u, "x (N, n), u (N, m)")
-    gT = constraint.terminal(X[:, -1])
+    name = "constraint" if isinstance(constraint, FunctionConstraint) else "constraint.stage"
+    g = _call(where, name, constraint.stage, x, u, 0 if constraint.time_varying else None)
+    _check_output(where, name, g, N, x, u, "x (N, n), u (N, m)")
+    gT = _call(where, "constraint.terminal", constraint.terminal, X[:, -1])
     _check_output(where, "constraint.terminal", gT, B, X[:, -1], None, "x (N, n)")
-    G, GT = constraint(X, U)
+    G, GT = _call(where, "constraint", constraint, X, U)
     if G.shape[-1] + GT.shape[-1] == 0:
         raise ValueError(f"{where}: constraint has no constraints (k = 0 stage and k_T = 0 terminal values); "
                          "use trajopt.ilqr")
     check_finite(where, {"the constraint at the initial trajectory": G[finite],
                          "the terminal constraint at the initial trajectory": GT[finite]})
     return G, GT
+
+
+def _call(where, name, fn, *args):
+    """``fn(*args)``, an error inside it re-raised as a RuntimeError naming the solver and the constraint."""
+    try:
+        return fn(*args)
+    except Exception as e:          # noqa: BLE001 -- the user's constraint failed: say where
+        raise RuntimeError(f"{where}: the problem's {name} raised {type(e).__name__}: {e}") from e
 
 
 def _check_output(where, name, value, N, x, u, args):

@@ -42,7 +42,7 @@ from .._core.checks import check_int, check_positive, resolve_grad, tolerance
 from .._core.linesearch import ALPHAS, rounding, sufficient_decrease
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.riccati import costates
-from .._core.rollout import linearize, rollout, second_order_terms
+from .._core.rollout import second_order_terms, unchecked_linearize, unchecked_rollout
 from .lqr import lqr as box_lqr
 
 __all__ = ["ilqr", "ddp"]
@@ -215,12 +215,12 @@ def _start(p, unroll, mu_init) -> _State:
     B, T, m, n = p.B, p.T, p.m, p.n
     x0 = p.x0 if unroll else p.x0.detach()
     U = p.U_init.detach()
-    X = rollout(p.dynamics, x0, U) if p.X_init is None else p.X_init.detach()
+    X = unchecked_rollout(p.dynamics, x0, U) if p.X_init is None else p.X_init.detach()
     J = p.cost(X, U)
     finite = torch.isfinite(J) & torch.isfinite(X).flatten(1).all(-1)
     if p.X_init is not None:        # the model at the guess enters the first step's gaps
         with torch.no_grad():
-            nxt = linearize(p.dynamics, X, U)[1]
+            nxt = unchecked_linearize(p.dynamics, X, U)[1]
         finite &= torch.isfinite(nxt).flatten(1).all(-1)
     opts, flags = dict(dtype=p.dtype, device=p.device), dict(dtype=torch.bool, device=p.device)
     status = torch.where(finite, int(Status.MAX_ITER), int(Status.NOT_FINITE))
@@ -242,7 +242,7 @@ def _model(p, s, a) -> _Model:
     costates go into the state."""
     Xa, Ua = s.X[a], s.U[a]
     with p.at(a):
-        F, f = linearize(p.dynamics, Xa, Ua)
+        F, f = unchecked_linearize(p.dynamics, Xa, Ua)
         q = p.cost.quadratize(Xa, Ua)
     g, lam = costates(F, q.C, q.c, q.C_final, q.c_final)
     gaps, gap0 = _gaps(F, f, Xa, Ua, p.x0[a], s.feasible[a])
@@ -415,7 +415,7 @@ def _finish(p, s, x0):
     if len(i) == 0:
         return
     with p.at(i):
-        Xi = rollout(p.dynamics, x0[i], s.U[i])
+        Xi = unchecked_rollout(p.dynamics, x0[i], s.U[i])
         Ji = p.cost(Xi, s.U[i])
     ok = torch.isfinite(Ji) & torch.isfinite(Xi).flatten(1).all(-1)
     s.status = s.status.index_put((i,), torch.where(ok, torch.where(s.status[i] == Status.CONVERGED,

@@ -14,7 +14,7 @@ import torch
 from dynamics.validation import check_tensor
 from .._core.bounds import clamp
 from .._core.checks import check_int, solver_name, solver_options
-from .._core.problem import Problem, Solution, Status, merge, solver as as_solver
+from .._core.problem import Problem, Solution, Status, check_takes, merge, solver as as_solver
 from .ilqr import ilqr
 
 __all__ = ["multistart"]
@@ -29,7 +29,7 @@ def multistart(problem: Problem, *, U_inits: torch.Tensor, screen_iter: int | No
         problem: the batch of problems (its ``U_init`` is replaced by the guesses; its bounds, ``X_init`` and
             constraint go to every solve).
         U_inits: guesses ``(K, T, m)`` shared by all problems, or ``(B, K, T, m)`` per problem, with the
-            problem's ``T`` and ``m``.
+            problem's ``T`` and ``m``; a float tensor, converted to the problem's dtype and device.
         screen_iter: iteration budget of the ``B * K`` screening solves (default: the solver's ``max_iter``
             in ``options``, else its own default); the winner of each problem is then solved on, from where
             its screening stopped, with the full ``options`` (so a short screening costs little and the result
@@ -51,6 +51,7 @@ def multistart(problem: Problem, *, U_inits: torch.Tensor, screen_iter: int | No
     """
     where = "multistart"
     accepted = solver_options(where, solver, options)
+    check_takes(where, problem, solver_name(solver), getattr(solver, "takes", None))
     if screen_iter is not None:
         check_int(where, screen_iter=screen_iter)
         if accepted is not None and "max_iter" not in accepted:
@@ -80,6 +81,9 @@ def multistart(problem: Problem, *, U_inits: torch.Tensor, screen_iter: int | No
     rows = torch.arange(B, device=problem.device).repeat_interleave(K)
     with torch.no_grad():
         trial = solver(problem.select(rows).replace(U_init=U_inits.reshape(B * K, T, m).detach()), **screen)
+    if not isinstance(trial, Solution):
+        raise TypeError(f"{where}: solver must return a trajopt.Solution; {solver_name(solver)} returned "
+                        f"{type(trial).__name__}")
     costs = trial.cost.detach().view(B, K)
     lost = (trial.status.view(B, K) == Status.NOT_FINITE) | ~torch.isfinite(costs)
     costs = torch.where(lost, float("inf"), costs)

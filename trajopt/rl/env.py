@@ -20,6 +20,8 @@ import torch
 from dynamics import Dynamics
 from .._core.costs import Cost
 from .._core.bounds import check_bounds, clamp
+from .._core.checks import check_bool, check_callable, check_int
+from .._core.problem import _check_cost_dims, _check_module_tensors
 
 __all__ = ["DiffEnv", "Step"]
 
@@ -97,11 +99,17 @@ class DiffEnv:
                 raise ValueError(f"{where}: cost must be time-invariant (copies run at different times)")
         elif not callable(reward):
             raise TypeError(f"{where}: reward must be callable, got {type(reward).__name__}")
-        if int(episode_length) < 1:
-            raise ValueError(f"{where}: episode_length must be a positive integer, got {episode_length}")
-        if int(num_envs) < 1:
-            raise ValueError(f"{where}: num_envs must be a positive integer, got {num_envs}")
-        rank, world = (0, 1) if shard is None else (int(shard[0]), int(shard[1]))
+        check_int(where, episode_length=episode_length, num_envs=num_envs)
+        check_callable(where, allow_none=True, observe=observe, terminate=terminate)
+        check_bool(where, time_feature=time_feature, finite_horizon=finite_horizon)
+        if shard is None:
+            rank, world = 0, 1
+        else:
+            if not (isinstance(shard, (tuple, list)) and len(shard) == 2):
+                raise ValueError(f"{where}: shard must be a pair (rank, world) of ints, got {shard!r}")
+            check_int(where, minimum=0, **{"shard[0] (rank)": shard[0]})
+            check_int(where, **{"shard[1] (world)": shard[1]})
+            rank, world = shard
         if world < 1 or not 0 <= rank < world or int(num_envs) % world:
             raise ValueError(f"{where}: shard must be (rank, world) with 0 <= rank < world and world dividing "
                              f"num_envs = {num_envs}, got {shard}")
@@ -114,6 +122,12 @@ class DiffEnv:
         elif not callable(reset):
             raise TypeError(f"{where}: reset must be a callable (count, generator) -> (count, n) or a (K, n) "
                             f"tensor, got {type(reset).__name__}")
+        if cost is not None:
+            like = reset if isinstance(reset, torch.Tensor) else next(
+                (z for z in (*cost.parameters(), *cost.buffers()) if z.is_floating_point()), torch.empty(0))
+            if isinstance(reset, torch.Tensor):
+                _check_module_tensors(where, {"cost": cost, "dynamics": dynamics}, reset, "reset")
+            _check_cost_dims(where, cost, dynamics.state_dim, dynamics.control_dim, int(episode_length), like)
         self.dynamics, self.cost, self.reward_fn = dynamics, cost, reward
         self._reset, self.episode_length, self.num_envs = reset, int(episode_length), int(num_envs)
         self.rank, self.world = rank, world
@@ -183,6 +197,11 @@ class DiffEnv:
         ends are reset from ``generator`` (one draw of ``num_envs`` starts every step, used or not, so the
         generator's state does not depend on which copies ended). Returns a :class:`Step`."""
         self._require_reset()
+        if not isinstance(u, torch.Tensor):
+            raise TypeError(f"DiffEnv.step: u must be a torch.Tensor (B, m), got {type(u).__name__}")
+        if u.dtype != self.state.dtype:
+            raise TypeError(f"DiffEnv.step: u is {u.dtype} but the states are {self.state.dtype}; convert it: "
+                            f"u.to({self.state.dtype})")
         if u.shape != (self.local_envs, self.control_dim):
             raise ValueError(f"DiffEnv.step: u has shape {tuple(u.shape)}; expected (B, m) = "
                              f"({self.local_envs}, {self.control_dim})")

@@ -35,6 +35,10 @@ __all__ = ["GaussianPolicy", "MPCPolicy", "LearnedCost", "ValueNetwork", "Observ
 
 
 def _bounds(where, control_dim, u_lower, u_upper, like):
+    """The bounds as tensors of the policy's dtype (a float tensor of another dtype is converted: the env's
+    bounds follow its states' dtype, the policy's parameters may differ)."""
+    u_lower, u_upper = (b.to(like.dtype) if isinstance(b, torch.Tensor) and b.is_floating_point() else b
+                        for b in (u_lower, u_upper))
     lower, upper = check_bounds(where, u_lower, u_upper, (control_dim,), like, dims="(m,)")
     if lower is None or upper is None or not bool(torch.isfinite(lower).all() & torch.isfinite(upper).all()):
         raise ValueError(f"{where}: u_lower and u_upper must both be finite (the actions are squashed into them)")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import inspect
 import math
 import os
 import time
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from .._core.bounds import clamp
-from .._core.checks import check_int, check_positive
+from .._core.checks import check_bool, check_callable, check_fraction, check_int, check_positive
 from .env import DiffEnv
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
 
@@ -99,6 +100,39 @@ class SHAC:
             check_positive(where, grad_norm=grad_norm)
         if lr_schedule not in _SCHEDULES:
             raise ValueError(f"{where}: lr_schedule must be one of {_SCHEDULES}, got {lr_schedule!r}")
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"{where}: betas must be a pair (beta1, beta2) of numbers in [0, 1), got {betas!r}")
+        check_fraction(where, **{"betas[0]": betas[0], "betas[1]": betas[1]})
+        check_int(where, minimum=0, seed=seed)
+        check_bool(where, obs_norm=obs_norm, progress=progress)
+        check_callable(where, allow_none=True, evaluate=evaluate)
+        for name, value in (("log", log), ("checkpoint", checkpoint)):
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"{where}: {name} must be a path (str or os.PathLike) or None, "
+                                f"got {type(value).__name__}")
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"{where}: dtype must be a floating torch.dtype (e.g. torch.float32) or None, "
+                            f"got {dtype!r}")
+        if actor is None or critic is None:
+            if not (isinstance(hidden, (tuple, list)) and hidden):
+                raise ValueError(f"{where}: hidden must be a non-empty tuple of layer widths, got {hidden!r}")
+            check_int(where, **{f"hidden[{i}]": h for i, h in enumerate(hidden)})
+        for name, value, call in (("actor", actor, "actor(obs, noise) -> actions (as trajopt.rl.GaussianPolicy)"),
+                                  ("critic", critic, "critic(obs) -> values (as trajopt.rl.ValueNetwork)")):
+            if value is None:
+                continue
+            if not isinstance(value, nn.Module):
+                raise TypeError(f"{where}: {name} must be a torch.nn.Module or None (the default network), got "
+                                f"{type(value).__name__}")
+            try:
+                signature = inspect.signature(value.forward)
+            except (TypeError, ValueError):         # no signature to read: trust the module
+                continue
+            try:
+                signature.bind(*([None] * (2 if name == "actor" else 1)))
+            except TypeError:
+                raise TypeError(f"{where}: {name} must be called as {call}; {type(value).__name__}.forward takes "
+                                f"{signature}") from None
         self.world = env.world
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         if self.world > 1 and not (distributed and torch.distributed.get_world_size() == self.world
@@ -186,6 +220,10 @@ class SHAC:
         """Run epochs until ``epochs`` (default: the run's ``epochs``) are done in total, or until ``time_limit``
         seconds of wall time (evaluations included) have passed in this call; an epoch that ends without a
         score is scored at the end. Returns the log rows (dicts) of the whole run."""
+        if epochs is not None:
+            check_int("SHAC.train", minimum=0, epochs=epochs)
+        if time_limit is not None:
+            check_positive("SHAC.train", allow_inf=True, time_limit=time_limit)
         stop = self.epochs if epochs is None else int(epochs)
         bar = None
         if self.progress:

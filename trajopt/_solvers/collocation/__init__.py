@@ -36,7 +36,7 @@ from ..._core.rollout import unchecked_rollout
 from .kkt import implicit_solution
 from .scipy_backend import Scipy
 from .theseus_backend import Theseus
-from .transcription import METHODS, Transcription, collocation_interval, shooting_interval, violation
+from .transcription import METHODS, Outcome, Transcription, collocation_interval, shooting_interval, violation
 
 __all__ = ["collocation", "multiple_shooting", "collocation_defects", "Scipy", "Theseus"]
 
@@ -242,10 +242,13 @@ def _solve(where, problem, tr, S0, backend, route, *, max_iter, grad_tol, constr
         start = _finite(tr, cost, x0.detach(), S0[:, 1:].reshape(B, -1), U0)
     rows = None if bool(start.all()) else start.nonzero().squeeze(1)
     pick = (lambda z: z) if rows is None else (lambda z: None if z is None else z[rows])     # noqa: E731
-    with contextlib.nullcontext() if rows is None else problem.at(rows):
-        out = backend.solve(where, tr, cost, pick(x0), pick(S0[:, 1:]).reshape(-1, tr.K * tr.n), pick(U0),
-                            pick(lower), pick(upper), *map(pick, knot_bounds), at=problem.at, route=route,
-                            max_iter=max_iter, grad_tol=grad_tol, constraint_tol=constraint_tol)
+    if rows is not None and rows.numel() == 0:          # no problem is finite at its guess: nothing to solve
+        out = _no_outcome(tr, x0, U0)
+    else:
+        with contextlib.nullcontext() if rows is None else problem.at(rows):
+            out = backend.solve(where, tr, cost, pick(x0), pick(S0[:, 1:]).reshape(-1, tr.K * tr.n), pick(U0),
+                                pick(lower), pick(upper), *map(pick, knot_bounds), at=problem.at, route=route,
+                                max_iter=max_iter, grad_tol=grad_tol, constraint_tol=constraint_tol)
     if rows is not None:
         out = _scatter(out, rows, start, S0[:, 1:].reshape(B, -1), U0)
     S, U = out.knots, out.U
@@ -294,6 +297,16 @@ def _finite(tr, cost, x0, knots, U):
     X = torch.cat([Xs.reshape(S.shape[0], tr.T, tr.n), S[:, -1:]], 1)
     return (torch.isfinite(cost(X, U)) & torch.isfinite(X).flatten(1).all(1) & torch.isfinite(h).flatten(1).all(1)
             & torch.isfinite(U).flatten(1).all(1))
+
+
+def _no_outcome(tr, x0, U0):
+    """The back end's outcome for no problem (every problem is non-finite at its guess)."""
+    empty = dict(dtype=x0.dtype, device=x0.device)
+    index = dict(dtype=torch.long, device=x0.device)
+    return Outcome(knots=x0.new_zeros(0, tr.K * tr.n), U=U0[:0], ok=torch.zeros(0, dtype=torch.bool, device=x0.device),
+                   fallback=torch.zeros(0, **index), iterations=torch.zeros(0, **index),
+                   cost_history=torch.zeros(0, 1, **empty), residual=torch.zeros(0, **empty),
+                   multipliers=torch.zeros(0, tr.K, tr.n, **empty))
 
 
 def _scatter(out, rows, start, knots0, U0):

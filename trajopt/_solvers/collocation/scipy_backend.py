@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..._core.checks import check_choice, tolerance
+from ..._core.checks import check_bool, check_choice, check_int, check_positive, tolerance
 from ..._core.problem import Status
 from .kkt import lagrangian_residual
 from .transcription import Outcome, defect_jacobian
@@ -19,6 +19,33 @@ __all__ = ["Scipy", "SCIPY_METHODS"]
 
 SCIPY_METHODS = ("SLSQP", "trust-constr")
 _HUGE = 1e100       # what the callbacks report for a non-finite cost or defect (scipy's steps then back off)
+
+
+# the options of scipy.optimize.minimize each method takes (see scipy.optimize.show_options), by kind
+_SCIPY_OPTIONS = {
+    "SLSQP": {"maxiter": "int", "ftol": "tol", "eps": "tol", "disp": "bool", "iprint": "any",
+              "finite_diff_rel_step": "any", "workers": "any"},
+    "trust-constr": {"maxiter": "int", "gtol": "tol", "xtol": "tol", "barrier_tol": "tol", "disp": "bool",
+                     "verbose": "any", "sparse_jacobian": "any", "finite_diff_rel_step": "any",
+                     "initial_constr_penalty": "tol", "initial_tr_radius": "tol", "initial_barrier_parameter": "tol",
+                     "initial_barrier_tolerance": "tol", "factorization_method": "any"},
+}
+
+
+def _check_scipy_options(where, method, options):
+    known = _SCIPY_OPTIONS.get(method, {})
+    for key, value in options.items():
+        kind = known.get(key)
+        if kind is None:
+            raise ValueError(f"{where}: options has {key!r}, which scipy's {method} does not take; it takes "
+                             f"{sorted(known)}")
+        name = f"options[{key!r}]"
+        if kind == "int":
+            check_int(where, **{name: value})
+        elif kind == "tol":
+            check_positive(where, **{name: value})
+        elif kind == "bool":
+            check_bool(where, **{name: value})
 
 
 @dataclass(frozen=True)
@@ -35,7 +62,9 @@ class Scipy:
             bounds. The tolerances are float64's, scaled to the problem's dtype otherwise (as
             :func:`trajopt.ilqr`'s ``grad_tol``: ``ftol = 8.1e-8`` in float32, whose costs carry rounding of about
             ``1e-7``).
-        options: extra ``options`` of ``scipy.optimize.minimize`` (they override the defaults above).
+        options: extra ``options`` of ``scipy.optimize.minimize`` for the method (they override the defaults
+            above); an option the method does not take, a ``maxiter`` that is not an int >= 1 or a tolerance that is
+            not a positive number raises.
 
     A problem converges when scipy reports success (trust-constr: its ``gtol`` or ``xtol`` test with a constraint
     violation at most the solver's ``constraint_tol``) and the solver's own test of the defects and bounds holds.
@@ -56,6 +85,7 @@ class Scipy:
             raise TypeError(f"Scipy: options must be a dict of scipy.optimize.minimize options or None, "
                             f"got {type(self.options).__name__}")
         object.__setattr__(self, "options", None if self.options is None else dict(self.options))
+        _check_scipy_options("Scipy", self.method, self.options or {})
 
     def check(self, where, grad, grad_tol):
         """Reject the solver options that do not apply to this back end."""

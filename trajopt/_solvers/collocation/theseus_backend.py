@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..._core.bounds import clamp
-from ..._core.checks import check_choice, check_int, check_positive
+from ..._core.checks import check_bool, check_choice, check_fraction, check_int, check_positive
 from ..._core.costs import QuadraticCost
 from ..._core.problem import Status
 from ..._core.stages import over_stages
@@ -38,7 +38,9 @@ class Theseus:
             (and ``z`` of bounded controls onto other branches of the ``sin``) from which the later, stiff
             (``rho -> penalty_max``) inner problems do not recover; start it near the cost's scale over the
             defects' (``1e4`` for the benchmark problems).
-        options: theseus optimizer keyword arguments (e.g. ``damping``, ``step_size``).
+        options: theseus optimizer keyword arguments: ``step_size`` (of each step, in ``(0, 1]``), and for
+            Levenberg-Marquardt ``damping``, ``adaptive_damping``, ``ellipsoidal_damping``, ``damping_eps``,
+            ``down_damping_ratio``, ``up_damping_ratio``, ``damping_accept``; an unknown key raises.
 
     The cost must be a sum of squares: a :class:`trajopt.QuadraticCost` with positive semidefinite ``C`` (and
     ``C_final``), factored by Cholesky (by ``eigh`` when only semidefinite), or a cost with
@@ -79,9 +81,12 @@ class Theseus:
             raise TypeError(f"{where}: options must be a dict of theseus optimizer keyword arguments or None, "
                             f"got {type(self.options).__name__}")
         object.__setattr__(self, "options", None if self.options is None else dict(self.options))
+        _check_theseus_options(where, self.options or {})
 
     def check(self, where, grad, grad_tol):
-        """Every solver option applies to this back end."""
+        """Every solver option applies to this back end (``grad_tol``, its stopping test, a positive number)."""
+        if grad_tol is not None:
+            check_positive(where, grad_tol=grad_tol)
 
     def solve(self, where, tr, cost, x0, knots, U, lower, upper, xl, xu, *, at, route, max_iter, grad_tol,
               constraint_tol) -> Outcome:
@@ -97,6 +102,8 @@ class Theseus:
         layer = _theseus_layer(th, al, B, dtype, self.optimizer, max_iter)
         kwargs = {"damping": 1e-3, "adaptive_damping": True} if self.optimizer == "levenberg_marquardt" else {}
         kwargs.update(self.options or {})
+        if "step_size" in kwargs:       # a parameter of the optimizer, not of its solve
+            layer.optimizer.set_params(step_size=float(kwargs.pop("step_size")))
         adaptive = bool(kwargs.get("adaptive_damping"))
         knots, U = knots.reshape(B, -1).detach(), al.variables(U.reshape(B, -1).detach())
         done, nonfinite, stalled = (torch.zeros(B, **flags) for _ in range(3))
@@ -381,6 +388,28 @@ _HUGE = 1e100       # what theseus sees of a non-finite residual (Levenberg-Marq
 
 def _sanitized(r, fill):
     return r if bool(torch.isfinite(r).all()) else torch.nan_to_num(r, nan=fill, posinf=fill, neginf=-fill)
+
+
+_THESEUS_FLAGS = ("adaptive_damping", "ellipsoidal_damping")
+_THESEUS_POSITIVE = ("damping", "damping_eps", "down_damping_ratio", "up_damping_ratio")
+
+
+def _check_theseus_options(where, options):
+    """The keys of ``Theseus(options=...)`` that this back end passes on, each of the right kind."""
+    known = ("step_size", "damping_accept", *_THESEUS_FLAGS, *_THESEUS_POSITIVE)
+    for key, value in options.items():
+        if key not in known:
+            raise ValueError(f"{where}: options has an unknown key {key!r}; the theseus optimizer takes "
+                             f"{sorted(known)}")
+        if key in _THESEUS_FLAGS:
+            check_bool(where, **{f"options[{key!r}]": value})
+        elif key == "step_size" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                         and 0 < value <= 1):
+            raise ValueError(f"{where}: options['step_size'] must be in (0, 1], got {value!r}")
+        elif key == "damping_accept":
+            check_fraction(where, **{"options['damping_accept']": value})
+        elif key in _THESEUS_POSITIVE:
+            check_positive(where, **{f"options[{key!r}]": value})
 
 
 def _theseus_layer(th, al, B, dtype, optimizer, max_iter):

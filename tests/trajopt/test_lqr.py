@@ -295,3 +295,17 @@ def test_lqr_with_control_bounds_matches_a_qp_solver_and_its_gradient_central_di
                                      * weights).sum()))
                 tensor[index] -= sign * 1e-6
         assert float(grad[index]) == pytest.approx((values[0] - values[1]) / 2e-6, rel=1e-5, abs=1e-8)
+
+
+@pytest.mark.parametrize("bad, named", [("nan_U", "lqr_cost: U contains NaN or Inf"), ("short_X", "lqr_cost: X has shape"),
+                                        ("max_iter", "lqr: max_iter must be an int")])
+def test_lqr_cost_and_lqr_refuse_bad_input_by_name(bad, named):
+    P = trajopt.problems.random_lqr(B=2, T=5, n=3, m=2)
+    sol = trajopt.lqr(P["F"], P["f"], P["C"], P["c"], P["x0"])
+    torch.testing.assert_close(trajopt.lqr_cost(sol.X, sol.U, P["C"], P["c"]), sol.cost, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=named):
+        if bad == "max_iter":
+            trajopt.lqr(P["F"], P["f"], P["C"], P["c"], P["x0"], max_iter=1.7)
+        else:
+            X, U = (sol.X, sol.U * float("nan")) if bad == "nan_U" else (sol.X[:, :-1], sol.U)
+            trajopt.lqr_cost(X, U, P["C"], P["c"])

@@ -38,7 +38,7 @@ import torch
 from .._core.bounds import project
 from .._core.box_kkt import implicit_solution, solution_costates
 from .._core.box_lqr import box_lqr_backward
-from .._core.checks import check_int, check_positive, resolve_grad, tolerance
+from .._core.checks import check_bool, check_int, check_positive, resolve_grad, tolerance
 from .._core.linesearch import ALPHAS, rounding, sufficient_decrease
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.riccati import costates
@@ -105,12 +105,13 @@ def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None
     with mpc.pytorch's ``detach_unconverged``; it raises if the reduced Hessian on the free controls of a
     converged problem is not positive definite. ``K`` and ``k`` are detached.
     """
-    where = "ddp" if second_order else "ilqr"
+    where = "ddp" if second_order is True else "ilqr"
     if not problem.cost.separable:          # a cost coupling stages: its exact stagewise form on a larger state
         lifted, back = problem.cost.separated(problem)
         return back(ilqr.__wrapped__(lifted, max_iter=max_iter, grad_tol=grad_tol, tol=tol, second_order=second_order,
                                      grad=grad, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max, step=step))
     check_int(where, minimum=0, max_iter=max_iter)
+    check_bool(where, second_order=second_order)
     if step not in ("box_ddp", "qp"):
         raise ValueError(f"{where}: step must be 'box_ddp' or 'qp', got {step!r}")
     check_positive(where, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max)

@@ -26,7 +26,7 @@ import torch
 
 from dynamics.validation import check_consistent, check_finite, check_tensor
 from .._core.bounds import check_bounds
-from .._core.checks import tolerance
+from .._core.checks import check_int, tolerance
 from .._core.interior_point import fix_active, interior_point, unbounded
 from .._core.problem import Solution, Status
 from .._core.riccati import Stages, raise_if_not_pd, solve, spd_solve
@@ -96,6 +96,7 @@ def lqr(
     controls rest), and ``grad="unroll"`` takes the implicit route.
     """
     where = "lqr"
+    check_int(where, max_iter=max_iter)
     if grad not in ("implicit", "unroll", None):
         raise ValueError(f"{where}: grad must be 'implicit', 'unroll' or None, got {grad!r}")
     dims: dict[str, int] = {}
@@ -154,9 +155,33 @@ def lqr(
 def lqr_cost(X, U, C, c, C_final=None, c_final=None):
     """``sum_t 1/2 tau_t' C_t tau_t + c_t' tau_t + 1/2 x_T' C_final x_T + c_final' x_T``, shape ``(B,)``.
 
-    ``X (B, T+1, n)``, ``U (B, T, m)``, the rest as in :func:`lqr` (batched).
-    Differentiable with respect to every argument.
+    ``X (B, T+1, n)``, ``U (B, T, m)``, the rest as in :func:`lqr` (batched or shared). Every input is checked
+    (shapes, finite values: no NaN is returned). Differentiable with respect to every argument.
     """
+    where, dims = "lqr_cost", {}
+    U = check_tensor(where, "U", U, ("T", "m"), dims, batchable=True)
+    X = check_tensor(where, "X", X, ("T+1", "n"), {**dims, "T+1": dims["T"] + 1}, batchable=True)
+    dims["n"], dims["n+m"] = X.shape[-1], X.shape[-1] + dims["m"]
+    C = check_tensor(where, "C", C, ("T", "n+m", "n+m"), dims)
+    c = check_tensor(where, "c", c, ("T", "n+m"), dims)
+    if C_final is not None:
+        C_final = check_tensor(where, "C_final", C_final, ("n", "n"), dims)
+    if c_final is not None:
+        c_final = check_tensor(where, "c_final", c_final, ("n",), dims)
+    if X.ndim != 3 or U.ndim != 3 or X.shape[0] != U.shape[0]:
+        raise ValueError(f"{where}: X {tuple(X.shape)} and U {tuple(U.shape)} must be batched alike: (B, T+1, n) "
+                         "and (B, T, m)")
+    B = X.shape[0]
+    C, c = (C if C.ndim == 4 else C.expand(B, *C.shape)), (c if c.ndim == 3 else c.expand(B, *c.shape))
+    if C_final is not None and C_final.ndim == 2:
+        C_final = C_final.expand(B, *C_final.shape)
+    if c_final is not None and c_final.ndim == 1:
+        c_final = c_final.expand(B, *c_final.shape)
+    return _lqr_cost(X, U, C, c, C_final, c_final)
+
+
+def _lqr_cost(X, U, C, c, C_final, c_final):
+    """:func:`lqr_cost` of batched inputs, unchecked (a non-finite row gives a non-finite cost)."""
     tau = torch.cat([X[:, :-1], U], dim=-1)
     cost = 0.5 * torch.einsum("bti,btij,btj->b", tau, C, tau) + torch.einsum("bti,bti->b", c, tau)
     xT = X[:, -1]
@@ -294,7 +319,7 @@ def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad
             status[rows] = torch.where(ip.converged, int(Status.CONVERGED),
                                        torch.where(ip.finite, int(Status.MAX_ITER), int(Status.NOT_FINITE)))
             iterations[rows], residual[rows] = ip.iterations, ip.residual
-            cost = lqr_cost(X, U, C, c, C_final, c_final)
+            cost = _lqr_cost(X, U, C, c, C_final, c_final)
         if record:      # the LQR of the active set, differentiable (see the docstring)
             values = torch.where(U == lower, lower, torch.where(U == upper, upper, U))
             Fk, fk, Ck, ck, constant = fix_active(F, f, C, c, fixed, values)

@@ -342,3 +342,13 @@ def test_samples_see_their_own_problems_per_problem_tensors(monkeypatch, stored)
         alone = trajopt.QuadraticCost(C[b], c[b])
         X = trajopt.rollout(model, x0[b].expand(20, 2), trial[b])
         torch.testing.assert_close(costs[b], alone(X, trial[b]), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("solver", [trajopt.mppi, trajopt.cem, trajopt.random_shooting])
+@pytest.mark.parametrize("option, value, named", [("generator", 0, "generator must be a torch.Generator"),
+                                                  ("compile", "yes", "compile must be a bool"),
+                                                  ("noise_std", "x", "noise_std must be a number")])
+def test_sampling_options_of_the_wrong_type_are_refused_by_name(solver, option, value, named):
+    p = trajopt.problems.pendulum(1).replace(U_init=torch.zeros(1, 10, 1, dtype=torch.float64))
+    with pytest.raises(TypeError, match=f"{solver.__name__}: {named}"):
+        solver(p, samples=8, **({"elites": 4} if solver is trajopt.cem else {}), **{option: value})

@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import torch
 
 from .._core.bounds import clamp as clamp_to_bounds
-from .._core.checks import check_fraction, check_int, check_positive
+from .._core.checks import check_bool, check_fraction, check_int, check_positive
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.rollout import unchecked_rollout
 
@@ -87,6 +88,7 @@ def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperatur
     returned plan under common random numbers. The graph holds ``max_iter`` rollouts of ``B N`` samples.
     """
     where = "mppi"
+    _check_switches(where, generator, rollout_plan=rollout_plan, compile=compile)
     check_int(where, samples=samples, max_iter=max_iter, smoothing=smoothing)
     check_positive(where, temperature=temperature)
     check_fraction(where, correlation=correlation)
@@ -140,6 +142,7 @@ def cem(problem: Problem, *, samples: int = 1000, max_iter: int = 10, elites: in
     Not differentiable (the elites are chosen by sorting): the plan is detached.
     """
     where = "cem"
+    _check_switches(where, generator, rollout_plan=rollout_plan, compile=compile)
     check_int(where, samples=samples, max_iter=max_iter, elites=elites)
     check_positive(where, min_std=min_std)
     if elites > samples:
@@ -186,6 +189,7 @@ def random_shooting(problem: Problem, *, samples: int = 1000, noise_std=None,
     Not differentiable: the plan is detached.
     """
     where = "random_shooting"
+    _check_switches(where, generator, compile=compile)
     check_int(where, samples=samples)
     B, lower, upper = problem.B, problem.u_lower, problem.u_upper
     x0, U = problem.x0.detach(), problem.U_init.detach()
@@ -230,8 +234,19 @@ def _solution(problem, U, rollout_plan, costs, best, iterations, extras):
                     cost_history=torch.stack(costs, 1), extras=extras)
 
 
+def _check_switches(where, generator, **switches):
+    """``generator`` None or a ``torch.Generator``, and each switch a bool."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{where}: generator must be a torch.Generator or None, got {type(generator).__name__} "
+                        "(seed one with torch.Generator().manual_seed(seed))")
+    check_bool(where, **switches)
+
+
 def _noise_std(where, noise_std, like):
     """``noise_std`` as a tensor of ``like``'s dtype: a scalar or ``(m,)``, every entry finite and positive."""
+    if not isinstance(noise_std, (int, float, list, tuple, torch.Tensor)) or isinstance(noise_std, bool):
+        raise TypeError(f"{where}: noise_std must be a number or a tensor of shape ({like.shape[-1]},), got "
+                        f"{type(noise_std).__name__}")
     std = torch.as_tensor(noise_std, dtype=like.dtype, device=like.device)
     m = like.shape[-1]
     if std.ndim > 1 or (std.ndim == 1 and std.shape[0] != m):
@@ -340,4 +355,11 @@ def _summed_costs(dynamics, cost, x, U):
 @functools.cache
 def _compiled_summed_costs():
     """:func:`_summed_costs` compiled once per process (shapes static: ``T`` unrolls into one kernel)."""
+    # torch.compile's inductor imports torch.utils.mkldnn, whose classes are decorated with the deprecated
+    # torch.jit.script_method: torch warns once per decorated method (14 DeprecationWarnings) on that first import,
+    # about torch's own code, not ours. Import it first with exactly that warning silenced; later imports are cached.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated",
+                                category=DeprecationWarning)
+        import torch.utils.mkldnn  # noqa: F401
     return torch.compile(_summed_costs, dynamic=False)

@@ -25,6 +25,9 @@ def mlp(inputs: int, outputs: int, hidden=(128, 128), activation=nn.SiLU) -> nn.
     return nn.Sequential(*layers)
 
 
+_INPLACE = {nn.SiLU: lambda h: nn.functional.silu(h, inplace=True), nn.ReLU: torch.relu_, nn.Tanh: torch.tanh_}
+
+
 class _Normalized(Dynamics):
     """Input ``[x, u]`` and target (state change) normalization, fitted from data and kept as buffers."""
 
@@ -108,30 +111,59 @@ class ProbabilisticEnsemble(_Normalized):
     Each member outputs a mean and a log-variance, softly bounded between learned
     ``min_logvar`` and ``max_logvar`` (as in PETS). Members are trained on bootstrap
     resamples (:func:`~dynamics.learned.fit` draws them). ``propagation`` chooses how
-    :meth:`forward` predicts: ``"expectation"`` (the mean over members of their means) or
+    :meth:`forward` predicts: ``"expectation"`` (the mean over members of their means),
     ``"random"`` (each sample in the batch follows one random member, fixed until
-    :meth:`resample_members`, the TS-1 propagation of PETS).
+    :meth:`resample_members`, the TS-1 propagation of PETS) or ``"random_every_step"`` (a fresh random member
+    for every sample at every call, PETS's TS-infinity; drawn from the generator last given to
+    :meth:`resample_members`, else torch's global one).
+
+    The members run as one batched matrix product per layer (their weights stacked on the fly from ``nets``,
+    so the parameters and the state dict are those of ``members`` separate MLPs).
     """
+
+    PROPAGATIONS = ("expectation", "random", "random_every_step")
 
     def __init__(self, state_dim: int, control_dim: int, members: int = 5, hidden=(128, 128),
                  propagation: str = "expectation"):
         super().__init__(state_dim, control_dim)
-        if propagation not in ("expectation", "random"):
-            raise ValueError(f"propagation must be 'expectation' or 'random', got {propagation!r}")
+        if propagation not in self.PROPAGATIONS:
+            raise ValueError(f"ProbabilisticEnsemble: propagation must be one of {self.PROPAGATIONS}, "
+                             f"got {propagation!r}")
         self.members, self.propagation = members, propagation
         self.nets = nn.ModuleList(mlp(state_dim + control_dim, 2 * state_dim, hidden) for _ in range(members))
         self.max_logvar = nn.Parameter(torch.full((state_dim,), 0.5))
         self.min_logvar = nn.Parameter(torch.full((state_dim,), -10.0))
         self._assignment = None
+        self._generator = None
 
-    def member_outputs(self, x, u):
+    def member_outputs(self, x, u, members=None):
         """Normalized means and log-variances of every member: two ``(E, B, n)`` tensors.
 
         ``x (B, n)``, ``u (B, m)`` go to every member; ``x (E, B, n)``, ``u (E, B, m)`` give each member its own rows.
+        ``members`` (a sequence of ``K`` member indices, e.g. the elites) runs only those: ``E`` is then ``K``.
+        Differentiable with respect to the inputs and every member's weights.
         """
-        z = self.normalized_inputs(x, u)
-        out = torch.stack([net(z[e] if z.ndim == 3 else z) for e, net in enumerate(self.nets)])
-        mean, logvar = out.chunk(2, -1)
+        nets = self.nets if members is None else [self.nets[int(e)] for e in members]
+        h = self.normalized_inputs(x, u)
+        E = len(nets)
+        if h.ndim == 3 and h.shape[0] != E:
+            raise ValueError(f"ProbabilisticEnsemble.member_outputs: x and u with a member dimension need {E} "
+                             f"members first, got x {tuple(x.shape)}")
+        lead = h.shape[:-1] if h.ndim != 3 else None             # rows shared by every member: (B,) or ()
+        if lead is not None:
+            h = h.reshape(1, -1, h.shape[-1]).expand(E, -1, -1)
+        for i, layer in enumerate(nets[0]):
+            if isinstance(layer, nn.Linear):
+                weight = torch.stack([net[i].weight for net in nets]).transpose(1, 2)    # (E, in, out)
+                bias = torch.stack([net[i].bias for net in nets]).unsqueeze(1)          # (E, 1, out)
+                h = torch.baddbmm(bias, h, weight)
+            elif type(layer) in _INPLACE and not (torch.is_grad_enabled() and h.requires_grad):
+                h = _INPLACE[type(layer)](h)        # no graph to keep: in place, sparing an allocation per layer
+            else:
+                h = layer(h)                                        # the (parameter-free) activation
+        if lead is not None:
+            h = h.reshape(E, *lead, h.shape[-1])
+        mean, logvar = h.chunk(2, -1)
         logvar = self.max_logvar - nn.functional.softplus(self.max_logvar - logvar)
         logvar = self.min_logvar + nn.functional.softplus(logvar - self.min_logvar)
         return mean, logvar
@@ -144,7 +176,9 @@ class ProbabilisticEnsemble(_Normalized):
         return x + mean.mean(0), var.mean(0) + mean.var(0, unbiased=False)
 
     def resample_members(self, batch: int, generator: torch.Generator | None = None):
-        """Draw the member each of ``batch`` samples follows under ``propagation="random"``."""
+        """Draw the member each of ``batch`` samples follows under ``propagation="random"``; ``generator`` (kept)
+        also draws the members of ``propagation="random_every_step"``."""
+        self._generator = generator
         self._assignment = torch.randint(self.members, (batch,), generator=generator)
 
     def forward(self, x, u, t=None):
@@ -152,8 +186,10 @@ class ProbabilisticEnsemble(_Normalized):
         mean = mean * self.out_std + self.out_mean
         if self.propagation == "expectation":
             return x + mean.mean(0)
-        if self._assignment is None or self._assignment.shape[0] != x.shape[0]:
-            self.resample_members(x.shape[0])
+        if self.propagation == "random_every_step":
+            self._assignment = torch.randint(self.members, (x.shape[0],), generator=self._generator)
+        elif self._assignment is None or self._assignment.shape[0] != x.shape[0]:
+            self.resample_members(x.shape[0], self._generator)
         return x + mean[self._assignment.to(x.device), torch.arange(x.shape[0], device=x.device)]
 
     def loss(self, data: Transitions) -> torch.Tensor:

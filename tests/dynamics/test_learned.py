@@ -41,7 +41,7 @@ def test_collected_transitions_follow_the_model():
     data = collect_from_model(model, torch.zeros(3, 2, **D64), 10, -1.0, 1.0, generator=torch.Generator().manual_seed(0))
     assert len(data) == 30 and data.u.abs().max() <= 1.0
     torch.testing.assert_close(model(data.x, data.u), data.x_next)
-    with pytest.raises(ValueError, match="must be"):
+    with pytest.raises(ValueError, match="Transitions: batch sizes differ"):
         Transitions(data.x, data.u[:5], data.x_next)
 
 

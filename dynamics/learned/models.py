@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from ..base import Dynamics
+from ..validation import check_int
 from .data import Transitions
 
 
@@ -31,7 +32,12 @@ _INPLACE = {nn.SiLU: lambda h: nn.functional.silu(h, inplace=True), nn.ReLU: tor
 class _Normalized(Dynamics):
     """Input ``[x, u]`` and target (state change) normalization, fitted from data and kept as buffers."""
 
-    def __init__(self, state_dim, control_dim):
+    def __init__(self, state_dim, control_dim, hidden=()):
+        where = type(self).__name__
+        check_int(where, state_dim=state_dim, control_dim=control_dim)
+        if not (isinstance(hidden, (tuple, list)) and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
+                                                          for h in hidden)):
+            raise ValueError(f"{where}: hidden must be a tuple of layer widths, ints >= 1, got {hidden!r}")
         super().__init__(state_dim, control_dim)
         n, m = state_dim, control_dim
         for name, size in (("in_mean", n + m), ("in_std", n + m), ("out_mean", n), ("out_std", n)):
@@ -61,7 +67,7 @@ class MLPDynamics(_Normalized):
     """``x_next = x + out_std * net((([x, u] - in_mean) / in_std)) + out_mean``."""
 
     def __init__(self, state_dim: int, control_dim: int, hidden=(128, 128)):
-        super().__init__(state_dim, control_dim)
+        super().__init__(state_dim, control_dim, hidden)
         self.net = mlp(state_dim + control_dim, state_dim, hidden)
 
     def forward(self, x, u, t=None):
@@ -81,7 +87,9 @@ class ResidualDynamics(_Normalized):
     """
 
     def __init__(self, base: Dynamics, hidden=(64, 64), train_base: bool = False):
-        super().__init__(base.state_dim, base.control_dim)
+        if not isinstance(base, Dynamics):
+            raise TypeError(f"ResidualDynamics: base must be a dynamics.Dynamics, got {type(base).__name__}")
+        super().__init__(base.state_dim, base.control_dim, hidden)
         self.base = base
         base.requires_grad_(train_base)
         self.net = mlp(base.state_dim + base.control_dim, base.state_dim, hidden)
@@ -125,7 +133,8 @@ class ProbabilisticEnsemble(_Normalized):
 
     def __init__(self, state_dim: int, control_dim: int, members: int = 5, hidden=(128, 128),
                  propagation: str = "expectation"):
-        super().__init__(state_dim, control_dim)
+        super().__init__(state_dim, control_dim, hidden)
+        check_int("ProbabilisticEnsemble", members=members)
         if propagation not in self.PROPAGATIONS:
             raise ValueError(f"ProbabilisticEnsemble: propagation must be one of {self.PROPAGATIONS}, "
                              f"got {propagation!r}")

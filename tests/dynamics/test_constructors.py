@@ -6,6 +6,7 @@ import torch
 
 import dynamics
 from dynamics.contact import BouncingMass, PlanarPusher
+from dynamics.learned import MLPDynamics, ProbabilisticEnsemble, ResidualDynamics
 
 # (model, constants that must be > 0, constants that must be >= 0, constants in [0, 1], constants only finite)
 MODELS = [
@@ -85,3 +86,18 @@ def test_time_varying_linear_dynamics_names_a_stage_beyond_its_own():
     assert model.stages == 3
     with pytest.raises(IndexError, match="LinearDynamics: this time-varying model has 3 stages"):
         model(torch.zeros(1, 2), torch.zeros(1, 1), 3)
+
+
+@pytest.mark.parametrize("build, named", [
+    (lambda: MLPDynamics(1.5, 1), "MLPDynamics: state_dim must be an int"),
+    (lambda: MLPDynamics("2", 1), "MLPDynamics: state_dim must be an int"),
+    (lambda: MLPDynamics(2, 1, hidden=(-5,)), "MLPDynamics: hidden must be a tuple of layer widths"),
+    (lambda: MLPDynamics(2, 1, hidden="a"), "MLPDynamics: hidden must be a tuple of layer widths"),
+    (lambda: MLPDynamics(2, 1, hidden=(0,)), "MLPDynamics: hidden must be a tuple of layer widths"),
+    (lambda: ProbabilisticEnsemble(2, 1, members=0), "ProbabilisticEnsemble: members must be an int"),
+    (lambda: ProbabilisticEnsemble(2, 1, members=1.5), "ProbabilisticEnsemble: members must be an int"),
+    (lambda: ResidualDynamics(dynamics.Pendulum().discretize(), hidden=8), "ResidualDynamics: hidden must be a"),
+])
+def test_learned_models_refuse_impossible_sizes_by_name(build, named):
+    with pytest.raises(ValueError, match=named):
+        build()

@@ -1,4 +1,5 @@
-"""``python -m benchmarks [suite ...] [--repeat N] [--quick]``: run benchmark suites and print their reports."""
+"""``python -m benchmarks [suite ...] [--repeat N] [--quick] [--out FOLDER]``: run benchmark suites and print their
+reports. With no suite named it runs the tour: what the library does, in a minute or two."""
 import argparse
 import inspect
 import sys
@@ -6,22 +7,65 @@ import sys
 import benchmarks  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch
 
-from benchmarks import box_lqr, collocation, gym_pendulum, ilqr, learned, lqr, ppo, rl, sampling, shooting
+from benchmarks import box_lqr, collocation, gym_pendulum, ilqr, learned, lqr, ppo, rl, sampling, shooting, tour
 from benchmarks.timing import environment
 
-SUITES = {"lqr": lqr.run, "box-lqr": box_lqr.run, "ilqr": ilqr.run, "ilqr-optimality": lambda repeat: ilqr.optimality(), "learned": learned.run,
+SUITES = {"tour": tour.run, "figures": tour.figures, "lqr": lqr.run, "box-lqr": box_lqr.run, "ilqr": ilqr.run, "ilqr-optimality": lambda repeat: ilqr.optimality(), "learned": learned.run,
           "mpc-pendulum-v1": gym_pendulum.run, "mppi-pendulum-v1": gym_pendulum.run_mppi,
           "sampling": sampling.run, "shooting": shooting.run, "collocation": collocation.run,
           "shac": rl.run, "shac-tasks": rl.run_tasks, "shac-mpc": rl.run_mpc, "shac-learned": rl.run_learned,
           "ppo": ppo.run}
 
+# what `--help` lists for each suite: purpose, typical time on the shared 2-core machine (rough; the training suites
+# run for a fixed budget), and the optional packages it needs beyond `pip install -e ".[bench]"` (peers add columns
+# when importable and are never required)
+ABOUT = {
+    "tour": ("P1-P4 by every solver family, gradients against central differences, a Pendulum-v1 closed loop; "
+             "writes OUT/tour.png (the default suite)", "1-2 min", "gymnasium (for the closed loop)"),
+    "figures": ("regenerate the docs' figures: runs every example into OUT (default docs/images)", "~2 min", "-"),
+    "lqr": ("P1 LQR: accuracy against a dense KKT solve; forward, backward times against peers", "~2 min",
+            "optional peers: mpc, pypose"),
+    "box-lqr": ("bounded LQR (interior point) against box-DDP and Clarabel, Frey et al. 2025's setup", "~2 min",
+                "cvxpy, clarabel"),
+    "ilqr": ("P2/P3 box iLQR at B = 1, 32, 256 (--quick: 1, 32) against mpc.pytorch", "~10 min", "optional peer: mpc"),
+    "ilqr-optimality": ("iLQR's optima against scipy's L-BFGS-B on P2/P3", "~5 min", "-"),
+    "learned": ("learned models of P2 from 10k transitions; system identification", "~5 min", "theseus-ai (optional)"),
+    "mpc-pendulum-v1": ("iLQR MPC closed loop on Gymnasium Pendulum-v1, 100 episodes (--quick: 10)", "~5 min",
+                        "gymnasium"),
+    "mppi-pendulum-v1": ("MPPI MPC closed loop on Gymnasium Pendulum-v1, 100 episodes (--quick: 10)", "~5 min",
+                         "gymnasium"),
+    "sampling": ("MPPI/CEM against iLQR on P2, P4; MPPI against pytorch_mppi in closed loop", "~10 min",
+                 "optional peer: pytorch-mppi"),
+    "shooting": ("single shooting (L-BFGS, Adam) against iLQR on P2, P4", "~3 min", "-"),
+    "collocation": ("transcription order; collocation and multiple shooting on P2-P4", "~5 min",
+                    "theseus-ai (optional back end)"),
+    "shac": ("SHAC on P3, 3 seeds x 300 s (--quick: 1 x 60 s)", "15 min", "-"),
+    "shac-tasks": ("SHAC on the pendulum, pusher and bicycle tasks, 300 s each (--quick: 60 s)", "15 min", "-"),
+    "shac-mpc": ("MPC policies (MPPI, iLQR inside) trained by SHAC on P2, 300 s per run", "25 min", "-"),
+    "shac-learned": ("SHAC inside a learned ensemble of P2, 4 rounds of 60 s (--quick: 2 x 30 s)", "~6 min", "-"),
+    "ppo": ("PPO (stable-baselines3) on P3, 3 seeds x 900 s", "45 min", "rl extra"),
+}
+
+
+def suites_table() -> str:
+    """The suites with their purpose, typical time and extra packages, for ``--help``."""
+    width = max(len(name) for name in SUITES)
+    lines = ["suites (typical time on a shared 2-core machine, rough; extra packages beyond the bench extra):"]
+    for name in SUITES:
+        what, seconds, needs = ABOUT.get(name, ("", "?", "-"))
+        lines.append(f"  {name.ljust(width)}  {seconds:8}  needs: {needs}")
+        lines.append(f"  {' ' * width}  {what}")
+    return "\n".join(lines)
+
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("suites", nargs="*", default=["lqr"], help=f"suites to run, from {sorted(SUITES)}")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__, epilog=suites_table(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("suites", nargs="*", default=["tour"], help="suites to run (listed below; default: tour)")
     parser.add_argument("--repeat", type=int, default=20, help="timed calls per measurement (median reported)")
     parser.add_argument("--quick", action="store_true", help="fewer sizes where a suite has them (ilqr: B = 1, 32)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    parser.add_argument("--out", help="folder for a suite's figures (tour: ./figures, figures: docs/images)")
     args = parser.parse_args(argv)
     unknown = [s for s in args.suites if s not in SUITES]
     if unknown:
@@ -30,8 +74,11 @@ def main(argv=None):
     print(environment())
     for name in args.suites:
         print()
-        quick = args.quick and "quick" in inspect.signature(SUITES[name]).parameters
-        print(SUITES[name](repeat=args.repeat, **({"quick": True} if quick else {})))
+        accepts = inspect.signature(SUITES[name]).parameters
+        options = {"quick": True} if args.quick and "quick" in accepts else {}
+        if args.out is not None and "out" in accepts:
+            options["out"] = args.out
+        print(SUITES[name](repeat=args.repeat, **options))
     return 0
 
 

@@ -1,4 +1,30 @@
-"""Figure set-up and saving shared by the example scripts (headless matplotlib)."""
+"""Figure set-up, saving and command line shared by the example scripts (headless matplotlib).
+
+Every example takes ``--out FOLDER`` (where its figure goes, created if missing; default ``./figures``) and
+``--quick`` (short settings: a run of seconds that checks the script works, not the docs' figure).
+``python -m benchmarks figures`` runs them all into ``docs/images``.
+"""
+import argparse
+import os
+
+
+def arguments(doc, argv=None, extra=None):
+    """Parse ``--out`` and ``--quick`` (and the options ``extra(parser)`` adds) for an example whose module
+    docstring is ``doc``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="figures",
+                        help="folder for the figure, created if missing (default ./figures)")
+    parser.add_argument("--quick", action="store_true",
+                        help="short settings: seconds, to check the script runs (not the docs' figure)")
+    if extra is not None:
+        extra(parser)
+    return parser.parse_args(argv)
+
+
+def output(folder, name):
+    """``folder/name``, creating ``folder``."""
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, name)
 
 
 def subplots(*args, **kwargs):
@@ -11,6 +37,8 @@ def subplots(*args, **kwargs):
 def save(fig, path, dpi=120):
     fig.tight_layout()
     fig.savefig(path, dpi=dpi)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
     print(f"saved {path}")
 
 

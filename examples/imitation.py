@@ -4,10 +4,11 @@ An expert controls the P2 pendulum (mass 1, length 1) with box-constrained iLQR.
 same MPC on a pendulum of the wrong mass and length; the two physical parameters are learned by
 L-BFGS on the squared difference between the learner's and the expert's planned controls,
 the gradient flowing through the converged solution by the implicit route of ``trajopt.ilqr``.
-Run ``python examples/imitation.py`` to print the fit and save ``docs/images/imitation.png``.
+Run ``python examples/imitation.py [--out FOLDER] [--quick]`` to print the fit and save
+``FOLDER/imitation.png`` (default ./figures; the docs' figure is ``--out docs/images``).
 """
 import torch
-from _plot import save, subplots
+from _plot import arguments, output, save, subplots
 
 import dynamics
 import trajopt
@@ -59,8 +60,9 @@ def learn(evaluations=30, m=1.6, l=0.7, B=16, progress=True):
     return learner, history
 
 
-def main(path="docs/images/imitation.png"):
-    _, history = learn()
+def main(argv=None):
+    args = arguments(__doc__, argv)
+    _, history = learn(**(dict(evaluations=3, B=4) if args.quick else {}))   # --quick: 3 L-BFGS evaluations
     loss, m, l = zip(*history)
     print(f"final: m {m[-1]:.4f} (true 1), l {l[-1]:.4f} (true 1), loss {loss[-1]:.2e}")
     fig, (a, b) = subplots(1, 2, figsize=(8, 3))
@@ -71,7 +73,7 @@ def main(path="docs/images/imitation.png"):
     b.axhline(1.0, color="k", lw=0.5)
     b.set(xlabel="evaluation (L-BFGS)", ylabel="parameter")
     b.legend()
-    save(fig, path)
+    save(fig, output(args.out, "imitation.png"))
 
 
 if __name__ == "__main__":

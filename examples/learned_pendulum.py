@@ -3,12 +3,13 @@
 A pure network (MLPDynamics) and a residual model on physics with a 20% wrong mass
 (ResidualDynamics) are fitted to 2,000 transitions; their 40-step open-loop predictions
 from one start are plotted against the truth and the wrong physics. Run
-``python examples/learned_pendulum.py`` to save ``docs/images/learned.png``.
+``python examples/learned_pendulum.py [--out FOLDER] [--quick]`` to save ``FOLDER/learned.png`` (default
+./figures; the docs' figure is ``--out docs/images``).
 """
 import math
 
 import torch
-from _plot import save, subplots
+from _plot import arguments, output, save, subplots
 
 import dynamics
 import trajopt
@@ -31,8 +32,9 @@ def train(transitions=2000, epochs=60, progress=True):
             "MLPDynamics": network, "ResidualDynamics": residual}
 
 
-def main(path="docs/images/learned.png"):
-    models = train()
+def main(argv=None):
+    args = arguments(__doc__, argv)
+    models = train(**(dict(transitions=500, epochs=2, progress=False) if args.quick else {}))   # --quick: 2 epochs
     x0 = torch.tensor([[0.5, 0.0]], **D64)
     U = 1.5 * torch.sin(torch.arange(40, **D64) / 4).reshape(1, 40, 1)
     fig, ax = subplots(figsize=(6, 3))
@@ -43,7 +45,7 @@ def main(path="docs/images/learned.png"):
     ax.set_xlabel("step (0.05 s)")
     ax.set_ylabel("theta (rad)")
     ax.legend(fontsize=7)
-    save(fig, path)
+    save(fig, output(args.out, "learned.png"))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,12 @@
 """Roll out every analytic model from a start of its own under simple controls and plot the trajectories.
 
-Run ``python examples/models_gallery.py`` to save ``docs/images/models.png``.
+Run ``python examples/models_gallery.py [--out FOLDER]`` to save ``FOLDER/models.png`` (default ./figures; the
+docs' figure is ``--out docs/images``). It takes a second, so ``--quick`` changes nothing.
 """
 import math
 
 import torch
-from _plot import save, subplots
+from _plot import arguments, output, save, subplots
 
 import dynamics
 import trajopt
@@ -32,7 +33,8 @@ def trajectories(T=100):
     return out
 
 
-def main(path="docs/images/models.png"):
+def main(argv=None):
+    args = arguments(__doc__, argv)
     trajs = trajectories()
     fig, axes = subplots(1, len(trajs), figsize=(3.2 * len(trajs), 3))
     for ax, (name, X) in zip(axes, trajs.items()):
@@ -47,7 +49,7 @@ def main(path="docs/images/models.png"):
             ax.set_xlabel("step")
             ax.legend(fontsize=7)
         ax.set_title(name, fontsize=8)
-    save(fig, path)
+    save(fig, output(args.out, "models.png"))
 
 
 if __name__ == "__main__":

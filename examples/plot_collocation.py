@@ -3,11 +3,11 @@
 A coarse Hermite-Simpson and trapezoidal transcription (20 intervals of 0.25 s) of a pendulum problem is
 solved with the scipy back end; the figure draws their knots over the RK4 integration of the continuous
 model with 50 substeps per interval, under each solution's held controls. Hermite-Simpson's knots lie on
-the integrated curve; the trapezoidal ones drift off it. Run ``python examples/plot_collocation.py`` to save
-``docs/images/collocation_knots.png``.
+the integrated curve; the trapezoidal ones drift off it. Run ``python examples/plot_collocation.py [--out FOLDER]
+[--quick]`` to save ``FOLDER/collocation_knots.png`` (default ./figures; the docs' figure is ``--out docs/images``).
 """
 import torch
-from _plot import save, subplots
+from _plot import arguments, output, save, subplots
 
 import dynamics
 import trajopt
@@ -23,7 +23,9 @@ def integrate(model, x0, U, dt, substeps=50):
     return torch.arange(len(X)) * dt / substeps, X
 
 
-def main(path="docs/images/collocation_knots.png", T=20, dt=0.25):
+def main(argv=None):
+    args = arguments(__doc__, argv)
+    T, dt = (8, 0.5) if args.quick else (20, 0.25)          # --quick: 8 intervals of 0.5 s
     model = dynamics.Pendulum().requires_grad_(False)
     cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)), 0.02 * torch.eye(1, **D64))
     x0 = torch.tensor([2.0, 0.0], **D64)
@@ -42,9 +44,9 @@ def main(path="docs/images/collocation_knots.png", T=20, dt=0.25):
         ax.set_xlabel("time (s)")
         ax.legend(fontsize=8)
     axes[0].set_ylabel("angle (rad, 0 upright)")
-    save(fig, path)
-    return errors
+    save(fig, output(args.out, "collocation_knots.png"))
+    print("largest knot error:", errors)
 
 
 if __name__ == "__main__":
-    print(main())
+    main()

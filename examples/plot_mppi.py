@@ -3,21 +3,18 @@
 Thirty MPPI iterations (1000 samples, time-correlated noise) move the plan from zero controls; the
 figure shows, for three of those iterations, a subset of that iteration's sampled angle trajectories
 (shaded by their weight) around the plan they perturb, and the plan after the update. Run
-``python examples/plot_mppi.py`` (from any directory) to save the repository's
-``docs/images/mppi_samples.png``, or ``python examples/plot_mppi.py out.png`` to save it elsewhere.
+``python examples/plot_mppi.py [--out FOLDER] [--quick]`` to save ``FOLDER/mppi_samples.png`` (default
+./figures; the docs' figure is ``--out docs/images``).
 """
 import math
-import os
-import sys
 
 import torch
-from _plot import save, subplots
+from _plot import arguments, output, save, subplots
 
 import trajopt
 from trajopt.problems import pendulum
 
 OPTIONS = dict(samples=1000, temperature=0.1, noise_std=2.0, correlation=0.9)
-FIGURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "images", "mppi_samples.png")
 
 
 def samples(U, generator, u_max):
@@ -31,7 +28,8 @@ def samples(U, generator, u_max):
     return (U[0].unsqueeze(-1) + OPTIONS["noise_std"] * w).clamp(-u_max, u_max).permute(2, 0, 1)
 
 
-def main(path=FIGURE, shown=(0, 5, 29), lines=60):
+def figure(path, shown=(0, 5, 29), lines=60):
+    """Run ``max(shown) + 1`` MPPI iterations, draw the iterations ``shown``, save to ``path``; the final cost."""
     problem = pendulum(B=1)                   # P2 from the hanging start: T = 100, |u| <= 2, zero controls
     model, cost, x0, T = problem.dynamics, problem.cost, problem.x0, problem.T
     u_max = float(problem.u_upper.max())
@@ -70,5 +68,12 @@ def main(path=FIGURE, shown=(0, 5, 29), lines=60):
     return float(new.cost)
 
 
+def main(argv=None):
+    args = arguments(__doc__, argv)
+    shown = (0, 1, 2) if args.quick else (0, 5, 29)          # --quick: three iterations
+    cost = figure(output(args.out, "mppi_samples.png"), shown)
+    print(f"cost after {max(shown) + 1} iterations: {cost:.2f}")
+
+
 if __name__ == "__main__":
-    print(f"cost after {max((0, 5, 29)) + 1} iterations: {main(*sys.argv[1:2]):.2f}")
+    main()

@@ -1,29 +1,28 @@
 """Train SHAC on a task and plot its learning curve and closed-loop trajectories.
 
-    python examples/shac_tasks.py pusher [--seconds 300] [--seed 0] [--out .] [--resume]
-    python examples/shac_tasks.py bicycle --plot-only shac_bicycle.csv
+    python examples/shac_tasks.py pusher [--seconds 300] [--seed 0] [--out FOLDER] [--resume] [--quick]
+    python examples/shac_tasks.py bicycle --plot-only figures/shac_bicycle.csv
 
 Tasks: ``pendulum`` (P2 swing-up), ``pusher`` (pushing a box through smoothed contact) and ``bicycle`` (path
 tracking); the cart-pole (P3) has ``examples/shac_cartpole.py``. The log
-(``shac_<task>.csv``) has one row per epoch, the scored ones with the closed-loop cost from the task's 32 fixed
-starts; ``shac_<task>.pt`` is the checkpoint. The figure goes to ``docs/images/shac_<task>.png``: the cost
-against training time beside the task's reference, and the trained policy's closed-loop trajectories from the
-32 starts.
+(``FOLDER/shac_<task>.csv``, default ./figures) has one row per epoch, the scored ones with the closed-loop cost
+from the task's 32 fixed starts; ``FOLDER/shac_<task>.pt`` is the checkpoint. The figure goes to
+``FOLDER/shac_<task>.png``: the cost against training time beside the task's reference, and the trained policy's
+closed-loop trajectories from the 32 starts (the docs' figures: 300 s runs with ``--out docs/images``).
+``--quick`` trains 3 epochs on 64 environments, scoring every epoch: a check that the script runs.
 
 The tasks, their scores, SHAC's setting for each and the references are :mod:`trajopt.rl.tasks` (the
 definitions the benchmarks measure with): ``pendulum`` is its ``"P2"``.
 """
-import argparse
 import math
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch loads: spin-waiting threads slow a busy machine
 
 import torch  # noqa: E402
+from _plot import arguments, output, reference_lines, save, shac_curve, subplots  # noqa: E402
 
-from examples._plot import reference_lines, save, shac_curve, subplots  # noqa: E402
 from trajopt.rl import SHAC  # noqa: E402
 from trajopt.rl.tasks import SHAC_DEFAULTS, TASK_SHAC, evaluator, references, score, task  # noqa: E402
 
@@ -77,27 +76,25 @@ def plot(name, t, logs, X, path):
     save(fig, path)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("task", choices=sorted(TASKS))
-    parser.add_argument("--seconds", type=float, default=300.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--out", default=".")
-    parser.add_argument("--plot-only", nargs="+", metavar="LOG", help="plot these CSV logs and the checkpoint")
-    args = parser.parse_args()
+def main(argv=None):
+    def extra(parser):
+        parser.add_argument("task", choices=sorted(TASKS))
+        parser.add_argument("--seconds", type=float, default=300.0, help="training time (default 300)")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.add_argument("--resume", action="store_true", help="continue from FOLDER/shac_<task>.pt")
+        parser.add_argument("--plot-only", nargs="+", metavar="LOG", help="plot these CSV logs and the checkpoint")
+    args = arguments(__doc__, argv, extra)
     name = TASKS[args.task]
-    figure = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "images",
-                          f"shac_{args.task}.png")
+    figure = output(args.out, f"shac_{args.task}.png")
     log, ckpt = (os.path.join(args.out, f"shac_{args.task}.{ext}") for ext in ("csv", "pt"))
     t = task(name, 64)
-    options = dict(SHAC_DEFAULTS, **TASK_SHAC.get(name, {}))
+    options = dict(SHAC_DEFAULTS, **TASK_SHAC.get(name, {}), **(dict(eval_every=1) if args.quick else {}))
     shac = SHAC(t["env"], seed=args.seed, evaluate=evaluator(t), log=None if args.plot_only else log,
                 checkpoint=ckpt, checkpoint_every=25, **options)
     if args.resume or args.plot_only:
         shac.load(ckpt)
     if not args.plot_only:
-        shac.train(time_limit=args.seconds)
+        shac.train(**(dict(epochs=3) if args.quick else dict(time_limit=args.seconds)))
         shac.save(ckpt)
     X, U = shac.closed_loop(t["x0"], t["T"])
     print(f"closed-loop cost of the final policy from the 32 starts: {score(t, U):.2f}")

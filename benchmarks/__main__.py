@@ -10,11 +10,29 @@ import torch
 from benchmarks import box_lqr, collocation, gym_pendulum, ilqr, learned, lqr, ppo, rl, sampling, shooting, tour
 from benchmarks.timing import environment
 
-SUITES = {"tour": tour.run, "figures": tour.figures, "lqr": lqr.run, "box-lqr": box_lqr.run, "ilqr": ilqr.run, "ilqr-optimality": lambda repeat: ilqr.optimality(), "learned": learned.run,
+
+
+def _mujoco(repeat: int = 20) -> str:
+    from benchmarks import mujoco          # needs the mujoco extra: imported only when the suite runs
+    return mujoco.run(repeat)
+
+
+def _mujoco_mpc(repeat: int = 1, quick: bool = False) -> str:
+    from benchmarks import mujoco_mpc
+    return mujoco_mpc.run(repeat, quick=quick)
+
+
+def _mbrl(repeat: int = 1, quick: bool = False) -> str:
+    from benchmarks import mbrl
+    return mbrl.run(repeat, quick=quick)
+
+
+SUITES = {"tour": tour.run, "figures": tour.figures, "lqr": lqr.run, "box-lqr": box_lqr.run, "ilqr": ilqr.run,
+          "ilqr-optimality": lambda repeat: ilqr.optimality(), "learned": learned.run,
           "mpc-pendulum-v1": gym_pendulum.run, "mppi-pendulum-v1": gym_pendulum.run_mppi,
           "sampling": sampling.run, "shooting": shooting.run, "collocation": collocation.run,
           "shac": rl.run, "shac-tasks": rl.run_tasks, "shac-mpc": rl.run_mpc, "shac-learned": rl.run_learned,
-          "ppo": ppo.run}
+          "ppo": ppo.run, "mujoco": _mujoco, "mujoco-mpc": _mujoco_mpc, "mbrl": _mbrl}
 
 # what `--help` lists for each suite: purpose, typical time on the shared 2-core machine (rough; the training suites
 # run for a fixed budget), and the optional packages it needs beyond `pip install -e ".[bench]"` (peers add columns
@@ -44,6 +62,12 @@ ABOUT = {
     "shac-mpc": ("MPC policies (MPPI, iLQR inside) trained by SHAC on P2, 300 s per run", "25 min", "-"),
     "shac-learned": ("SHAC inside a learned ensemble of P2, 4 rounds of 60 s (--quick: 2 x 30 s)", "~6 min", "-"),
     "ppo": ("PPO (stable-baselines3) on P3, 3 seeds x 900 s", "45 min", "rl extra"),
+    "mujoco": ("MuJoCoDynamics: batched steps and Jacobians against mujoco.rollout and loops over rows", "~3 min",
+               "mujoco extra"),
+    "mujoco-mpc": ("iLQR and MPPI MPC on the Gymnasium MuJoCo tasks (InvertedDoublePendulum 10 x 1000 steps, "
+                   "HalfCheetah, Hopper); --quick: fewer seeds and steps", "25+ min", "mujoco extra"),
+    "mbrl": ("PETS (ensemble, TS-1, CEM) on Pendulum-v1: 5,000 env steps, then 100 evaluation episodes "
+             "(--quick: 1,000 steps, 10 episodes)", "~25 min", "gymnasium"),
 }
 
 

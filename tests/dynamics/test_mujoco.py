@@ -15,6 +15,7 @@ gymnasium = pytest.importorskip("gymnasium", reason="the references are Gymnasiu
 import dynamics  # noqa: E402
 import trajopt  # noqa: E402
 from dynamics.mujoco import MuJoCoDynamics  # noqa: E402
+from trajopt._core.rollout import unchecked_rollout  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -281,8 +282,11 @@ def test_diverged_rows_are_flagged_never_silently_reset():
     with pytest.raises(RuntimeError, match=r"diverged.*\[1\]"):
         MuJoCoDynamics(UNSTABLE, frame_skip=3, on_unstable="raise")(x[:2], u[:2])
     # the rollouts solvers check: the diverged row is non-finite from its first step on, the other intact
-    X = trajopt.rollout(model, x[:2], u[:2].unsqueeze(1).expand(2, 4, 1))
+    U = u[:2].unsqueeze(1).expand(2, 4, 1)
+    X = unchecked_rollout(model, x[:2], U)
     assert torch.isfinite(X[0]).all() and torch.isnan(X[1, 1:]).all()
+    with pytest.raises(FloatingPointError, match=r"rollout: .*row\(s\) \[1\], first at step t=0"):
+        trajopt.rollout(model, x[:2], U)                     # the public rollout never returns NaN
 
 
 def test_quaternion_joints_step_but_have_no_jacobians():

@@ -431,10 +431,12 @@ def test_qp_step_on_a_box_constrained_linear_problem_is_the_bounded_lqr_in_a_few
         trajopt.ilqr(p, step="newton")
 
 
-def test_qp_step_reaches_the_box_ddp_optimum_on_p3():
+def test_qp_step_reaches_the_box_ddp_optimum_on_a_nonlinear_problem_with_active_bounds():
     p = canonical.cartpole(2)
+    p = p.replace(U_init=p.U_init[:, :25])             # P3 on a quarter of its horizon: bounds still active
     ddp_ = trajopt.ilqr(p, max_iter=200, grad=None)
     qp = trajopt.ilqr(p, max_iter=200, grad=None, step="qp")
+    assert ((ddp_.U.abs() - p.u_upper).abs() < 1e-12).any()
     assert ddp_.converged.all() and qp.converged.all()
     torch.testing.assert_close(qp.cost, ddp_.cost, rtol=1e-7, atol=0)
     assert (qp.U <= p.u_upper).all() and (qp.U >= p.u_lower).all()

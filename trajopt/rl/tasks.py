@@ -37,7 +37,7 @@ import torch
 import dynamics
 from dynamics.contact import PlanarPusher
 from .._core.costs import Cost, QuadraticCost
-from .._core.rollout import rollout
+from .._core.rollout import unchecked_rollout
 from ..problems import reference as problems
 from .env import DiffEnv
 
@@ -251,12 +251,14 @@ def task(name: str, num_envs: int = 64, dtype=torch.float32, wide_starts: float 
 
 def score(t: dict, U: torch.Tensor) -> float:
     """Mean cost of controls ``U (32, T, m)`` from the task's 32 starts: ``trajectory_cost`` of
-    :mod:`trajopt.problems.reference` for P2 and P3, the task's cost on a float64 rollout otherwise."""
+    :mod:`trajopt.problems.reference` for P2 and P3, the task's cost on a float64 rollout otherwise (``inf`` when
+    some start's rollout leaves the model's domain: a policy that steers the bicycle past a right angle)."""
     if "step" not in t:
         model, cost = copy.deepcopy(t["model"]).double(), copy.deepcopy(t["cost"]).double()
         U = U.detach().double()
         with torch.no_grad():
-            return float(cost(rollout(model, t["x0"].double(), U), U).mean())
+            J = cost(unchecked_rollout(model, t["x0"].double(), U), U)
+            return float(torch.where(torch.isfinite(J), J, math.inf).mean())
     x0, U = t["x0"].double().numpy(), U.detach().double().numpy()
     return float(np.mean([problems.trajectory_cost(t["step"], x0[b], U[b], t["Q"], t["R"]) for b in range(len(x0))]))
 

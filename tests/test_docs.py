@@ -1,4 +1,4 @@
-"""The docs' Python examples run as written, the API reference documents exactly the public surface, and the site
+"""The docs' and the README's Python examples run as written, the API reference documents exactly the public surface, and the site
 builds strictly."""
 import importlib
 import inspect
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-EXAMPLES = [(page.name, i, block) for page in sorted(DOCS.glob("*.md"))
+EXAMPLES = [(page.name, i, block) for page in [*sorted(DOCS.glob("*.md")), DOCS.parent / "README.md"]
             for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(), re.S))]
 
 

@@ -210,3 +210,18 @@ def test_select_solution_index_and_throw_name_their_arguments():
     with pytest.raises(ValueError, match="Solution.throw: allow must be trajopt.Status"):
         sol.throw(allow="x")
     assert sol.throw(allow=tuple(trajopt.Status)) is sol
+
+
+@pytest.mark.parametrize("side", ["cost", "dynamics"])
+def test_a_model_or_cost_of_another_dtype_than_x0_is_named_with_the_conversion(side):
+    """float32 inputs with a float64 model or cost (and the reverse) are refused once, by the Problem every
+    solver takes, naming the tensor and the conversion; 0-dim float64 constants (the analytic models') are fine."""
+    model = dynamics.LinearDynamics(torch.eye(2, **D64), torch.ones(2, 1, **D64))
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(2, **D64), torch.eye(1, **D64))
+    x0 = torch.zeros(3, 2)                                                          # float32
+    with pytest.raises(TypeError, match=rf"Problem: x0 is torch.float32 but the {side}'s tensor .* is torch.float64; "
+                                        rf"convert one side: {side}.to\(torch.float32\)"):
+        trajopt.Problem(model if side == "dynamics" else model.float(), cost if side == "cost" else cost.float(), x0,
+                        horizon=4)
+    p = trajopt.Problem(dynamics.Pendulum().discretize(), cost.float(), x0, horizon=4)   # 0-dim float64 constants
+    assert trajopt.ilqr(p).U.dtype == torch.float32

@@ -7,6 +7,7 @@ import torch
 
 import dynamics
 from dynamics.learned import collect_from_model, identify, residuals
+from tests.skips import THESEUS
 
 D64 = dict(dtype=torch.float64)
 
@@ -18,7 +19,7 @@ def theseus_or_skip():
         if os.environ.get("CI"):
             import theseus  # noqa: F401
         else:
-            pytest.importorskip("theseus")
+            pytest.importorskip("theseus", reason=THESEUS)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from dynamics.learned import ProbabilisticEnsemble, Transitions, collect_from_env
+from tests.skips import GYMNASIUM
 from trajopt.rl.agent import (PETS, ModelBasedAgent, ParticleCost, ParticleDynamics, PendulumV1Cost, Planner,
                               plot_learning_curves, read_log)
 
-gymnasium = pytest.importorskip("gymnasium")
+gymnasium = pytest.importorskip("gymnasium", reason=GYMNASIUM)
 
 EPISODE = 40                                 # episodes cut to 40 steps: every iteration adds 40 transitions
 

@@ -7,6 +7,7 @@ import torch
 
 import dynamics
 import trajopt
+from tests.skips import THESEUS
 from trajopt import Scipy, Theseus, collocation, collocation_defects, multiple_shooting, problems
 from trajopt.problems import reference
 
@@ -144,7 +145,7 @@ def test_one_problem_runs_through_ilqr_multiple_shooting_and_collocation():
 
 
 def test_theseus_and_scipy_agree_without_bounds():
-    pytest.importorskip("theseus")
+    pytest.importorskip("theseus", reason=THESEUS)
     model, cost = dynamics.Pendulum().requires_grad_(False), _pendulum_cost()
     p = _problem(model, cost, torch.tensor([[0.8, 0.0], [-0.5, 1.0]], **D64), horizon=20)
     exact = collocation(p, method="hermite_simpson", backend=Scipy())
@@ -157,7 +158,7 @@ def test_theseus_and_scipy_agree_without_bounds():
 
 
 def test_theseus_meets_scipy_on_p2_with_active_bounds():
-    pytest.importorskip("theseus")
+    pytest.importorskip("theseus", reason=THESEUS)
     p = _truncated("P2 pendulum", 40)
     ref = trajopt.ilqr(p, grad=None)
     start = _problem(p.continuous[0], p.cost, p.x0, U_init=ref.U, u_lower=p.u_lower, u_upper=p.u_upper)
@@ -172,7 +173,7 @@ def test_theseus_meets_scipy_on_p2_with_active_bounds():
 
 def test_theseus_takes_a_terminal_cost():
     """A terminal weight (``Q_final``) enters theseus's least squares as its own residual (it used to fail)."""
-    pytest.importorskip("theseus")
+    pytest.importorskip("theseus", reason=THESEUS)
     cost = trajopt.QuadraticCost.from_weights(torch.eye(2, **D64), 0.1 * torch.eye(1, **D64),
                                               Q_final=5 * torch.eye(2, **D64))
     p = _problem(dynamics.Pendulum().requires_grad_(False), cost, torch.tensor([[0.5, 0.0], [-0.3, 0.4]], **D64),
@@ -208,7 +209,7 @@ def test_multiple_shooting_of_a_time_varying_model_matches_lqr():
 def test_per_problem_costs_solve_each_problem():
     """A per-problem cost (``QuadraticCost(..., batched=True)``: each problem its own goal) gives each problem the
     solution it gets alone, by both back ends and both transcriptions, and from a selection of the batch."""
-    pytest.importorskip("theseus")
+    pytest.importorskip("theseus", reason=THESEUS)
     Q, R = torch.diag(torch.tensor([2.0, 0.2], **D64)), 0.02 * torch.eye(1, **D64)
     goals = torch.tensor([[0.0, 0.0], [0.5, 0.0], [-0.5, 0.0]], **D64)
     C = torch.block_diag(Q, R).expand(3, 3, 3)
@@ -301,7 +302,7 @@ def test_a_row_that_is_not_finite_at_its_start_does_not_sink_the_batch(solve, ba
     """The second problem starts where the model is NaN: it is ``NOT_FINITE`` (``x0`` held, its ``U_init``,
     ``cost = inf``, no gradient through it) and the others are solved as they are alone."""
     if isinstance(backend, Theseus):
-        pytest.importorskip("theseus")
+        pytest.importorskip("theseus", reason=THESEUS)
     x0 = torch.tensor([[0.3, 0.0], [6.0, 0.0], [-0.5, 0.2]], **D64, requires_grad=True)
     dyn = Fragile().discretize(0.1, "rk4")
     p = trajopt.Problem(dyn, _pendulum_cost(), x0, horizon=10, u_lower=-2.0, u_upper=2.0,
@@ -324,7 +325,7 @@ def test_a_step_into_a_non_finite_region_keeps_the_last_finite_iterate():
     """Controls beyond 1.5 make the model NaN. Gauss-Newton (which accepts every step) steps there: those problems
     keep their last finite iterate, ``NOT_FINITE``. Levenberg-Marquardt sees such residuals as ``1e100`` and
     rejects the steps, and scipy's line searches back off them: neither returns a NaN."""
-    pytest.importorskip("theseus")
+    pytest.importorskip("theseus", reason=THESEUS)
     x0 = torch.tensor([[0.3, 0.0], [-4.0, 0.0]], **D64)
     p = trajopt.Problem(Fragile(wall=True).discretize(0.1, "rk4"), _pendulum_cost(), x0, horizon=20)
     gn = collocation(p, backend=Theseus("gauss_newton"), grad=None)
@@ -443,7 +444,7 @@ def test_implicit_gradient_in_x0_matches_finite_differences(solver, unbounded_de
     """d cost / d x0 and d (weighted sum of U) / d x0 of the unbounded pendulum: the implicit gradient of each
     back end's solution against central differences of the exact optimum."""
     if solver == "theseus":
-        pytest.importorskip("theseus")
+        pytest.importorskip("theseus", reason=THESEUS)
     fd, _ = unbounded_derivatives
     grads, _, _ = _implicit_derivatives(None, **TOLERANCES[solver])
     torch.testing.assert_close(grads[:, :2], fd[:, :2], rtol=1e-6, atol=0)
@@ -454,7 +455,7 @@ def test_implicit_gradient_in_model_and_cost_parameters_matches_finite_differenc
     """The same two losses differentiated in the pendulum's mass (a parameter of the model) and in the cost's
     control weight ``C[2, 2]``."""
     if solver == "theseus":
-        pytest.importorskip("theseus")
+        pytest.importorskip("theseus", reason=THESEUS)
     fd, _ = unbounded_derivatives
     grads, _, _ = _implicit_derivatives(None, **TOLERANCES[solver])
     torch.testing.assert_close(grads[:, 2:], fd[:, 2:], rtol=1e-6, atol=0)
@@ -465,7 +466,7 @@ def test_implicit_gradient_holds_controls_at_active_bounds(solver, bounded_deriv
     """With ``|u| <= 4`` some controls sit at the bound: they are held (zero gradient) and the free ones follow
     the constrained optimum, against central differences with the same controls held."""
     if solver == "theseus":
-        pytest.importorskip("theseus")
+        pytest.importorskip("theseus", reason=THESEUS)
     fd, held = bounded_derivatives
     assert 0 < int(held.sum()) < held.numel(), "the test needs both held and free controls"
     grads, sol, x0 = _implicit_derivatives(4.0, **(dict(backend=Theseus()) if solver == "theseus"
@@ -522,7 +523,7 @@ def test_implicit_gradient_routes_and_their_limits():
 def test_unrolled_gradient_of_theseus():
     """grad='unroll' differentiates theseus's iterations: at a converged solve it is close to the implicit gradient
     (the same solution; the unrolled one differentiates how the iterations got there)."""
-    pytest.importorskip("theseus")
+    pytest.importorskip("theseus", reason=THESEUS)
     model, cost = dynamics.Pendulum().requires_grad_(False), _pendulum_cost()
     x0 = torch.tensor(GRAD_X0, **D64, requires_grad=True)
     p = _problem(model, cost, x0, horizon=5)

@@ -5,6 +5,7 @@ import torch
 
 import dynamics
 import trajopt
+from tests.skips import GYMNASIUM
 from trajopt import Status
 from trajopt.problems import pumping_guesses
 
@@ -162,7 +163,7 @@ def test_imitation_example_recovers_the_pendulum_mass_and_length():
 def test_mpc_swings_up_and_balances_gymnasium_pendulum_v1():
     """Closed loop on the real environment (its own step, torque and speed clips, angle wrapping): from seeds 0-3
     the pendulum ends upright and still, and the mean return beats rl-baselines3-zoo's TD3 (-151.9 over 100)."""
-    pytest.importorskip("gymnasium")
+    pytest.importorskip("gymnasium", reason=GYMNASIUM)
     result = gym_pendulum_episodes(count=4, steps=120)
     assert result["final"][:, 0].abs().max() < 0.01 and result["final"][:, 1].abs().max() < 0.05
     assert result["returns"].mean() > -151.9

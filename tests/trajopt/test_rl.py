@@ -224,7 +224,7 @@ shac.train()
 def test_checkpoint_writes_leave_no_temporary_file_behind(tmp_path):
     import subprocess
     import sys
-    from trajopt.rl.shac import atomic_write
+    from trajopt.rl.logs import atomic_write
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     path = str(tmp_path / "run.pt")
     stale = tmp_path / f"run.pt.tmp{int(gone.stdout)}"            # what a writer killed mid-write leaves

@@ -42,7 +42,7 @@ from dynamics.learned import ProbabilisticEnsemble, Transitions, fit
 from .._core.costs import Cost
 from .._core.problem import Problem
 from .._solvers.sampling import cem, mppi
-from .shac import atomic_write
+from .logs import atomic_write, write_rows
 
 __all__ = ["Planner", "RandomPlanner", "PETS", "ParticleDynamics", "ParticleCost", "ModelBasedAgent",
            "PendulumV1Cost", "plot_learning_curves", "read_log"]
@@ -475,7 +475,7 @@ class ModelBasedAgent:
             self.planner.update(self.model, self.data, {"elites": self.chosen_elites, "history": None})
 
     def save(self, path: str) -> None:
-        """Write a checkpoint atomically (:func:`trajopt.rl.shac.atomic_write`)."""
+        """Write a checkpoint atomically (:func:`trajopt.rl.logs.atomic_write`)."""
         atomic_write(path, lambda tmp: torch.save(self.state_dict(), tmp))
 
     def load(self, path: str) -> None:
@@ -486,13 +486,7 @@ class ModelBasedAgent:
     def _write_log(self):
         if self.log_path is None:
             return
-
-        def write(tmp):
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, LOG_COLUMNS)
-                writer.writeheader()
-                writer.writerows(self.rows)
-        atomic_write(self.log_path, write)
+        write_rows(self.log_path, LOG_COLUMNS, self.rows)
 
 
 def read_log(path: str) -> list[dict]:

@@ -18,13 +18,12 @@ and normalization statistics are averaged, so ``k`` processes give the update of
 from __future__ import annotations
 
 import csv
-import glob
 import inspect
 import math
 import os
 import time
 import warnings
-from contextlib import nullcontext, suppress
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -32,6 +31,7 @@ from torch import nn
 from .._core.bounds import clamp
 from .._core.checks import check_bool, check_callable, check_fraction, check_int, check_positive
 from .env import DiffEnv
+from .logs import atomic_write, write_rows
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
 
 __all__ = ["SHAC"]
@@ -445,42 +445,7 @@ class SHAC:
     def _write_log(self):
         if self.log_path is None or self.env.rank:
             return
-
-        def write(tmp):
-            with open(tmp, "w", newline="") as f:
-                writer = csv.DictWriter(f, _COLUMNS)
-                writer.writeheader()
-                writer.writerows(self.rows)
-        atomic_write(self.log_path, write)
-
-
-def atomic_write(path: str, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path`` (readers see the old file
-    or the new one, never half of one). The temporary file is removed when ``write`` raises, and the ones left by
-    writers that were killed (their process is gone) are removed first."""
-    for stale in glob.glob(glob.escape(path) + ".tmp*"):
-        pid = stale.rsplit(".tmp", 1)[1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            with suppress(OSError):
-                os.remove(stale)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:           # a live process of another user
-        return True
-    return True
+        write_rows(self.log_path, _COLUMNS, self.rows)
 
 
 def _frozen_copy(module: nn.Module) -> nn.Module:

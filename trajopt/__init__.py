@@ -18,7 +18,7 @@ from ._solvers.mpc import MPC
 from ._solvers.multistart import multistart
 from ._solvers.sampling import cem, mppi, random_shooting
 from ._solvers.shooting import single_shooting
-from . import problems              # the canonical problems P1-P4, a subpackage (trajopt.problems.pendulum, ...)
+from . import problems  # noqa: F401  (the canonical problems P1-P4: trajopt.problems.pendulum, ...)
 
 __all__ = ["Problem", "Solution", "Status", "SolveError", "lqr", "lqr_cost", "ilqr", "ddp", "MPC", "multistart",
            "mppi", "cem", "random_shooting", "single_shooting", "multiple_shooting", "collocation",

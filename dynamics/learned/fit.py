@@ -35,7 +35,7 @@ def fit(model, data: Transitions, *, epochs: int = 100, batch_size: int = 256, l
         raise TypeError(f"{where}: model must be a learned model of dynamics.learned (a Dynamics with "
                         f"fit_normalization and loss, e.g. MLPDynamics), got {type(model).__name__}; fit a physical "
                         "model's parameters with dynamics.learned.identify")
-    _check_data(where, data, model)
+    check_data(where, data, model)
     check_int(where, epochs=epochs, batch_size=batch_size, patience=patience)
     check_int(where, minimum=0, seed=seed)
     check_bool(where, progress=progress)
@@ -89,7 +89,7 @@ def fit(model, data: Transitions, *, epochs: int = 100, batch_size: int = 256, l
     return history
 
 
-def _check_data(where, data, model):
+def check_data(where, data, model):
     """``data`` a :class:`Transitions` of at least 2 finite transitions with ``model``'s ``n`` and ``m``."""
     if not isinstance(data, Transitions):
         raise TypeError(f"{where}: data must be a dynamics.learned.Transitions(x, u, x_next), "

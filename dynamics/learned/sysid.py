@@ -15,7 +15,7 @@ from torch.func import functional_call
 from ..base import Dynamics
 from ..validation import check_int, check_positive
 from .data import Transitions
-from .fit import _check_data
+from .fit import check_data
 
 
 def _select(model: Dynamics, names):
@@ -71,7 +71,7 @@ def identify(model: Dynamics, data: Transitions, names, *, method: str = "lbfgs"
         raise TypeError(f"{where}: model must be a dynamics.Dynamics, got {type(model).__name__}")
     if method not in ("lbfgs", "adam", "levenberg_marquardt"):
         raise ValueError(f"{where}: method must be 'lbfgs', 'adam' or 'levenberg_marquardt', got {method!r}")
-    _check_data(where, data, model)         # the residuals are scaled by the spread of the observed changes
+    check_data(where, data, model)         # the residuals are scaled by the spread of the observed changes
     check_int(where, steps=steps)
     check_positive(where, lr=lr, tolerance=tolerance)
     if method == "levenberg_marquardt":
@@ -139,7 +139,7 @@ def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iteration
     except ImportError as err:  # pragma: no cover - exercised where theseus-ai is absent
         raise ImportError("identify(method='levenberg_marquardt') needs theseus-ai; see the README for its "
                           "install (pip install --no-build-isolation --no-deps theseus-ai ...)") from err
-    _check_data("identify", data, model)
+    check_data("identify", data, model)
     params = _select(model, names)
     names = list(names)
     dtype = params[0].dtype

@@ -47,7 +47,7 @@ class SolveError(RuntimeError):
     """Raised by :meth:`Solution.throw` when a problem ended with a status it was not allowed to."""
 
 
-def _check_module_tensors(where: str, modules: dict, x0: torch.Tensor, name_x0: str = "x0") -> None:
+def check_module_tensors(where: str, modules: dict, x0: torch.Tensor, name_x0: str = "x0") -> None:
     """The models' and costs' tensors share ``x0``'s dtype and device (0-dim float64 constants excepted: they do
     not promote float32 arithmetic, and are moved to the device by PyTorch)."""
     for role, module in modules.items():
@@ -241,7 +241,7 @@ class Problem:
         batch = check_consistent(where, tensors, ranks)
         constraint = _constraint(where, constraint)
         modules = {"dynamics": dynamics, "cost": cost, "constraint": constraint}
-        _check_module_tensors(where, modules, x0)
+        check_module_tensors(where, modules, x0)
         if module_rows is None:
             batch = check_per_problem(where, modules, batch)
         else:
@@ -255,7 +255,7 @@ class Problem:
         if batch == 0:
             raise ValueError(f"{where}: the batch is empty (B=0)")
         B, n, m = batch or 1, dims["n"], dims["m"]
-        _check_cost_dims(where, cost, n, m, T, x0)
+        check_cost_dims(where, cost, n, m, T, x0)
         stages = getattr(dynamics, "stages", None)
         if isinstance(stages, int) and stages < T:
             raise ValueError(f"{where}: the dynamics is time-varying with {stages} stages, fewer than the horizon "
@@ -338,7 +338,7 @@ class Problem:
 _PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()     # cost -> {(n, m, T, dtype)} it passed
 
 
-def _check_cost_dims(where, cost, n, m, T, like):
+def check_cost_dims(where, cost, n, m, T, like):
     """The cost fits the dynamics' ``n``, ``m`` and the horizon ``T``: by the dimensions it declares
     (:meth:`trajopt.Cost.declared_dims`), else by one call of its ``stage`` on zeros ``(1, n)``, ``(1, m)`` (once per
     cost and dimensions; not for a cost with per-problem tensors, whose rows are the batch's, nor for one that

@@ -16,7 +16,7 @@ from dynamics import Dynamics
 from dynamics.validation import check_tensor
 from .._core.checks import check_int, solver_name, solver_options
 from .._core.costs import Cost
-from .._core.problem import Problem, Solution, Status, _check_module_tensors, merge
+from .._core.problem import Problem, Solution, Status, check_module_tensors, merge
 from .ilqr import ilqr
 
 __all__ = ["MPC"]
@@ -97,7 +97,7 @@ class MPC(nn.Module):
             raise ValueError(f"MPC: U_init must be (B, T, m) or (T, m) with the horizon T={self.horizon}, got "
                              f"{tuple(U_init.shape) if isinstance(U_init, torch.Tensor) else type(U_init).__name__}")
         check_tensor("MPC", "x", x, ("n",), {"n": self.dynamics.state_dim})
-        _check_module_tensors("MPC", {"dynamics": self.dynamics, "cost": self.cost}, x, "x")
+        check_module_tensors("MPC", {"dynamics": self.dynamics, "cost": self.cost}, x, "x")
         batched = isinstance(x, torch.Tensor) and x.ndim == 2
         if isinstance(x, torch.Tensor) and x.ndim == 1:
             x = x.unsqueeze(0)

@@ -21,7 +21,7 @@ from dynamics import Dynamics
 from .._core.costs import Cost
 from .._core.bounds import check_bounds, clamp
 from .._core.checks import check_bool, check_callable, check_int
-from .._core.problem import _check_cost_dims, _check_module_tensors
+from .._core.problem import check_cost_dims, check_module_tensors
 
 __all__ = ["DiffEnv", "Step"]
 
@@ -126,8 +126,8 @@ class DiffEnv:
             like = reset if isinstance(reset, torch.Tensor) else next(
                 (z for z in (*cost.parameters(), *cost.buffers()) if z.is_floating_point()), torch.empty(0))
             if isinstance(reset, torch.Tensor):
-                _check_module_tensors(where, {"cost": cost, "dynamics": dynamics}, reset, "reset")
-            _check_cost_dims(where, cost, dynamics.state_dim, dynamics.control_dim, int(episode_length), like)
+                check_module_tensors(where, {"cost": cost, "dynamics": dynamics}, reset, "reset")
+            check_cost_dims(where, cost, dynamics.state_dim, dynamics.control_dim, int(episode_length), like)
         self.dynamics, self.cost, self.reward_fn = dynamics, cost, reward
         self._reset, self.episode_length, self.num_envs = reset, int(episode_length), int(num_envs)
         self.rank, self.world = rank, world

@@ -10,11 +10,17 @@ ARMIJO = 1e-4                                              # fraction of the pre
 ROUNDOFF = 1e-12                                           # float64 relative cost change taken for rounding
 
 
-def rounding(J: torch.Tensor) -> torch.Tensor:
+def rounding(J: torch.Tensor, guarded: bool = True) -> torch.Tensor:
     """The cost change ``(B,)`` below which ``J (B,)`` cannot tell progress from rounding: ``ROUNDOFF`` in float64,
-    scaled by the dtype's precision (``eps / eps64``) otherwise, relative to ``max(|J|, 1)``."""
+    relative to ``max(|J|, 1)``, and scaled to the dtype's precision otherwise.
+
+    The band is also how much a step judged below rounding may raise the cost. A ``guarded`` caller accepts such a
+    step only if an optimality residual decreases too (single shooting): the band scales with ``eps / eps64``
+    (5.4e-4 in float32). An unguarded one (iLQR, whose steps below rounding the cost alone judges) gets
+    ``(eps / eps64)^(2/3)`` (6.6e-7 in float32): the linear band, thousands of float32 eps, let float32 iLQR accept
+    real increases and wander off an optimum it had reached (docs/ilqr.md gives the measurements)."""
     scale = torch.finfo(J.dtype).eps / torch.finfo(torch.float64).eps
-    return ROUNDOFF * scale * J.abs().clamp_min(1.0)
+    return ROUNDOFF * (scale if guarded else scale ** (2 / 3)) * J.abs().clamp_min(1.0)
 
 
 def sufficient_decrease(decrease: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:

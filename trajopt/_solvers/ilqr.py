@@ -306,7 +306,7 @@ def _backward(p, s, model, second_order, tol, step="box_ddp") -> _Candidates:
             model.F[pos], torch.cat([C, q.C[alt]]), q.c[pos], q.C_final[pos], q.c_final[pos], lower[b] - s.U[b],
             upper[b] - s.U[b], s.mu[b], *gaps, nonconvex=nonconvex if bool(nonconvex.any()) else None)
     scale = s.J[b].abs().clamp_min(1.0)
-    fine = ok & s.feasible[b] & (-d1 <= (rounding(s.J[b]) if tol is None else tol * scale))
+    fine = ok & s.feasible[b] & (-d1 <= (rounding(s.J[b], guarded=False) if tol is None else tol * scale))
     return _Candidates(pos, on_newton, alt, K, k, d1, d2, ok, fine, scale, model)
 
 
@@ -368,7 +368,7 @@ def _line_search(p, s, x0, c: _Candidates):
         sufficient = torch.where(s.feasible[br] | (predicted > 0), sufficient_decrease(decrease, predicted),
                                  decrease >= 2 * predicted)
         finite = torch.isfinite(Jt) & torch.isfinite(Xt).flatten(2).all(-1)   # a cost may ignore x_T
-        accept = finite & torch.where(c.fine[r], (decrease >= -rounding(s.J[br])) & (group == 1).unsqueeze(-1),
+        accept = finite & torch.where(c.fine[r], (decrease >= -rounding(s.J[br], guarded=False)) & (group == 1).unsqueeze(-1),
                                       sufficient)
         hit = accept.any(0)
         first = torch.argmax(accept.to(torch.int8), 0)                         # largest accepted step

@@ -22,7 +22,7 @@ from .constraint import Constraint, FunctionConstraint
 from .costs import Cost
 from .per_problem import check_per_problem, has_per_problem, rows
 
-__all__ = ["Problem", "Solution", "Status", "SolveError", "solver", "merge", "check_takes", "TAKES"]
+__all__ = ["Problem", "Solution", "Status", "SolveError", "solver", "merge", "check_takes"]
 
 
 class Status(enum.IntEnum):
@@ -390,12 +390,7 @@ def _constraint(where, constraint):
                     f"got {type(constraint).__name__}")
 
 
-# What each library solver takes of a Problem beyond its dynamics, cost, x0, initial guesses and control bounds:
-# a field it does not take raises (naming where to go) instead of being ignored. multistart forwards the problem
-# to its inner solver, which judges it; a solver missing here (a user's) takes everything.
-STATE_BOUNDS, CONSTRAINT = ("x_lower", "x_upper"), ("constraint",)
-TAKES = {"ilqr": (), "ddp": (), "single_shooting": (), "mppi": (), "cem": (), "random_shooting": (),
-         "constrained_ilqr": CONSTRAINT, "collocation": STATE_BOUNDS, "multiple_shooting": STATE_BOUNDS}
+# Where a problem's optional fields go when the solver it was given does not take them.
 _ELSEWHERE = {"x_lower": "state bounds: use trajopt.collocation or trajopt.multiple_shooting (or express them as a "
                          "constraint of trajopt.constrained_ilqr)",
               "x_upper": "state bounds: use trajopt.collocation or trajopt.multiple_shooting (or express them as a "
@@ -419,13 +414,14 @@ def solver(fn: Callable | None = None, *, takes=None) -> Callable:
     problem is checked to be a :class:`Problem` whose optional fields (``x_lower``, ``x_upper``, ``constraint``) the
     solver takes, and an unbatched one gets its solution unbatched.
 
-    ``takes``: the optional fields ``fn`` uses (a tuple of names), else the library's registry :data:`TAKES` by
-    ``fn``'s name, else every field (no check). Used as ``@solver`` or ``@solver(takes=(...))``; the wrapper
-    carries it as ``wrapper.takes`` (what :func:`trajopt.multistart` checks for its inner solver)."""
+    ``takes``: the optional fields ``fn`` uses (a tuple of names; ``()``: none of them, so a problem holding one
+    raises, naming the solver that takes it), or None: every field (no check; a user's solver). Used as
+    ``@solver(takes=(...))``; the wrapper carries it as ``wrapper.takes`` (what :func:`trajopt.multistart` checks for
+    its inner solver)."""
     if fn is None:
         return functools.partial(solver, takes=takes)
     name = fn.__name__
-    takes = tuple(takes) if takes is not None else TAKES.get(name)
+    takes = tuple(takes) if takes is not None else None
 
     @functools.wraps(fn)
     def wrapper(problem, *args, **options) -> Solution:

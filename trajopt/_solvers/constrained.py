@@ -140,7 +140,7 @@ def _grad_or_zero(scalar, z):
     return torch.zeros_like(z) if out is None else out
 
 
-@solver
+@solver(takes=("constraint",))
 def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 100, tol: float | None = None,
                      grad_tol: float | None = None, intermediate_grad_tol: float | None = 1e-2,
                      constraint_tol: float = 1e-6, penalty_init: float = 1.0, penalty_growth: float = 10.0,

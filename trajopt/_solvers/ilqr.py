@@ -51,7 +51,7 @@ _ROWS_AT_ONCE = 1024    # problems x step sizes evaluated in one forward pass
 _QP_MAX_ITER = 50       # iteration budget of a step="qp" subproblem
 
 
-@solver
+@solver(takes=())
 def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None, tol: float | None = None,
          second_order: bool = False, grad: str | None = "implicit", mu_init: float = 1e-6, mu_min: float = 1e-9,
          mu_max: float = 1e10, step: str = "box_ddp") -> Solution:
@@ -134,7 +134,7 @@ def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None
                     extras={"mu": s.mu, "costates": s.at[1]})
 
 
-@solver
+@solver(takes=())
 def ddp(problem: Problem, **options) -> Solution:
     """:func:`ilqr` with ``second_order=True``: the backward pass adds ``sum_i lam_i f_i''`` (the dynamics'
     second derivatives contracted with the costates of the current trajectory, by

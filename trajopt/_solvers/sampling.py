@@ -42,7 +42,7 @@ __all__ = ["mppi", "cem", "random_shooting"]
 STORED_ROWS = 2 ** 17    # sample-stages up to which sample_costs stores the trajectories
 
 
-@solver
+@solver(takes=())
 def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperature: float = 1.0, noise_std=1.0,
          correlation: float = 0.0, smoothing: int = 1, generator: torch.Generator | None = None,
          rollout_plan: bool = True, compile: bool = False) -> Solution:
@@ -118,7 +118,7 @@ def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperatur
     return _solution(problem, U, rollout_plan, costs, best, max_iter, extras)
 
 
-@solver
+@solver(takes=())
 def cem(problem: Problem, *, samples: int = 1000, max_iter: int = 10, elites: int = 100, noise_std=1.0,
         min_std: float = 1e-3, momentum: float = 0.0, generator: torch.Generator | None = None,
         rollout_plan: bool = True, compile: bool = False) -> Solution:
@@ -169,7 +169,7 @@ def cem(problem: Problem, *, samples: int = 1000, max_iter: int = 10, elites: in
                                                                                "std": std})
 
 
-@solver
+@solver(takes=())
 def random_shooting(problem: Problem, *, samples: int = 1000, noise_std=None,
                     generator: torch.Generator | None = None, compile: bool = False) -> Solution:
     """The cheapest of ``samples`` random control sequences per problem (``problem.U_init`` is one of them).

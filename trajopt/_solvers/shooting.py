@@ -38,7 +38,7 @@ from .._core.rollout import unchecked_rollout
 __all__ = ["single_shooting"]
 
 
-@solver
+@solver(takes=())
 def single_shooting(problem: Problem, *, optimizer: str = "lbfgs", bounds: str = "project", max_iter: int = 1000,
                     grad_tol: float | None = None, memory: int | None = None, lr: float | None = None,
                     lr_final: float | None = None, grad: str | None = "implicit") -> Solution:

@@ -68,7 +68,7 @@ def collocation_defects(model: ContinuousDynamics, X: torch.Tensor, U: torch.Ten
     return collocation_interval(model, float(dt), method)(X[:, :-1], U.unsqueeze(2), X[:, 1:])[0]
 
 
-@solver
+@solver(takes=("x_lower", "x_upper"))
 def collocation(problem: Problem, *, method: str = "hermite_simpson", backend: Scipy | Theseus = Theseus(),
                 grad: str | None = "implicit", max_iter: int = 200, grad_tol: float | None = None,
                 constraint_tol: float | None = None) -> Solution:
@@ -158,7 +158,7 @@ def collocation(problem: Problem, *, method: str = "hermite_simpson", backend: S
     return _solve(where, problem, tr, _initial_states(problem), backend, route, **opts)
 
 
-@solver
+@solver(takes=("x_lower", "x_upper"))
 def multiple_shooting(problem: Problem, *, segment: int = 1, backend: Scipy | Theseus = Theseus(),
                       grad: str | None = "implicit", max_iter: int = 200, grad_tol: float | None = None,
                       constraint_tol: float | None = None) -> Solution:

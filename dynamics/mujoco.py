@@ -200,8 +200,8 @@ class MuJoCoDynamics(Dynamics):
         try:
             if self._rollout is not None:
                 self._rollout.close()
-        except Exception:
-            pass
+        except Exception:           # at interpreter shutdown mujoco may be gone already; nothing left to release
+            return
 
     def extra_repr(self) -> str:
         return (f"nq={self.nq}, nv={self.nv}, na={self.na}, nu={self.control_dim}, frame_skip={self.frame_skip}, "

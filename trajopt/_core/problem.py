@@ -6,6 +6,7 @@ meaning is the same in every solver; :func:`solver` is the one batch/unbatch rou
 """
 from __future__ import annotations
 
+import contextlib
 import enum
 import functools
 import itertools
@@ -373,10 +374,8 @@ def check_cost_dims(where, cost, n, m, T, like):
     if out.shape != (1,):
         raise ValueError(f"{where}: the cost's stage must return one value per row (B,); {call} returned shape "
                          f"{tuple(out.shape)}, expected (1,)")
-    try:
+    with contextlib.suppress(TypeError):        # a cost that is not weak-referenceable is probed again next time
         _PROBED.setdefault(cost, set()).add(key)
-    except TypeError:                   # not weak-referenceable: probe again next time
-        pass
 
 
 def _constraint(where, constraint):

@@ -29,6 +29,7 @@ is trained by :func:`~dynamics.learned.fit`.
 """
 from __future__ import annotations
 
+import abc
 import csv
 import math
 import os
@@ -62,7 +63,7 @@ class PendulumV1Cost(Cost):
 
 
 # ---------------------------------------------------------------------------------------------- planners
-class Planner:
+class Planner(abc.ABC):
     """The strategy a :class:`ModelBasedAgent` acts with. Subclasses override :meth:`act` and whatever else they
     need; every method has a do-nothing default except :meth:`act`.
 
@@ -79,19 +80,21 @@ class Planner:
     """
 
     def update(self, model, data: Transitions, info: dict | None = None) -> None:
-        pass
+        """Nothing to learn by default (a planner on a fixed model or a random one)."""
 
     def reset(self, count: int, generator: torch.Generator) -> None:
-        pass
+        """No per-episode state by default."""
 
+    @abc.abstractmethod
     def act(self, obs: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Actions ``(B, m)`` for observations ``(B, n)``."""
 
     def state_dict(self) -> dict:
+        """Nothing to checkpoint by default."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
-        pass
+        """Nothing to restore by default."""
 
 
 class RandomPlanner(Planner):

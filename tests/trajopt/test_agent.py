@@ -114,7 +114,11 @@ def test_the_held_out_error_falls_as_data_grows():
 
     torch.manual_seed(0)
     model = ProbabilisticEnsemble(3, 1, members=2, hidden=(32, 32))
-    agent = ModelBasedAgent("Pendulum-v1", model, Planner(), seed=1, random_iterations=100, max_episode_steps=EPISODE,
+    class Collects(Planner):               # the random collection phase covers the whole run: never asked to act
+        def act(self, obs):
+            raise AssertionError("the planner acted during the random phase")
+
+    agent = ModelBasedAgent("Pendulum-v1", model, Collects(), seed=1, random_iterations=100, max_episode_steps=EPISODE,
                             fit_options=dict(epochs=25, batch_size=32, lr=3e-3, patience=25), progress=False)
     agent.train(EPISODE)
     small = error(agent)

@@ -309,3 +309,82 @@ def test_lqr_cost_and_lqr_refuse_bad_input_by_name(bad, named):
         else:
             X, U = (sol.X, sol.U * float("nan")) if bad == "nan_U" else (sol.X[:, :-1], sol.U)
             trajopt.lqr_cost(X, U, P["C"], P["c"])
+
+
+# ----------------------------------------------------------------------------- parallel in time
+@pytest.mark.parametrize("B,T,n,m", [(1, 50, 8, 3), (3, 37, 8, 3), (2, 16, 32, 8), (4, 1, 3, 1)])
+def test_time_parallel_equals_the_sequential_recursion_and_the_dense_kkt(B, T, n, m):
+    t, p = p1_tensors(B, T, n, m, seed=T)
+    X_ref, U_ref = problems.lqr_reference(p)
+    seq, par = solve(t), solve(t, time_parallel=True)
+    np.testing.assert_allclose(par.U.numpy(), U_ref, atol=1e-9, rtol=0)
+    np.testing.assert_allclose(par.X[:, :T].numpy(), X_ref, atol=1e-9, rtol=0)
+    for name in ("X", "U", "K", "k"):
+        a, b = getattr(seq, name), getattr(par, name)
+        assert (a - b).abs().max() <= 1e-10 * max(1.0, float(a.abs().max())), name
+    assert (seq.cost - par.cost).abs().max() <= 1e-10 * float(seq.cost.abs().max())
+
+
+@pytest.mark.parametrize("grad", ["implicit", "unroll"])
+def test_time_parallel_gradients_equal_the_sequential_ones(grad):
+    args, w = _grad_inputs(3, T=50, n=8, m=3, seed=7)
+
+    def loss(a, parallel):
+        F, f, C, c, x0, Cf, cf = a
+        sol = trajopt.lqr(F, f, C, c, x0, C_final=Cf, c_final=cf, grad=grad, time_parallel=parallel)
+        return (sol.X * w[0]).sum() + (sol.U * w[1]).sum() + sol.cost.sum()
+
+    g_seq = torch.autograd.grad(loss(args, False), args)
+    g_par = torch.autograd.grad(loss(args, True), args)
+    for name, a, b in zip(ARGS + ("C_final", "c_final"), g_seq, g_par):
+        assert (a - b).abs().max() <= 1e-10 * max(1.0, float(a.abs().max())), name
+
+
+def test_time_parallel_gradcheck_every_input():
+    args, w = _grad_inputs(2, T=6, m=2)
+    assert torch.autograd.gradcheck(
+        lambda F, f, C, c, x0, Cf, cf: trajopt.lqr(F, f, C, c, x0, C_final=Cf, c_final=cf, time_parallel=True).X
+        .mul(w[0]).sum(), args)
+
+
+def test_time_parallel_falls_back_where_the_control_cost_is_singular():
+    """The scan needs every C_uu positive definite; a problem with C_uu = 0 but Q_uu positive definite (the value
+    function's curvature makes the controls' cost convex) is solved by the sequential recursion."""
+    t, _ = p1_tensors(2, 10, 4, 2, seed=3)
+    C = t["C"].clone()
+    C[1, 4, 4:, 4:] = 0.0
+    Cf = 10.0 * torch.eye(4, dtype=torch.float64)
+    seq = trajopt.lqr(t["F"], t["f"], C, t["c"], t["x0"], C_final=Cf)
+    par = trajopt.lqr(t["F"], t["f"], C, t["c"], t["x0"], C_final=Cf, time_parallel=True)
+    assert torch.isfinite(par.U).all()
+    assert (seq.U - par.U).abs().max() <= 1e-10
+
+
+def test_time_parallel_float32_matches_float64():
+    t, _ = p1_tensors(4, 50, 8, 3, seed=2)
+    t32 = {k: v.float() for k, v in t.items()}
+    a, b = solve(t, time_parallel=True), solve(t32, time_parallel=True)
+    assert b.U.dtype == torch.float32
+    assert (a.U - b.U.double()).abs().max() <= 1e-3 * float(a.U.abs().max())
+
+
+def test_time_parallel_must_be_a_bool():
+    with pytest.raises(TypeError, match="time_parallel must be a bool"):
+        trajopt.lqr(**_good(), time_parallel="yes")
+
+
+def test_compiled_lqr_equals_eager_in_solution_and_gradients():
+    """compile=True (torch.compile of the whole solve and its adjoint) against the eager path, float64 (the
+    sequential recursion: each compile costs tens of seconds here; the benchmark compares the parallel one)."""
+    args, w = _grad_inputs(1, T=4, n=3, m=2, seed=11)
+
+    def run(parallel, compile):
+        a = [z.detach().clone().requires_grad_() for z in args]
+        F, f, C, c, x0, Cf, cf = a
+        sol = trajopt.lqr(F, f, C, c, x0, C_final=Cf, c_final=cf, time_parallel=parallel, compile=compile)
+        loss = (sol.X * w[0]).sum() + (sol.U * w[1]).sum() + sol.cost.sum()
+        return (sol.X, sol.U, sol.cost, *torch.autograd.grad(loss, a))
+
+    for a, b in zip(run(False, False), run(False, True)):
+        a, b = a.detach(), b.detach()
+        assert (a - b).abs().max() <= 1e-10 * max(1.0, float(a.abs().max()))

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .scan import affine_scan, scan
+
 __all__ = ["solve", "solve_augmented", "Solved", "Stages", "augment", "gauss_jordan", "use_elimination", "spd_solve",
            "spd_solve_small", "lqr_with_costates", "costates", "raise_if_not_pd"]
 
@@ -57,7 +59,7 @@ def augment(F, f, C, c, C_final, c_final):
 def symmetric_padded(C, c):
     """``[[0, c'], [c, (C + C')/2]]`` in one pass over ``C`` when no graph is recorded."""
     out = C.new_empty(*C.shape[:-2], C.shape[-2] + 1, C.shape[-1] + 1)
-    if torch.is_grad_enabled() and C.requires_grad:
+    if (torch.is_grad_enabled() and C.requires_grad) or torch.compiler.is_compiling():
         out[..., 1:, 1:] = torch.lerp(C, C.mT, 0.5)
     else:
         torch.lerp(C, C.mT, 0.5, out=out[..., 1:, 1:])
@@ -177,6 +179,58 @@ def riccati(Fh, Ch, VTh, elimination: bool, keep: bool):
     return Kh, Vh, Quu, pd
 
 
+def riccati_parallel(Fh, Ch, VTh, keep: bool):
+    """:func:`riccati` in ``ceil(log2 (T+1))`` levels: the associative scan of Saerkkae and Garcia-Fernandez (2023,
+    "Temporal parallelization of dynamic programming and linear quadratic control", section IV).
+
+    Stage ``t`` is the conditional value function of going from ``x_t`` to ``x_{t+1}``, an element
+    ``(A, b, C, eta, J)``: ``1/2 x' J x - eta' x + max_l l' (y - A x - b) - 1/2 l' C l``; the terminal cost is the
+    element ``(0, 0, 0, -c_final, C_final)``. The cross term and the linear control term are removed first (``u =
+    v - C_uu^{-1} (C_ux x + c_u)``), which needs every ``C_uu`` positive definite (the sequential recursion needs
+    only ``Q_uu``). The suffix scan of the elements gives every value function at once (the constant of the value
+    function is not tracked: ``Vh[..., 0, 0]`` is zero), and the gains follow from them in one batched solve over
+    all stages. Returns what :func:`riccati` does, plus ``ok (B,)``: whether every ``C_uu`` of the problem was
+    positive definite (where not, the results of the problem are meaningless).
+    """
+    T, B, n1, N = Fh.shape
+    n = n1 - 1
+    A, Bu, f = Fh[..., 1:, 1:n1], Fh[..., 1:, n1:], Fh[..., 1:, :1]
+    Cxx, Cxu, Cuu = Ch[..., 1:n1, 1:n1], Ch[..., 1:n1, n1:], Ch[..., n1:, n1:]
+    cx, cu = Ch[..., 1:n1, :1], Ch[..., n1:, :1]
+    W, ok = spd_solve_small(Cuu, torch.cat([Cxu.mT, cu, Bu.mT], -1))      # R^-1 [M' | r | B']
+    RM, Rr, RB = W.split([n, 1, n], -1)
+    elems = (
+        torch.cat([A - Bu @ RM, A.new_zeros(1, B, n, n)]),
+        torch.cat([f - Bu @ Rr, f.new_zeros(1, B, n, 1)]),
+        torch.cat([Bu @ RB, A.new_zeros(1, B, n, n)]),
+        torch.cat([Cxu @ Rr - cx, -VTh[None, :, 1:, :1]]),
+        torch.cat([Cxx - Cxu @ RM, VTh[None, :, 1:, 1:]]),
+    )
+    _, _, _, eta, J = scan(_value_compose, elems, reverse=True)
+    Vh = torch.cat([torch.cat([torch.zeros_like(eta[..., :1, :]), -eta.mT], -1), torch.cat([-eta, J], -1)], -2)
+    Q = Ch + Fh.mT @ Vh[1:] @ Fh
+    Qu = Q[..., n1:, :]
+    Quu = Qu[..., n1:]
+    G, pd = spd_solve_small(Quu, Qu[..., :n1])
+    return -G, Vh if keep else Vh[:1], Quu if keep else None, pd, ok.all(0)
+
+
+def _value_compose(earlier, later):
+    """Two conditional value functions ``(A, b, C, eta, J)``, ``x_i -> x_j`` then ``x_j -> x_k``, made one
+    ``x_i -> x_k`` by minimizing over ``x_j`` (the combination rule of Saerkkae and Garcia-Fernandez 2023)."""
+    A1, b1, C1, e1, J1 = earlier
+    A2, b2, C2, e2, J2 = later
+    n = A1.shape[-1]
+    eye = torch.eye(n, dtype=A1.dtype, device=A1.device)
+    # (I + C1 J2)^-1 [A1 | b1 + C1 e2 | C1]; an explicit inverse: batched LAPACK solves of many small systems cost
+    # more than inverting them and one batched product
+    X = torch.linalg.inv_ex(eye + C1 @ J2)[0] @ torch.cat([A1, b1 + C1 @ e2, C1], -1)
+    XA, Xb, XC = X.split([n, 1, n], -1)
+    C = torch.baddbmm(C2.flatten(0, 1), (A2 @ XC).flatten(0, 1), A2.flatten(0, 1).mT).view_as(C2)
+    J = torch.baddbmm(J1.flatten(0, 1), (XA.mT @ J2).flatten(0, 1), A1.flatten(0, 1)).view_as(J1)
+    return (A2 @ XA, A2 @ Xb + b2, torch.lerp(C, C.mT, 0.5), XA.mT @ (e2 - J2 @ b1) + e1, torch.lerp(J, J.mT, 0.5))
+
+
 def _step(Fh, Kh, xh, t):
     """``[1; x_{t+1}] = Fh_t [1; x_t; u_t]`` with ``u_t = Kh_t [1; x_t]``; also returns ``u_t (B, m, 1)``."""
     u = torch.bmm(Kh[t], xh)
@@ -202,14 +256,19 @@ class Solved:
         return X, U, self.cost, K, k, self.pd
 
 
-def solve(F, f, C, c, x0, C_final, c_final, keep: bool = True) -> Solved:
-    """Forward solve; ``keep`` retains what the adjoint backward needs (Vh, Quu)."""
-    return solve_augmented(*augment(F, f, C, c, C_final, c_final), x0, keep)
+def solve(F, f, C, c, x0, C_final, c_final, keep: bool = True, parallel: bool = False) -> Solved:
+    """Forward solve; ``keep`` retains what the adjoint backward needs (Vh, Quu); ``parallel`` runs it in time
+    parallel (:func:`riccati_parallel`, and the rollout as an :func:`affine_scan`)."""
+    return solve_augmented(*augment(F, f, C, c, C_final, c_final), x0, keep, parallel)
 
 
-def solve_augmented(Fh, Ch, VTh, x0, keep: bool = True) -> Solved:
-    """:func:`solve` of the homogeneous blocks of :func:`augment` (time major) and ``x0 (B, n)``."""
+def solve_augmented(Fh, Ch, VTh, x0, keep: bool = True, parallel: bool = False) -> Solved:
+    """:func:`solve` of the homogeneous blocks of :func:`augment` (time major) and ``x0 (B, n)``. In time parallel,
+    ``pd`` is also False at every stage of a problem with a ``C_uu`` that is not positive definite (the parallel
+    recursion needs them all positive definite: the caller solves such a problem sequentially)."""
     T, B, n1, N = Fh.shape
+    if parallel:
+        return _solve_parallel(Fh, Ch, VTh, x0, keep)
     Kh, Vh, Quu, pd = riccati(Fh, Ch, VTh, use_elimination(N - n1), keep)
     xh = torch.cat([x0.new_ones(B, 1), x0], -1).unsqueeze(-1)
     cost = 0.5 * (xh.mT @ Vh[0] @ xh).view(B)
@@ -220,6 +279,19 @@ def solve_augmented(Fh, Ch, VTh, x0, keep: bool = True) -> Solved:
         Xh.put(t + 1, xh)
         Uh.put(t, u)
     return Solved(Fh, Kh, Vh, Quu, Xh.get(), Uh.get(), cost, pd)
+
+
+def _solve_parallel(Fh, Ch, VTh, x0, keep):
+    T, B, n1, N = Fh.shape
+    Kh, Vh, Quu, pd, ok = riccati_parallel(Fh, Ch, VTh, keep)
+    Fx, Fu = Fh[..., 1:, :n1], Fh[..., 1:, n1:]
+    closed = Fx + Fu @ Kh                                                  # (T,B,n,n+1): x_{t+1} = closed [1; x_t]
+    X = affine_scan(closed[..., 1:], closed[..., :1], x0.unsqueeze(-1))
+    Xh = torch.cat([torch.ones_like(X[..., :1, :]), X], -2)
+    Uh = Kh @ Xh[:-1]
+    tau = torch.cat([Xh[:-1], Uh], -2)
+    cost = 0.5 * ((tau.mT @ Ch @ tau).sum(0) + Xh[T].mT @ VTh @ Xh[T]).view(B)
+    return Solved(Fh, Kh, Vh, Quu, Xh, Uh, cost, pd & ok)
 
 
 def lqr_with_costates(F, C, c, C_final, c_final):

@@ -26,10 +26,12 @@ import torch
 
 from dynamics.validation import check_consistent, check_finite, check_tensor
 from .._core.bounds import check_bounds
-from .._core.checks import check_int, tolerance
+from .._core.checks import check_bool, check_int, tolerance
+from .._core.compiled import compiled
 from .._core.interior_point import fix_active, interior_point, unbounded
 from .._core.problem import Solution, Status
 from .._core.riccati import Stages, raise_if_not_pd, solve, spd_solve
+from .._core.scan import affine_scan
 
 __all__ = ["lqr", "lqr_cost"]
 
@@ -47,6 +49,8 @@ def lqr(
     u_upper=None,
     grad: str | None = "implicit",
     max_iter: int = 100,
+    time_parallel: bool = False,
+    compile: bool = False,
 ) -> Solution:
     """Solve a batch of time-varying LQR problems.
 
@@ -74,6 +78,17 @@ def lqr(
         grad: ``"implicit"`` (analytic adjoint, the default), ``"unroll"``
             (autograd through the recursion) or None (no graph is built).
         max_iter: interior-point iteration budget (unused without bounds).
+        time_parallel: solve in ``ceil(log2 (T+1))`` dependent steps instead of ``T`` (unbounded problems; the
+            bounded ones are solved sequentially): the Riccati recursion as the associative scan of Saerkkae and
+            Garcia-Fernandez (2023), the rollout and both sweeps of the adjoint as scans of affine maps
+            (:mod:`trajopt._core.scan`). Same solution and gradients to rounding; ``T log2 T`` work against ``T``,
+            so it pays where the per-operation overhead dominates (small batches, long horizons, GPUs;
+            docs/latency.md gives the measured crossover). It needs every ``C_uu`` positive definite: a batch with
+            one that is not is solved sequentially.
+        compile: run the unbounded solve (and its adjoint) ``torch.compile``d: the recursion unrolls over ``T`` into
+            one graph at fixed shapes (:mod:`trajopt._core.compiled`). The first call for a set of shapes, a dtype and
+            these options compiles (docs/latency.md gives the times); later calls cost a fraction of the eager
+            ones at small batches. Same results as eager to rounding. Bounded problems run eagerly.
 
     Returns:
         :class:`~trajopt.Solution` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``,
@@ -134,12 +149,12 @@ def lqr(
         sol = _box_constrained(*args, u_lower=u_lower, u_upper=u_upper, grad=grad, max_iter=max_iter,
                                inputs=inputs)
         return sol if batch is not None else sol[0]
-    with torch.set_grad_enabled(grad is not None and torch.is_grad_enabled()):
-        if grad == "implicit":
-            X, U, cost, K, k, pd = LQRFunction.apply(*args)
-        else:
-            X, U, cost, K, k, pd = solve(*args, keep=False).outputs()
-    if not (bool(pd.all()) and bool(torch.isfinite(cost).all()) and bool(torch.isfinite(X).all())
+    check_bool(where, time_parallel=time_parallel, compile=compile)
+    X, U, cost, K, k, pd = (compiled(_unbounded, F.device.type) if compile else _unbounded)(*args, grad, time_parallel)
+    ok = bool(pd.all()) and bool(torch.isfinite(cost).all())
+    if time_parallel and not ok:        # a C_uu that is not positive definite: the sequential recursion decides
+        return lqr(F, f, C, c, x0, C_final=C_final, c_final=c_final, grad=grad, max_iter=max_iter, compile=compile)
+    if not (ok and bool(torch.isfinite(cost).all()) and bool(torch.isfinite(X).all())
             and bool(torch.isfinite(U).all())):
         # NaN/Inf anywhere in the inputs reaches the solution; only then pay for a scan that names it.
         check_finite(where, inputs)
@@ -150,6 +165,14 @@ def lqr(
                    cost_history=cost.detach().unsqueeze(-1), K=K, k=k)
     return sol if batch is not None else sol[0]
 
+
+
+def _unbounded(F, f, C, c, x0, C_final, c_final, grad, parallel):
+    """The unbounded LQR of batched inputs: ``X, U, cost, K, k, pd`` with the gradient route ``grad``."""
+    with torch.set_grad_enabled(grad is not None and torch.is_grad_enabled()):
+        if grad == "implicit":
+            return LQRFunction.apply(F, f, C, c, x0, C_final, c_final, parallel)
+        return solve(F, f, C, c, x0, C_final, c_final, keep=False, parallel=parallel).outputs()
 
 
 def lqr_cost(X, U, C, c, C_final=None, c_final=None):
@@ -171,6 +194,8 @@ def lqr_cost(X, U, C, c, C_final=None, c_final=None):
     if X.ndim != 3 or U.ndim != 3 or X.shape[0] != U.shape[0]:
         raise ValueError(f"{where}: X {tuple(X.shape)} and U {tuple(U.shape)} must be batched alike: (B, T+1, n) "
                          "and (B, T, m)")
+    check_consistent(where, {"X": X, "U": U, "C": C, "c": c, "C_final": C_final, "c_final": c_final},
+                     {"X": 2, "U": 2, "C": 3, "c": 2, "C_final": 2, "c_final": 1})
     B = X.shape[0]
     C, c = (C if C.ndim == 4 else C.expand(B, *C.shape)), (c if c.ndim == 3 else c.expand(B, *c.shape))
     if C_final is not None and C_final.ndim == 2:
@@ -197,8 +222,9 @@ class LQRFunction(torch.autograd.Function):
     """LQR solve whose backward is the adjoint LQR of Amos et al. (2018), reusing the forward's gains."""
 
     @staticmethod
-    def forward(ctx, F, f, C, c, x0, C_final, c_final):
-        s = solve(F, f, C, c, x0, C_final, c_final, keep=any(ctx.needs_input_grad))
+    def forward(ctx, F, f, C, c, x0, C_final, c_final, parallel=False):
+        s = solve(F, f, C, c, x0, C_final, c_final, keep=any(ctx.needs_input_grad), parallel=parallel)
+        ctx.parallel = parallel
         ctx.save_for_backward(s.Fh, s.Kh, s.Vh, s.Quu, s.Xh, s.Uh)
         X, U, cost, K, k, pd = s.outputs()
         ctx.mark_non_differentiable(K, k, pd)
@@ -220,24 +246,30 @@ class LQRFunction(torch.autograd.Function):
         # The adjoint LQR has the same F, C (so the same gains K) and linear terms g = dL/dtau, f = 0,
         # x0 = 0. Its value gradient obeys v_t = (A + B K)_t' v_{t+1} + g_x,t + K_t' g_u,t, v_T = g_T.
         offset = gX[:-1] + Kx.mT @ gU
-        v = gX[T]
-        vs = Stages(T + 1)
-        vs.put(T, v)
-        for t in range(T - 1, -1, -1):
-            v = torch.baddbmm(offset[t], Acl[t].mT, v)
-            vs.put(t, v)
-        vs = vs.get()                                    # (T+1,B,n,1)
+        if ctx.parallel:
+            vs = affine_scan(Acl.mT, offset, gX[T], reverse=True)
+        else:
+            v = gX[T]
+            vs = Stages(T + 1)
+            vs.put(T, v)
+            for t in range(T - 1, -1, -1):
+                v = torch.baddbmm(offset[t], Acl[t].mT, v)
+                vs.put(t, v)
+            vs = vs.get()                                # (T+1,B,n,1)
         kt = -spd_solve(Quu, gU + Bu.mT @ vs[1:])       # (T,B,m,1)
 
         # adjoint rollout from x~_0 = 0 under u~_t = K_t x~_t + k~_t
         Bk = Bu @ kt
-        xt = torch.zeros_like(vs[0])
-        xs = Stages(T + 1)
-        xs.put(0, xt)
-        for t in range(T):
-            xt = torch.baddbmm(Bk[t], Acl[t], xt)
-            xs.put(t + 1, xt)
-        xs = xs.get()                                    # (T+1,B,n,1)
+        if ctx.parallel:
+            xs = affine_scan(Acl, Bk, torch.zeros_like(vs[0]))
+        else:
+            xt = torch.zeros_like(vs[0])
+            xs = Stages(T + 1)
+            xs.put(0, xt)
+            for t in range(T):
+                xt = torch.baddbmm(Bk[t], Acl[t], xt)
+                xs.put(t + 1, xt)
+            xs = xs.get()                                # (T+1,B,n,1)
         ut = Kx @ xs[:-1] + kt
 
         # costates lambda_t = V_{t+1} x_{t+1} + v_{t+1}, t = -1..T-1, of the adjoint and the primal,
@@ -270,7 +302,7 @@ class LQRFunction(torch.autograd.Function):
         halfT = 0.5 * xtT + 0.25 * wT * xT
         dCf = (halfT * xT.mT).addcmul_(xT, halfT.mT) if need[5] else None
         dcf = (xtT + wT * xT)[..., 0] if need[6] else None
-        return dF, df, dC, dc, dx0, dCf, dcf
+        return dF, df, dC, dc, dx0, dCf, dcf, None
 
 
 def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad, max_iter, tol=None, inputs=None):

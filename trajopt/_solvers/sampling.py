@@ -26,14 +26,13 @@ random numbers); the other two methods return detached plans.
 """
 from __future__ import annotations
 
-import functools
 import math
-import warnings
 
 import torch
 
 from .._core.bounds import clamp as clamp_to_bounds
 from .._core.checks import check_bool, check_fraction, check_int, check_positive
+from .._core.compiled import compiled
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.rollout import unchecked_rollout
 
@@ -337,7 +336,7 @@ def _costs(dynamics, cost, x0, trial, compile):
         return torch.where(torch.isfinite(X[:, -1]).all(-1), cost(X, flat), math.inf).view(B, N)
     U = trial.permute(2, 3, 0, 1).reshape(T, m, B * N)       # time-major: a view of perturbed's samples
     x = x0.mT.repeat_interleave(N, 1).mT                        # (B N, n), kept column by column
-    return (_compiled_summed_costs() if compile else _summed_costs)(dynamics, cost, x, U).view(B, N)
+    return (compiled(_summed_costs, x.device.type) if compile else _summed_costs)(dynamics, cost, x, U).view(B, N)
 
 
 def _summed_costs(dynamics, cost, x, U):
@@ -350,16 +349,3 @@ def _summed_costs(dynamics, cost, x, U):
         J = J + cost.stage(x, u, t)
         x = dynamics(x, u, t)
     return torch.where(torch.isfinite(x).all(-1), J + cost.terminal(x), math.inf)
-
-
-@functools.cache
-def _compiled_summed_costs():
-    """:func:`_summed_costs` compiled once per process (shapes static: ``T`` unrolls into one kernel)."""
-    # torch.compile's inductor imports torch.utils.mkldnn, whose classes are decorated with the deprecated
-    # torch.jit.script_method: torch warns once per decorated method (14 DeprecationWarnings) on that first import,
-    # about torch's own code, not ours. Import it first with exactly that warning silenced; later imports are cached.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"`torch\.jit\.script_method` is deprecated",
-                                category=DeprecationWarning)
-        import torch.utils.mkldnn  # noqa: F401
-    return torch.compile(_summed_costs, dynamic=False)

@@ -40,9 +40,11 @@ import torch
 
 from dynamics import Dynamics
 from dynamics.learned import ProbabilisticEnsemble, Transitions, fit
+from .._core.checks import check_bool, check_int, check_positive
 from .._core.costs import Cost
 from .._core.problem import Problem
 from .._solvers.sampling import cem, mppi
+from ._checks import check_action_bounds, check_features, check_float_dtype
 from .logs import atomic_write, write_rows
 
 __all__ = ["Planner", "RandomPlanner", "PETS", "ParticleDynamics", "ParticleCost", "ModelBasedAgent",
@@ -55,9 +57,12 @@ LOG_COLUMNS = ("iteration", "phase", "env_steps", "episodes", "return_mean", "re
 class PendulumV1Cost(Cost):
     """Gymnasium ``Pendulum-v1``'s reward, negated, on its observation ``x = (cos theta, sin theta, theta_dot)``:
     ``atan2(sin, cos)^2 + 0.1 theta_dot^2 + 0.001 u^2`` (the reward of the state an action is taken in, as the
-    environment scores it). ``x (..., 3)``, ``u (..., 1)`` give ``(...)``; differentiable in both."""
+    environment scores it). ``x (..., 3)``, ``u (..., 1)`` give ``(...)``; differentiable in both. Their shapes
+    are checked, not their values (NaN propagates to the cost of its row)."""
 
     def stage(self, x, u, t=None):
+        check_features("PendulumV1Cost.stage", "x", x, 3, dims="3")
+        check_features("PendulumV1Cost.stage", "u", u, 1, dims="1")
         theta = torch.atan2(x[..., 1], x[..., 0])
         return theta ** 2 + 0.1 * x[..., 2] ** 2 + 0.001 * u[..., 0] ** 2
 
@@ -98,16 +103,20 @@ class Planner(abc.ABC):
 
 
 class RandomPlanner(Planner):
-    """Uniform random actions in ``[low, high]`` (broadcastable to ``(m,)``): the agent's collection phase."""
+    """Uniform random actions in ``[low, high]`` (finite, ``low <= high``, numbers or float tensors broadcastable
+    to ``(m,)``): the agent's collection phase."""
 
     def __init__(self, low, high):
-        self.low, self.high = torch.as_tensor(low), torch.as_tensor(high)
+        self.low, self.high = check_action_bounds("RandomPlanner", low, high)
         self.generator = None
 
     def reset(self, count, generator):
         self.generator = generator
 
     def act(self, obs):
+        if not (isinstance(obs, torch.Tensor) and obs.ndim == 2 and obs.is_floating_point()):
+            raise ValueError(f"RandomPlanner.act: obs must be a float tensor (B, n), got "
+                             f"{tuple(obs.shape) if isinstance(obs, torch.Tensor) else type(obs).__name__}")
         low, high = (b.to(obs) for b in (self.low, self.high))
         m = torch.broadcast_shapes(low.shape, high.shape)
         draw = torch.rand(obs.shape[0], *m, generator=self.generator, dtype=obs.dtype, device=obs.device)
@@ -213,16 +222,37 @@ class PETS(Planner):
                  propagation: str = "random", sample: bool = True, samples: int = 400, iterations: int = 5,
                  first_iterations: int | None = None, elites: int = 40, noise_std=None, temperature: float = 1.0,
                  use_elites: bool = True, compile: bool = False):
+        where = "PETS"
+        if not isinstance(cost, Cost):
+            raise TypeError(f"{where}: cost must be a trajopt.Cost on observations (e.g. PendulumV1Cost()), got "
+                            f"{type(cost).__name__}")
+        if cost.time_varying or not cost.separable:
+            raise ValueError(f"{where}: cost must be time-invariant and separable over stages")
         if solver not in ("cem", "mppi"):
-            raise ValueError(f"PETS: solver must be 'cem' or 'mppi', got {solver!r}")
+            raise ValueError(f"{where}: solver must be 'cem' or 'mppi', got {solver!r}")
         if propagation not in ProbabilisticEnsemble.PROPAGATIONS:
-            raise ValueError(f"PETS: propagation must be one of {ProbabilisticEnsemble.PROPAGATIONS}, "
+            raise ValueError(f"{where}: propagation must be one of {ProbabilisticEnsemble.PROPAGATIONS}, "
                              f"got {propagation!r}")
         for name, value in dict(horizon=horizon, particles=particles, samples=samples, iterations=iterations).items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"PETS: {name} must be a positive int, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+        check_int(where, elites=elites)
+        if first_iterations is not None:
+            check_int(where, first_iterations=first_iterations)
+        if solver == "cem" and elites > samples:
+            raise ValueError(f"{where}: elites ({elites}) must be at most samples ({samples})")
+        check_positive(where, temperature=temperature)
+        check_bool(where, sample=sample, use_elites=use_elites, compile=compile)
+        self.u_lower, self.u_upper = check_action_bounds(where, u_lower, u_upper, ("u_lower", "u_upper"))
+        if noise_std is not None:
+            if isinstance(noise_std, torch.Tensor):
+                if not (noise_std.is_floating_point() and noise_std.ndim <= 1
+                        and bool((torch.isfinite(noise_std) & (noise_std > 0)).all())):
+                    raise ValueError(f"{where}: noise_std must be a positive finite number or float tensor (m,), got "
+                                     f"{noise_std!r}")
+            else:
+                check_positive(where, noise_std=noise_std)
         self.cost, self.horizon, self.solver = cost, horizon, solver
-        self.u_lower, self.u_upper = torch.as_tensor(u_lower), torch.as_tensor(u_upper)
         self.particles, self.propagation, self.sample = particles, propagation, sample
         self.samples, self.iterations, self.elites = samples, iterations, elites
         self.first_iterations = iterations if first_iterations is None else first_iterations
@@ -244,6 +274,10 @@ class PETS(Planner):
     def act(self, obs):
         if self.dynamics is None:
             raise RuntimeError("PETS.act: no model yet; call update(model, data) first")
+        if not (isinstance(obs, torch.Tensor) and obs.ndim == 2):
+            raise ValueError(f"PETS.act: obs must be a tensor (B, n), got "
+                             f"{tuple(obs.shape) if isinstance(obs, torch.Tensor) else type(obs).__name__}")
+        check_features("PETS.act", "obs", obs, self.dynamics.model.state_dim, dims="n")
         B, T, m = obs.shape[0], self.horizon, self.dynamics.control_dim
         low, high = (b.to(obs).expand(m) for b in (self.u_lower, self.u_upper))
         if self._plan is None or self._plan.shape[0] != B:
@@ -279,10 +313,10 @@ class ModelBasedAgent:
         make_env: a function returning a fresh ``gymnasium.Env`` (a ``Box`` action space), or an environment id.
         model: the learned model (a :class:`~dynamics.learned.ProbabilisticEnsemble` for PETS) of the observation.
         planner: a :class:`Planner`.
-        seed: seeds everything (episode resets, random actions, the planner's draws, the fits).
+        seed: an int >= 0; seeds everything (episode resets, random actions, the planner's draws, the fits).
         envs: episodes per iteration, stepped in parallel and planned as one batch.
         random_iterations: iterations of uniform random actions first (at least 1: the planner needs a model).
-        max_episode_steps: cut episodes at this length (default: the environment's own limit).
+        max_episode_steps: cut episodes at this length, an int >= 1 (default None: the environment's own limit).
         dtype: of the observations, the model and the plans (float32 by default: the planner's speed).
         log: CSV path of one row per iteration (:data:`LOG_COLUMNS`), rewritten from the checkpoint on resume.
         checkpoint: path written atomically after every iteration; :meth:`train` resumes from it when it exists.
@@ -297,6 +331,8 @@ class ModelBasedAgent:
                  random_iterations: int = 1, fit_options: dict | None = None, elite_members: int | None = None,
                  max_episode_steps: int | None = None, dtype: torch.dtype = torch.float32, log: str | None = None,
                  checkpoint: str | None = None, progress: bool = True):
+        where = "ModelBasedAgent"
+        env_id = None
         if isinstance(make_env, str):
             env_id = make_env
 
@@ -304,26 +340,59 @@ class ModelBasedAgent:
                 import gymnasium
                 return gymnasium.make(env_id)
         if not callable(make_env):
-            raise TypeError(f"ModelBasedAgent: make_env must be a function or an environment id, got "
+            raise TypeError(f"{where}: make_env must be a function or an environment id, got "
                             f"{type(make_env).__name__}")
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"{where}: model must be a learned model of dynamics.learned (a torch.nn.Module such "
+                            f"as ProbabilisticEnsemble), got {type(model).__name__}")
         if not isinstance(planner, Planner):
-            raise TypeError(f"ModelBasedAgent: planner must be a trajopt.rl.agent.Planner, got "
+            raise TypeError(f"{where}: planner must be a trajopt.rl.agent.Planner, got "
                             f"{type(planner).__name__}")
         for name, value in dict(envs=envs, random_iterations=random_iterations).items():
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"ModelBasedAgent: {name} must be a positive int, got {value!r}")
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+        check_int(where, minimum=0, seed=seed)
+        if max_episode_steps is not None:
+            check_int(where, max_episode_steps=max_episode_steps)
         if elite_members is not None and not (isinstance(model, ProbabilisticEnsemble)
+                                              and isinstance(elite_members, int) and not isinstance(elite_members, bool)
                                               and 1 <= elite_members <= model.members):
-            raise ValueError(f"ModelBasedAgent: elite_members must be None or an int in [1, members] for a "
+            raise ValueError(f"{where}: elite_members must be None or an int in [1, members] for a "
                              f"ProbabilisticEnsemble, got {elite_members!r}")
+        if fit_options is not None and not isinstance(fit_options, dict):
+            raise TypeError(f"{where}: fit_options must be a dict of dynamics.learned.fit's options or None, got "
+                            f"{type(fit_options).__name__}")
+        check_float_dtype(where, dtype)
+        for name, value in (("log", log), ("checkpoint", checkpoint)):
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise TypeError(f"{where}: {name} must be a path (str or os.PathLike) or None, "
+                                f"got {type(value).__name__}")
+        check_bool(where, progress=progress)
         self.make_env, self.model, self.planner = make_env, model.to(dtype), planner
         self.seed, self.envs, self.random_iterations = seed, envs, random_iterations
         self.elite_members = elite_members
         self.fit_options = dict(fit_options or {})
         self.max_episode_steps, self.dtype = max_episode_steps, dtype
         self.log_path, self.checkpoint_path, self.progress = log, checkpoint, progress
-        self._envs = [make_env() for _ in range(envs)]
+        try:
+            self._envs = [make_env() for _ in range(envs)]
+        except Exception as error:
+            import gymnasium
+            if env_id is None or not isinstance(error, gymnasium.error.Error):
+                raise
+            raise ValueError(f"{where}: make_env {env_id!r} is not an environment id Gymnasium can make: "
+                             f"{error}") from error
         space = self._envs[0].action_space
+        if not (hasattr(space, "low") and hasattr(space, "high") and len(getattr(space, "shape", ()) or ()) == 1):
+            raise TypeError(f"{where}: make_env must make environments with a Box action space (m,), got "
+                            f"{space!r}")
+        obs_shape = getattr(self._envs[0].observation_space, "shape", None)
+        for name, want in (("state_dim", obs_shape[0] if obs_shape and len(obs_shape) == 1 else None),
+                           ("control_dim", space.shape[0])):
+            have = getattr(model, name, None)
+            if want is not None and isinstance(have, int) and have != want:
+                raise ValueError(f"{where}: model has {name} = {have} but the environment's "
+                                 f"{'observations' if name == 'state_dim' else 'actions'} have {want}")
         self.u_low = torch.as_tensor(space.low, dtype=dtype)
         self.u_high = torch.as_tensor(space.high, dtype=dtype)
         self.random = RandomPlanner(self.u_low, self.u_high)
@@ -377,6 +446,8 @@ class ModelBasedAgent:
         """Run iterations until at least ``env_steps`` environment steps have been taken in all (whole
         iterations: the last may pass the budget). With ``resume`` and an existing checkpoint file, continue from
         it first. Returns the log rows."""
+        check_int("ModelBasedAgent.train", minimum=0, env_steps=env_steps)
+        check_bool("ModelBasedAgent.train", resume=resume)
         if resume and self.checkpoint_path is not None and os.path.exists(self.checkpoint_path) and self.iteration == 0:
             self.load(self.checkpoint_path)
         bar = None
@@ -437,6 +508,10 @@ class ModelBasedAgent:
         """Returns ``(episodes,)`` of the planner on ``episodes`` fresh environments reset with seeds ``seed ..
         seed + episodes - 1``, all planned as one batch (the planner's draws seeded by the agent's seed and
         ``seed``). Changes nothing of the training run."""
+        check_int("ModelBasedAgent.evaluate", episodes=episodes)
+        check_int("ModelBasedAgent.evaluate", minimum=0, seed=seed)
+        if progress is not None:
+            check_bool("ModelBasedAgent.evaluate", progress=progress)
         if self.iteration == 0:
             raise RuntimeError("ModelBasedAgent.evaluate: train first (the planner has no model)")
         envs = [self.make_env() for _ in range(episodes)]
@@ -504,6 +579,31 @@ def plot_learning_curves(logs: dict, path: str | None = None, *, x: str = "env_s
     """Draw the mean episode return (and its min-max band) of each log against ``x`` (``"env_steps"`` or
     ``"time"``). ``logs`` maps a label to a CSV path, a list of rows or a :class:`ModelBasedAgent`; ``target``
     draws a horizontal line. Saves to ``path`` when given; returns the matplotlib axes. Needs matplotlib."""
+    where = "plot_learning_curves"
+    if x not in ("env_steps", "time"):
+        raise ValueError(f"{where}: x must be 'env_steps' or 'time', got {x!r}")
+    if not isinstance(logs, dict):
+        raise TypeError(f"{where}: logs must be a dict label -> log (a CSV path, a list of rows or a "
+                        f"ModelBasedAgent), got {type(logs).__name__}")
+    if target is not None and not (isinstance(target, (int, float)) and not isinstance(target, bool)):
+        raise TypeError(f"{where}: target must be a number or None, got {target!r}")
+    curves, keys = {}, (x, "return_mean", "return_min", "return_max")
+    for label, log in logs.items():
+        if isinstance(log, (str, os.PathLike)):
+            rows = read_log(log)
+        elif isinstance(log, ModelBasedAgent):
+            rows = log.rows
+        elif isinstance(log, (list, tuple)):
+            rows = log
+        else:
+            raise TypeError(f"{where}: logs[{label!r}] must be a CSV path, a list of rows or a ModelBasedAgent, "
+                            f"got {type(log).__name__}")
+        for i, row in enumerate(rows):
+            if not isinstance(row, dict) or any(k not in row for k in keys):
+                raise ValueError(f"{where}: logs[{label!r}] rows must be dicts with the keys {keys} (as "
+                                 f"ModelBasedAgent's log); row {i} is "
+                                 f"{sorted(row) if isinstance(row, dict) else type(row).__name__}")
+        curves[label] = rows
     try:
         import matplotlib
         if ax is None and path is not None:
@@ -511,12 +611,9 @@ def plot_learning_curves(logs: dict, path: str | None = None, *, x: str = "env_s
         import matplotlib.pyplot as plt
     except ImportError as error:
         raise ImportError("plot_learning_curves needs matplotlib (pip install matplotlib)") from error
-    if x not in ("env_steps", "time"):
-        raise ValueError(f"plot_learning_curves: x must be 'env_steps' or 'time', got {x!r}")
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 4))
-    for label, log in logs.items():
-        rows = read_log(log) if isinstance(log, str) else log.rows if isinstance(log, ModelBasedAgent) else log
+    for label, rows in curves.items():
         xs = [float(r[x]) for r in rows]
         ax.plot(xs, [float(r["return_mean"]) for r in rows], marker="o", label=label)
         ax.fill_between(xs, [float(r["return_min"]) for r in rows], [float(r["return_max"]) for r in rows], alpha=0.2)

@@ -61,8 +61,8 @@ class DiffEnv:
             step that reaches ``episode_length`` also gets ``-cost.terminal(x_next)``. Give exactly one of
             ``cost`` and ``reward``.
         reward: a callable ``reward(x (B, n), u (B, m), x_next (B, n)) -> (B,)``.
-        reset: the reset distribution: a callable ``reset(count, generator) -> (count, n)`` states, or a
-            tensor ``(K, n)`` of starts drawn from uniformly.
+        reset: the reset distribution: a callable ``reset(count, generator) -> (count, n)`` states (a finite float
+            tensor of the cost's and the model's dtype), or a tensor ``(K, n)`` of starts drawn from uniformly.
         episode_length: steps before truncation.
         num_envs: ``B``, the number of copies (over all processes when ``shard`` is given).
         u_lower, u_upper: control bounds broadcastable to ``(m,)``; actions are clamped into them.
@@ -71,7 +71,7 @@ class DiffEnv:
             the episode (no value follows) instead of truncating it.
         time_feature: append the fraction of the episode elapsed, ``t / episode_length``, to the
             observation (a finite-horizon task's optimal policy depends on it).
-        terminate: ``terminate(x_next (B, n)) -> (B,)`` bool, or None for no early termination.
+        terminate: ``terminate(x_next (B, n)) -> (B,)`` a bool tensor, or None for no early termination.
         shard: ``(rank, world)``: this process steps the ``rank``-th of ``world`` equal slices of the copies.
             Random draws are made for all ``num_envs`` copies and sliced, so the union over processes is the
             same environment as one process with every copy.
@@ -169,7 +169,10 @@ class DiffEnv:
             pick = torch.randint(self._reset.shape[0], (self.num_envs,), generator=generator)
             x = self._reset[pick.to(self._reset.device)]
         else:
-            x = torch.as_tensor(self._reset(self.num_envs, generator))
+            x = self._reset(self.num_envs, generator)
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"DiffEnv: reset must return a float tensor (count, n) = ({self.num_envs}, "
+                                f"{self.state_dim}), got {type(x).__name__}")
             if x.shape != (self.num_envs, self.state_dim):
                 raise ValueError(f"DiffEnv: reset returned shape {tuple(x.shape)}; expected (count, n) = "
                                  f"({self.num_envs}, {self.state_dim})")
@@ -181,6 +184,9 @@ class DiffEnv:
     def reset(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Reset every copy; returns the observations ``(local_envs, o)``."""
         self.state = self.sample_starts(generator)
+        if not isinstance(self._reset, torch.Tensor):        # a tensor's was checked at construction
+            check_module_tensors("DiffEnv", {"cost": self.cost, "dynamics": self.dynamics}, self.state,
+                                 "reset")
         self.t = torch.zeros(self.local_envs, dtype=torch.long, device=self.state.device)
         if self.lower is None and self.upper is None and any(b is not None for b in self._bounds):
             self.lower, self.upper = check_bounds("DiffEnv", *self._bounds, (self.control_dim,), self.state,
@@ -219,8 +225,17 @@ class DiffEnv:
             if not isinstance(reward, torch.Tensor) or reward.shape != (self.local_envs,):
                 raise ValueError(f"DiffEnv.step: reward must return a tensor of shape (B,) = ({self.local_envs},), "
                                  f"got {tuple(getattr(reward, 'shape', ()))}")
-        terminated = (torch.zeros_like(truncated) if self.terminate_fn is None
-                      else torch.as_tensor(self.terminate_fn(x_next), dtype=torch.bool, device=x.device))
+        if self.terminate_fn is None:
+            terminated = torch.zeros_like(truncated)
+        else:
+            terminated = self.terminate_fn(x_next)
+            if not (isinstance(terminated, torch.Tensor) and terminated.dtype == torch.bool
+                    and terminated.shape == truncated.shape):
+                got = (f"a {terminated.dtype} tensor of shape {tuple(terminated.shape)}"
+                       if isinstance(terminated, torch.Tensor) else type(terminated).__name__)
+                raise TypeError(f"DiffEnv.step: terminate must return a bool tensor of shape (B,) = "
+                                f"({self.local_envs},), got {got}")
+            terminated = terminated.to(x.device)
         if self.finite_horizon:
             terminated, truncated = terminated | truncated, torch.zeros_like(truncated)
         truncated = truncated & ~terminated

@@ -16,6 +16,7 @@ import time
 import torch
 
 from dynamics.learned import Transitions, fit
+from .._core.checks import check_bool, check_callable, check_int, check_positive
 from .env import DiffEnv
 from .shac import SHAC
 
@@ -55,27 +56,36 @@ def train_in_learned_model(shac: SHAC, real: DiffEnv, *, rounds: int = 5, transi
     Args:
         shac: a :class:`SHAC` run whose ``env`` steps the learned model (same cost, resets and bounds as ``real``).
         real: the real system as a :class:`DiffEnv` (used without gradients).
-        rounds: collect-fit-train rounds.
+        rounds: collect-fit-train rounds (an int >= 1, like the two counts below).
         transitions_per_round: real transitions collected per round (rounded up to whole steps of ``real``'s
             copies); the first round's come from uniform random controls.
-        epochs_per_round: SHAC epochs per round (or until ``seconds_per_round`` of training time).
+        epochs_per_round: SHAC epochs per round (or until ``seconds_per_round`` of training time, a positive number
+            or None).
         fit_options: keyword arguments of :func:`dynamics.learned.fit` (``epochs``, ``lr``, ...).
         evaluate: ``evaluate(shac) -> float``, called after each round (e.g. the cost on the real dynamics).
-        seed: seeds the collection's random controls, noise and resets.
+        seed: an int >= 0; seeds the collection's random controls, noise and resets.
 
     Returns one dict per round: ``round``, ``real_transitions`` (collected so far), ``model_val_loss``,
     ``shac_epochs`` (so far), ``fit_time`` and ``train_time`` (seconds, this round), ``eval_cost``.
     """
+    where = "train_in_learned_model"
+    if not isinstance(shac, SHAC):
+        raise TypeError(f"{where}: shac must be a trajopt.rl.SHAC, got {type(shac).__name__}")
     if not isinstance(real, DiffEnv):
-        raise TypeError(f"train_in_learned_model: real must be a trajopt.rl.DiffEnv, got {type(real).__name__}")
+        raise TypeError(f"{where}: real must be a trajopt.rl.DiffEnv, got {type(real).__name__}")
+    check_int(where, rounds=rounds, transitions_per_round=transitions_per_round, epochs_per_round=epochs_per_round)
+    check_int(where, minimum=0, seed=seed)
+    if seconds_per_round is not None:
+        check_positive(where, allow_inf=True, seconds_per_round=seconds_per_round)
+    if fit_options is not None and not isinstance(fit_options, dict):
+        raise TypeError(f"{where}: fit_options must be a dict of dynamics.learned.fit's options or None, got "
+                        f"{type(fit_options).__name__}")
+    check_callable(where, allow_none=True, evaluate=evaluate)
+    check_bool(where, progress=progress)
     if real.lower is None and real.upper is None:
         real.reset(torch.Generator().manual_seed(seed))      # resolves the bounds
     if real.lower is None or real.upper is None:
-        raise ValueError("train_in_learned_model: real needs finite u_lower and u_upper (random controls)")
-    for name, value in (("rounds", rounds), ("transitions_per_round", transitions_per_round),
-                        ("epochs_per_round", epochs_per_round)):
-        if int(value) < 1:
-            raise ValueError(f"train_in_learned_model: {name} must be a positive integer, got {value}")
+        raise ValueError(f"{where}: real needs finite u_lower and u_upper (random controls)")
     generator = torch.Generator().manual_seed(seed)
     real.state = None
     model = shac.env.dynamics

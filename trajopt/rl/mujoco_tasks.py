@@ -46,7 +46,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .._core.checks import check_bool, check_callable, check_int, check_positive
 from .._core.costs import Cost, Quadratization
+from ._checks import check_features, check_nonnegative
 
 __all__ = ["RewardResidualCost", "Residuals", "MuJoCoTask", "mujoco_task", "inverted_pendulum",
            "inverted_double_pendulum", "reacher", "half_cheetah", "hopper", "walker2d", "swimmer", "pusher",
@@ -220,19 +222,35 @@ class RewardResidualCost(Cost):
             environment's XML).
         spec: the ``mujoco.MjSpec`` the sensors are added to (``points`` only).
         exact: evaluate after the step (``x_next``, positions as Gymnasium reads them) or at ``x``.
-        eps: finite-difference step of the MuJoCo part.
-        nthread: threads of the batched rollouts (default ``torch.get_num_threads()``).
+        eps: finite-difference step of the MuJoCo part (finite, > 0).
+        nthread: threads of the batched rollouts, an int >= 1 (default ``torch.get_num_threads()``).
 
     The MuJoCo part ``y = [x_next; positions]`` of all rows is one ``mujoco.rollout`` call (no Python loop over
     rows); its Jacobian in ``[x; u]`` central differences of that map, every perturbed point one more row of one
     call. The torch part's partial derivatives come from autograd, one backward pass per residual component.
     A cost with neither ``points`` nor ``exact`` is a plain torch function.
+
+    The shapes of ``x`` and ``u`` are checked; their values are not: a row with NaN or Inf (or whose simulation
+    diverges) gives NaN in that row's cost only, which the solvers flag per row.
     """
 
     def __init__(self, model, residual: Callable, penalty: Callable, *, points: dict | None = None, spec=None,
                  exact: bool = True, eps: float = 1e-6, nthread: int | None = None):
         super().__init__()
         import mujoco
+        import dynamics
+        where = "RewardResidualCost"
+        if not isinstance(model, dynamics.MuJoCoDynamics):
+            raise TypeError(f"{where}: model must be a dynamics.MuJoCoDynamics, got {type(model).__name__}")
+        check_callable(where, residual=residual, penalty=penalty)
+        check_bool(where, exact=exact)
+        check_positive(where, eps=eps)
+        if nthread is not None:
+            check_int(where, nthread=nthread)
+        if points is not None and not isinstance(points, dict):
+            raise TypeError(f"{where}: points must be a dict name -> (kind, object) or None, got "
+                            f"{type(points).__name__}")
+        self.nu = model.control_dim
         self.residual_fn, self.penalty_fn = residual, penalty
         self.exact = bool(exact)
         self.nq, self.nv, self.frame_skip = model.nq, model.nv, model.frame_skip
@@ -269,8 +287,18 @@ class RewardResidualCost(Cost):
         points = {name: s[..., 3 * i:3 * i + 3] for i, name in enumerate(self.point_names)}
         return Residuals(x, u, x_next, points, self.dt, self.exact, self.nq)
 
+    def _check_rows(self, where, x, u):
+        """Shapes only (every solver iteration comes here): ``x (B, nq + nv)``, ``u (B, m)`` (any leading
+        dimensions for a cost without MuJoCo evaluations)."""
+        check_features(where, "x", x, self.nq + self.nv, dims="n")
+        check_features(where, "u", u, self.nu, dims="m")
+        if self.uses_mujoco and not (x.ndim == 2 and u.shape == (x.shape[0], self.nu)):
+            raise ValueError(f"{where}: x must be (B, n) and u (B, m), one row each, got x {tuple(x.shape)} and "
+                             f"u {tuple(u.shape)}")
+
     def residuals(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Residuals ``(B, p)`` at ``x (B, n)``, ``u (B, m)``; differentiable like :meth:`stage`."""
+        self._check_rows("RewardResidualCost", x, u)
         y = _Outputs.apply(self._ev, x, u) if self.uses_mujoco else None
         return self.residual_fn(self._split(x, u, y))
 
@@ -283,6 +311,7 @@ class RewardResidualCost(Cost):
         """``(value (B,), c (B, n+m), C (B, n+m, n+m), J (B, p, n+m))`` at rows ``x (B, n)``, ``u (B, m)``:
         ``c = J' penalty'(r)``, ``C = J' penalty''(r) J`` with the residual Jacobian ``J`` (finite differences of
         the MuJoCo part, autograd of the rest). Not differentiable."""
+        self._check_rows("RewardResidualCost.gauss_newton", x, u)
         xd, ud = x.detach(), u.detach()
         with torch.enable_grad():
             xg, ug = xd.clone().requires_grad_(True), ud.clone().requires_grad_(True)
@@ -359,6 +388,13 @@ class MuJoCoTask:
         return torch.from_numpy(np.concatenate([d.qpos, d.qvel]))
 
 
+def _check_task(where, exact, horizon, **weights):
+    """A task function's options: ``exact`` a bool, ``horizon`` an int >= 1, weights and margins finite and >= 0."""
+    check_bool(where, exact=exact)
+    check_int(where, horizon=horizon)
+    check_nonnegative(where, **weights)
+
+
 def _setup(env_id):
     import gymnasium
     import mujoco
@@ -381,6 +417,8 @@ def inverted_pendulum(exact: bool = True, horizon: int = 25, barrier: float = 1e
     Cost: ``-1 + barrier (relu(|angle| - 0.2 + margin)^2)``, plus two planning terms that are not in the
     reward and zero by default: ``ctrl_weight |u|^2`` and ``cart_weight qpos[0]^2`` (the reward ignores the
     cart, whose rail ends at +-1: without it a short horizon lets the cart drift to the end of the rail)."""
+    _check_task("inverted_pendulum", exact, horizon, barrier=barrier, margin=margin, ctrl_weight=ctrl_weight,
+                cart_weight=cart_weight)
     model, spec, lo, hi, steps = _setup("InvertedPendulum-v5")
 
     def residual(s):
@@ -405,6 +443,8 @@ def inverted_double_pendulum(exact: bool = True, horizon: int = 20, barrier: flo
     ends at +-1, which the reward's ``0.01 tip_x^2`` hardly keeps it from; and the reward's ``(tip_z - 2)^2``
     has no Gauss-Newton curvature at the upright pose, where ``tip_z`` is at its maximum, which the angle term gives).
     The tip position comes from MuJoCo."""
+    _check_task("inverted_double_pendulum", exact, horizon, barrier=barrier, margin=margin, ctrl_weight=ctrl_weight,
+                cart_weight=cart_weight, angle_weight=angle_weight)
     model, spec, lo, hi, steps = _setup("InvertedDoublePendulum-v5")
 
     def residual(s):
@@ -426,6 +466,7 @@ def reacher(exact: bool = True, horizon: int = 25, smooth: float = 0.0) -> MuJoC
     """Reacher-v5: reward ``-|fingertip - target| - |u|^2`` (body frames from MuJoCo, after the step).
     ``smooth > 0`` replaces the distance by ``sqrt(d^2 + smooth^2) - smooth`` (finite curvature at the target;
     not the reward)."""
+    _check_task("reacher", exact, horizon, smooth=smooth)
     model, spec, lo, hi, steps = _setup("Reacher-v5")
 
     def residual(s):
@@ -480,6 +521,7 @@ def _locomotion(env_id, ctrl_weight, exact, horizon, healthy=None, barrier=1e3):
 
 def half_cheetah(exact: bool = True, horizon: int = 30) -> MuJoCoTask:
     """HalfCheetah-v5: reward ``(x_after - x_before) / dt - 0.1 |u|^2``."""
+    _check_task("half_cheetah", exact, horizon)
     return _locomotion("HalfCheetah-v5", 0.1, exact, horizon)
 
 
@@ -487,6 +529,7 @@ def hopper(exact: bool = True, horizon: int = 50, barrier: float = 1e3, margin: 
     """Hopper-v5: reward ``(x_after - x_before) / dt + 1 - 1e-3 |u|^2`` while healthy (``z > 0.7``, ``|angle| <
     0.2``, ``|qpos[2:], qvel| < 100``, after the step); the episode ends otherwise. Cost: the negative reward,
     the bonus constant, with ``barrier relu(...)^2`` penalties from ``margin`` inside each limit."""
+    _check_task("hopper", exact, horizon, barrier=barrier, margin=margin)
     return _locomotion("Hopper-v5", 1e-3, exact, horizon,
                        (1.0, [(1, 0.7, math.inf, margin), (2, -0.2, 0.2, margin)], (100.0, 1.0)), barrier)
 
@@ -494,18 +537,21 @@ def hopper(exact: bool = True, horizon: int = 50, barrier: float = 1e3, margin: 
 def walker2d(exact: bool = True, horizon: int = 50, barrier: float = 1e3, margin: float = 0.05) -> MuJoCoTask:
     """Walker2d-v5: reward ``(x_after - x_before) / dt + 1 - 1e-3 |u|^2`` while healthy (``0.8 < z < 2``,
     ``|angle| < 1``, after the step); the episode ends otherwise. Cost as :func:`hopper`'s."""
+    _check_task("walker2d", exact, horizon, barrier=barrier, margin=margin)
     return _locomotion("Walker2d-v5", 1e-3, exact, horizon,
                        (1.0, [(1, 0.8, 2.0, margin), (2, -1.0, 1.0, margin)], None), barrier)
 
 
 def swimmer(exact: bool = True, horizon: int = 30) -> MuJoCoTask:
     """Swimmer-v5: reward ``(x_after - x_before) / dt - 1e-4 |u|^2``."""
+    _check_task("swimmer", exact, horizon)
     return _locomotion("Swimmer-v5", 1e-4, exact, horizon)
 
 
 def pusher(exact: bool = True, horizon: int = 30) -> MuJoCoTask:
     """Pusher-v5: reward ``-|object - goal| - 0.5 |object - tips_arm| - 0.1 |u|^2`` (body frames from MuJoCo,
     after the step)."""
+    _check_task("pusher", exact, horizon)
     model, spec, lo, hi, steps = _setup("Pusher-v5")
 
     def residual(s):
@@ -526,7 +572,8 @@ TASKS = {"InvertedPendulum-v5": inverted_pendulum, "InvertedDoublePendulum-v5": 
 
 
 def mujoco_task(env_id: str, **options) -> MuJoCoTask:
-    """The :class:`MuJoCoTask` of a Gymnasium id in :data:`TASKS` (options go to its function)."""
+    """The :class:`MuJoCoTask` of a Gymnasium id in :data:`TASKS` (options go to its function, which checks them:
+    ``exact`` a bool, ``horizon`` an int >= 1, weights, ``barrier``, ``margin`` and ``smooth`` finite and >= 0)."""
     if env_id not in TASKS:
         raise ValueError(f"mujoco_task: env_id must be one of {sorted(TASKS)}, got {env_id!r}")
     return TASKS[env_id](**options)

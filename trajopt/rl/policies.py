@@ -29,9 +29,19 @@ from dynamics import Dynamics
 from dynamics.learned.models import mlp
 from .._core.costs import Cost
 from .._core.bounds import check_bounds, clamp
+from .._core.checks import check_callable, check_int, check_positive
 from .._solvers.mpc import MPC
+from ._checks import check_features, check_float_dtype, check_hidden
 
 __all__ = ["GaussianPolicy", "MPCPolicy", "LearnedCost", "ValueNetwork", "ObservationNormalizer"]
+
+
+def _check_network(where, dims, hidden, activation, dtype):
+    """The options every network here shares: positive ``dims``, layer widths, an activation class, a float dtype."""
+    check_int(where, **dims)
+    check_hidden(where, hidden)
+    check_callable(where, activation=activation)
+    check_float_dtype(where, dtype)
 
 
 def _bounds(where, control_dim, u_lower, u_upper, like):
@@ -53,8 +63,12 @@ class GaussianPolicy(nn.Module):
         obs_dim: ``o``; control_dim: ``m``.
         u_lower, u_upper: finite control bounds broadcastable to ``(m,)``.
         hidden: widths of the MLP's hidden layers; activation: their activation (SHAC's ELU by default).
-        init_std: initial standard deviation of the pre-squash noise (learned, in log space).
-        dtype: of the parameters.
+        init_std: initial standard deviation of the pre-squash noise (learned, in log space), finite and > 0.
+        dtype: of the parameters (a float dtype).
+
+    Called as ``policy(obs (..., o), noise (..., m) or None) -> u (..., m)``: ``obs`` of the parameters' dtype
+    (its shape and dtype are checked; its values are not: a NaN observation gives a NaN action, which
+    :class:`~trajopt.rl.DiffEnv` reports when it steps).
     """
 
     raw_observations = False
@@ -62,8 +76,9 @@ class GaussianPolicy(nn.Module):
     def __init__(self, obs_dim: int, control_dim: int, u_lower, u_upper, *, hidden=(64, 64), activation=nn.ELU,
                  init_std: float = 0.4, dtype: torch.dtype = torch.float32):
         super().__init__()
-        if not init_std > 0:
-            raise ValueError(f"GaussianPolicy: init_std must be positive, got {init_std}")
+        where = "GaussianPolicy"
+        _check_network(where, dict(obs_dim=obs_dim, control_dim=control_dim), hidden, activation, dtype)
+        check_positive(where, init_std=init_std)
         like = torch.empty(0, dtype=dtype)
         lower, upper = _bounds("GaussianPolicy", control_dim, u_lower, u_upper, like)
         self.net = mlp(obs_dim, control_dim, hidden, activation).to(dtype)
@@ -75,20 +90,31 @@ class GaussianPolicy(nn.Module):
         self.register_buffer("half_width", (upper - lower) / 2)
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        dtype = self.log_std.dtype
+        check_features("GaussianPolicy", "obs", obs, self.net[0].in_features, dtype)
         z = self.net(obs)
         if noise is not None:
+            check_features("GaussianPolicy", "noise", noise, z.shape[-1], dims="m")
+            if noise.shape != z.shape:
+                raise ValueError(f"GaussianPolicy: noise has shape {tuple(noise.shape)}; expected the actions' "
+                                 f"shape {tuple(z.shape)} (one standard normal draw per action)")
             z = z + self.log_std.exp() * noise
         return torch.addcmul(self.centre, self.half_width, torch.tanh(z))
 
 
 class ValueNetwork(nn.Module):
-    """``V(obs) (B,)``: an MLP of the (normalized) observation."""
+    """``V(obs (..., o)) -> (...)``: an MLP of the (normalized) observation, ``obs_dim`` ``o`` (an int >= 1),
+    ``hidden`` its layer widths, ``dtype`` its parameters' (float). The shape and dtype of ``obs`` are checked,
+    not its values (NaN propagates to the value)."""
 
     def __init__(self, obs_dim: int, *, hidden=(64, 64), activation=nn.ELU, dtype: torch.dtype = torch.float32):
         super().__init__()
+        _check_network("ValueNetwork", dict(obs_dim=obs_dim), hidden, activation, dtype)
         self.net = mlp(obs_dim, 1, hidden, activation).to(dtype)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        first = self.net[0]
+        check_features("ValueNetwork", "obs", obs, first.in_features, first.weight.dtype)
         return self.net(obs).squeeze(-1)
 
 
@@ -96,11 +122,21 @@ class ObservationNormalizer(nn.Module):
     """``(obs - mean) / sqrt(var + eps)`` with running statistics (Chan et al.'s parallel update), kept as
     buffers so they are saved with a checkpoint; starts at mean 0, variance 1. ``clip``, if given, clamps the
     result into ``[-clip, clip]`` (which stops gradients beyond it: off by default, as first-order
-    training differentiates through the observations)."""
+    training differentiates through the observations).
+
+    ``obs_dim`` an int >= 1, ``clip`` None or a number > 0, ``eps`` a finite number > 0, ``dtype`` a float dtype.
+    :meth:`update` refuses observations with NaN or Inf (they would poison the running statistics); the forward
+    pass checks shapes only (a NaN observation gives a NaN output)."""
 
     def __init__(self, obs_dim: int, *, clip: float | None = None, eps: float = 1e-5,
                  dtype: torch.dtype = torch.float32):
         super().__init__()
+        where = "ObservationNormalizer"
+        check_int(where, obs_dim=obs_dim)
+        if clip is not None:
+            check_positive(where, allow_inf=True, clip=clip)
+        check_positive(where, eps=eps)
+        check_float_dtype(where, dtype)
         self.clip, self.eps = clip, float(eps)
         self.register_buffer("mean", torch.zeros(obs_dim, dtype=dtype))
         self.register_buffer("var", torch.ones(obs_dim, dtype=dtype))
@@ -108,12 +144,19 @@ class ObservationNormalizer(nn.Module):
 
     @torch.no_grad()
     def update(self, obs: torch.Tensor) -> None:
-        """Merge the statistics of ``obs (..., o)`` (summed over all processes under ``torch.distributed``)."""
-        obs = obs.reshape(-1, obs.shape[-1]).to(self.mean)
+        """Merge the statistics of ``obs (..., o)`` (summed over all processes under ``torch.distributed``).
+        Raises a ValueError, the statistics unchanged, when ``obs`` (of any process) holds NaN or Inf."""
+        o = self.mean.shape[0]
+        check_features("ObservationNormalizer.update", "obs", obs, o)
+        obs = obs.reshape(-1, o).to(self.mean)
         sums = torch.cat([obs.sum(0), (obs * obs).sum(0), obs.new_tensor([obs.shape[0]])])
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(sums)
-        o = self.mean.shape[0]
+        if not bool(torch.isfinite(sums).all()):        # after the reduction: every process raises alike
+            raise ValueError("ObservationNormalizer.update: obs contains NaN or Inf (here or on another process), "
+                             "or values whose squares overflow; the running statistics were left unchanged")
+        if not bool(sums[-1] > 0):                      # no observation anywhere: nothing to merge
+            return
         count = sums[-1]
         mean = sums[:o] / count
         var = (sums[o:2 * o] / count - mean * mean).clamp_min(0)
@@ -123,6 +166,7 @@ class ObservationNormalizer(nn.Module):
         self.count.copy_(total)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        check_features("ObservationNormalizer", "obs", obs, self.mean.shape[0])
         z = (obs - self.mean) * torch.rsqrt(self.var + self.eps)
         return z if self.clip is None else z.clamp(-self.clip, self.clip)
 
@@ -132,8 +176,10 @@ class LearnedCost(Cost):
     ``q = exp(log_q)``, ``r = exp(log_r)`` learned (positive by construction).
 
     Args:
-        q: ``(n,)`` initial state weights (positive); r: ``(m,)`` initial control weights (positive).
-        goal: ``(n,)`` target state (fixed), zero by default.
+        q: ``(n,)`` initial state weights (positive, finite): a float tensor (its dtype is the cost's), or a
+            sequence of numbers (converted to the default float dtype).
+        r: ``(m,)`` initial control weights (positive, finite), converted to ``q``'s dtype.
+        goal: ``(n,)`` finite target state (fixed), zero by default; converted to ``q``'s dtype.
         terminal: a module ``x (B, n) -> (B,)`` (e.g. a small smooth MLP, learned), or None for none.
             iLQR quadratizes it by autograd, so it should be twice differentiable (SiLU or tanh, not ReLU/ELU).
 
@@ -142,14 +188,23 @@ class LearnedCost(Cost):
 
     def __init__(self, q, r, *, goal=None, terminal: nn.Module | None = None):
         super().__init__()
-        q, r = torch.as_tensor(q), torch.as_tensor(r)
-        r = r.to(q.dtype)
+        where = "LearnedCost"
+        q = _weights(where, "q", q, None)
+        r = _weights(where, "r", r, q.dtype)
         for name, w in (("q", q), ("r", r)):
-            if w.ndim != 1 or not bool((w > 0).all()) or not bool(torch.isfinite(w).all()):
-                raise ValueError(f"LearnedCost: {name} must be a 1-D tensor of positive finite weights, got "
-                                 f"shape {tuple(w.shape)}")
+            if w.ndim != 1 or w.numel() == 0 or not bool((w > 0).all()) or not bool(torch.isfinite(w).all()):
+                raise ValueError(f"{where}: {name} must be a 1-D tensor of positive finite weights, got "
+                                 f"shape {tuple(w.shape)}" + (f" with values {w.tolist()}" if w.ndim == 1 else ""))
+        if goal is not None:
+            goal = _weights(where, "goal", goal, q.dtype)
+            if goal.shape != q.shape:
+                raise ValueError(f"{where}: goal has shape {tuple(goal.shape)}; expected (n,) = {tuple(q.shape)}, "
+                                 "the shape of q")
+            if not bool(torch.isfinite(goal).all()):
+                raise ValueError(f"{where}: goal must be finite, got {goal.tolist()}")
+        check_callable(where, allow_none=True, terminal=terminal)
         self.log_q, self.log_r = nn.Parameter(q.log()), nn.Parameter(r.log())
-        self.register_buffer("goal", q.new_zeros(q.shape) if goal is None else torch.as_tensor(goal, dtype=q.dtype))
+        self.register_buffer("goal", q.new_zeros(q.shape) if goal is None else goal.clone())
         self.value = terminal
 
     def stage(self, x, u, t=None):
@@ -160,6 +215,26 @@ class LearnedCost(Cost):
         return x.new_zeros(x.shape[:-1]) if self.value is None else self.value(x).reshape(x.shape[:-1])
 
 
+def _weights(where, name, value, dtype):
+    """``value`` as a float tensor: of ``dtype`` when given; else a float tensor keeps its dtype and numbers (a
+    sequence of them) take the default float dtype. Anything else raises a TypeError naming ``name``."""
+    if isinstance(value, torch.Tensor):
+        if not value.is_floating_point():
+            raise TypeError(f"{where}: {name} must be a float tensor or a sequence of numbers, got a {value.dtype} "
+                            "tensor")
+        tensor = value
+    else:
+        try:
+            tensor = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError):
+            tensor = None
+        if tensor is None or tensor.dtype == torch.bool or tensor.is_complex():
+            raise TypeError(f"{where}: {name} must be a float tensor or a sequence of numbers, got {value!r}")
+        if not tensor.is_floating_point():
+            tensor = tensor.to(torch.get_default_dtype())
+    return tensor if dtype is None else tensor.to(dtype)
+
+
 class MPCPolicy(nn.Module):
     """The first control of a differentiable MPC solve of ``cost`` over ``horizon`` steps of ``dynamics``,
     plus ``std * noise`` (clamped into the bounds) when exploring.
@@ -168,8 +243,9 @@ class MPCPolicy(nn.Module):
         dynamics: the discrete model the solver plans with (a submodule: learnable tensors train too).
         cost: the :class:`trajopt.Cost` it minimizes, typically a :class:`LearnedCost`.
         horizon: planning horizon; u_lower, u_upper: finite control bounds.
-        to_state: ``obs (B, o) -> x (B, n)``; the identity when None (observations are states).
-        noise_std: exploration standard deviation, in control units, ``(m,)`` or a float (fixed).
+        to_state: a callable ``obs (B, o) -> x (B, n)``; the identity when None (observations are states).
+        noise_std: exploration standard deviation, in control units, ``(m,)`` or a number (fixed), finite and
+            ``>= 0``.
         **options: options of :class:`trajopt.MPC`: ``solver`` (:func:`trajopt.ilqr` by default), ``max_iter``,
             ``first_max_iter`` and the solver's own (``grad``, ... for iLQR; ``samples``, ... for MPPI), checked
             against the solver's signature.
@@ -186,13 +262,32 @@ class MPCPolicy(nn.Module):
     def __init__(self, dynamics: Dynamics, cost: Cost, horizon: int, u_lower, u_upper, *, to_state=None,
                  noise_std=0.1, **options):
         super().__init__()
+        where = "MPCPolicy"
+        if not isinstance(dynamics, Dynamics):
+            raise TypeError(f"{where}: dynamics must be a dynamics.Dynamics (discrete: call .discretize() on a "
+                            f"ContinuousDynamics), got {type(dynamics).__name__}")
+        if not isinstance(cost, Cost):
+            raise TypeError(f"{where}: cost must be a trajopt.Cost (e.g. a trajopt.rl.LearnedCost), got "
+                            f"{type(cost).__name__}")
+        check_callable(where, allow_none=True, to_state=to_state)
         like = torch.empty(0, dtype=next(iter(cost.parameters()), torch.empty(0)).dtype)
-        lower, upper = _bounds("MPCPolicy", dynamics.control_dim, u_lower, u_upper, like)
+        lower, upper = _bounds(where, dynamics.control_dim, u_lower, u_upper, like)
+        if isinstance(noise_std, bool):
+            raise TypeError(f"{where}: noise_std must be a number or a float tensor broadcastable to (m,), got "
+                            f"{noise_std!r}")
+        std = _weights(where, "noise_std", noise_std, like.dtype)
+        try:
+            std = std.expand(lower.shape).clone()
+        except RuntimeError:
+            raise ValueError(f"{where}: noise_std has shape {tuple(std.shape)}; expected a number or a shape "
+                             f"broadcastable to (m,) = {tuple(lower.shape)}") from None
+        if not bool((torch.isfinite(std) & (std >= 0)).all()):
+            raise ValueError(f"{where}: noise_std must be finite and >= 0, got {std.tolist()}")
         self.mpc = MPC(dynamics, cost, horizon, u_lower=lower, u_upper=upper, **options)
         self.to_state = to_state
         self.register_buffer("lower", lower)
         self.register_buffer("upper", upper)
-        self.register_buffer("noise_std", torch.as_tensor(noise_std, dtype=like.dtype).expand(lower.shape).clone())
+        self.register_buffer("noise_std", std)
 
     def reset(self) -> None:
         """Forget the warm start."""
@@ -202,5 +297,8 @@ class MPCPolicy(nn.Module):
         x = obs if self.to_state is None else self.to_state(obs)
         u, _ = self.mpc(x)
         if noise is not None:
+            if not isinstance(noise, torch.Tensor) or noise.shape != u.shape:
+                raise ValueError(f"MPCPolicy: noise must be a tensor of the actions' shape {tuple(u.shape)}, got "
+                                 f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
             u = clamp(u + self.noise_std * noise, self.lower, self.upper)
         return u

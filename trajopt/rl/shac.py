@@ -28,10 +28,12 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from dynamics.validation import check_tensor
 from .._core.bounds import clamp
 from .._core.checks import check_bool, check_callable, check_fraction, check_int, check_positive
 from .env import DiffEnv
 from .logs import atomic_write, write_rows
+from ._checks import check_features, check_hidden, check_unit_interval
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
 
 __all__ = ["SHAC"]
@@ -48,10 +50,11 @@ class SHAC:
         env: the environment (its ``num_envs`` copies, or this process's shard of them).
         actor: an actor (see :mod:`trajopt.rl.policies`); a :class:`GaussianPolicy` of ``hidden`` widths when
             None. Built from ``seed``, like every default here.
-        critic: a module ``obs (B, o) -> (B,)``; a :class:`ValueNetwork` when None.
+        critic: a module ``obs (B, o) -> (B,)``; a :class:`ValueNetwork` when None. Called once on the first
+            observations at construction: another output shape (``(B, 1)`` say) raises a ValueError.
         horizon: ``h``, the steps of each differentiated window.
         epochs: the length of the run (the learning-rate schedule runs over it).
-        gamma, lam: discount and TD(lambda)'s lambda.
+        gamma, lam: discount and TD(lambda)'s lambda, numbers in ``[0, 1]`` (as ``target_alpha``).
         actor_lr, critic_lr: initial learning rates (Adam with ``betas``).
         lr_schedule: ``"linear"`` (to zero at ``epochs``, SHAC's), ``"cosine"`` or ``"constant"``.
         critic_iterations, critic_minibatches: passes over each rollout and minibatches per pass (a minibatch
@@ -92,9 +95,7 @@ class SHAC:
                   critic_minibatches=critic_minibatches, checkpoint_every=checkpoint_every, eval_every=eval_every)
         if critic_minibatches > horizon:
             raise ValueError(f"{where}: critic_minibatches ({critic_minibatches}) must be at most horizon ({horizon})")
-        for name, value in (("gamma", gamma), ("lam", lam), ("target_alpha", target_alpha)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"{where}: {name} must lie in [0, 1], got {value}")
+        check_unit_interval(where, gamma=gamma, lam=lam, target_alpha=target_alpha)
         check_positive(where, actor_lr=actor_lr, critic_lr=critic_lr, reward_scale=reward_scale)
         if grad_norm is not None:
             check_positive(where, grad_norm=grad_norm)
@@ -114,9 +115,7 @@ class SHAC:
             raise TypeError(f"{where}: dtype must be a floating torch.dtype (e.g. torch.float32) or None, "
                             f"got {dtype!r}")
         if actor is None or critic is None:
-            if not (isinstance(hidden, (tuple, list)) and hidden):
-                raise ValueError(f"{where}: hidden must be a non-empty tuple of layer widths, got {hidden!r}")
-            check_int(where, **{f"hidden[{i}]": h for i, h in enumerate(hidden)})
+            check_hidden(where, hidden, allow_empty=False)
         for name, value, call in (("actor", actor, "actor(obs, noise) -> actions (as trajopt.rl.GaussianPolicy)"),
                                   ("critic", critic, "critic(obs) -> values (as trajopt.rl.ValueNetwork)")):
             if value is None:
@@ -155,8 +154,9 @@ class SHAC:
             if critic is None:
                 critic = ValueNetwork(obs_dim, hidden=hidden, dtype=dtype)
         self.actor, self.critic = actor.to(device), critic.to(device)
-        self.target_critic = _frozen_copy(self.critic)
         self.normalizer = ObservationNormalizer(obs_dim, dtype=dtype).to(device)
+        self._check_critic(where, first.to(device), bool(obs_norm))
+        self.target_critic = _frozen_copy(self.critic)
         self.actor_params = [p for p in self.actor.parameters() if p.requires_grad]
         self.critic_params = [p for p in self.critic.parameters() if p.requires_grad]
         if not self.actor_params:
@@ -180,6 +180,23 @@ class SHAC:
         if self.obs_norm:
             self.normalizer.update(first)
 
+    def _check_critic(self, where, first, obs_norm):
+        """The critic's values of the first observations must be ``(B,)`` (a ``(B, 1)`` would broadcast against
+        the rewards ``(B,)`` into ``(B, B)`` without an error)."""
+        B = first.shape[0]
+        try:
+            with torch.no_grad():
+                values = self.critic(self.normalizer(first) if obs_norm else first)
+        except RuntimeError as error:
+            raise ValueError(f"{where}: critic failed on the first observations {tuple(first.shape)} (B, o): "
+                             f"{error}") from error
+        if not (isinstance(values, torch.Tensor) and values.shape == (B,) and values.is_floating_point()):
+            got = (f"{values.dtype} tensor of shape {tuple(values.shape)}" if isinstance(values, torch.Tensor)
+                   else type(values).__name__)
+            raise ValueError(f"{where}: critic must return float values of shape (B,) = ({B},) for observations "
+                             f"(B, o) = {tuple(first.shape)}, got a {got} (squeeze the last dimension, as "
+                             "trajopt.rl.ValueNetwork does)")
+
     # ------------------------------------------------------------------ acting
     def _actor_input(self, obs):
         return obs if getattr(self.actor, "raw_observations", False) or not self.obs_norm else self.normalizer(obs)
@@ -189,18 +206,30 @@ class SHAC:
 
     def act(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         """The actor's control ``(B, m)`` for observations ``obs (B, o)``: deterministic unless ``noise``
-        (standard normal ``(B, m)``) is given. Differentiable."""
+        (standard normal ``(B, m)``) is given. Differentiable. The shape of ``obs`` is checked, not its values (a NaN
+        observation gives a NaN action)."""
+        check_features("SHAC.act", "obs", obs, self.normalizer.mean.shape[0])
         return self.actor(self._actor_input(obs), noise)
 
     @torch.no_grad()
     def closed_loop(self, x0: torch.Tensor, steps: int | None = None,
                     dynamics=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the deterministic policy on ``dynamics`` (default the env's) from ``x0 (B, n)`` for ``steps``
-        (default the episode length) steps, without resets; returns states ``(B, steps+1, n)`` and controls
-        ``(B, steps, m)``."""
-        env = self.env
+        (default the episode length; an int >= 0) steps, without resets; returns states ``(B, steps+1, n)`` and
+        controls ``(B, steps, m)``. ``x0`` must be finite, of the environment's dtype."""
+        where, env = "SHAC.closed_loop", self.env
+        check_tensor(where, "x0", x0, ("B", "n"), {"n": env.state_dim}, batchable=False)
+        dtype = (env.state if env.state is not None else self._obs).dtype
+        if x0.dtype != dtype:
+            raise TypeError(f"{where}: x0 is {x0.dtype} but the environment's states are {dtype}; "
+                            f"convert it: x0.to({dtype})")
+        if steps is not None:
+            check_int(where, minimum=0, steps=steps)
+        check_callable(where, allow_none=True, dynamics=dynamics)
         steps = env.episode_length if steps is None else int(steps)
         dynamics = env.dynamics if dynamics is None else dynamics
+        if steps == 0:
+            return x0.unsqueeze(1).clone(), x0.new_zeros(x0.shape[0], 0, env.control_dim)
         if hasattr(self.actor, "reset"):
             self.actor.reset()
         with torch.enable_grad() if getattr(self.actor, "raw_observations", False) else nullcontext():

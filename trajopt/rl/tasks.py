@@ -39,6 +39,8 @@ from dynamics.contact import PlanarPusher
 from .._core.costs import Cost, QuadraticCost
 from .._core.rollout import unchecked_rollout
 from ..problems import reference as problems
+from dynamics.validation import check_tensor
+from ._checks import check_float_dtype, check_unit_interval
 from .env import DiffEnv
 
 __all__ = ["PusherCost", "PathTrackingCost", "stanley", "pusher_starts", "bicycle_starts", "angle_features", "task",
@@ -209,7 +211,12 @@ def task(name: str, num_envs: int = 64, dtype=torch.float32, wide_starts: float 
     ``wide_starts``: P3's training starts are ``cartpole_x0``'s (hanging, 0.05 noise), except this fraction,
     whose angle is uniform in ``[-pi, pi]`` (a curriculum: the critic sees the upright states early). P2's
     are ``pendulum_x0``'s (uniform angle, speed in ``[-1, 1]``), except this fraction, whose speed is uniform
-    in ``[-8, 8]`` (enough to swing over the top from hanging)."""
+    in ``[-8, 8]`` (enough to swing over the top from hanging); a number in ``[0, 1]``, unused by the pusher and
+    the bicycle."""
+    if name not in ("P2", "P3", "pusher", "bicycle"):
+        raise ValueError(f"task: name must be 'P2', 'P3', 'pusher' or 'bicycle', got {name!r}")
+    check_float_dtype("task", dtype)
+    check_unit_interval("task", wide_starts=wide_starts)
     if name in ("pusher", "bicycle"):
         return _contact_task(name, num_envs, dtype, env_options)
     if name == "P2":
@@ -252,7 +259,13 @@ def task(name: str, num_envs: int = 64, dtype=torch.float32, wide_starts: float 
 def score(t: dict, U: torch.Tensor) -> float:
     """Mean cost of controls ``U (32, T, m)`` from the task's 32 starts: ``trajectory_cost`` of
     :mod:`trajopt.problems.reference` for P2 and P3, the task's cost on a float64 rollout otherwise (``inf`` when
-    some start's rollout leaves the model's domain: a policy that steers the bicycle past a right angle)."""
+    some start's rollout leaves the model's domain: a policy that steers the bicycle past a right angle). ``U``
+    must be finite, one row per start, ``T`` steps."""
+    if not (isinstance(t, dict) and all(k in t for k in ("x0", "T", "model"))):
+        raise TypeError(f"score: t must be a task dict of trajopt.rl.tasks.task (with 'x0', 'T', 'model'), got "
+                        f"{type(t).__name__}")
+    check_tensor("score", "U", U, ("B", "T", "m"),
+                 {"B": t["x0"].shape[0], "T": t["T"], "m": t["model"].control_dim}, batchable=False)
     if "step" not in t:
         model, cost = copy.deepcopy(t["model"]).double(), copy.deepcopy(t["cost"]).double()
         U = U.detach().double()

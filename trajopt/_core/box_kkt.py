@@ -6,35 +6,107 @@ from __future__ import annotations
 
 import torch
 
+from dynamics.validation import check_tensor
 from .bounds import clamped, project
 from .implicit import ImplicitRule, grad_tensors, implicit
-from .problem import Status
+from .problem import Problem, Status
 from .riccati import costates, lqr_with_costates
-from .rollout import second_order_terms, steps, unchecked_linearize, unchecked_rollout
+from .rollout import _not_finite, second_order_terms, steps, unchecked_linearize, unchecked_rollout
 
-__all__ = ["projected_gradient", "implicit_solution", "solution_costates"]
+__all__ = ["projected_gradient", "implicit_solution", "solution_costates", "fixed_start", "undefined_start"]
 
 
 def projected_gradient(problem, U: torch.Tensor) -> torch.Tensor:
-    """First-order optimality residual of ``problem`` (a :class:`~trajopt.Problem`) at controls ``U (B, T, m)``,
-    ``(B, T, m)``: the projected gradient ``U - clamp(U - g)`` with ``g`` the gradient of the total cost in the
-    controls. It equals ``g`` on controls away from their bounds and is zero on a control held at a bound by its
-    gradient. Not differentiable (detached)."""
+    """First-order optimality residual of ``problem`` (a :class:`~trajopt.Problem`) at controls ``U``, ``(B, T, m)``
+    (``(T, m)`` for an unbatched problem): the projected gradient ``U - clamp(U - g)`` with ``g`` the gradient of the
+    total cost in the controls. It equals ``g`` on controls away from their bounds and is zero on a control held
+    at a bound by its gradient (a control outside its bounds adds its distance to them). Not differentiable
+    (detached).
+
+    ``U``: a finite float tensor of the problem's dtype and device, ``(B, T, m)`` with the problem's ``B``, or
+    ``(T, m)`` (shared by every problem); anything else raises a TypeError or ValueError naming ``U``. Where the
+    rollout of ``U``, the cost or its gradient is not finite for some problems (a model or cost that turns NaN or
+    Inf there), it raises a ``FloatingPointError`` naming those rows, as :func:`trajopt.rollout` and
+    :func:`trajopt.linearize` do: no NaN is returned (the solvers report such a problem ``Status.NOT_FINITE``).
+    """
+    where = "projected_gradient"
+    if not isinstance(problem, Problem):
+        raise TypeError(f"{where}: problem must be a trajopt.Problem, got {type(problem).__name__}")
+    check_tensor(where, "U", U, ("T", "m"), {"T": problem.T, "m": problem.m})
+    if U.dtype != problem.dtype:
+        raise TypeError(f"{where}: U has dtype {U.dtype} but the problem has {problem.dtype}; convert it with "
+                        f"U.to({problem.dtype})")
+    if U.device != problem.device:
+        raise ValueError(f"{where}: U is on {U.device} but the problem is on {problem.device}")
+    if U.ndim == 3 and U.shape[0] != problem.B:
+        raise ValueError(f"{where}: U has shape {tuple(U.shape)}; expected (B, T, m) = ({problem.B}, {problem.T}, "
+                         f"{problem.m}) or (T, m) = ({problem.T}, {problem.m})")
     dynamics, cost = problem.dynamics, problem.cost
-    U = U.expand(problem.B, problem.T, problem.m) if U.ndim == 2 else U
+    U = U.expand(problem.B, problem.T, problem.m).detach()
     with torch.enable_grad(), problem.evaluating():
-        Ud = U.detach().requires_grad_(True)
-        (g,) = torch.autograd.grad(cost(unchecked_rollout(dynamics, problem.x0.detach(), Ud), Ud).sum(), Ud)
-    out = project(g, U.detach(), problem.u_lower, problem.u_upper)
+        Ud = U.clone().requires_grad_(True)
+        X = unchecked_rollout(dynamics, problem.x0.detach(), Ud)
+        J = cost(X, Ud)
+        (g,) = torch.autograd.grad(J.sum(), Ud)
+    _not_finite(where, "states", X.detach()[:, 1:].unsqueeze(-1))
+    out = project(g, U, problem.u_lower, problem.u_upper)
+    bad = ~(torch.isfinite(J.detach()) & torch.isfinite(out).flatten(1).all(1))
+    if bool(bad.any()):
+        rows = bad.nonzero().flatten().tolist()
+        raise FloatingPointError(f"{where}: the cost or its gradient in U is NaN or Inf for row(s) {rows[:8]}"
+                                 f"{' ...' if len(rows) > 8 else ''} at U (the states are finite); check the cost "
+                                 "there. The solvers report such a problem as Status.NOT_FINITE instead")
     return out if problem.batched else out[0]
 
 
+def fixed_start(F, C, c=None, rows=None):
+    """The local model of trajectories that start exactly at ``x0`` (``delta x_0 = 0``), safe at stage 0.
+
+    The parts of stage 0 in ``x_0`` (``A_0 = F[:, 0, :, :n]``, the state rows and columns of ``C_0``, the state
+    entries of ``c_0``) enter only the value function ``V_0``, the gains ``K_0`` and the costate ``lam_0``; since
+    ``x_0`` is fixed they never move the step. Where they are not finite (a model or cost with no finite derivative
+    at ``x0``, such as ``sqrt|theta - 3|`` from ``theta_0 = 3``) they would still poison it, as ``0 * inf = NaN``
+    in the products; in those problems (of ``rows (B,)``, the ones with ``delta x_0 = 0``; default all) they are
+    zeroed. Returns ``F``, ``C``, ``c`` (new tensors where changed) and ``start (B,)``: the problems zeroed (their
+    ``K_0`` comes out zero, their ``lam_0`` is undefined: see :func:`undefined_start`). No change, and one
+    finiteness test of stage 0, for every other problem."""
+    B, T, n, nm = F.shape
+    parts = [F[:, 0, :, :n].flatten(1), C[:, 0, :n].flatten(1), C[:, 0, n:, :n].flatten(1)]
+    if c is not None:
+        parts.append(c[:, 0, :n])
+    start = ~torch.isfinite(torch.cat(parts, 1)).all(1)
+    if rows is not None:
+        start = start & rows
+    if not bool(start.any()):
+        return F, C, c, start
+    x = torch.arange(nm, device=F.device) < n
+    row = start.view(B, 1, 1)
+    F0 = torch.where(row & x, 0.0, F[:, 0])
+    C0 = torch.where(row & (x.view(-1, 1) | x), 0.0, C[:, 0])
+    F, C = torch.cat([F0.unsqueeze(1), F[:, 1:]], 1), torch.cat([C0.unsqueeze(1), C[:, 1:]], 1)
+    if c is not None:
+        c = torch.cat([torch.where(start.view(B, 1) & x, 0.0, c[:, 0]).unsqueeze(1), c[:, 1:]], 1)
+    return F, C, c, start
+
+
+def undefined_start(lam, start, value=float("inf")):
+    """The costates ``lam (B, T+1, n)`` with ``lam_0``, the sensitivity of the cost to ``x0``, set to ``value``
+    (``inf``: not finite) in the problems ``start (B,)`` of :func:`fixed_start`, whose model has no finite
+    derivative at ``x0``."""
+    if not bool(start.any()):
+        return lam
+    return torch.cat([torch.where(start.view(-1, 1), value, lam[:, 0]).unsqueeze(1), lam[:, 1:]], 1)
+
+
 def solution_costates(dynamics, cost, X, U):
-    """The dynamics' Jacobians ``F (B, T, n, n+m)`` and the costates ``lam (B, T+1, n)`` at a trajectory."""
+    """The dynamics' Jacobians ``F (B, T, n, n+m)`` and the costates ``lam (B, T+1, n)`` at a trajectory from
+    ``x0`` (``lam_0`` is ``inf`` where the model or cost has no finite derivative at ``x0``: see
+    :func:`fixed_start`)."""
     with torch.no_grad():
         F, _ = unchecked_linearize(dynamics, X, U)
         q = cost.quadratize(X, U)
-        return F, costates(F, q.C, q.c, q.C_final, q.c_final)[1]
+        Fs, C, c, start = fixed_start(F, q.C, q.c)
+        return F, undefined_start(costates(Fs, C, c, q.C_final, q.c_final)[1], start)
 
 
 def implicit_solution(problem, X, U, status, at=None):
@@ -90,7 +162,11 @@ class BoxKKT(ImplicitRule):
             g = q.c[..., n:] + (F[..., n:].mT @ lam[:, 1:].unsqueeze(-1)).squeeze(-1)      # dJ/dU
             keep = ~clamped(U, g, p.u_lower, p.u_upper) & self.converged.view(B, 1, 1)
             H = q.C + second_order_terms(p.dynamics, X, U, lam)
-            return _adjoint_kkt(F, H, q.C_final, gX, gU, keep, self.converged)
+            # x~_0 = 0: stage 0's parts in x_0 matter only to lam~_0, the gradient in x0, which is undefined (NaN)
+            # where they are not finite; they must not poison the rest (nor, through the sum, the other problems)
+            F, H, _, start = fixed_start(F, H)
+            tau, lam_t = _adjoint_kkt(F, H, q.C_final, gX, gU, keep, self.converged)
+            return tau, undefined_start(lam_t, start, float("nan"))
 
     def x0_gradient(self, state):
         return -state[1][:, 0]

@@ -68,5 +68,6 @@ def solver_options(where, solver, options):
     accepted = {p.name for p in params[1:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
     for name in options:
         if name not in accepted:
-            raise TypeError(f"{where}: {solver_name(solver)} takes no option {name!r}; it takes {sorted(accepted)}")
+            raise TypeError(f"{where}: solver {solver_name(solver)} takes no option {name!r}; it takes "
+                            f"{sorted(accepted)}")
     return accepted

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dynamics.base import Dynamics, register_tensors, rowwise_hessians
-from dynamics.validation import check_finite, check_int, check_tensor
+from dynamics.validation import check_bool, check_finite, check_int, check_tensor
 from .stages import over_stages
 
 __all__ = ["Cost", "QuadraticCost", "Quadratization", "SlewRateCost"]
@@ -67,18 +67,64 @@ class Cost(nn.Module, abc.ABC):
         and horizon (and, for a cost that declares none, calls :meth:`stage` once on zeros)."""
         return {}
 
+    def check_trajectory(self, X, U, where: str | None = None, like: torch.Tensor | None = None) -> None:
+        """Check the arguments of :meth:`forward` and :meth:`quadratize`: raise a TypeError or ValueError naming
+        ``X`` or ``U`` unless they are float tensors of one dtype and device, ``X (..., T+1, n)`` and
+        ``U (..., T, m)`` with the same leading dimensions, that fit the dimensions the cost declares
+        (:meth:`declared_dims`: ``n``, ``m``, ``n+m``, and ``T`` when time-varying) and, given ``like`` (a tensor of
+        the cost), its dtype and device. Shapes and dtypes only, no pass over the values (solvers call this in their
+        loops): NaN or Inf in ``X`` or ``U`` gives a non-finite cost, which every solver reports per problem
+        (``Status.NOT_FINITE``). The one place a subclass that overrides :meth:`forward` calls to check its input."""
+        where = where or f"{type(self).__name__}.forward"
+        for name, z in (("X", X), ("U", U)):
+            if not isinstance(z, torch.Tensor):
+                raise TypeError(f"{where}: {name} must be a torch.Tensor, got {type(z).__name__}")
+            if not z.is_floating_point():
+                raise TypeError(f"{where}: {name} must be a float tensor, got {z.dtype}")
+            if z.ndim < 2:
+                raise ValueError(f"{where}: {name} has shape {tuple(z.shape)}; expected "
+                                 f"{'(B, T+1, n)' if name == 'X' else '(B, T, m)'}")
+        if like is not None and X.dtype != like.dtype:
+            raise TypeError(f"{where}: X has dtype {X.dtype} but the cost's tensors have {like.dtype}; convert one "
+                            f"side (X.to({like.dtype}) and U, or cost.to({X.dtype}))")
+        if U.dtype != X.dtype:
+            raise TypeError(f"{where}: U has dtype {U.dtype} but X has {X.dtype}; X and U must share one dtype")
+        if U.device != X.device or (like is not None and X.device != like.device):
+            raise ValueError(f"{where}: X is on {X.device} and U on {U.device}"
+                             f"{'' if like is None else f', the cost on {like.device}'}; all must share one device")
+        if U.ndim != X.ndim or U.shape[:-2] != X.shape[:-2] or X.shape[-2] != U.shape[-2] + 1:
+            raise ValueError(f"{where}: U has shape {tuple(U.shape)} but X has {tuple(X.shape)}; expected "
+                             "X (B, T+1, n) and U (B, T, m) with the same B and T")
+        dims = self.declared_dims()
+        n, m = X.shape[-1], U.shape[-1]
+        if dims.get("n", n) != n:
+            raise ValueError(f"{where}: X has shape {tuple(X.shape)}: n={n} states; the cost is for n={dims['n']}")
+        if dims.get("m", m) != m:
+            raise ValueError(f"{where}: U has shape {tuple(U.shape)}: m={m} controls; the cost is for m={dims['m']}")
+        if dims.get("n+m", n + m) != n + m:
+            raise ValueError(f"{where}: X {tuple(X.shape)} and U {tuple(U.shape)} have n+m={n + m}; the cost is for "
+                             f"n+m={dims['n+m']}")
+        if self.time_varying and dims.get("T", U.shape[-2]) != U.shape[-2]:
+            raise ValueError(f"{where}: U has shape {tuple(U.shape)}; the cost is time-varying with T={dims['T']} "
+                             f"stages but the trajectory has {U.shape[-2]}")
+
     def forward(self, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-        """Total cost ``(B,)`` of states ``X (B, T+1, n)`` and controls ``U (B, T, m)``."""
+        """Total cost ``(B,)`` of states ``X (B, T+1, n)`` and controls ``U (B, T, m)`` (checked by
+        :meth:`check_trajectory`: shapes and dtypes; NaN or Inf in them gives a non-finite cost)."""
+        self.check_trajectory(X, U)
         stage = over_stages(self.stage, self, X[..., :-1, :], U)
         return stage.sum(1) + self.terminal(X[..., -1, :])
 
     def quadratize(self, X: torch.Tensor, U: torch.Tensor) -> Quadratization:
-        """Gradients and Hessians of the cost at every stage of ``X (B, T+1, n)``, ``U (B, T, m)``.
+        """Gradients and Hessians of the cost at every stage of ``X (B, T+1, n)``, ``U (B, T, m)`` (or unbatched
+        ``(T+1, n)``, ``(T, m)``; checked by :meth:`check_trajectory`: non-finite inputs give non-finite outputs).
 
         By autograd: the gradient of the total cost, then one batched double backward for all stages' Hessian
         blocks at once (:func:`dynamics.base.rowwise_hessians`); :class:`QuadraticCost` overrides it with the exact closed
         form. Differentiable with respect to ``X``, ``U`` and the cost's parameters.
         """
+        self.check_trajectory(X, U, f"{type(self).__name__}.quadratize")
+        _at_most_one_batch(f"{type(self).__name__}.quadratize", X)
         if X.ndim == 2:
             return Quadratization(*(z[0] for z in self.quadratize(X.unsqueeze(0), U.unsqueeze(0))))
         T = U.shape[-2]
@@ -92,6 +138,11 @@ class Cost(nn.Module, abc.ABC):
         if not graph:
             c, gx = c.detach(), gx.detach()
         return Quadratization(C, c, C_final, gx[..., T, :])
+
+
+def _at_most_one_batch(where, X):
+    if X.ndim > 3:
+        raise ValueError(f"{where}: X has shape {tuple(X.shape)}; expected (B, T+1, n) or (T+1, n)")
 
 
 def _stage_hessians(gx, gu, X, U, create_graph: bool = False):
@@ -155,6 +206,7 @@ class QuadraticCost(Cost):
                  batched=False):
         super().__init__()
         where = "QuadraticCost"
+        check_bool(where, learnable=learnable, batched=batched)
         tv = isinstance(C, torch.Tensor) and C.ndim == 3 + bool(batched)
         lead = (("B",) if batched else ()) + (("T",) if tv else ())
         dims: dict[str, int] = {}
@@ -204,6 +256,7 @@ class QuadraticCost(Cost):
         Note the 1/2: the figures of ``problems.py`` (``x'Qx + u'Ru``) need ``Q, R`` doubled.
         """
         where, dims = "QuadraticCost.from_weights", {}
+        check_bool(where, learnable=learnable)
         Q = check_tensor(where, "Q", Q, ("n", "n"), dims)
         R = _same_dtype(where, "R", R, Q, "Q", convert=True, number=True)
         R = check_tensor(where, "R", R.reshape(*R.shape, 1, 1) if R.ndim == 0 else R, ("m", "m"), dims)
@@ -255,6 +308,7 @@ class QuadraticCost(Cost):
         tensors, which keep their graph: build the cost anew for each backward pass).
         """
         where = "QuadraticCost.tracking"
+        check_bool(where, learnable=learnable)
         if not isinstance(x_ref, torch.Tensor):
             raise TypeError(f"{where}: x_ref must be a torch.Tensor (T+1, n) or (B, T+1, n), "
                             f"got {type(x_ref).__name__}")
@@ -340,7 +394,17 @@ class QuadraticCost(Cost):
         return (C.unsqueeze(-3).expand(*lead, T, *C.shape[-2:]), self.c.unsqueeze(-2).expand(*lead, T, C.shape[-1]),
                 self.const.unsqueeze(-1).expand(*lead, T))
 
+    def _check(self, where, X, U):
+        self.check_trajectory(X, U, where, like=self.C)
+        if self.batched and (X.ndim != 3 or X.shape[0] != self.C.shape[0]):
+            raise ValueError(f"{where}: X has shape {tuple(X.shape)}; this batched cost holds B={self.C.shape[0]} "
+                             f"problems: expected X (B, T+1, n) = ({self.C.shape[0]}, T+1, n)")
+
     def forward(self, X, U):
+        """Total cost ``(...)`` of ``X (..., T+1, n)``, ``U (..., T, m)`` (``(B, T+1, n)`` for a batched cost):
+        checked by :meth:`~Cost.check_trajectory` (shapes and the cost's dtype; no pass over the values: NaN or Inf
+        in them gives a non-finite cost, which the solvers report per problem)."""
+        self._check("QuadraticCost.forward", X, U)
         if self.batched:        # rows are problems: (B, T+1, n) with the per-problem tensors (B, ...)
             tau = torch.cat([X[..., :-1, :], U], -1)
             C, c, const = self.stage_tensors(U.shape[-2])
@@ -355,7 +419,13 @@ class QuadraticCost(Cost):
         return stage + self.terminal(X[..., -1, :])
 
     def quadratize(self, X, U):
-        """Exact: ``C_t``, ``C_t tau_t + c_t`` and the terminal ones."""
+        """Exact: ``C_t``, ``C_t tau_t + c_t`` and the terminal ones, at ``X (B, T+1, n)``, ``U (B, T, m)`` (or
+        unbatched ``(T+1, n)``, ``(T, m)``), checked as :meth:`forward`'s."""
+        where = "QuadraticCost.quadratize"
+        self._check(where, X, U)
+        _at_most_one_batch(where, X)
+        if X.ndim == 2:
+            return Quadratization(*(z[0] for z in self.quadratize(X.unsqueeze(0), U.unsqueeze(0))))
         B, T, n = X.shape[0], U.shape[-2], X.shape[-1]
         C, c, _ = self.stage_tensors(T)
         tau = torch.cat([X[..., :-1, :], U], -1)
@@ -401,6 +471,11 @@ class SlewRateCost(Cost):
         if S.ndim != 2 or S.shape[0] != S.shape[1]:
             raise ValueError(f"{where}: S must be (m, m) or (m,), got shape {tuple(S.shape)}")
         check_finite(where, {"S": S})
+        # only the symmetric part counts; it must be positive semidefinite (else the penalty rewards control changes)
+        lowest = float(torch.linalg.eigvalsh(0.5 * (S + S.mT).detach()).min()) if S.numel() else 0.0
+        if lowest < -(torch.finfo(S.dtype).eps ** 0.5) * max(1.0, float(S.abs().max())):
+            raise ValueError(f"{where}: S must be positive semidefinite (its symmetric part's eigenvalues >= 0), got "
+                             f"smallest eigenvalue {lowest:.3g}")
         like = next((z for z in (*cost.parameters(), *cost.buffers()) if z.is_floating_point() and z.ndim), None)
         if like is not None and like.dtype != S.dtype:
             raise TypeError(f"{where}: S has dtype {S.dtype} but the cost's tensors have {like.dtype}; convert one "
@@ -439,12 +514,14 @@ class SlewRateCost(Cost):
         return self.cost.terminal(x)
 
     def forward(self, X, U):
+        self.check_trajectory(X, U, "SlewRateCost.forward", like=self.S)
         d = self._changes(U)
         return self.cost(X, U) + 0.5 * ((d @ self.S) * d).sum((-1, -2))
 
     def quadratize(self, X, U):
         """The cost's quadratization plus the penalty's exact gradient and the stagewise blocks of its Hessian
         (``S`` for each change a control enters: ``2 S`` inside the horizon)."""
+        self.check_trajectory(X, U, "SlewRateCost.quadratize", like=self.S)
         q = self.cost.quadratize(X, U)
         n, T = X.shape[-1], U.shape[-2]
         S = 0.5 * (self.S + self.S.mT)

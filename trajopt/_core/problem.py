@@ -10,6 +10,7 @@ import contextlib
 import enum
 import functools
 import itertools
+import operator
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from dynamics import Dynamics, Discretized
-from dynamics.validation import check_consistent, check_tensor
+from dynamics.validation import check_consistent, check_int, check_tensor
 from .bounds import check_bounds, clamp
 from .constraint import Constraint, FunctionConstraint
 from .costs import Cost
@@ -184,7 +185,7 @@ class Problem:
             :func:`trajopt.collocation` reaches the continuous model and ``dt`` through it.
         cost: a :class:`trajopt.Cost`.
         x0: initial states ``(B, n)`` or ``(n,)``. Gradients reach it where the solver is differentiable.
-        horizon: ``T``, when ``U_init`` is not given (the initial guess is then zeros).
+        horizon: ``T`` (an int >= 1), when ``U_init`` is not given (the initial guess is then zeros).
         U_init: initial controls ``(B, T, m)`` or ``(T, m)``, clipped into the bounds.
         X_init: an optional state guess ``(B, T+1, n)`` or ``(T+1, n)`` (need not be a rollout of ``U_init``).
         u_lower, u_upper: control bounds broadcastable to ``(B, T, m)`` (per problem, stage and control), or None.
@@ -192,7 +193,8 @@ class Problem:
         constraint: a :class:`trajopt.Constraint`, or a callable ``g(x (N, n), u (N, m)) -> (N, k)`` (each stage
             ``t < T``), for the solvers that take constraints.
         module_rows: where the modules hold per-problem tensors for a larger batch: the index ``(B,)`` of each of
-            this problem's rows in them (what :meth:`select` sets); None: row ``b`` is their row ``b``.
+            this problem's rows in them (an integer tensor or array, or a sequence of ints; what :meth:`select`
+            sets); None: row ``b`` is their row ``b``.
 
     Per-problem data rides on the modules: a model, cost or constraint lists in its attribute ``per_problem`` the
     tensors whose leading dimension is the problem batch (``QuadraticCost(..., batched=True)``,
@@ -225,9 +227,12 @@ class Problem:
                            module_rows=module_rows)
         dims = {"n": dynamics.state_dim, "m": dynamics.control_dim}
         x0 = check_tensor(where, "x0", x0, ("n",), dims)
+        if U_init is None and horizon is None:
+            raise ValueError(f"{where}: give U_init (B, T, m) or horizon, a positive int; got horizon=None")
+        if horizon is not None:
+            check_int(where, horizon=horizon)
+            horizon = operator.index(horizon)
         if U_init is None:
-            if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
-                raise ValueError(f"{where}: give U_init (B, T, m) or horizon, a positive int; got horizon={horizon!r}")
             U_init = x0.new_zeros((*x0.shape[:-1], horizon, dims["m"]))
         U_init = check_tensor(where, "U_init", U_init, ("T", "m"), dims)
         T = U_init.shape[-2]
@@ -246,7 +251,7 @@ class Problem:
         if module_rows is None:
             batch = check_per_problem(where, modules, batch)
         else:
-            module_rows = torch.as_tensor(module_rows, dtype=torch.long, device=x0.device).reshape(-1)
+            module_rows = _module_rows(where, module_rows, x0.device)
             if batch is not None and batch != len(module_rows):
                 raise ValueError(f"{where}: module_rows has {len(module_rows)} entries; the problem has B={batch}")
             size = check_per_problem(where, modules, None)
@@ -376,6 +381,22 @@ def check_cost_dims(where, cost, n, m, T, like):
                          f"{tuple(out.shape)}, expected (1,)")
     with contextlib.suppress(TypeError):        # a cost that is not weak-referenceable is probed again next time
         _PROBED.setdefault(cost, set()).add(key)
+
+
+def _module_rows(where, value, device) -> torch.Tensor:
+    """``module_rows`` as an int64 index ``(B,)``: an integer tensor or array, or a sequence of ints."""
+    want = "an integer index (B,) of the per-problem rows (an int tensor or a sequence of ints)"
+    if isinstance(value, (str, bytes)) or value is None:
+        raise TypeError(f"{where}: module_rows must be {want}, got {type(value).__name__}")
+    try:
+        index = value if isinstance(value, torch.Tensor) else torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{where}: module_rows must be {want}, got {type(value).__name__}") from None
+    if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+        raise TypeError(f"{where}: module_rows must be {want}, got dtype {index.dtype}")
+    if index.ndim > 1:
+        raise ValueError(f"{where}: module_rows must be {want}, got shape {tuple(index.shape)}")
+    return index.to(dtype=torch.long, device=device).reshape(-1)
 
 
 def _constraint(where, constraint):

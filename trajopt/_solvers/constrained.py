@@ -20,6 +20,8 @@ Differentiable with respect to: nothing yet; the solution is returned detached.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from tqdm.auto import tqdm
 
@@ -27,6 +29,7 @@ from dynamics.validation import check_finite
 from .._core.checks import check_bool, check_int, check_positive, tolerance
 from .._core.constraint import Constraint, FunctionConstraint
 from .._core.costs import Cost, Quadratization
+from .._core.per_problem import has_per_problem
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.rollout import unchecked_rollout
 from .ilqr import ilqr
@@ -219,8 +222,8 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
     for name, value in (("grad_tol", grad_tol), ("intermediate_grad_tol", intermediate_grad_tol), ("tol", tol)):
         if value is not None:
             check_positive(where, **{name: value})
-    if not (_number(penalty_growth) and penalty_growth > 1):
-        raise ValueError(f"{where}: penalty_growth must be a number > 1, got {penalty_growth!r}")
+    if not (_number(penalty_growth) and 1 < penalty_growth < math.inf):
+        raise ValueError(f"{where}: penalty_growth must be a finite number > 1, got {penalty_growth!r}")
     if not (_number(violation_shrink) and 0 < violation_shrink < 1):
         raise ValueError(f"{where}: violation_shrink must be in (0, 1), got {violation_shrink!r}")
     if penalty_max < penalty_init:
@@ -349,10 +352,16 @@ def _evaluate(where, constraint, X, U, finite):
     if constraint.time_varying:
         x, u, N = X[:, 0], U[:, 0], B
     name = "constraint" if isinstance(constraint, FunctionConstraint) else "constraint.stage"
-    g = _call(where, name, constraint.stage, x, u, 0 if constraint.time_varying else None)
+    t0 = 0 if constraint.time_varying else None
+    g = _call(where, name, constraint.stage, x, u, t0)
     _check_output(where, name, g, N, x, u, "x (N, n), u (N, m)")
     gT = _call(where, "constraint.terminal", constraint.terminal, X[:, -1])
     _check_output(where, "constraint.terminal", gT, B, X[:, -1], None, "x (N, n)")
+    # row r of the output must be a function of row r alone: the solvers evaluate selections of the rows (a
+    # constraint with per-problem tensors is evaluated by rows of its problems: not tested here)
+    if not has_per_problem(constraint):
+        _check_rows(where, name, g, lambda r: constraint.stage(x[r], u[r], t0))
+        _check_rows(where, "constraint.terminal", gT, lambda r: constraint.terminal(X[r, -1]))
     G, GT = _call(where, "constraint", constraint, X, U)
     if G.shape[-1] + GT.shape[-1] == 0:
         raise ValueError(f"{where}: constraint has no constraints (k = 0 stage and k_T = 0 terminal values); "
@@ -380,6 +389,23 @@ def _check_output(where, name, value, N, x, u, args):
                          f"({N}, k) for {args}{hint}")
     if value.dtype != x.dtype:
         raise TypeError(f"{where}: {name} returned dtype {value.dtype}; expected the states' {x.dtype}")
+
+
+def _check_rows(where, name, full, part):
+    """``full (N, k)``, the constraint on every row, against ``part(r)``, the same on the last row alone: they differ
+    when the constraint mixes the rows (a sum or mean over the batch), which the solvers cannot take (they evaluate
+    selections of the rows: the problems still iterating, several step sizes at once)."""
+    if full.shape[0] < 2 or full.shape[-1] == 0:
+        return
+    r = slice(full.shape[0] - 1, None)
+    alone = _call(where, name, part, r)
+    tol = torch.finfo(full.dtype).eps ** 0.5
+    if not (isinstance(alone, torch.Tensor) and alone.shape == full[r].shape
+            and torch.allclose(alone, full[r], rtol=tol, atol=tol, equal_nan=True)):
+        raise ValueError(f"{where}: {name} must treat the rows of its input independently (row r of its output "
+                         f"(N, k) a function of row r of x and u alone, no sum or mean over the batch); on the last "
+                         f"row alone it returned {alone.tolist() if isinstance(alone, torch.Tensor) else alone!r}, "
+                         f"on all {full.shape[0]} rows {full[r].tolist()} for that row")
 
 
 def _grow(rho, measure, prev, tol, shrink, growth, cap):

@@ -36,9 +36,10 @@ from dataclasses import dataclass
 import torch
 
 from .._core.bounds import project
-from .._core.box_kkt import implicit_solution, solution_costates
+from .._core.box_kkt import fixed_start, implicit_solution, solution_costates, undefined_start
 from .._core.box_lqr import box_lqr_backward
 from .._core.checks import check_bool, check_int, check_positive, resolve_grad, tolerance
+from .._core.costs import Quadratization
 from .._core.linesearch import ALPHAS, rounding, sufficient_decrease
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.riccati import costates
@@ -90,10 +91,17 @@ def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None
         (``CONVERGED``; ``MAX_ITER``; ``STALLED`` when no step was accepted even at ``mu_max``, or Newton steps below
         rounding stopped shrinking the gradient short of ``grad_tol``; ``NOT_FINITE`` when the initial rollout or
         guess is not finite: that problem keeps ``x0`` held over the horizon, its ``U_init`` and ``cost = inf``, and
-        the rest of the batch is solved), ``iterations (B,)``, ``cost_history (B, I+1)``, ``residual (B,)`` (the
-        projected gradient's largest entry), feedback ``K (B, T, m, n)`` and feedforward ``k`` of the last backward
-        pass, and ``extras``: ``mu (B,)`` and ``costates (B, T+1, n)`` (the multipliers of the dynamics at the
-        final trajectory; detached).
+        the rest of the batch is solved; ``NOT_FINITE`` too when the Jacobians or the quadratization along an
+        iterate are not finite where the step needs them: that problem keeps that iterate, with ``cost = inf`` and
+        ``residual = inf``), ``iterations (B,)``, ``cost_history (B, I+1)``, ``residual (B,)`` (the projected
+        gradient's largest entry), feedback ``K (B, T, m, n)`` and feedforward ``k`` of the last backward pass, and
+        ``extras``: ``mu (B,)`` and ``costates (B, T+1, n)`` (the multipliers of the dynamics at the final
+        trajectory; ``costates[:, 0]`` is the gradient of the cost in ``x0``; detached).
+
+    ``x0`` is fixed, so the model's and the cost's derivatives in ``x`` at ``x0`` never move a step: where they are
+    not finite (a model such as ``sqrt|theta - 3|`` started at ``theta = 3``) the problem is solved without them;
+    its ``K[:, 0]`` is then zero, its ``costates[:, 0]`` is ``inf`` and, on the implicit route, its gradient in
+    ``x0`` is NaN (undefined), while the model's and cost's tensors get theirs. No field of the solution holds NaN.
 
     The model and the cost must treat the rows of a batch independently: the solver evaluates them on
     selections of the batch (the problems still iterating, several step sizes at once).
@@ -172,15 +180,17 @@ class _Model:
     """The local model of the problems ``a`` still iterating."""
 
     a: torch.Tensor             # (A,) problem indices
-    F: torch.Tensor             # (A, T, n, n+m)
-    q: tuple                    # the cost's Quadratization
+    F: torch.Tensor             # (A, T, n, n+m), stage 0 safe (``fixed_start``)
+    q: tuple                    # the cost's Quadratization, stage 0 safe
     lam: torch.Tensor           # (A, T+1, n)
     gaps: torch.Tensor | None   # (A, T, n) defects of the infeasible problems, or None
     gap0: torch.Tensor | None   # (A, n)
+    fixed: torch.Tensor | None  # (A,) the step leaves x_0 where it is (gap0 = 0), or None: all
 
     def rows(self, keep):
+        pick = lambda z: None if z is None else z[keep]          # noqa: E731
         return _Model(self.a[keep], self.F[keep], type(self.q)(*(z[keep] for z in self.q)), self.lam[keep],
-                      None if self.gaps is None else self.gaps[keep], None if self.gap0 is None else self.gap0[keep])
+                      pick(self.gaps), pick(self.gap0), pick(self.fixed))
 
 
 def _solve(p: Problem, *, unroll, max_iter, grad_tol, tol, second_order, mu_init, mu_min, mu_max,
@@ -199,6 +209,8 @@ def _solve(p: Problem, *, unroll, max_iter, grad_tol, tol, second_order, mu_init
         if len(a) == 0:
             break
         model = _model(p, s, a)
+        if len(model.a) == 0:
+            continue
         go = _test(s, model, grad_tol, budget_spent=it > max_iter, shrink=0.5 if p.cost.separable else 1.0)
         if len(go) == 0:
             break
@@ -240,17 +252,37 @@ def _start(p, unroll, mu_init) -> _State:
 
 def _model(p, s, a) -> _Model:
     """Linearize and quadratize along the current trajectories of the problems ``a``; their projected gradients and
-    costates go into the state."""
+    costates go into the state. Stage 0's parts in ``x_0``, which a step from ``x0`` never uses, are dropped where
+    they are not finite (:func:`~trajopt._core.box_kkt.fixed_start`: a model with no finite derivative at ``x0``).
+    A problem whose local model is still not finite is ``NOT_FINITE`` (it keeps its current, finite iterate) and
+    is left out of the model returned."""
     Xa, Ua = s.X[a], s.U[a]
     with p.at(a):
         F, f = unchecked_linearize(p.dynamics, Xa, Ua)
         q = p.cost.quadratize(Xa, Ua)
-    g, lam = costates(F, q.C, q.c, q.C_final, q.c_final)
     gaps, gap0 = _gaps(F, f, Xa, Ua, p.x0[a], s.feasible[a])
+    fixed = None if gap0 is None else (gap0 == 0).all(-1)
+    Fs, C, c, start = fixed_start(F, q.C, q.c, fixed)
+    q = Quadratization(C, c, q.C_final, q.c_final)
+    g, lam = costates(Fs, q.C, q.c, q.C_final, q.c_final)
+    lam = undefined_start(lam, start)
+    parts = [Fs.flatten(1), *(z.flatten(1) for z in q), g.flatten(1), lam[:, 1:].flatten(1)]
+    parts += [] if gaps is None else [gaps.flatten(1), gap0]
+    finite = torch.isfinite(torch.cat(parts, 1)).all(1)
+    if not bool(finite.all()):      # a model not finite along the iterate: that problem alone stops
+        bad = a[~finite]
+        s.status = s.status.index_put((bad,), torch.full_like(bad, int(Status.NOT_FINITE)))
+        s.done = s.done.index_put((bad,), torch.ones_like(bad, dtype=torch.bool))
+    model = _Model(a, Fs, q, lam, gaps, gap0, fixed)
+    if not bool(finite.all()):
+        keep = finite.nonzero().flatten()
+        model, F, Ua = model.rows(keep), F[keep], Ua[keep]
+        g, lam = g[keep], lam[keep]
+    a = model.a
     lo, hi = (None if b is None else b[a] for b in (p.u_lower, p.u_upper))
     s.pg = s.pg.index_put((a,), project(g, Ua, lo, hi).detach())
     s.at = tuple(buf.index_put((a,), z.detach()) for buf, z in zip(s.at, (F, lam)))
-    return _Model(a, F, q, lam, gaps, gap0)
+    return model
 
 
 def _test(s, model, grad_tol, budget_spent, shrink):
@@ -298,13 +330,19 @@ def _backward(p, s, model, second_order, tol, step="box_ddp") -> _Candidates:
     nonconvex = on_newton & s.fine[b]
     lower, upper = _bounds(p, s.U)
     gaps = (None, None) if model.gaps is None else (model.gaps[pos], model.gap0[pos])
+    # the Newton terms at x0 may be what is not finite there: stage 0's parts in x_0 dropped again
+    F, C, _, _ = fixed_start(model.F[pos], torch.cat([C, q.C[alt]]), None,
+                             None if model.fixed is None else model.fixed[pos])
     if step == "qp":
-        K, k, (d1, d2), ok = _qp_step(model.F[pos], torch.cat([C, q.C[alt]]), q.c[pos], q.C_final[pos],
-                                      q.c_final[pos], lower[b] - s.U[b], upper[b] - s.U[b], s.mu[b], *gaps)
+        K, k, (d1, d2), ok = _qp_step(F, C, q.c[pos], q.C_final[pos], q.c_final[pos], lower[b] - s.U[b],
+                                      upper[b] - s.U[b], s.mu[b], *gaps)
     else:
         K, k, (d1, d2), _, ok = box_lqr_backward(
-            model.F[pos], torch.cat([C, q.C[alt]]), q.c[pos], q.C_final[pos], q.c_final[pos], lower[b] - s.U[b],
-            upper[b] - s.U[b], s.mu[b], *gaps, nonconvex=nonconvex if bool(nonconvex.any()) else None)
+            F, C, q.c[pos], q.C_final[pos], q.c_final[pos], lower[b] - s.U[b], upper[b] - s.U[b], s.mu[b], *gaps,
+            nonconvex=nonconvex if bool(nonconvex.any()) else None)
+    # a candidate whose step is not finite (a Newton model that is not, say) is not tried, and leaves no NaN gains
+    ok = ok & torch.isfinite(torch.cat([d1.unsqueeze(1), d2.unsqueeze(1), k.flatten(1), K.flatten(1)], 1)).all(1)
+    K, k = torch.where(ok.view(-1, 1, 1, 1), K, 0.0), torch.where(ok.view(-1, 1, 1), k, 0.0)
     scale = s.J[b].abs().clamp_min(1.0)
     fine = ok & s.feasible[b] & (-d1 <= (rounding(s.J[b], guarded=False) if tol is None else tol * scale))
     return _Candidates(pos, on_newton, alt, K, k, d1, d2, ok, fine, scale, model)
@@ -317,6 +355,15 @@ def _qp_step(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=None, dx0=N
     along ``alpha`` times the step (gaps scaled alike) and ``ok (B,)`` (solved, finite). Not differentiable."""
     B, T, n, nm = F.shape
     m = nm - n
+    # a row whose subproblem is not finite fails alone (the bounded LQR would refuse the whole batch)
+    parts = [F, C, c, C_final, c_final] + [z for z in (gaps, dx0) if z is not None]
+    good = torch.isfinite(torch.cat([z.flatten(1) for z in parts], 1)).all(1)
+    if not bool(good.all()):
+        row = lambda z: good.view(-1, *([1] * (z.ndim - 1)))      # noqa: E731
+        eye = torch.eye(nm, dtype=C.dtype, device=C.device)
+        F, c, c_final = (torch.where(row(z), z, 0.0) for z in (F, c, c_final))
+        C, C_final = torch.where(row(C), C, eye), torch.where(row(C_final), C_final, eye[:n, :n])
+        gaps, dx0 = (None if z is None else torch.where(row(z), z, 0.0) for z in (gaps, dx0))
     Creg = C.clone()
     Creg[..., n:, n:] += mu.view(B, 1, 1, 1) * torch.eye(m, dtype=C.dtype, device=C.device)
     f = F.new_zeros(B, T, n) if gaps is None else gaps
@@ -328,7 +375,7 @@ def _qp_step(F, C, c, C_final, c_final, du_lower, du_upper, mu, gaps=None, dx0=N
     xT = sol.X[:, -1]
     d1 = (c * tau).sum((1, 2)) + (c_final * xT).sum(-1)
     d2 = 0.5 * (torch.einsum("bti,btij,btj->b", tau, C, tau) + torch.einsum("bi,bij,bj->b", xT, C_final, xT))
-    ok = (sol.status == int(Status.CONVERGED)) & torch.isfinite(d1) & torch.isfinite(d2)
+    ok = (sol.status == int(Status.CONVERGED)) & torch.isfinite(d1) & torch.isfinite(d2) & good
     return sol.K, sol.k, (d1, d2), ok
 
 

@@ -24,7 +24,6 @@ and one vector-Jacobian product per backward pass), ``grad="unroll"`` (theseus) 
 from __future__ import annotations
 
 import contextlib
-import math
 
 import torch
 
@@ -55,8 +54,9 @@ def collocation_defects(model: ContinuousDynamics, X: torch.Tensor, U: torch.Ten
         raise TypeError(f"{where}: model must be a dynamics.ContinuousDynamics, got {type(model).__name__}")
     check_choice(where, "method", method, METHODS)
     dt = model.default_dt if dt is None else dt
-    if dt is None or not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
-        raise ValueError(f"{where}: dt must be a positive number (or model.default_dt set), got {dt!r}")
+    if dt is None:
+        raise ValueError(f"{where}: dt must be a positive number (or model.default_dt set), got None")
+    check_positive(where, dt=dt)            # a finite number > 0 (not a bool)
     dims = {"n": model.state_dim, "m": model.control_dim}
     check_tensor(where, "U", U, ("T", "m"), dims)
     dims["T+1"] = U.shape[-2] + 1

@@ -7,7 +7,8 @@ import sys
 import benchmarks  # noqa: F401  (sets OMP_WAIT_POLICY before torch loads)
 import torch
 
-from benchmarks import box_lqr, collocation, gym_pendulum, ilqr, learned, lqr, ppo, rl, sampling, shooting, tour
+from benchmarks import (box_lqr, collocation, gym_pendulum, ilqr, latency, learned, lqr, ppo, rl, sampling, shooting,
+                        tour)
 from benchmarks.timing import environment
 
 
@@ -27,7 +28,7 @@ def _mbrl(repeat: int = 1, quick: bool = False) -> str:
     return mbrl.run(repeat, quick=quick)
 
 
-SUITES = {"tour": tour.run, "figures": tour.figures, "lqr": lqr.run, "box-lqr": box_lqr.run, "ilqr": ilqr.run,
+SUITES = {"tour": tour.run, "figures": tour.figures, "lqr": lqr.run, "box-lqr": box_lqr.run, "latency": latency.run, "ilqr": ilqr.run,
           "ilqr-optimality": lambda repeat: ilqr.optimality(), "learned": learned.run,
           "mpc-pendulum-v1": gym_pendulum.run, "mppi-pendulum-v1": gym_pendulum.run_mppi,
           "sampling": sampling.run, "shooting": shooting.run, "collocation": collocation.run,
@@ -45,6 +46,9 @@ ABOUT = {
             "optional peers: mpc, pypose"),
     "box-lqr": ("bounded LQR (interior point) against box-DDP and Clarabel, Frey et al. 2025's setup", "~2 min",
                 "cvxpy, clarabel"),
+    "latency": ("batch-one latency: LQR against B and T (sequential, time-parallel), compile=True against eager with "
+                "compile times, MPC steps at B=1 (--quick: fewer sizes, no compiling); writes OUT/latency.png",
+                "~15 min", "optional peer: mpc"),
     "ilqr": ("P2/P3 box iLQR at B = 1, 32, 256 (--quick: 1, 32) against mpc.pytorch", "~10 min", "optional peer: mpc"),
     "ilqr-optimality": ("iLQR's optima against scipy's L-BFGS-B on P2/P3", "~5 min", "-"),
     "learned": ("learned models of P2 from 10k transitions; system identification", "~5 min", "theseus-ai (optional)"),

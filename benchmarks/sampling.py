@@ -49,7 +49,7 @@ def pytorch_mppi():
         return None
 
 
-def _pendulum(dtype=DTYPE):
+def pendulum_model_and_cost(dtype=DTYPE):
     spec = problems.PENDULUM
     model = dynamics.Pendulum().discretize().to(dtype).requires_grad_(False)
     Q, R = torch.tensor(np.diag(np.diag(spec["Q"])), dtype=dtype), torch.tensor([[spec["R"]]], dtype=dtype)
@@ -72,7 +72,7 @@ def ours_episode(x0: np.ndarray, seed: int = 0, dtype=DTYPE, compile: bool = Fal
     """Closed loop of our MPPI MPC from the starts ``x0 (B, 2)``, one control step per ``next`` (which gives
     that step's time in s); returns the episode costs ``(B,)``. With ``compile``, the first step's time
     includes compiling the samples' rollout. Run it under ``torch.no_grad()``."""
-    model, cost = _pendulum(dtype)
+    model, cost = pendulum_model_and_cost(dtype)
     mpc = trajopt.MPC(model, cost, HORIZON, u_lower=-2.0, u_upper=2.0, solver=trajopt.mppi, max_iter=1,
                       samples=SAMPLES, noise_std=NOISE, temperature=TEMPERATURE, rollout_plan=False,
                       generator=torch.Generator().manual_seed(seed), compile=compile)
@@ -91,7 +91,7 @@ def theirs_episode(x0: np.ndarray, seed: int = 0, hand: bool = False, dtype=DTYP
     """The same closed loop with one pytorch_mppi controller per start, looped over the starts; steps as for
     :func:`ours_episode`. It draws its noise from torch's global generator, seeded here."""
     pm = pytorch_mppi()
-    model, cost = _pendulum(dtype)
+    model, cost = pendulum_model_and_cost(dtype)
     step = _hand_step if hand else model
     running = lambda x, u: cost.stage(x, u)      # noqa: E731  (P2's stage cost; no terminal term)
     torch.manual_seed(seed)

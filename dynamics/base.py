@@ -12,9 +12,11 @@ of the module (the models are ordinary ``nn.Module``s).
 from __future__ import annotations
 
 import abc
+import functools
 import itertools
 import math
 import numbers
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +24,7 @@ from torch import nn
 from torch.func import jacfwd, jacrev, vmap
 
 from . import integrators
+from .validation import check_consistent, check_int, check_tensor
 
 __all__ = ["Dynamics", "ContinuousDynamics", "Discretized", "stack_columns"]
 
@@ -54,6 +57,57 @@ def _batched(fn):
         return fn(self, x, u, *args, **kwargs)
     wrapper.__doc__ = fn.__doc__
     wrapper.__name__ = fn.__name__
+    return wrapper
+
+
+_F32, _F64 = torch.float32, torch.float64
+_CHECKED = ("forward", "jacobians", "vector_hessians")      # the model calls every subclass's version goes through
+
+
+def _fits(x, u, n, m) -> bool:
+    """The common case, in a few attribute reads (no scan of the values): ``x (B, n)``, ``u (B, m)`` (or ``(n,)``,
+    ``(m,)``), float tensors of one dtype and device."""
+    if not (isinstance(x, torch.Tensor) and isinstance(u, torch.Tensor)):
+        return False
+    sx, su, dt = x.shape, u.shape, x.dtype
+    k = len(sx)
+    return (len(su) == k and (k == 2 and sx[0] == su[0] or k == 1) and sx[-1] == n and su[-1] == m
+            and (dt is _F64 or dt is _F32) and u.dtype is dt and x.device == u.device)
+
+
+def _check_inputs(model, name, x, u, lam=None, with_lam=False):
+    """The full check behind :func:`_fits`: raise naming the argument, or return the inputs, an unbatched one
+    broadcast against the batched ones (as :func:`trajopt.rollout` broadcasts ``x0`` and ``U``)."""
+    where = f"{type(model).__name__}.{name}"
+    dims = {"n": model.state_dim, "m": model.control_dim}
+    tensors = {"x": x, "u": u}
+    check_tensor(where, "x", x, ("n",), dims, finite=False)
+    check_tensor(where, "u", u, ("m",), dims, finite=False)
+    if with_lam:
+        check_tensor(where, "lam", lam, ("n",), dims, finite=False)
+        tensors["lam"] = lam
+    batch = check_consistent(where, tensors, dict.fromkeys(tensors, 1))
+    if batch is not None:
+        tensors = {k: v.expand(batch, v.shape[-1]) if v.ndim == 1 else v for k, v in tensors.items()}
+    return tuple(tensors.values())
+
+
+def _checks_inputs(fn, name):
+    """``fn(self, x, u, ...)`` (``fn(self, x, u, lam, ...)`` for ``vector_hessians``) behind the input check."""
+    if name == "vector_hessians":
+        @functools.wraps(fn)
+        def wrapper(self, x, u, lam, *args, **kwargs):
+            if not (_fits(x, u, self.state_dim, self.control_dim) and isinstance(lam, torch.Tensor)
+                    and lam.shape == x.shape and lam.dtype == x.dtype and lam.device == x.device):
+                x, u, lam = _check_inputs(self, name, x, u, lam, with_lam=True)
+            return fn(self, x, u, lam, *args, **kwargs)
+    else:
+        @functools.wraps(fn)
+        def wrapper(self, x, u, *args, **kwargs):
+            if not _fits(x, u, self.state_dim, self.control_dim):
+                x, u = _check_inputs(self, name, x, u)
+            return fn(self, x, u, *args, **kwargs)
+    wrapper._checks_inputs = True
     return wrapper
 
 
@@ -104,14 +158,28 @@ def register_tensors(module: nn.Module, learnable: bool, **tensors) -> None:
 
 
 class _Model(nn.Module, abc.ABC):
-    """What discrete and continuous models share: their dimensions."""
+    """What discrete and continuous models share: their dimensions, and the input check of every call.
+
+    Every subclass's own ``forward``, ``jacobians`` and ``vector_hessians`` are wrapped, when the class is
+    created, by one check (a few attribute reads; no scan of the values): see :class:`Dynamics`.
+    """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in _CHECKED:
+            fn = cls.__dict__.get(name)
+            if callable(fn) and not getattr(fn, "_checks_inputs", False) and not getattr(fn, "__isabstractmethod__",
+                                                                                           False):
+                setattr(cls, name, _checks_inputs(fn, name))
 
     def __init__(self, state_dim: int, control_dim: int):
         super().__init__()
-        if state_dim < 1 or control_dim < 1:
-            raise ValueError(f"state_dim and control_dim must be positive, got {state_dim} and {control_dim}")
-        self.state_dim = int(state_dim)
-        self.control_dim = int(control_dim)
+        dims = {"state_dim": state_dim, "control_dim": control_dim}
+        dims = {k: operator.index(v) if isinstance(v, numbers.Integral) and not isinstance(v, bool) else v
+                for k, v in dims.items()}                   # numpy integers too
+        check_int(type(self).__name__, **dims)
+        self.state_dim = dims["state_dim"]
+        self.control_dim = dims["control_dim"]
 
 
 class Dynamics(_Model):
@@ -121,6 +189,17 @@ class Dynamics(_Model):
     (and, by broadcasting, unbatched ``(n,)``, ``(m,)``) and may override
     :meth:`jacobians` with closed forms. ``t`` is the integer stage index; only
     models with ``time_varying = True`` look at it.
+
+    Input checks: every model's ``forward`` (``model(x, u, t)``), ``jacobians`` and ``vector_hessians``, the
+    subclass's own included, pass one shared check first (subclasses get it automatically): ``x`` and ``u`` (and
+    ``lam``) must be float32 or float64 tensors of one dtype and device, ``x (B, n)`` or ``(n,)`` with
+    ``n = state_dim``, ``u (B, m)`` or ``(m,)`` with ``m = control_dim``, ``lam (B, n)`` or ``(n,)``, with one
+    batch size ``B``; an unbatched input next to batched ones is broadcast to ``B`` rows. Anything else raises
+    a TypeError or ValueError naming the argument and the shape or dtype expected. The check reads shapes and
+    dtypes only (these calls sit in the solvers' inner loops): values are not scanned. A row of ``x`` or ``u``
+    holding NaN or Inf gives a non-finite output row (and Jacobian rows) and, in this package's models (whose rows
+    are independent), leaves the other rows alone; the
+    solvers report such rows per problem (``Status.NOT_FINITE``), and :func:`trajopt.rollout` raises naming them.
 
     Attributes:
         state_dim: ``n``.
@@ -173,6 +252,10 @@ class Dynamics(_Model):
 
 class ContinuousDynamics(_Model):
     """A continuous-time model ``dx/dt = derivative(x, u, t)``; :meth:`discretize` makes it a :class:`Dynamics`.
+
+    ``model(x, u, t)`` (its ``forward``: the vector field) and its discretizations' calls check their inputs as
+    :class:`Dynamics` describes; ``derivative`` and ``derivative_jacobians``, the hooks a model implements, are
+    called by the integrators at every stage and are not checked again.
 
     Attributes:
         state_dim, control_dim: ``n`` and ``m``.
@@ -238,6 +321,10 @@ class Discretized(Dynamics):
     """
 
     def __init__(self, model: ContinuousDynamics, dt: float, method: str = "rk4"):
+        if not isinstance(model, ContinuousDynamics):
+            hint = " (it is already discrete)" if isinstance(model, Dynamics) else ""
+            raise TypeError(f"Discretized: model must be a dynamics.ContinuousDynamics{hint}, "
+                            f"got {type(model).__name__}")
         super().__init__(model.state_dim, model.control_dim)
         if method not in integrators.METHODS:
             raise ValueError(f"method must be one of {sorted(integrators.METHODS)}, got {method!r}")

@@ -27,7 +27,7 @@ except ImportError as exc:             # pragma: no cover - exercised only witho
     raise ImportError("dynamics.MuJoCoDynamics needs MuJoCo: pip install torch-trajopt[mujoco]") from exc
 
 from .base import Dynamics
-from .validation import check_consistent, check_tensor
+from .validation import check_bool, check_consistent, check_positive, check_tensor
 
 __all__ = ["MuJoCoDynamics"]
 
@@ -143,8 +143,8 @@ class MuJoCoDynamics(Dynamics):
             raise ValueError(f"MuJoCoDynamics: frame_skip must be a positive integer, got {frame_skip!r}")
         if nthread is not None and (not isinstance(nthread, (int, np.integer)) or nthread < 1):
             raise ValueError(f"MuJoCoDynamics: nthread must be a positive integer or None, got {nthread!r}")
-        if not eps > 0 or not hessian_eps > 0:
-            raise ValueError(f"MuJoCoDynamics: eps and hessian_eps must be positive, got {eps} and {hessian_eps}")
+        check_positive("MuJoCoDynamics", eps=eps, hessian_eps=hessian_eps)
+        check_bool("MuJoCoDynamics", centered=centered)
         if on_unstable not in _ON_UNSTABLE:
             raise ValueError(f"MuJoCoDynamics: on_unstable must be one of {_ON_UNSTABLE}, got {on_unstable!r}")
         if m.nu < 1:

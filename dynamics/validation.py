@@ -7,12 +7,13 @@ what passed.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["check_tensor", "check_consistent", "check_finite", "check_positive", "check_int", "check_fraction",
-           "check_bool", "check_callable"]
+__all__ = ["check_tensor", "check_consistent", "check_finite", "check_positive", "check_nonnegative", "check_int",
+           "check_fraction", "check_interval", "check_bool", "check_callable"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 
@@ -95,7 +96,8 @@ def check_consistent(where: str, tensors: Mapping[str, torch.Tensor], trailing_n
 
 
 def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A real number (Python's or NumPy's), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def check_positive(where, allow_inf=False, **values):
@@ -105,10 +107,17 @@ def check_positive(where, allow_inf=False, **values):
             raise ValueError(f"{where}: {name} must be a positive{'' if allow_inf else ' finite'} number, got {value!r}")
 
 
+def check_nonnegative(where, **values):
+    """Each value a finite number ``>= 0``."""
+    for name, value in values.items():
+        if not (_number(value) and value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
+
+
 def check_int(where, minimum=1, **values):
     """Each value an int of at least ``minimum``."""
     for name, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
             raise ValueError(f"{where}: {name} must be an int >= {minimum}, got {value!r}")
 
 
@@ -117,6 +126,18 @@ def check_fraction(where, **values):
     for name, value in values.items():
         if not (_number(value) and 0.0 <= value < 1.0):
             raise ValueError(f"{where}: {name} must be in [0, 1), got {value!r}")
+
+
+def check_interval(where, low, high, include_low=True, include_high=True, **values):
+    """Each value a number between ``low`` and ``high``, each end included or not (``check_interval(where, 0, 1,
+    gamma=gamma)``: a discount in ``[0, 1]``; ``check_interval(where, 1, math.inf, include_low=False,
+    include_high=False, growth=growth)``: a finite factor above 1)."""
+    for name, value in values.items():
+        ok = _number(value) and (low <= value if include_low else low < value) and (
+            value <= high if include_high else value < high)
+        if not ok:
+            interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
+            raise ValueError(f"{where}: {name} must be a number in {interval}, got {value!r}")
 
 
 def check_bool(where, **values):

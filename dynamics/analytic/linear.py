@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..validation import check_consistent, check_tensor
+from ..validation import check_bool, check_consistent, check_tensor
 from ..base import Dynamics, register_tensors
 
 __all__ = ["LinearDynamics"]
@@ -32,6 +32,7 @@ class LinearDynamics(Dynamics):
     def __init__(self, A: torch.Tensor, B: torch.Tensor, offset: torch.Tensor | None = None, *,
                  learnable: bool = False, batched: bool = False):
         where = "LinearDynamics"
+        check_bool(where, learnable=learnable, batched=batched)
         dims: dict[str, int] = {}
         tv = isinstance(A, torch.Tensor) and A.ndim == 3 + bool(batched)
         lead = (("B",) if batched else ()) + (("T",) if tv else ())

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..base import Dynamics
-from ..validation import check_consistent
+from ..validation import check_consistent, check_finite, check_int, check_nonnegative, check_tensor
 
 
 @dataclass
@@ -84,10 +84,29 @@ def collect_from_model(model: Dynamics, x0: torch.Tensor, steps: int, u_low, u_h
     (each recorded state once, so ``x`` of one transition is ``x_next`` of the one before), not to
     the simulated ones: Gaussian with standard deviation ``noise_std`` plus ``relative_noise`` times
     each coordinate's spread over the rollouts.
+
+    Raises a TypeError or ValueError naming the argument for a ``model`` that is not a :class:`~dynamics.Dynamics`,
+    an ``x0`` that is not a finite float tensor ``(B, n)`` with ``B >= 1``, ``steps`` not an int ``>= 1``, bounds
+    that are not finite numbers or tensors broadcastable to ``(m,)`` with ``u_low <= u_high``, and noise levels
+    that are not finite numbers ``>= 0``.
     """
+    where = "collect_from_model"
+    if not isinstance(model, Dynamics):
+        raise TypeError(f"{where}: model must be a dynamics.Dynamics (call .discretize() on a ContinuousDynamics), "
+                        f"got {type(model).__name__}")
+    check_tensor(where, "x0", x0, ("B", "n"), {"n": model.state_dim}, batchable=False)
+    if x0.shape[0] < 1:
+        raise ValueError(f"{where}: x0 must hold at least one initial state (B >= 1), got shape {tuple(x0.shape)}")
+    check_int(where, steps=steps)
+    check_nonnegative(where, noise_std=noise_std, relative_noise=relative_noise)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{where}: generator must be a torch.Generator or None, got {type(generator).__name__}")
     B, m = x0.shape[0], model.control_dim
-    low = torch.as_tensor(u_low, dtype=x0.dtype).cpu().expand(m)      # drawn on the CPU (the generator's
-    high = torch.as_tensor(u_high, dtype=x0.dtype).cpu().expand(m)    # device), then moved to x0's
+    low = _control_bound(where, "u_low", u_low, x0.dtype, m)          # drawn on the CPU (the generator's
+    high = _control_bound(where, "u_high", u_high, x0.dtype, m)       # device), then moved to x0's
+    if bool((low > high).any()):
+        raise ValueError(f"{where}: u_low must be <= u_high in every coordinate, got u_low={u_low!r} and "
+                         f"u_high={u_high!r}")
     U = (low + (high - low) * torch.rand(B, steps, m, generator=generator, dtype=x0.dtype)).to(x0.device)
     xs = [x0]
     with torch.no_grad():
@@ -99,6 +118,22 @@ def collect_from_model(model: Dynamics, x0: torch.Tensor, steps: int, u_low, u_h
         X = X + std * torch.randn(X.shape, generator=generator, dtype=X.dtype).to(X.device)
     n = X.shape[-1]
     return Transitions(X[:, :-1].reshape(-1, n), U.reshape(-1, m), X[:, 1:].reshape(-1, n))
+
+
+def _control_bound(where, name, value, dtype, m):
+    """``value`` (a number or a tensor broadcastable to ``(m,)``) as a finite CPU tensor ``(m,)``."""
+    try:
+        bound = torch.as_tensor(value, dtype=dtype).cpu()
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{where}: {name} must be a number or a float tensor broadcastable to (m,) = ({m},), "
+                        f"got {type(value).__name__}") from None
+    try:
+        bound = bound.expand(m)
+    except RuntimeError:
+        raise ValueError(f"{where}: {name} has shape {tuple(bound.shape)}; expected a number or (m,) = ({m},)"
+                         ) from None
+    check_finite(where, {name: bound})
+    return bound
 
 
 def collect_from_env(env, steps: int, *, seed: int = 0, policy=None) -> Transitions:

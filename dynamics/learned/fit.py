@@ -8,7 +8,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..base import Dynamics
-from ..validation import check_bool, check_fraction, check_int, check_positive
+from ..validation import check_bool, check_consistent, check_fraction, check_int, check_positive, check_tensor
 from .data import Transitions
 from .models import ProbabilisticEnsemble
 
@@ -101,7 +101,27 @@ def check_data(where, data, model):
 @torch.no_grad()
 def open_loop_error(model: Dynamics, reference: Dynamics, x0: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
     """RMS error ``(T,)`` over the batch of ``model``'s open-loop rollout against ``reference``'s, from
-    ``x0 (B, n)`` under ``U (B, T, m)``; entry ``k-1`` is the ``k``-step error (entry 0: one step)."""
+    ``x0 (B, n)`` under ``U (B, T, m)``; entry ``k-1`` is the ``k``-step error (entry 0: one step).
+
+    Unbatched ``x0 (n,)`` and ``U (T, m)`` are a batch of one (and one of them unbatched is broadcast). Raises a
+    TypeError or ValueError naming the argument for models that are not :class:`~dynamics.Dynamics` of the same
+    ``n`` and ``m``, and for ``x0`` or ``U`` that are not finite float tensors of those shapes with ``T >= 1``.
+    """
+    where = "open_loop_error"
+    for name, value in (("model", model), ("reference", reference)):
+        if not isinstance(value, Dynamics):
+            raise TypeError(f"{where}: {name} must be a dynamics.Dynamics, got {type(value).__name__}")
+    if (model.state_dim, model.control_dim) != (reference.state_dim, reference.control_dim):
+        raise ValueError(f"{where}: reference must have the model's n={model.state_dim} states and "
+                         f"m={model.control_dim} controls, got n={reference.state_dim}, m={reference.control_dim}")
+    dims = {"n": model.state_dim, "m": model.control_dim}
+    check_tensor(where, "x0", x0, ("n",), dims)
+    check_tensor(where, "U", U, ("T", "m"), dims)
+    if dims["T"] < 1:
+        raise ValueError(f"{where}: U must hold at least one control (T >= 1), got shape {tuple(U.shape)}")
+    batch = check_consistent(where, {"x0": x0, "U": U}, {"x0": 1, "U": 2})
+    batch = 1 if batch is None else batch
+    x0, U = x0.expand(batch, dims["n"]), U.expand(batch, dims["T"], dims["m"])
     x, y, errs = x0, x0, []
     for t in range(U.shape[1]):
         x, y = model(x, U[:, t], t), reference(y, U[:, t], t)

@@ -9,10 +9,12 @@ Differentiable with respect to: state, control and every weight.
 """
 from __future__ import annotations
 
+import operator
+
 import torch
 from torch import nn
 
-from ..base import Dynamics
+from ..base import Dynamics, _batched
 from ..validation import check_int
 from .data import Transitions
 
@@ -57,6 +59,9 @@ class _Normalized(Dynamics):
         self.out_std.copy_(target.std(0).clamp_min(1e-6))
 
     def normalized_inputs(self, x, u):
+        if x.dtype != self.in_std.dtype:        # one attribute read: a clear message instead of a matmul's
+            raise TypeError(f"{type(self).__name__}: x and u have dtype {x.dtype} but the model's weights are "
+                            f"{self.in_std.dtype}; convert one of them (model.to({x.dtype}) or x.to(...))")
         return (torch.cat([x, u], -1) - self.in_mean) / self.in_std
 
     def normalized_targets(self, data: Transitions) -> torch.Tensor:
@@ -149,10 +154,11 @@ class ProbabilisticEnsemble(_Normalized):
         """Normalized means and log-variances of every member: two ``(E, B, n)`` tensors.
 
         ``x (B, n)``, ``u (B, m)`` go to every member; ``x (E, B, n)``, ``u (E, B, m)`` give each member its own rows.
-        ``members`` (a sequence of ``K`` member indices, e.g. the elites) runs only those: ``E`` is then ``K``.
+        ``members`` (a sequence of ``K`` member indices, ints in ``[0, members)``, e.g. the elites) runs only those:
+        ``E`` is then ``K``; other indices raise a ValueError naming ``members``.
         Differentiable with respect to the inputs and every member's weights.
         """
-        nets = self.nets if members is None else [self.nets[int(e)] for e in members]
+        nets = self.nets if members is None else [self.nets[e] for e in self._member_indices(members)]
         h = self.normalized_inputs(x, u)
         E = len(nets)
         if h.ndim == 3 and h.shape[0] != E:
@@ -177,6 +183,17 @@ class ProbabilisticEnsemble(_Normalized):
         logvar = self.min_logvar + nn.functional.softplus(logvar - self.min_logvar)
         return mean, logvar
 
+    def _member_indices(self, members) -> list[int]:
+        where, E = "ProbabilisticEnsemble.member_outputs", self.members
+        try:
+            indices = [None if isinstance(e, bool) else operator.index(e) for e in members]  # ints, numpy ints,
+        except TypeError:                                                                    # integer tensors
+            indices = None
+        if not indices or any(e is None or not 0 <= e < E for e in indices):
+            raise ValueError(f"{where}: members must be a non-empty sequence of member indices, ints in "
+                             f"[0, {E}), got {members!r}")
+        return indices
+
     def predict(self, x, u):
         """Mean ``(B, n)`` and total variance ``(B, n)`` (aleatoric + spread between members) of ``x_next``."""
         mean, logvar = self.member_outputs(x, u)
@@ -187,9 +204,14 @@ class ProbabilisticEnsemble(_Normalized):
     def resample_members(self, batch: int, generator: torch.Generator | None = None):
         """Draw the member each of ``batch`` samples follows under ``propagation="random"``; ``generator`` (kept)
         also draws the members of ``propagation="random_every_step"``."""
+        where = "ProbabilisticEnsemble.resample_members"
+        check_int(where, batch=batch)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{where}: generator must be a torch.Generator or None, got {type(generator).__name__}")
         self._generator = generator
         self._assignment = torch.randint(self.members, (batch,), generator=generator)
 
+    @_batched
     def forward(self, x, u, t=None):
         mean, _ = self.member_outputs(x, u)
         mean = mean * self.out_std + self.out_mean

@@ -8,6 +8,7 @@ Both routes minimize the same objective: the mean over transitions of the square
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 
 import torch
 from torch.func import functional_call
@@ -18,10 +19,9 @@ from .data import Transitions
 from .fit import check_data
 
 
-def _select(model: Dynamics, names):
-    where = "identify"
+def _select(model: Dynamics, names, where="identify"):
     if isinstance(names, str):
-        raise TypeError(f"identify: names must be a list of parameter names, got the str {names!r}; "
+        raise TypeError(f"{where}: names must be a list of parameter names, got the str {names!r}; "
                         f"write [{names!r}]")
     try:
         names = list(names)
@@ -53,7 +53,34 @@ def _attribute(model, name):
 
 
 def residuals(model: Dynamics, data: Transitions, values: dict) -> torch.Tensor:
-    """Scaled one-step residuals ``(N, n)`` of ``model`` with the parameters in ``values`` substituted."""
+    """Scaled one-step residuals ``(N, n)`` of ``model`` with the parameters in ``values`` substituted.
+
+    ``values`` maps names of the model's parameters or buffers (as in ``model.named_parameters()``) to tensors of
+    their shapes (``{}``: the model as it is). Raises a TypeError or ValueError naming the argument for a model that
+    is not a :class:`~dynamics.Dynamics`, data as :func:`~dynamics.learned.fit` takes it, and any other ``values``.
+    """
+    where = "residuals"
+    if not isinstance(model, Dynamics):
+        raise TypeError(f"{where}: model must be a dynamics.Dynamics, got {type(model).__name__}")
+    check_data(where, data, model)
+    if not isinstance(values, Mapping):
+        raise TypeError(f"{where}: values must be a dict {{parameter name: tensor}}, got {type(values).__name__}")
+    params = dict(model.named_parameters())
+    known = {**dict(model.named_buffers()), **params}
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        raise ValueError(f"{where}: values has unknown name(s) {unknown}; the model's parameters are {sorted(params)}")
+    for k, v in values.items():
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"{where}: values[{k!r}] must be a torch.Tensor, got {type(v).__name__}")
+        if v.shape != known[k].shape:
+            raise ValueError(f"{where}: values[{k!r}] has shape {tuple(v.shape)}; expected {tuple(known[k].shape)}, "
+                             "that of the model's tensor")
+    return _residuals(model, data, values)
+
+
+def _residuals(model, data, values):
+    """:func:`residuals` without the checks (inside the fits' objectives)."""
     scale = (data.x_next - data.x).std(0).clamp_min(1e-12)
     return (functional_call(model, values, (data.x, data.u)) - data.x_next) / scale
 
@@ -75,11 +102,12 @@ def identify(model: Dynamics, data: Transitions, names, *, method: str = "lbfgs"
     check_int(where, steps=steps)
     check_positive(where, lr=lr, tolerance=tolerance)
     if method == "levenberg_marquardt":
+        _select(model, names)                 # errors in names as identify's
         return identify_theseus(model, data, names, max_iterations=steps)
     params = _select(model, names)
     names = list(names)
     with torch.no_grad():
-        start = residuals(model, data, {})
+        start = _residuals(model, data, {})
     if not bool(torch.isfinite(start).all()):
         bad = ~torch.isfinite(start).all(-1)
         raise ValueError(f"{where}: the model is not finite on data (its prediction is NaN or Inf for "
@@ -92,7 +120,7 @@ def identify(model: Dynamics, data: Transitions, names, *, method: str = "lbfgs"
         p.requires_grad_(False)
     try:
         def objective():
-            return residuals(model, data, {}).square().mean()
+            return _residuals(model, data, {}).square().mean()
 
         if method == "adam":
             opt = torch.optim.Adam(params, lr=lr)
@@ -131,7 +159,17 @@ def identify(model: Dynamics, data: Transitions, names, *, method: str = "lbfgs"
 def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iterations: int = 50,
                      damping: float = 1e-3) -> dict:
     """Levenberg-Marquardt on the residuals with theseus-ai (each parameter a ``th.Vector`` of size 1,
-    forward-mode Jacobians). The fitted values are written into the model and returned."""
+    forward-mode Jacobians). The fitted values are written into the model and returned.
+
+    ``max_iterations`` an int ``>= 1``, ``damping`` (Levenberg-Marquardt's initial damping) a finite number ``> 0``;
+    other values, data or names raise a TypeError or ValueError naming the argument."""
+    where = "identify_theseus"
+    if not isinstance(model, Dynamics):
+        raise TypeError(f"{where}: model must be a dynamics.Dynamics, got {type(model).__name__}")
+    check_data(where, data, model)
+    check_int(where, max_iterations=max_iterations)
+    check_positive(where, damping=damping)
+    params = _select(model, names, where)
     try:
         with warnings.catch_warnings():   # without scikit-sparse theseus warns that CHOLMOD is unavailable
             warnings.simplefilter("ignore", UserWarning)
@@ -139,8 +177,6 @@ def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iteration
     except ImportError as err:  # pragma: no cover - exercised where theseus-ai is absent
         raise ImportError("identify(method='levenberg_marquardt') needs theseus-ai; see the README for its "
                           "install (pip install --no-build-isolation --no-deps theseus-ai ...)") from err
-    check_data("identify", data, model)
-    params = _select(model, names)
     names = list(names)
     dtype = params[0].dtype
     variables = [th.Vector(1, name=f"p{i}", dtype=dtype) for i in range(len(names))]
@@ -151,7 +187,7 @@ def identify_theseus(model: Dynamics, data: Transitions, names, *, max_iteration
     def err_fn(optim_vars, aux_vars):           # theseus batch of one: the whole dataset is one problem
         x, u, xn = (a.tensor[0] for a in aux_vars)
         values = {name: v.tensor[0, 0] for name, v in zip(names, optim_vars)}
-        return residuals(model, Transitions._unchecked(x, u, xn), values).reshape(1, -1) / len(data) ** 0.5
+        return _residuals(model, Transitions._unchecked(x, u, xn), values).reshape(1, -1) / len(data) ** 0.5
 
     cost = th.AutoDiffCostFunction(variables, err_fn, len(data) * n, aux_vars=[X, U, Xn],
                                    cost_weight=th.ScaleCostWeight(torch.ones(1, 1, dtype=dtype)),

@@ -1,0 +1,332 @@
+"""Bad input to a model call or a dynamics helper raises naming the argument and what was expected.
+
+The model-call check is shared (every Dynamics subclass's forward, jacobians and vector_hessians pass through it),
+so the tests loop over every model class.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import dynamics
+from dynamics.contact import BouncingMass, PlanarPusher
+from dynamics.learned import (MLPDynamics, ProbabilisticEnsemble, ResidualDynamics, collect_from_model,
+                              identify_theseus, open_loop_error, residuals)
+from tests.dynamics.models import Coupled
+
+D64 = dict(dtype=torch.float64)
+CONTINUOUS = [dynamics.Pendulum, dynamics.CartPole, dynamics.Acrobot, dynamics.KinematicBicycle,
+              lambda: dynamics.DoubleIntegrator(2), dynamics.Quadrotor2D, BouncingMass, PlanarPusher]
+ARM = """
+<mujoco>
+  <option timestep="0.01"/>
+  <worldbody><body><joint name="hinge" type="hinge" axis="0 1 0"/>
+    <geom type="capsule" fromto="0 0 0 0 0 -0.5" size="0.05" mass="1"/></body></worldbody>
+  <actuator><motor joint="hinge" ctrlrange="-2 2"/></actuator>
+</mujoco>
+"""
+
+
+def _mujoco():
+    pytest.importorskip("mujoco", reason="MuJoCoDynamics needs the optional mujoco package")
+    from dynamics.mujoco import MuJoCoDynamics
+    return MuJoCoDynamics(ARM)
+
+
+def _linear():
+    g = torch.Generator().manual_seed(0)
+    return dynamics.LinearDynamics(torch.randn(3, 3, generator=g, **D64), torch.randn(3, 2, generator=g, **D64))
+
+
+def _subclass_of_discretized():
+    class Damped(dynamics.Discretized):          # overrides forward: still checked
+        def forward(self, x, u, t=None):
+            return 0.9 * super().forward(x, u, t)
+    return Damped(dynamics.Pendulum(), 0.05, "rk4")
+
+
+DISCRETE = {  # name: a model in float64
+    **{f"{type(make()).__name__}.discretize()": (lambda make=make: make().discretize()) for make in CONTINUOUS},
+    "LinearDynamics": _linear,
+    "LinearDynamics(batched)": lambda: dynamics.LinearDynamics(torch.eye(2, **D64).expand(3, 2, 2),
+                                                               torch.ones(3, 2, 1, **D64), batched=True),
+    "Coupled (a Dynamics subclass)": Coupled,
+    "Discretized subclass": _subclass_of_discretized,
+    "MLPDynamics": lambda: MLPDynamics(3, 2, hidden=(8,)).double(),
+    "ProbabilisticEnsemble": lambda: ProbabilisticEnsemble(3, 2, members=2, hidden=(8,)).double(),
+    "ProbabilisticEnsemble(random)": lambda: ProbabilisticEnsemble(3, 2, members=2, hidden=(8,),
+                                                                   propagation="random").double(),
+    "ResidualDynamics": lambda: ResidualDynamics(dynamics.Pendulum().discretize(), hidden=(8,)).double(),
+    "MuJoCoDynamics": _mujoco,
+}
+
+
+def _bad_calls(model, method):
+    """``(arguments, exception, message pattern)`` of calls that must raise, for a model of batch 3."""
+    n, m = model.state_dim, model.control_dim
+    x, u, lam = torch.zeros(3, n, **D64), torch.zeros(3, m, **D64), torch.ones(3, n, **D64)
+    extra = (lam,) if method == "vector_hessians" else ()
+    where = rf"{type(model).__name__}\.{method}: "
+    cases = [
+        ((x.tolist(), u, *extra), TypeError, where + "x must be a torch.Tensor, got list"),
+        ((x, 0.5, *extra), TypeError, where + "u must be a torch.Tensor, got float"),
+        ((x.long(), u.long(), *extra), TypeError, where + "x must be float32 or float64, got torch.int64"),
+        ((x.float(), u, *extra), TypeError, where + "u has dtype torch.float64 but x has torch.float32"),
+        ((torch.zeros(3, n + 1, **D64), u, *extra), ValueError, where + rf"x has shape \(3, {n + 1}\); expected "
+                                                                         rf"\(B, n\) = \(B, {n}\)"),
+        ((torch.zeros(3, 1, **D64), u, *extra), ValueError, where + r"x has shape \(3, 1\); expected"),
+        ((x, torch.zeros(3, m + 1, **D64), *extra), ValueError, where + rf"u has shape \(3, {m + 1}\); expected "
+                                                                         rf"\(B, m\) = \(B, {m}\)"),
+        ((x.unsqueeze(0), u.unsqueeze(0), *(e.unsqueeze(0) for e in extra)), ValueError, where + "x has shape"),
+        ((x[:2], u, *extra), ValueError, where + "batch sizes differ: x has B=2, u has B=3"),
+    ]
+    if method == "vector_hessians":
+        cases += [((x, u, lam.tolist()), TypeError, where + "lam must be a torch.Tensor, got list"),
+                  ((x, u, torch.ones(3, n + 1, **D64)), ValueError, where + rf"lam has shape \(3, {n + 1}\)"),
+                  ((x, u, lam[:2]), ValueError, where + "batch sizes differ: x has B=3, lam has B=2"),
+                  ((x, u, lam.float()), TypeError, where + "lam has dtype torch.float32 but x has torch.float64")]
+    return cases
+
+
+@pytest.mark.parametrize("method", ["forward", "jacobians", "vector_hessians"])
+@pytest.mark.parametrize("name", list(DISCRETE))
+def test_every_model_call_rejects_bad_inputs_naming_the_argument(name, method):
+    model = DISCRETE[name]()
+    call = model if method == "forward" else getattr(model, method)
+    for args, error, pattern in _bad_calls(model, method):
+        with pytest.raises(error, match=pattern):
+            call(*args)
+
+
+@pytest.mark.parametrize("make", CONTINUOUS)
+def test_a_continuous_models_own_call_is_checked_too(make):
+    model = make()
+    for args, error, pattern in _bad_calls(model, "forward"):
+        with pytest.raises(error, match=pattern):
+            model(*args)
+
+
+def _closed_form_jacobians(model):
+    if isinstance(model, dynamics.Discretized):
+        return type(model.model).derivative_jacobians is not dynamics.ContinuousDynamics.derivative_jacobians
+    return type(model).jacobians is not dynamics.Dynamics.jacobians
+
+
+@pytest.mark.parametrize("name", [k for k in DISCRETE if k != "MuJoCoDynamics"])
+def test_valid_calls_still_work_and_an_unbatched_input_broadcasts(name):
+    model = DISCRETE[name]()
+    n, m = model.state_dim, model.control_dim
+    g = torch.Generator().manual_seed(0)
+    x, u = 0.1 * torch.randn(3, n, generator=g, **D64), 0.1 * torch.randn(3, m, generator=g, **D64)
+    if name == "ProbabilisticEnsemble(random)":
+        model.resample_members(3, torch.Generator().manual_seed(1))
+    y = model(x, u)
+    assert y.shape == (3, n) and y.dtype == torch.float64
+    if "random" not in name and "batched" not in name:    # a random member per row; a model per row
+        torch.testing.assert_close(model(x[0], u[0]), y[0])
+        torch.testing.assert_close(model(x[0], u), model(x[0].expand(3, n), u))       # unbatched x broadcast
+        torch.testing.assert_close(model(x, u[0]), model(x, u[0].expand(3, m)))
+    if _closed_form_jacobians(model):       # (torch.func's first call costs seconds; test_base covers those)
+        A, B = model.jacobians(x, u)
+        assert A.shape == (3, n, n) and B.shape == (3, n, m)
+    hxx, hux, huu = model.vector_hessians(x, u, torch.ones(n, **D64))          # unbatched lam broadcast
+    assert hxx.shape == (3, n, n) and hux.shape == (3, m, n) and huu.shape == (3, m, m)
+
+
+@pytest.mark.parametrize("name", ["Pendulum.discretize()", "Acrobot.discretize()", "LinearDynamics",
+                                  "MLPDynamics", "ResidualDynamics"])
+def test_a_non_finite_row_gives_a_non_finite_row_and_leaves_the_others_alone(name):
+    """Documented: no scan of the values; a NaN input row is a NaN output row (the solvers flag it per problem)."""
+    model = DISCRETE[name]()
+    n, m = model.state_dim, model.control_dim
+    x, u = torch.full((3, n), 0.1, **D64), torch.full((3, m), 0.2, **D64)
+    good = model(x, u)
+    x[1, 0], u[2, 0] = math.nan, math.inf
+    y = model(x, u)
+    assert not torch.isfinite(y[1:]).all(-1).any()
+    torch.testing.assert_close(y[0], good[0])
+
+
+def test_every_subclass_gets_the_check_without_doing_anything():
+    class Plain(dynamics.Dynamics):
+        def __init__(self):
+            super().__init__(2, 1)
+
+        def forward(self, x, u, t=None):
+            return x + u
+
+        def jacobians(self, x, u, t=None):
+            raise AssertionError("not reached")
+
+    with pytest.raises(ValueError, match=r"Plain\.forward: u has shape \(4, 2\); expected"):
+        Plain()(torch.zeros(4, 2), torch.zeros(4, 2))          # x + u would have broadcast silently
+    with pytest.raises(TypeError, match=r"Plain\.jacobians: x must be a torch\.Tensor"):
+        Plain().jacobians(None, torch.zeros(1))
+    assert Plain.forward.__wrapped__.__name__ == "forward" and Plain.forward.__name__ == "forward"
+
+
+@pytest.mark.parametrize("dims, pattern", [((2.5, 1), "state_dim must be an int >= 1, got 2.5"),
+                                           (("2", 1), "state_dim must be an int >= 1, got '2'"),
+                                           ((0, 1), "state_dim must be an int >= 1, got 0"),
+                                           ((2, -1), "control_dim must be an int >= 1, got -1"),
+                                           ((True, 1), "state_dim must be an int >= 1, got True")])
+def test_model_dimensions_must_be_positive_ints(dims, pattern):
+    class Small(dynamics.Dynamics):
+        def forward(self, x, u, t=None):
+            return x
+
+    with pytest.raises(ValueError, match=f"Small: {pattern}"):
+        Small(*dims)
+    model = Small(np.int64(2), 1)                                   # numpy integers are ints
+    assert model.state_dim == 2 and type(model.state_dim) is int
+
+
+def test_discretized_takes_a_continuous_model_only():
+    with pytest.raises(TypeError, match=r"Discretized: model must be a dynamics\.ContinuousDynamics \(it is already "
+                                        r"discrete\), got Discretized"):
+        dynamics.Discretized(dynamics.Pendulum().discretize(), 0.1)
+    with pytest.raises(TypeError, match="Discretized: model must be a dynamics.ContinuousDynamics, got str"):
+        dynamics.Discretized("pendulum", 0.1)
+
+
+def test_linear_dynamics_flags_must_be_bools():
+    for flag in ("learnable", "batched"):
+        with pytest.raises(TypeError, match=f"LinearDynamics: {flag} must be a bool"):
+            dynamics.LinearDynamics(torch.eye(2), torch.ones(2, 1), **{flag: "yes"})
+
+
+def test_learned_models_name_a_dtype_other_than_their_weights():
+    for model in (MLPDynamics(2, 1, hidden=(4,)), ProbabilisticEnsemble(2, 1, members=2, hidden=(4,))):
+        with pytest.raises(TypeError, match=rf"{type(model).__name__}: x and u have dtype torch.float64 but the "
+                                            "model's weights are torch.float32"):
+            model(torch.zeros(3, 2, **D64), torch.zeros(3, 1, **D64))
+
+
+def test_ensemble_member_indices_and_resampling_are_checked():
+    ens = ProbabilisticEnsemble(2, 1, members=2, hidden=(4,))
+    x, u = torch.zeros(3, 2), torch.zeros(3, 1)
+    for members in ([5], [-1], [True], [], [0.5], 3, "0"):
+        with pytest.raises(ValueError, match=r"ProbabilisticEnsemble\.member_outputs: members must be a non-empty "
+                                             r"sequence of member indices, ints in \[0, 2\)"):
+            ens.member_outputs(x, u, members=members)
+    mean, _ = ens.member_outputs(x, u, members=torch.tensor([1, 0]))
+    assert mean.shape == (2, 3, 2)
+    for batch in (0, -1, 2.5, "3"):
+        with pytest.raises(ValueError, match=r"ProbabilisticEnsemble\.resample_members: batch must be an int >= 1"):
+            ens.resample_members(batch)
+    with pytest.raises(TypeError, match="resample_members: generator must be a torch.Generator or None, got int"):
+        ens.resample_members(3, generator=0)
+
+
+def test_an_unbatched_call_of_a_random_ensemble_follows_one_member():
+    ens = ProbabilisticEnsemble(3, 1, members=2, hidden=(4,), propagation="random")
+    x, u = torch.randn(3), torch.randn(1)
+    y = ens(x, u)
+    means = ens.member_outputs(x[None], u[None])[0][:, 0] * ens.out_std + ens.out_mean + x
+    assert any(torch.allclose(y, mean) for mean in means)          # not coordinates of different members
+
+
+# ---------------------------------------------------------------- dynamics.learned helpers (not hot: full checks)
+@pytest.fixture(scope="module")
+def pendulum_data():
+    model = dynamics.Pendulum().discretize()
+    data = collect_from_model(model, torch.randn(4, 2, generator=torch.Generator().manual_seed(0), **D64), 5,
+                              -1.0, 1.0, generator=torch.Generator().manual_seed(1))
+    return model, data
+
+
+X0 = torch.zeros(2, 2, **D64)
+COLLECT = [
+    (dict(model=None), TypeError, "model must be a dynamics.Dynamics"),
+    (dict(x0=[[0.0, 0.0]]), TypeError, "x0 must be a torch.Tensor, got list"),
+    (dict(x0=torch.zeros(2, 3, **D64)), ValueError, r"x0 has shape \(2, 3\); expected \(B, n\) = \(B, 2\)"),
+    (dict(x0=torch.zeros(2, **D64)), ValueError, r"x0 has shape \(2,\); expected \(B, n\)"),
+    (dict(x0=torch.zeros(0, 2, **D64)), ValueError, r"x0 must hold at least one initial state \(B >= 1\)"),
+    (dict(x0=torch.full((2, 2), math.nan, **D64)), ValueError, "x0 contains NaN or Inf"),
+    (dict(x0=X0.long()), TypeError, "x0 must be float32 or float64"),
+    (dict(steps=0), ValueError, "steps must be an int >= 1, got 0"),
+    (dict(steps=-3), ValueError, "steps must be an int >= 1, got -3"),
+    (dict(steps=2.5), ValueError, "steps must be an int >= 1, got 2.5"),
+    (dict(u_low=1.0, u_high=-1.0), ValueError, "u_low must be <= u_high in every coordinate"),
+    (dict(u_low=math.nan), ValueError, "u_low contains NaN or Inf"),
+    (dict(u_high=math.inf), ValueError, "u_high contains NaN or Inf"),
+    (dict(u_low="low"), TypeError, r"u_low must be a number or a float tensor broadcastable to \(m,\) = \(1,\)"),
+    (dict(u_low=torch.zeros(2)), ValueError, r"u_low has shape \(2,\); expected a number or \(m,\) = \(1,\)"),
+    (dict(noise_std=-1.0), ValueError, "noise_std must be a finite number >= 0, got -1.0"),
+    (dict(noise_std=math.nan), ValueError, "noise_std must be a finite number >= 0"),
+    (dict(relative_noise=math.nan), ValueError, "relative_noise must be a finite number >= 0"),
+    (dict(generator=1), TypeError, "generator must be a torch.Generator or None, got int"),
+]
+
+
+@pytest.mark.parametrize("change, error, pattern", COLLECT)
+def test_collect_from_model_checks_its_arguments(change, error, pattern):
+    args = dict(model=dynamics.Pendulum().discretize(), x0=X0, steps=3, u_low=-1.0, u_high=1.0) | change
+    with pytest.raises(error, match="collect_from_model: " + pattern):
+        collect_from_model(**args)
+
+
+def test_open_loop_error_checks_its_arguments():
+    pend, U = dynamics.Pendulum().discretize(), torch.zeros(2, 4, 1, **D64)
+    cases = [((None, pend, X0, U), TypeError, "model must be a dynamics.Dynamics, got NoneType"),
+             ((pend, None, X0, U), TypeError, "reference must be a dynamics.Dynamics, got NoneType"),
+             ((pend, dynamics.CartPole().discretize(), X0, U), ValueError, "reference must have the model's n=2"),
+             ((pend, pend, [0.0, 0.0], U), TypeError, "x0 must be a torch.Tensor, got list"),
+             ((pend, pend, X0, torch.zeros(2, 5, **D64)), ValueError, r"U has shape \(2, 5\); expected \(B, T, m\)"),
+             ((pend, pend, X0, torch.zeros(2, 0, 1, **D64)), ValueError, r"U must hold at least one control \(T >= 1"),
+             ((pend, pend, X0, torch.full((2, 4, 1), math.nan, **D64)), ValueError, "U contains NaN or Inf"),
+             ((pend, pend, X0.float(), U), TypeError, "U has dtype torch.float64 but x0 has torch.float32"),
+             ((pend, pend, X0, U[:1].expand(3, 4, 1)), ValueError, "batch sizes differ: x0 has B=2, U has B=3")]
+    for args, error, pattern in cases:
+        with pytest.raises(error, match="open_loop_error: " + pattern):
+            open_loop_error(*args)
+    torch.testing.assert_close(open_loop_error(pend, pend, X0[0], U[0]), torch.zeros(4, **D64))
+
+
+def test_residuals_check_the_substituted_values(pendulum_data):
+    model, data = pendulum_data
+    cases = [(None, TypeError, r"values must be a dict \{parameter name: tensor\}, got NoneType"),
+             ({"nope": torch.tensor(1.0)}, ValueError, r"values has unknown name\(s\) \['nope'\]; the model's "
+                                                       r"parameters are \['model.g', 'model.l', 'model.m'\]"),
+             ({"model.m": "x"}, TypeError, r"values\['model.m'\] must be a torch.Tensor, got str"),
+             ({"model.m": torch.ones(2, **D64)}, ValueError, r"values\['model.m'\] has shape \(2,\); expected \(\)")]
+    for values, error, pattern in cases:
+        with pytest.raises(error, match="residuals: " + pattern):
+            residuals(model, data, values)
+    with pytest.raises(TypeError, match="residuals: model must be a dynamics.Dynamics"):
+        residuals(None, data, {})
+    with pytest.raises(TypeError, match="residuals: data must be a dynamics.learned.Transitions"):
+        residuals(model, None, {})
+    assert residuals(model, data, {"model.m": torch.tensor(1.0, **D64)}).shape == data.x.shape
+
+
+@pytest.mark.parametrize("change, error, pattern", [
+    (dict(max_iterations=0), ValueError, "max_iterations must be an int >= 1, got 0"),
+    (dict(max_iterations=2.5), ValueError, "max_iterations must be an int >= 1, got 2.5"),
+    (dict(damping=-1.0), ValueError, "damping must be a positive finite number, got -1.0"),
+    (dict(damping=math.nan), ValueError, "damping must be a positive finite number, got nan"),
+    (dict(names="model.m"), TypeError, "names must be a list of parameter names"),
+    (dict(names=["model.nope"]), ValueError, "unknown parameter"),
+    (dict(model=None), TypeError, "model must be a dynamics.Dynamics"),
+    (dict(data=None), TypeError, "data must be a dynamics.learned.Transitions")])
+def test_identify_theseus_checks_its_options_before_running(pendulum_data, change, error, pattern):
+    model, data = pendulum_data
+    args = dict(model=model, data=data, names=["model.m"]) | change
+    with pytest.raises(error, match="identify_theseus: " + pattern):
+        identify_theseus(**args)
+
+
+# ---------------------------------------------------------------- MuJoCoDynamics options
+@pytest.mark.parametrize("option, error, pattern", [
+    (dict(eps=math.inf), ValueError, "eps must be a positive finite number, got inf"),
+    (dict(eps=0.0), ValueError, "eps must be a positive finite number, got 0.0"),
+    (dict(eps="1e-6"), ValueError, "eps must be a positive finite number, got '1e-6'"),
+    (dict(hessian_eps=math.nan), ValueError, "hessian_eps must be a positive finite number, got nan"),
+    (dict(centered="yes"), TypeError, "centered must be a bool"),
+    (dict(centered=1), TypeError, "centered must be a bool")])
+def test_mujoco_options_are_checked(option, error, pattern):
+    pytest.importorskip("mujoco", reason="MuJoCoDynamics needs the optional mujoco package")
+    from dynamics.mujoco import MuJoCoDynamics
+    with pytest.raises(error, match="MuJoCoDynamics: " + pattern):
+        MuJoCoDynamics(ARM, **option)

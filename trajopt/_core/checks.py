@@ -10,9 +10,11 @@ import inspect
 
 import torch
 
-from dynamics.validation import check_bool, check_callable, check_fraction, check_int, check_positive
+from dynamics.validation import (check_bool, check_callable, check_fraction, check_int, check_interval,
+                                 check_nonnegative, check_positive)
 
-__all__ = ["check_positive", "check_int", "check_fraction", "check_choice", "check_bool", "check_callable",
+__all__ = ["check_positive", "check_nonnegative", "check_int", "check_fraction", "check_interval", "check_choice",
+           "check_bool", "check_callable",
            "resolve_grad", "tolerance", "solver_name", "solver_options"]
 
 GRAD_ROUTES = ("implicit", "unroll", None)

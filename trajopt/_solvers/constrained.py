@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dynamics.validation import check_finite
-from .._core.checks import check_bool, check_int, check_positive, tolerance
+from .._core.checks import check_bool, check_int, check_interval, check_positive, tolerance
 from .._core.constraint import Constraint, FunctionConstraint
 from .._core.costs import Cost, Quadratization
 from .._core.per_problem import has_per_problem
@@ -222,10 +222,8 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
     for name, value in (("grad_tol", grad_tol), ("intermediate_grad_tol", intermediate_grad_tol), ("tol", tol)):
         if value is not None:
             check_positive(where, **{name: value})
-    if not (_number(penalty_growth) and 1 < penalty_growth < math.inf):
-        raise ValueError(f"{where}: penalty_growth must be a finite number > 1, got {penalty_growth!r}")
-    if not (_number(violation_shrink) and 0 < violation_shrink < 1):
-        raise ValueError(f"{where}: violation_shrink must be in (0, 1), got {violation_shrink!r}")
+    check_interval(where, 1, math.inf, include_low=False, include_high=False, penalty_growth=penalty_growth)
+    check_interval(where, 0, 1, include_low=False, include_high=False, violation_shrink=violation_shrink)
     if penalty_max < penalty_init:
         raise ValueError(f"{where}: penalty_max must be >= penalty_init ({penalty_init!r}), got {penalty_max!r}")
     grad_tol = tolerance(grad_tol, 1e-6, problem.dtype)
@@ -337,10 +335,6 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
               "inner_iterations": stack(inner_iterations, outer), "inner_grad_tol": stack(inner_tols, violation)}
     return Solution(X=X, U=U, cost=J, status=status, iterations=total, cost_history=torch.stack(costs, 1),
                     residual=worst, K=K, k=kff, extras=extras)
-
-
-def _number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _evaluate(where, constraint, X, U, finite):

@@ -158,8 +158,13 @@ def lqr(
             and bool(torch.isfinite(U).all())):
         # NaN/Inf anywhere in the inputs reaches the solution; only then pay for a scan that names it.
         check_finite(where, inputs)
+        if not (bool(torch.isfinite(K).all()) and bool(torch.isfinite(k).all())):
+            raise ValueError(f"{where}: the recursion overflowed: the inputs F, f, C, c, x0 are finite, but the value "
+                             f"function or the gains exceeded the {F.dtype} range (rescale F and C, or a Q_uu is "
+                             "singular)")
         raise_if_not_pd(pd)
-        raise ValueError(f"{where}: the solution overflowed (inputs are finite; |X| or |U| exceeded the dtype's range)")
+        raise ValueError(f"{where}: the solution overflowed: the inputs are finite, but |X| or |U| exceeded the "
+                         f"{F.dtype} range (an unstable closed loop over the horizon; rescale F, f or x0)")
     ones = torch.ones(B, dtype=torch.long, device=F.device)
     sol = Solution(X=X, U=U, cost=cost, status=ones * int(Status.CONVERGED), iterations=ones,
                    cost_history=cost.detach().unsqueeze(-1), K=K, k=k)

@@ -7,32 +7,12 @@ at every step of a rollout; scans for NaN belong to construction and to user-sup
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
 from .._core.checks import check_int
 
-__all__ = ["check_unit_interval", "check_nonnegative", "check_hidden", "check_float_dtype", "check_features",
+__all__ = ["check_hidden", "check_float_dtype", "check_features",
            "check_action_bounds"]
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_unit_interval(where, **values):
-    """Each value a number in ``[0, 1]`` (both ends included: a discount of 1, a fraction of all)."""
-    for name, value in values.items():
-        if not (_number(value) and 0.0 <= value <= 1.0):
-            raise ValueError(f"{where}: {name} must be a number in [0, 1], got {value!r}")
-
-
-def check_nonnegative(where, **values):
-    """Each value a finite number ``>= 0`` (a weight, a margin: zero turns the term off)."""
-    for name, value in values.items():
-        if not (_number(value) and math.isfinite(value) and value >= 0):
-            raise ValueError(f"{where}: {name} must be a finite number >= 0, got {value!r}")
 
 
 def check_hidden(where, hidden, allow_empty=True):

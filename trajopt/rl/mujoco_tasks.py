@@ -46,9 +46,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .._core.checks import check_bool, check_callable, check_int, check_positive
+from .._core.checks import check_bool, check_callable, check_int, check_nonnegative, check_positive
 from .._core.costs import Cost, Quadratization
-from ._checks import check_features, check_nonnegative
+from ._checks import check_features
 
 __all__ = ["RewardResidualCost", "Residuals", "MuJoCoTask", "mujoco_task", "inverted_pendulum",
            "inverted_double_pendulum", "reacher", "half_cheetah", "hopper", "walker2d", "swimmer", "pusher",

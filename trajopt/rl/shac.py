@@ -30,10 +30,10 @@ from torch import nn
 
 from dynamics.validation import check_tensor
 from .._core.bounds import clamp
-from .._core.checks import check_bool, check_callable, check_fraction, check_int, check_positive
+from .._core.checks import check_bool, check_callable, check_fraction, check_int, check_interval, check_positive
 from .env import DiffEnv
 from .logs import atomic_write, write_rows
-from ._checks import check_features, check_hidden, check_unit_interval
+from ._checks import check_features, check_hidden
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
 
 __all__ = ["SHAC"]
@@ -95,7 +95,7 @@ class SHAC:
                   critic_minibatches=critic_minibatches, checkpoint_every=checkpoint_every, eval_every=eval_every)
         if critic_minibatches > horizon:
             raise ValueError(f"{where}: critic_minibatches ({critic_minibatches}) must be at most horizon ({horizon})")
-        check_unit_interval(where, gamma=gamma, lam=lam, target_alpha=target_alpha)
+        check_interval(where, 0, 1, gamma=gamma, lam=lam, target_alpha=target_alpha)
         check_positive(where, actor_lr=actor_lr, critic_lr=critic_lr, reward_scale=reward_scale)
         if grad_norm is not None:
             check_positive(where, grad_norm=grad_norm)

@@ -39,8 +39,8 @@ from dynamics.contact import PlanarPusher
 from .._core.costs import Cost, QuadraticCost
 from .._core.rollout import unchecked_rollout
 from ..problems import reference as problems
-from dynamics.validation import check_tensor
-from ._checks import check_float_dtype, check_unit_interval
+from dynamics.validation import check_interval, check_tensor
+from ._checks import check_float_dtype
 from .env import DiffEnv
 
 __all__ = ["PusherCost", "PathTrackingCost", "stanley", "pusher_starts", "bicycle_starts", "angle_features", "task",
@@ -216,7 +216,7 @@ def task(name: str, num_envs: int = 64, dtype=torch.float32, wide_starts: float 
     if name not in ("P2", "P3", "pusher", "bicycle"):
         raise ValueError(f"task: name must be 'P2', 'P3', 'pusher' or 'bicycle', got {name!r}")
     check_float_dtype("task", dtype)
-    check_unit_interval("task", wide_starts=wide_starts)
+    check_interval("task", 0, 1, wide_starts=wide_starts)
     if name in ("pusher", "bicycle"):
         return _contact_task(name, num_envs, dtype, env_options)
     if name == "P2":

@@ -21,6 +21,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -103,6 +104,7 @@ print(time.perf_counter() - t0)
 def compiled_block(repeat) -> list[dict]:
     """Eager against compiled at B=1, T=50, both recursions; first-call (compile) times in this process and in a
     fresh one that finds the on-disk cache."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="latency-inductor-"))    # cold
     rows = []
     for par in (False, True):
         tag = "par" if par else "seq"
@@ -131,26 +133,28 @@ def compiled_block(repeat) -> list[dict]:
 
 def control_steps(repeat, quick) -> list[str]:
     """MPC steps at B=1 on the pendulum (eager; MPPI also compiled) and a P3 iLQR solve's time per iteration."""
-    model, cost = pendulum_model_and_cost()       # the sampling suite's pendulum (P2's model and cost)
     lines = []
-    x = torch.tensor([[math.pi, 0.0]], dtype=torch.float64)       # hanging
     bounds = dict(u_lower=-2.0, u_upper=2.0)
+    model, cost = pendulum_model_and_cost(torch.float64)     # the sampling suite's pendulum (P2's model and cost)
     ilqr_mpc = trajopt.MPC(model, cost, 30, **bounds, solver=trajopt.ilqr, max_iter=1)
-    mppi_mpc = {c: trajopt.MPC(model, cost, 30, **bounds, solver=trajopt.mppi, samples=1000, rollout_plan=False,
+    model32, cost32 = pendulum_model_and_cost()              # in the sampling suite's dtype, float32
+    mppi_mpc = {c: trajopt.MPC(model32, cost32, 30, **bounds, solver=trajopt.mppi, samples=1000, rollout_plan=False,
                                generator=torch.Generator().manual_seed(0), compile=c) for c in (False, True)}
+    hanging = {dtype: torch.tensor([[math.pi, 0.0]], dtype=dtype) for dtype in (torch.float32, torch.float64)}
     t0 = time.perf_counter()
     with torch.no_grad():
-        mppi_mpc[True](x)
+        mppi_mpc[True](hanging[torch.float32])
     first = time.perf_counter() - t0
 
-    def step(mpc):
+    def step(mpc, dtype):
         with torch.no_grad():
-            mpc(x)
-    ms = interleaved_ms({"ilqr": lambda: step(ilqr_mpc), "mppi": lambda: step(mppi_mpc[False]),
-                         "mppi_compiled": lambda: step(mppi_mpc[True])}, repeat=repeat)
-    lines.append(f"MPC step, pendulum, B=1, horizon 30: iLQR (1 warm-started iteration) {ms['ilqr']:.2f} ms; MPPI "
-                 f"(1000 samples) eager {ms['mppi']:.2f} ms, compile=True {ms['mppi_compiled']:.2f} ms (first call, "
-                 f"compiling: {first:.0f} s)")
+            mpc(hanging[dtype])
+    ms = interleaved_ms({"ilqr": lambda: step(ilqr_mpc, torch.float64),
+                         "mppi": lambda: step(mppi_mpc[False], torch.float32),
+                         "mppi_compiled": lambda: step(mppi_mpc[True], torch.float32)}, repeat=repeat)
+    lines.append(f"MPC step, pendulum, B=1, horizon 30, from hanging: iLQR (1 warm-started iteration, float64) "
+                 f"{ms['ilqr']:.2f} ms; MPPI (1000 samples, float32) eager {ms['mppi']:.2f} ms, compile=True "
+                 f"{ms['mppi_compiled']:.2f} ms (its first call, compiling: {first:.0f} s)")
     if not quick:
         p3 = trajopt.problems.cartpole(B=1)
         t0 = time.perf_counter()
@@ -211,5 +215,5 @@ def run(repeat: int = 20, quick: bool = False, out: str | None = None) -> str:
                          ("eager_fb", "eager f+b", ".2f"), ("compiled_fb", "compiled f+b", ".3f"),
                          ("x_fb", "x f+b", ".1f"), ("first_fwd_s", "first fwd s", ".0f"),
                          ("first_fb_s", "first f+b s", ".0f"), ("second_process_s", "2nd process s", ".0f")])]
-    lines += ["", "4. Control steps at B=1"] + control_steps(repeat, quick)
-    return "\n".join(lines)
+    print("\n".join(lines), flush=True)      # the blocks so far, should a later one fail
+    return "\n".join(["", "4. Control steps at B=1"] + control_steps(repeat, quick))

@@ -16,6 +16,7 @@ __all__ = ["check_tensor", "check_consistent", "check_finite", "check_positive",
            "check_fraction", "check_interval", "check_bool", "check_callable"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+_SET_BY = " set by"      # check_tensor's record, in ``dims``, of the argument that fixed each dimension
 
 
 def _shape_str(names: Sequence[str], dims: Mapping[str, int]) -> str:
@@ -52,11 +53,18 @@ def check_tensor(
     shape_ok = value.ndim == k or (batchable and value.ndim == k + 1)
     for d, s in zip(trailing, value.shape[value.ndim - k:] if shape_ok else ()):
         shape_ok = shape_ok and learned.setdefault(d, s) == s
+    set_by = dims.get(_SET_BY, {})
     if not shape_ok:
         want = _shape_str(trailing, dims)
         if batchable:
             want = f"{_shape_str(('B', *trailing), dims)} or {want}"
-        raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected {want}")
+        got = dict(zip(trailing, value.shape[value.ndim - k:])) if value.ndim in (k, k + 1) else {}
+        known = [f"{d} = {dims[d]} from {set_by[d]}" for d in dict.fromkeys(trailing)
+                 if d in set_by and d in got and got[d] != dims[d]]
+        known = f" ({', '.join(known)}: this argument or that one is wrong)" if known else ""
+        raise ValueError(f"{where}: {name} has shape {tuple(value.shape)}; expected {want}{known}")
+    if isinstance(dims, dict):
+        dims[_SET_BY] = {**{d: name for d in learned if d not in dims}, **set_by}
     dims.update(learned)
     if finite:
         check_finite(where, {name: value})

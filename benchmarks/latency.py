@@ -12,8 +12,9 @@ microseconds each) at every stage of every recursion. Blocks:
 4. MPC control steps at B=1 on the pendulum (horizon 30): one warm-started iLQR iteration, and MPPI with 1000
    samples, eager and with ``compile=True``; one P3 iLQR solve from zero controls and its time per iteration.
 
-Every time is a median of calls made in turn (``benchmarks.timing.interleaved_ms``); the ratios are the figures to
-read on a shared machine. ``--out FOLDER`` also writes ``latency.png`` (blocks 1 and 2).
+Blocks 2-4 (batch size one) run with one intra-op thread. Every time is a median of calls made in turn
+(``benchmarks.timing.interleaved_ms``); the ratios are the figures to read on a shared machine. ``--out FOLDER``
+also writes ``latency.png`` (blocks 1 and 2).
 """
 from __future__ import annotations
 
@@ -80,6 +81,21 @@ def batch_curves(batches, repeat) -> list[dict]:
     return rows
 
 
+def one_thread(fn):
+    """``fn`` run with one intra-op thread (then the suite's count again): at batch size one a second thread only
+    adds a wake-up to every operation, more so under ``OMP_WAIT_POLICY=PASSIVE``, and compiled kernels open a
+    parallel region each."""
+    def run(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+    return run
+
+
+@one_thread
 def horizon_curves(horizons, repeat) -> list[dict]:
     rows = []
     for T in horizons:
@@ -94,6 +110,7 @@ def horizon_curves(horizons, repeat) -> list[dict]:
 _FIRST_CALL = """
 import time, torch, trajopt
 from benchmarks.lqr import ARGS, p1_inputs
+torch.set_num_threads(1)            # as in this block: inductor's code depends on the thread count
 t = p1_inputs(1, 50, 8, 3)
 t0 = time.perf_counter()
 trajopt.lqr(*(t[k] for k in ARGS), grad=None, time_parallel={par}, compile=True)
@@ -101,6 +118,7 @@ print(time.perf_counter() - t0)
 """
 
 
+@one_thread
 def compiled_block(repeat) -> list[dict]:
     """Eager against compiled at B=1, T=50, both recursions; first-call (compile) times in this process and in a
     fresh one that finds the on-disk cache."""
@@ -131,6 +149,7 @@ def compiled_block(repeat) -> list[dict]:
     return rows
 
 
+@one_thread
 def control_steps(repeat, quick) -> list[str]:
     """MPC steps at B=1 on the pendulum (eager; MPPI also compiled) and a P3 iLQR solve's time per iteration."""
     lines = []
@@ -180,8 +199,9 @@ def plot(batch_rows, horizon_rows, path) -> None:
         pts = [(r["T"], r[key]) for r in horizon_rows if r.get(key) is not None]
         if pts:
             b.plot(*zip(*pts), marker="o", label=label)
-    a.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="ms", title="P1 LQR (T=50, n=8, m=3), eager")
-    b.set(xscale="log", yscale="log", xlabel="horizon T", ylabel="ms", title="P1 LQR at B=1, eager")
+    a.set(xscale="log", yscale="log", xlabel="batch size B", ylabel="ms",
+          title=f"P1 LQR (T=50, n=8, m=3), eager, {torch.get_num_threads()} threads")
+    b.set(xscale="log", yscale="log", xlabel="horizon T", ylabel="ms", title="P1 LQR at B=1, eager, one thread")
     a.legend(fontsize=7)
     b.legend(fontsize=7)
     fig.tight_layout()
@@ -198,7 +218,7 @@ def run(repeat: int = 20, quick: bool = False, out: str | None = None) -> str:
                                  ("par_fwd", "par fwd", ".2f"), ("par_fwd_bwd", "par f+b", ".2f"),
                                  ("par_over_seq", "par/seq fwd", ".2f"), ("mpc_fwd", "mpc.pytorch fwd", ".2f")])]
     horizon_rows = horizon_curves(QUICK_HORIZONS if quick else HORIZONS, repeat)
-    lines += ["", "2. P1 LQR at B=1 against T, eager",
+    lines += ["", "2. P1 LQR at B=1 against T, eager, one thread (blocks 2-4)",
               table(horizon_rows, [("T", "T", "d"), ("seq_fwd", "seq fwd", ".2f"), ("par_fwd", "par fwd", ".2f"),
                                    ("par_over_seq", "par/seq fwd", ".2f"), ("seq_fwd_bwd", "seq f+b", ".2f"),
                                    ("par_fwd_bwd", "par f+b", ".2f"), ("par_over_seq_fb", "par/seq f+b", ".2f")])]

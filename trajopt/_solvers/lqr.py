@@ -150,12 +150,12 @@ def lqr(
                                inputs=inputs)
         return sol if batch is not None else sol[0]
     check_bool(where, time_parallel=time_parallel, compile=compile)
-    X, U, cost, K, k, pd = (compiled(_unbounded, F.device.type) if compile else _unbounded)(*args, grad, time_parallel)
-    ok = bool(pd.all()) and bool(torch.isfinite(cost).all())
+    X, U, cost, K, k, pd, ok = (compiled(_unbounded, F.device.type) if compile else _unbounded)(*args, grad,
+                                                                                               time_parallel)
+    ok = bool(ok)                       # the one host synchronization of an unbounded solve
     if time_parallel and not ok:        # a C_uu that is not positive definite: the sequential recursion decides
         return lqr(F, f, C, c, x0, C_final=C_final, c_final=c_final, grad=grad, max_iter=max_iter, compile=compile)
-    if not (ok and bool(torch.isfinite(cost).all()) and bool(torch.isfinite(X).all())
-            and bool(torch.isfinite(U).all())):
+    if not ok:
         # NaN/Inf anywhere in the inputs reaches the solution; only then pay for a scan that names it.
         check_finite(where, inputs)
         if not (bool(torch.isfinite(K).all()) and bool(torch.isfinite(k).all())):
@@ -173,11 +173,15 @@ def lqr(
 
 
 def _unbounded(F, f, C, c, x0, C_final, c_final, grad, parallel):
-    """The unbounded LQR of batched inputs: ``X, U, cost, K, k, pd`` with the gradient route ``grad``."""
+    """The unbounded LQR of batched inputs: ``X, U, cost, K, k, pd`` with the gradient route ``grad``, and ``ok``
+    (a bool tensor): every ``Q_uu`` positive definite and the solution finite."""
     with torch.set_grad_enabled(grad is not None and torch.is_grad_enabled()):
         if grad == "implicit":
-            return LQRFunction.apply(F, f, C, c, x0, C_final, c_final, parallel)
-        return solve(F, f, C, c, x0, C_final, c_final, keep=False, parallel=parallel).outputs()
+            X, U, cost, K, k, pd = LQRFunction.apply(F, f, C, c, x0, C_final, c_final, parallel)
+        else:
+            X, U, cost, K, k, pd = solve(F, f, C, c, x0, C_final, c_final, keep=False, parallel=parallel).outputs()
+    finite = torch.isfinite(cost.detach()).all() & torch.isfinite(X.detach()).all() & torch.isfinite(U.detach()).all()
+    return X, U, cost, K, k, pd, pd.all() & finite
 
 
 def lqr_cost(X, U, C, c, C_final=None, c_final=None):

@@ -26,7 +26,7 @@ from torch.func import jacfwd, jacrev, vmap
 from . import integrators
 from .validation import check_consistent, check_int, check_tensor
 
-__all__ = ["Dynamics", "ContinuousDynamics", "Discretized", "stack_columns"]
+__all__ = ["Dynamics", "ContinuousDynamics", "Discretized", "stack_columns", "accepts_unbatched"]
 
 
 def stack_columns(columns: Sequence[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
@@ -43,7 +43,7 @@ def stack_columns(columns: Sequence[torch.Tensor], like: torch.Tensor) -> torch.
     return torch.stack(columns, -1)
 
 
-def _batched(fn):
+def accepts_unbatched(fn):
     """Let a method written for ``(B, ...)`` inputs also take unbatched ones (one output or a tuple).
 
     Running unbatched input as a batch of one also keeps its dtype: a model's 0-dim
@@ -216,7 +216,7 @@ class Dynamics(_Model):
     def forward(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None) -> torch.Tensor:
         """Next state ``(B, n)`` from ``x (B, n)``, ``u (B, m)`` at stage ``t``."""
 
-    @_batched
+    @accepts_unbatched
     def jacobians(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None):
         """``(A, B)``: ``A = d f / d x (B, n, n)``, ``B = d f / d u (B, n, m)`` at each ``(x, u)``.
 
@@ -224,7 +224,7 @@ class Dynamics(_Model):
         """
         return _autodiff_jacobians(self.forward, x, u, t, self.jacobian_mode)
 
-    @_batched
+    @accepts_unbatched
     def vector_hessians(self, x: torch.Tensor, u: torch.Tensor, lam: torch.Tensor, t: int | None = None):
         """Second-order terms of ``lam' f(x, u)``: ``(f_xx (B,n,n), f_ux (B,m,n), f_uu (B,m,m))`` contracted with ``lam (B, n)``.
 
@@ -281,14 +281,14 @@ class ContinuousDynamics(_Model):
     def derivative(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None) -> torch.Tensor:
         """``dx/dt (B, n)`` at ``x (B, n)``, ``u (B, m)``."""
 
-    @_batched
+    @accepts_unbatched
     def derivative_jacobians(self, x: torch.Tensor, u: torch.Tensor, t: int | None = None):
         """``(d g / d x (B, n, n), d g / d u (B, n, m))`` of the vector field ``g``; by ``torch.func``
         unless a model overrides it with closed forms (then its discretizations' Jacobians are closed-form too).
         """
         return _autodiff_jacobians(self.derivative, x, u, t, self.jacobian_mode)
 
-    @_batched
+    @accepts_unbatched
     def forward(self, x, u, t=None):
         return self.derivative(x, u, t)
 
@@ -342,7 +342,7 @@ class Discretized(Dynamics):
         self.method = method
         self.time_varying = model.time_varying
 
-    @_batched
+    @accepts_unbatched
     def forward(self, x, u, t=None):
         if self.method in self.model.fused_methods:
             y = self.model.fused_step(x, u, self.dt, t)
@@ -352,7 +352,7 @@ class Discretized(Dynamics):
         inside = self.model.domain(y)
         return y if inside is None else torch.where(inside.unsqueeze(-1), y, float("nan"))
 
-    @_batched
+    @accepts_unbatched
     def jacobians(self, x, u, t=None):
         """Jacobians of the step by the chain rule through the integrator's stages, from the
         continuous model's :meth:`~ContinuousDynamics.derivative_jacobians` (closed-form where it is)."""

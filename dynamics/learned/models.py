@@ -14,7 +14,7 @@ import operator
 import torch
 from torch import nn
 
-from ..base import Dynamics, _batched
+from ..base import Dynamics, accepts_unbatched
 from ..validation import check_int
 from .data import Transitions
 
@@ -211,7 +211,7 @@ class ProbabilisticEnsemble(_Normalized):
         self._generator = generator
         self._assignment = torch.randint(self.members, (batch,), generator=generator)
 
-    @_batched
+    @accepts_unbatched
     def forward(self, x, u, t=None):
         mean, _ = self.member_outputs(x, u)
         mean = mean * self.out_std + self.out_mean

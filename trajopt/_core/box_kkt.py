@@ -11,7 +11,7 @@ from .bounds import clamped, project
 from .implicit import ImplicitRule, grad_tensors, implicit
 from .problem import Problem, Status
 from .riccati import costates, lqr_with_costates
-from .rollout import _not_finite, second_order_terms, steps, unchecked_linearize, unchecked_rollout
+from .rollout import raise_if_not_finite, second_order_terms, steps, unchecked_linearize, unchecked_rollout
 
 __all__ = ["projected_gradient", "implicit_solution", "solution_costates", "fixed_start", "undefined_start"]
 
@@ -48,7 +48,7 @@ def projected_gradient(problem, U: torch.Tensor) -> torch.Tensor:
         X = unchecked_rollout(dynamics, problem.x0.detach(), Ud)
         J = cost(X, Ud)
         (g,) = torch.autograd.grad(J.sum(), Ud)
-    _not_finite(where, "states", X.detach()[:, 1:].unsqueeze(-1))
+    raise_if_not_finite(where, "states", X.detach()[:, 1:].unsqueeze(-1))
     out = project(g, U, problem.u_lower, problem.u_upper)
     bad = ~(torch.isfinite(J.detach()) & torch.isfinite(out).flatten(1).all(1))
     if bool(bad.any()):

@@ -12,7 +12,8 @@ from dynamics import Dynamics
 from dynamics.validation import check_consistent, check_tensor
 from .stages import over_stages
 
-__all__ = ["rollout", "unchecked_rollout", "linearize", "unchecked_linearize", "steps", "second_order_terms"]
+__all__ = ["rollout", "unchecked_rollout", "linearize", "unchecked_linearize", "steps", "second_order_terms",
+           "raise_if_not_finite"]
 
 
 def _check_model(where, dynamics):
@@ -43,7 +44,7 @@ def rollout(dynamics: Dynamics, x0: torch.Tensor, U: torch.Tensor, t0: int = 0) 
     if batch is None:
         return rollout(dynamics, x0.unsqueeze(0), U.unsqueeze(0), t0).squeeze(0)
     X = unchecked_rollout(dynamics, x0.expand(batch, dims["n"]), U.expand(batch, *U.shape[-2:]), t0)
-    _not_finite(where, "states", X[:, 1:].unsqueeze(-1))
+    raise_if_not_finite(where, "states", X[:, 1:].unsqueeze(-1))
     return X
 
 
@@ -52,7 +53,7 @@ def _check_t0(where, t0):
         raise ValueError(f"{where}: t0 must be an int >= 0 (the stage index of U[:, 0]), got {t0!r}")
 
 
-def _not_finite(where, what, value):
+def raise_if_not_finite(where, what, value):
     """Raise a FloatingPointError naming the rows and the first step where ``value (B, T, ...)`` is NaN or Inf;
     nothing when it is finite."""
     bad = ~torch.isfinite(value)
@@ -105,7 +106,7 @@ def linearize(dynamics: Dynamics, X: torch.Tensor, U: torch.Tensor):
         F, f = linearize(dynamics, X.unsqueeze(0), U.unsqueeze(0))
         return F[0], f[0]
     F, f = unchecked_linearize(dynamics, X.expand(B, T, dims["n"]), U.expand(B, T, dims["m"]))
-    _not_finite(where, "values or Jacobians", torch.cat([F.flatten(-2), f], -1).unsqueeze(-1))
+    raise_if_not_finite(where, "values or Jacobians", torch.cat([F.flatten(-2), f], -1).unsqueeze(-1))
     return F, f
 
 

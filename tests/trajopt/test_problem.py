@@ -225,3 +225,23 @@ def test_a_model_or_cost_of_another_dtype_than_x0_is_named_with_the_conversion(s
                         horizon=4)
     p = trajopt.Problem(dynamics.Pendulum().discretize(), cost.float(), x0, horizon=4)   # 0-dim float64 constants
     assert trajopt.ilqr(p).U.dtype == torch.float32
+
+
+def test_solution_flags_any_problem_whose_result_is_not_finite():
+    """The last guard: whatever a solver missed (a cost that goes NaN only when evaluated again, say), a problem
+    with a non-finite cost, state or control is NOT_FINITE with cost inf, and no history entry is NaN."""
+    B, T = 4, 3
+    X, U = torch.zeros(B, T + 1, 2, dtype=torch.float64), torch.zeros(B, T, 1, dtype=torch.float64)
+    X[1, 2, 0] = float("nan")
+    U[2, 0, 0] = float("inf")
+    cost = torch.tensor([1.0, 2.0, 3.0, float("-inf")], dtype=torch.float64, requires_grad=True)
+    history = torch.tensor([[2.0, 1.0]] * 3 + [[2.0, float("nan")]], dtype=torch.float64)
+    status = torch.full((B,), int(trajopt.Status.CONVERGED))
+    sol = trajopt.Solution(X=X, U=U, cost=cost, status=status, iterations=torch.ones(B, dtype=torch.long),
+                           cost_history=history)
+    assert sol.status.tolist() == [int(trajopt.Status.CONVERGED)] + [int(trajopt.Status.NOT_FINITE)] * 3
+    assert sol.cost[0] == 1.0 and torch.isinf(sol.cost[1:]).all() and (sol.cost[1:] > 0).all()
+    assert not torch.isnan(sol.cost_history).any() and sol.cost_history[3, 1] == float("inf")
+    sol.cost[0].backward()                       # the finite problem keeps its graph
+    assert cost.grad.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert sol[3].status == int(trajopt.Status.NOT_FINITE)      # unbatched rows keep the flag

@@ -10,6 +10,7 @@ import contextlib
 import enum
 import functools
 import itertools
+import math
 import operator
 import weakref
 from collections.abc import Callable
@@ -85,6 +86,9 @@ class Solution:
         k: feedforward terms ``(B, T, m)``, so that ``U[:, t] = K[:, t] @ X[:, t] + k[:, t]`` (LQR).
         extras: solver-specific diagnostics, each a batch-first tensor (see each solver's docstring).
 
+    A problem whose cost, states or controls are not finite is ``NOT_FINITE`` whatever its solver said, with cost
+    ``inf``; non-finite entries of ``cost_history`` are ``inf``: no NaN is returned unflagged.
+
     ``sol[i]`` is problem ``i``'s solution (unbatched); ``sol[rows]`` with a slice, an index tensor or a bool mask
     keeps a batch. ``converged`` is ``status == Status.CONVERGED``.
     """
@@ -99,6 +103,20 @@ class Solution:
     K: torch.Tensor | None = None
     k: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        # The last guard of "nothing silent": a problem whose cost, states or controls are not finite is NOT_FINITE,
+        # its cost and the non-finite entries of its cost history inf (solvers flag such problems themselves; this
+        # catches what they cannot see, e.g. a cost that returns NaN only when evaluated again).
+        rows = (lambda z: z.flatten(1).all(-1)) if self.status.ndim else (lambda z: z.all())   # noqa: E731
+        finite = rows(torch.isfinite(self.U.detach()))
+        for z in (self.X, self.cost):
+            if z is not None:
+                finite = finite & rows(torch.isfinite(z.detach().reshape(*self.status.shape, -1)))
+        self.status = torch.where(finite, self.status, int(Status.NOT_FINITE))
+        if self.cost is not None:
+            self.cost = torch.where(finite, self.cost, math.inf)
+        self.cost_history = torch.where(torch.isfinite(self.cost_history), self.cost_history, math.inf)
 
     @property
     def converged(self) -> torch.Tensor:

@@ -268,7 +268,7 @@ def _model(p, s, a) -> _Model:
     lam = undefined_start(lam, start)
     parts = [Fs.flatten(1), *(z.flatten(1) for z in q), g.flatten(1), lam[:, 1:].flatten(1)]
     parts += [] if gaps is None else [gaps.flatten(1), gap0]
-    finite = torch.isfinite(torch.cat(parts, 1)).all(1)
+    finite = torch.stack([torch.isfinite(z).all(1) for z in parts]).all(0)     # no copy of the model
     if not bool(finite.all()):      # a model not finite along the iterate: that problem alone stops
         bad = a[~finite]
         s.status = s.status.index_put((bad,), torch.full_like(bad, int(Status.NOT_FINITE)))

@@ -170,6 +170,38 @@ def test_problem_horizon_is_checked():
         problem(horizon=None)
 
 
+class _OutputCost(Cost):
+    """A user cost whose stage or terminal returns the wrong dtype or shape."""
+
+    def __init__(self, stage=lambda v: v, terminal=lambda v: v):
+        super().__init__()
+        self.wrap_stage, self.wrap_terminal = stage, terminal
+
+    def stage(self, x, u, t=None):
+        return self.wrap_stage((x ** 2).sum(-1) + (u ** 2).sum(-1))
+
+    def terminal(self, x):
+        return self.wrap_terminal((x ** 2).sum(-1))
+
+
+BAD_COST_OUTPUTS = [
+    ("stage float32", dict(stage=lambda v: v.float()), TypeError, "stage must return the problem's dtype"),
+    ("stage int", dict(stage=lambda v: v.long()), TypeError, "stage must return the problem's dtype"),
+    ("stage (B, 1)", dict(stage=lambda v: v[:, None]), ValueError, r"stage must return one value per row"),
+    ("terminal (B, 1)", dict(terminal=lambda v: v[:, None]), ValueError, r"terminal must return one value per row"),
+    ("terminal float32", dict(terminal=lambda v: v.float()), TypeError, "terminal must return the problem's dtype"),
+    ("terminal list", dict(terminal=lambda v: v.tolist()), TypeError, "terminal must return a tensor"),
+]
+
+
+@pytest.mark.parametrize("solver", [trajopt.ilqr, trajopt.mppi, trajopt.single_shooting])
+@pytest.mark.parametrize("label, wrap, error, message", BAD_COST_OUTPUTS, ids=[c[0] for c in BAD_COST_OUTPUTS])
+def test_a_cost_returning_the_wrong_dtype_or_shape_is_named(solver, label, wrap, error, message):
+    with pytest.raises(error, match=message):
+        solver(problem(cost=_OutputCost(**wrap)))
+    assert torch.isfinite(solver(problem(cost=_OutputCost())).cost).all()     # the same cost, well formed, runs
+
+
 def test_problem_takes_a_numpy_integer_horizon():
     assert problem(horizon=np.int64(T)).T == T
 

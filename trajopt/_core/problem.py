@@ -295,6 +295,7 @@ class Problem:
         self.constraint = constraint
         self.module_rows = module_rows
         self.per_problem = has_per_problem(dynamics, cost, constraint)
+        self._evaluating = 0                    # depth of evaluating() contexts open on this problem
 
     @property
     def dtype(self) -> torch.dtype:
@@ -312,12 +313,15 @@ class Problem:
 
     def replace(self, **changes) -> Problem:
         """A new problem with the given constructor arguments changed (validated again). ``horizon`` is dropped
-        when ``U_init`` changes, and the reverse."""
+        when ``U_init`` changes, and the reverse. Within :meth:`evaluating`, the new problem's rows are this
+        problem's rows as they are then (``module_rows`` is not carried over)."""
         given = dict(self._given)
         if "U_init" in changes:
             given["horizon"] = None
         if "horizon" in changes:
             given["U_init"] = None
+        if self._evaluating:                # inside evaluating() the per-problem tensors already are its rows
+            given["module_rows"] = None
         unknown = set(changes) - set(given)
         if unknown:
             raise TypeError(f"Problem.replace: unknown field(s) {sorted(unknown)}; expected some of {sorted(given)}")
@@ -334,15 +338,23 @@ class Problem:
             raise IndexError(f"Problem.select: rows {rows!r} do not select problems of this batch of B={self.B} "
                              f"({e})") from None
         pick = lambda z: None if z is None else z[index]      # noqa: E731
-        base = index if self.module_rows is None else self.module_rows[index]
+        # inside evaluating() the per-problem tensors already are this problem's rows: select among those
+        base = index if self.module_rows is None or self._evaluating else self.module_rows[index]
         return Problem(self.dynamics, self.cost, pick(self.x0), U_init=pick(self.U_init), X_init=pick(self.X_init),
                        u_lower=pick(self.u_lower), u_upper=pick(self.u_upper), x_lower=pick(self.x_lower),
                        x_upper=pick(self.x_upper), constraint=self.constraint, module_rows=base)
 
+    @contextlib.contextmanager
     def evaluating(self):
         """A context in which the modules' per-problem tensors are this problem's rows, in order (a no-op unless
-        the problem was selected from a larger batch). Every solver runs inside it; so do implicit backward passes."""
-        return rows(self.module_rows if self.per_problem else None, self.dynamics, self.cost, self.constraint)
+        the problem was selected from a larger batch). Every solver runs inside it; so do implicit backward passes.
+        Within it, :meth:`select` selects among those rows (a solver that solves parts of its problem again)."""
+        with rows(self.module_rows if self.per_problem else None, self.dynamics, self.cost, self.constraint):
+            self._evaluating += 1
+            try:
+                yield
+            finally:
+                self._evaluating -= 1
 
     def at(self, index):
         """A context in which the modules evaluate the rows ``index (R,)`` of this problem (inside
@@ -364,9 +376,10 @@ _PROBED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()     # cost -> {
 
 def check_cost_dims(where, cost, n, m, T, like):
     """The cost fits the dynamics' ``n``, ``m`` and the horizon ``T``: by the dimensions it declares
-    (:meth:`trajopt.Cost.declared_dims`), else by one call of its ``stage`` on zeros ``(1, n)``, ``(1, m)`` (once per
-    cost and dimensions; not for a cost with per-problem tensors, whose rows are the batch's, nor for one that
-    couples stages). A constraint is checked by the solver that takes it."""
+    (:meth:`trajopt.Cost.declared_dims`), else by one call of its ``stage`` on zeros ``(1, n)``, ``(1, m)`` and of
+    its ``terminal`` on zeros ``(1, n)``, each of which must return a float tensor ``(1,)`` of the problem's dtype
+    (once per cost, dimensions and dtype; not for a cost with per-problem tensors, whose rows are the batch's, nor
+    for one that couples stages). A constraint is checked by the solver that takes it."""
     declared = cost.declared_dims()
     if declared:
         have = {"n": n, "m": m, "n+m": n + m, "T": T}
@@ -385,18 +398,25 @@ def check_cost_dims(where, cost, n, m, T, like):
     key = (n, m, T if cost.time_varying else None, like.dtype)
     if key in _PROBED.get(cost, ()):
         return
-    call = f"cost.stage(zeros(1, {n}), zeros(1, {m}){', t=0' if cost.time_varying else ''})"
-    try:
-        with torch.no_grad():
-            out = cost.stage(like.new_zeros(1, n), like.new_zeros(1, m), 0 if cost.time_varying else None)
-    except Exception as e:              # noqa: BLE001 -- any failure here is the user's cost meeting n and m
-        raise ValueError(f"{where}: the cost failed on the dynamics' states (n={n}) and controls (m={m}): "
-                         f"{call} raised {type(e).__name__}: {e}") from e
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"{where}: the cost's stage must return a tensor (B,); {call} returned {type(out).__name__}")
-    if out.shape != (1,):
-        raise ValueError(f"{where}: the cost's stage must return one value per row (B,); {call} returned shape "
-                         f"{tuple(out.shape)}, expected (1,)")
+    calls = ((f"cost.stage(zeros(1, {n}), zeros(1, {m}){', t=0' if cost.time_varying else ''})", "stage",
+              lambda: cost.stage(like.new_zeros(1, n), like.new_zeros(1, m), 0 if cost.time_varying else None)),
+             (f"cost.terminal(zeros(1, {n}))", "terminal", lambda: cost.terminal(like.new_zeros(1, n))))
+    for call, term, evaluate in calls:
+        try:
+            with torch.no_grad():
+                out = evaluate()
+        except Exception as e:              # noqa: BLE001 -- any failure here is the user's cost meeting n and m
+            raise ValueError(f"{where}: the cost failed on the dynamics' states (n={n}) and controls (m={m}): "
+                             f"{call} raised {type(e).__name__}: {e}") from e
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{where}: the cost's {term} must return a tensor (B,); {call} returned "
+                            f"{type(out).__name__}")
+        if out.shape != (1,):
+            raise ValueError(f"{where}: the cost's {term} must return one value per row (B,); {call} returned shape "
+                             f"{tuple(out.shape)}, expected (1,)")
+        if out.dtype != like.dtype:
+            raise TypeError(f"{where}: the cost's {term} must return the problem's dtype {like.dtype} (that of x0); "
+                            f"{call} returned {out.dtype}")
     with contextlib.suppress(TypeError):        # a cost that is not weak-referenceable is probed again next time
         _PROBED.setdefault(cost, set()).add(key)
 

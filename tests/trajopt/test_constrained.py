@@ -93,6 +93,33 @@ def test_constrained_ilqr_matches_slsqp_with_an_active_state_bound_per_problem()
     assert sol.extras["outer_iterations"][1] <= 2
 
 
+class SpeedLimits(Constraint):
+    """``v_t <= vmax[b]``: a speed limit of its own for each problem (a per-problem tensor)."""
+
+    per_problem = ("vmax",)
+
+    def __init__(self, vmax):
+        super().__init__()
+        self.vmax = vmax
+
+    def stage(self, x, u, t=None):
+        return x[..., 1:] - self.vmax[:, None]
+
+
+def test_a_constraint_with_per_problem_tensors_gives_each_problem_its_own_limit():
+    model, cost = double_integrator()
+    vmax = torch.tensor([0.3, 0.45, 5.0], **D64)                         # the last one never binds
+    x0 = torch.zeros(3, 2, **D64)
+    sol = constrained_ilqr(trajopt.Problem(model, cost, x0, horizon=T, constraint=SpeedLimits(vmax)))
+    assert (sol.status == Status.CONVERGED).all()
+    assert (sol.X[:, :, 1].amax(-1) <= vmax + 1e-6).all()
+    assert (sol.X[:2, :, 1].amax(-1) >= vmax[:2] - 1e-6).all()           # the two tight limits are active
+    for b in range(3):
+        ref = slsqp(model, cost, FunctionConstraint(lambda x, u, v=float(vmax[b]): x[..., 1:] - v), x0[b],
+                    torch.zeros(T, 1, **D64))
+        assert float(sol.cost[b]) == pytest.approx(ref, rel=1e-7)
+
+
 def test_time_varying_and_terminal_constraints_match_slsqp():
     model, _ = double_integrator()
     cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([1.0, 0.1], **D64)), 0.01 * torch.eye(1, **D64),

@@ -29,7 +29,7 @@ from dynamics.validation import check_finite
 from .._core.checks import check_bool, check_int, check_interval, check_positive, tolerance
 from .._core.constraint import Constraint, FunctionConstraint
 from .._core.costs import Cost, Quadratization
-from .._core.per_problem import has_per_problem
+from .._core.per_problem import has_per_problem, rows
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.rollout import unchecked_rollout
 from .ilqr import ilqr
@@ -347,7 +347,9 @@ def _evaluate(where, constraint, X, U, finite):
         x, u, N = X[:, 0], U[:, 0], B
     name = "constraint" if isinstance(constraint, FunctionConstraint) else "constraint.stage"
     t0 = 0 if constraint.time_varying else None
-    g = _call(where, name, constraint.stage, x, u, t0)
+    stage_rows = None if constraint.time_varying else torch.arange(B, device=U.device).repeat_interleave(T)
+    with rows(stage_rows, constraint):          # a per-problem tensor's row b serves the T stages of problem b
+        g = _call(where, name, constraint.stage, x, u, t0)
     _check_output(where, name, g, N, x, u, "x (N, n), u (N, m)")
     gT = _call(where, "constraint.terminal", constraint.terminal, X[:, -1])
     _check_output(where, "constraint.terminal", gT, B, X[:, -1], None, "x (N, n)")

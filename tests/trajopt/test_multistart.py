@@ -106,3 +106,22 @@ def test_multistart_names_bad_solvers_and_guesses():
     bounded = problem.replace(x_upper=torch.tensor([math.inf, 0.3], **D64))
     with pytest.raises(ValueError, match="multistart: the problem has x_upper, which ilqr does not take"):
         trajopt.multistart(bounded, U_inits=guesses)
+
+
+@pytest.mark.parametrize("solver", [trajopt.ilqr, trajopt.constrained_ilqr])
+def test_multistart_on_a_selection_of_a_problem_with_per_problem_tensors(solver):
+    """Per-problem cost tensors follow ``problem.select`` into the screening and final solves: each selected problem
+    is solved with its own cost, as when the whole batch is solved."""
+    D = dict(dtype=torch.float64)
+    g = torch.Generator().manual_seed(3)
+    model = dynamics.DoubleIntegrator().discretize().to(torch.float64)
+    C = torch.eye(3, **D) + 0.1 * torch.rand(4, 1, 3, 3, generator=g, **D).mT @ torch.rand(4, 1, 3, 3, generator=g, **D)
+    cost = trajopt.QuadraticCost(C.expand(4, 8, 3, 3), torch.randn(4, 8, 3, generator=g, **D), batched=True)
+    kw = dict(constraint=lambda x, u: u.abs() - 5.0) if solver is trajopt.constrained_ilqr else {}
+    whole = trajopt.Problem(model, cost, torch.randn(4, 2, generator=g, **D), horizon=8, **kw)
+    rows = [3, 0, 2]
+    sol = trajopt.multistart(whole.select(rows), U_inits=torch.randn(2, 8, 1, generator=g, **D), solver=solver)
+    ref = solver(whole)
+    assert (sol.status == Status.CONVERGED).all()
+    torch.testing.assert_close(sol.cost, ref.cost[rows], rtol=1e-9, atol=0)
+    torch.testing.assert_close(sol.U, ref.U[rows], rtol=0, atol=1e-6)

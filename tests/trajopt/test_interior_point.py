@@ -150,6 +150,27 @@ def test_out_of_iterations_gives_max_iter_a_feasible_rollout_and_the_rollout_gra
     assert torch.isfinite(gf).all() and torch.allclose(gf[:, -1], torch.ones_like(gf[:, -1]))
 
 
+@pytest.mark.parametrize("overflow", ["F", "x0"])
+def test_a_problem_that_overflows_is_not_finite_with_no_nan_and_the_others_are_solved(overflow):
+    p, lower, upper = _problem(B=3, seed=4)
+    bad = {k: v.clone() for k, v in p.items()}
+    bad[overflow][1] *= 1e200 if overflow == "F" else 1e300     # its rollout (or its cost) leaves the float64 range
+    leaves = {k: v.requires_grad_(True) for k, v in bad.items()}
+    sol = _solve(leaves, lower, upper)
+    assert sol.status.tolist()[1] == trajopt.Status.NOT_FINITE and sol.cost[1] == torch.inf
+    assert all(torch.isfinite(z).all() for z in (sol.X, sol.U, sol.K, sol.k))
+    grads = torch.autograd.grad(sol.U.sum() + sol.X.sum(), [leaves[k] for k in ("F", "c", "x0")])
+    assert all((g[1] == 0).all() for g in grads)                     # no gradient through the lost problem
+    keep = [0, 2]
+    ref_leaves = {k: v[keep].clone().requires_grad_(True) for k, v in p.items()}
+    ref = _solve(ref_leaves, lower[keep], upper[keep])
+    assert (sol.status[keep] == ref.status).all()
+    torch.testing.assert_close(sol.U[keep], ref.U, rtol=0, atol=1e-12)
+    ref_grads = torch.autograd.grad(ref.U.sum() + ref.X.sum(), [ref_leaves[k] for k in ("F", "c", "x0")])
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g[keep], r, rtol=1e-10, atol=1e-12)
+
+
 def test_float32_behaves_like_float64_to_its_precision():
     p, lower, upper = _problem(seed=5)
     p32 = {k: v.float() for k, v in p.items()}

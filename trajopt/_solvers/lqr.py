@@ -352,8 +352,9 @@ def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad
             X, U, cost, K, k = (z.detach().clone() for z in (X, U, cost, K, k))
             fixed = torch.zeros_like(U, dtype=torch.bool)
             rows = (~inside).nonzero()[:, 0]
-            start = torch.where(pd.view(-1, 1, 1), U, 0.0)[rows]
-            Xs = X[rows] if bool(pd[rows].all()) else rollout_of(*(z[rows] for z in args), start)
+            usable = pd & torch.isfinite(U).flatten(1).all(1) & torch.isfinite(X).flatten(1).all(1)
+            start = torch.where(usable.view(-1, 1, 1), U, 0.0)[rows]
+            Xs = X[rows] if bool(usable[rows].all()) else rollout_of(*(z[rows] for z in args), start)
             ip = interior_point(*(z[rows] for z in (*args, lower, upper)), start, Xs, tol=tol, max_iter=max_iter,
                                 blocks=None if blocks is None else blocks if len(rows) == B else blocks.rows(rows))
             X[rows], U[rows], K[rows], k[rows], fixed[rows] = ip.X, ip.U, ip.K, ip.k, ip.fixed
@@ -361,11 +362,34 @@ def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad
                                        torch.where(ip.finite, int(Status.MAX_ITER), int(Status.NOT_FINITE)))
             iterations[rows], residual[rows] = ip.iterations, ip.residual
             cost = _lqr_cost(X, U, C, c, C_final, c_final)
+            # NOT_FINITE problems (a step or the cost overflowed) keep their last finite iterate, with no gradient
+            detached = (status == int(Status.NOT_FINITE)) | ~(torch.isfinite(X).flatten(1).all(1)
+                                                                & torch.isfinite(U).flatten(1).all(1)
+                                                                & torch.isfinite(cost))
+            kept = X.clone(), U.clone(), cost.clone()
         if record:      # the LQR of the active set, differentiable (see the docstring)
             values = torch.where(U == lower, lower, torch.where(U == upper, upper, U))
-            Fk, fk, Ck, ck, constant = fix_active(F, f, C, c, fixed, values)
-            X, Uk, cost, _, _, _ = LQRFunction.apply(Fk, fk, Ck, ck, x0, C_final, c_final)
+            parts = (F, f, C, c, x0, C_final, c_final)
+            if bool(detached.any()):
+                benign = (0.0, 0.0, torch.eye(n + m, dtype=F.dtype, device=F.device), 0.0, 0.0, 0.0, 0.0)
+                parts = tuple(torch.where(detached.view(-1, *[1] * (z.ndim - 1)), b, z) for z, b in zip(parts, benign))
+                values = torch.where(detached.view(B, 1, 1), 0.0, values)
+            Fk, fk, Ck, ck, constant = fix_active(*parts[:4], fixed, values)
+            X, Uk, cost, _, _, _ = LQRFunction.apply(Fk, fk, Ck, ck, *parts[4:])
             U, cost = torch.where(fixed, values, Uk), cost + constant
+            if bool(detached.any()):
+                X, U, cost = (torch.where(detached.view(-1, *[1] * (z.ndim - 1)), old, z)
+                              for z, old in zip((X, U, cost), kept))
+    # a problem with no finite iterate (its recursion or rollout overflows from any controls): x0 held over the
+    # horizon, zero controls clamped into the bounds, no feedback, cost inf (no NaN is returned)
+    lost = ~(torch.isfinite(X.detach()).flatten(1).all(1) & torch.isfinite(U.detach()).flatten(1).all(1))
+    if bool(lost.any()):
+        held = lost.view(B, 1, 1)
+        X = torch.where(held, x0.detach().unsqueeze(1).expand(B, T + 1, n), X)
+        U = torch.where(held, torch.zeros_like(U).clamp(lower, upper), U)
+        K, k = torch.where(held.unsqueeze(-1), 0.0, K), torch.where(held, 0.0, k)
+        cost, residual = torch.where(lost, torch.inf, cost), torch.where(lost, torch.inf, residual)
+        status = torch.where(lost, int(Status.NOT_FINITE), status)
     return Solution(X=X, U=U, cost=cost, status=status, iterations=iterations,
                     cost_history=cost.detach().unsqueeze(-1), residual=residual, K=K, k=k)
 

@@ -321,3 +321,24 @@ def test_non_finite_derivative_where_the_step_needs_it_is_flagged_per_row():
         else:
             assert sol.status[1] == Status.CONVERGED
             torch.testing.assert_close(sol.cost[1], ref.cost[1], rtol=1e-6, atol=1e-6)
+
+
+def test_rollout_takes_a_numpy_integer_t0():
+    U = torch.zeros(3, 1, **D)
+    torch.testing.assert_close(trajopt.rollout(pend(), x0s()[0], U, t0=np.int64(2)),
+                               trajopt.rollout(pend(), x0s()[0], U, t0=2), rtol=0, atol=0)
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="rollout: t0 must be an int >= 0"):
+            trajopt.rollout(pend(), x0s()[0], U, t0=bad)
+
+
+@pytest.mark.parametrize("solver", [trajopt.mppi, trajopt.cem, trajopt.random_shooting])
+def test_sampling_noise_std_given_as_a_sequence_is_converted(solver):
+    def run(std):
+        extra = dict(elites=4) if solver is trajopt.cem else {}
+        return solver(problem(), samples=16, noise_std=std, generator=torch.Generator().manual_seed(0), **extra).U
+    reference = run(torch.tensor([0.4], **D))
+    for std in ([0.4], (0.4,), np.array([0.4]), np.float32(0.4)):
+        torch.testing.assert_close(run(std), reference, rtol=1e-6, atol=0)     # np.float32: to its precision
+    with pytest.raises(ValueError, match=r"noise_std must be a scalar or \(1,\)"):
+        run([0.4, 0.4])

@@ -6,6 +6,9 @@ Differentiable with respect to: ``x0``, ``U`` and the model's parameters.
 """
 from __future__ import annotations
 
+import numbers
+import operator
+
 import torch
 
 from dynamics import Dynamics
@@ -37,7 +40,7 @@ def rollout(dynamics: Dynamics, x0: torch.Tensor, U: torch.Tensor, t0: int = 0) 
     """
     where = "rollout"
     dims = _check_model(where, dynamics)
-    _check_t0(where, t0)
+    t0 = _check_t0(where, t0)
     check_tensor(where, "x0", x0, ("n",), dims)
     check_tensor(where, "U", U, ("T", "m"), dims)
     batch = check_consistent(where, {"x0": x0, "U": U}, {"x0": 1, "U": 2})
@@ -49,8 +52,9 @@ def rollout(dynamics: Dynamics, x0: torch.Tensor, U: torch.Tensor, t0: int = 0) 
 
 
 def _check_t0(where, t0):
-    if isinstance(t0, bool) or not isinstance(t0, int) or t0 < 0:
+    if isinstance(t0, bool) or not isinstance(t0, numbers.Integral) or t0 < 0:     # NumPy integers too
         raise ValueError(f"{where}: t0 must be an int >= 0 (the stage index of U[:, 0]), got {t0!r}")
+    return operator.index(t0)
 
 
 def raise_if_not_finite(where, what, value):

@@ -27,7 +27,9 @@ random numbers); the other two methods return detached plans.
 from __future__ import annotations
 
 import math
+import numbers
 
+import numpy as np
 import torch
 
 from .._core.bounds import clamp as clamp_to_bounds
@@ -56,7 +58,8 @@ def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperatur
         max_iter: refinements of the plan (each draws fresh samples); every problem runs all of them.
         temperature: ``lambda`` of the weights ``softmax(-(J_i - min J) / lambda)``; small values approach the
             best sample, large ones the plain mean.
-        noise_std: standard deviation of the perturbations, a finite positive scalar or ``(m,)``.
+        noise_std: standard deviation of the perturbations, a finite positive number, or one per control (a
+            tensor ``(m,)``, or a NumPy array, list or tuple of ``m`` numbers, converted to the problem's dtype).
         correlation: ``rho`` in ``[0, 1)`` of the time-correlated noise ``e_t = rho e_{t-1} + sqrt(1 - rho^2)
             w_t`` (same marginal spread; 0 gives white noise).
         smoothing: width of a moving average applied to each update along time (1: none).
@@ -123,8 +126,8 @@ def cem(problem: Problem, *, samples: int = 1000, max_iter: int = 10, elites: in
         rollout_plan: bool = True, compile: bool = False) -> Solution:
     """The cross-entropy method on a batch of problems (PlaNet's planner).
 
-    A diagonal Gaussian over control sequences, mean ``problem.U_init`` and spread ``noise_std`` (a finite
-    positive scalar or ``(m,)``), is refitted at every one of ``max_iter`` iterations to the ``elites``
+    A diagonal Gaussian over control sequences, mean ``problem.U_init`` and spread ``noise_std`` (as for
+    :func:`mppi`: a finite positive number or ``m`` of them), is refitted at every one of ``max_iter`` iterations to the ``elites``
     cheapest of ``samples`` draws (clamped into the problem's control bounds); ``momentum`` (in ``[0, 1)``)
     keeps that fraction of the previous mean and spread, and the spread never falls below ``min_std``. A
     problem none of whose samples is finite (cost or final state) keeps its mean and spread for that iteration.
@@ -174,7 +177,7 @@ def random_shooting(problem: Problem, *, samples: int = 1000, noise_std=None,
     """The cheapest of ``samples`` random control sequences per problem (``problem.U_init`` is one of them).
 
     With ``noise_std`` None the samples are uniform between the problem's control bounds (both must be
-    finite); otherwise Gaussian around ``U_init`` with that spread (a finite positive scalar or ``(m,)``),
+    finite); otherwise Gaussian around ``U_init`` with that spread (as for :func:`mppi`),
     clamped into the bounds. ``compile`` as for :func:`mppi`.
 
     Returns:
@@ -242,8 +245,9 @@ def _check_switches(where, generator, **switches):
 
 
 def _noise_std(where, noise_std, like):
-    """``noise_std`` as a tensor of ``like``'s dtype: a scalar or ``(m,)``, every entry finite and positive."""
-    if not isinstance(noise_std, (int, float, list, tuple, torch.Tensor)) or isinstance(noise_std, bool):
+    """``noise_std`` as a tensor of ``like``'s dtype: a number, or ``m`` of them (a tensor ``(m,)``, a NumPy array,
+    a list or tuple), every entry finite and positive."""
+    if not isinstance(noise_std, (numbers.Real, list, tuple, np.ndarray, torch.Tensor)) or isinstance(noise_std, bool):
         raise TypeError(f"{where}: noise_std must be a number or a tensor of shape ({like.shape[-1]},), got "
                         f"{type(noise_std).__name__}")
     std = torch.as_tensor(noise_std, dtype=like.dtype, device=like.device)

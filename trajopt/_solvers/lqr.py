@@ -97,7 +97,8 @@ def lqr(
         within the bounds has a projected gradient at most ``1e-8`` (float64; scaled to the dtype) relative to the
         scale of the gradient, ``MAX_ITER`` when the budget ran out first (the last iterate clamped into the
         bounds and its rollout; its gradient is that of the rollout of its controls), ``NOT_FINITE`` when a step
-        overflowed (the last finite iterate); ``iterations`` the interior-point iterations (0 for a problem
+        or the cost overflowed (the last finite iterate, or where there is none ``x0`` held and zero controls
+        clamped into the bounds; cost ``inf``); ``iterations`` the interior-point iterations (0 for a problem
         within its bounds); ``residual`` the projected gradient's largest entry; ``K`` the feedback of the
         active-set LQR (zero rows on controls at a bound).
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["check_tensor", "check_consistent", "check_finite", "check_positive", "check_nonnegative", "check_int",
+__all__ = ["check_tensor", "set_dim", "check_consistent", "check_finite", "check_positive", "check_nonnegative", "check_int",
            "check_fraction", "check_interval", "check_bool", "check_callable"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -69,6 +69,13 @@ def check_tensor(
     if finite:
         check_finite(where, {name: value})
     return value
+
+
+def set_dim(dims: dict, name: str, size: int, source: str) -> None:
+    """Fix the dimension ``name`` of ``dims`` to ``size``, derived from ``source`` (e.g. ``"X and U"``), for the
+    :func:`check_tensor` calls that follow: their shape errors name it as where the size came from."""
+    dims[name] = size
+    dims[_SET_BY] = {**dims.get(_SET_BY, {}), name: source}
 
 
 def check_finite(where: str, tensors: Mapping[str, torch.Tensor | None]) -> None:

@@ -298,6 +298,7 @@ def test_lqr_with_control_bounds_matches_a_qp_solver_and_its_gradient_central_di
 
 
 @pytest.mark.parametrize("bad, named", [("nan_U", "lqr_cost: U contains NaN or Inf"), ("short_X", "lqr_cost: X has shape"),
+                                        ("wide_X", r"lqr_cost: C has shape .* \(n\+m = 6 from X and U: this argument"),
                                         ("max_iter", "lqr: max_iter must be an int")])
 def test_lqr_cost_and_lqr_refuse_bad_input_by_name(bad, named):
     P = trajopt.problems.random_lqr(B=2, T=5, n=3, m=2)
@@ -307,7 +308,8 @@ def test_lqr_cost_and_lqr_refuse_bad_input_by_name(bad, named):
         if bad == "max_iter":
             trajopt.lqr(P["F"], P["f"], P["C"], P["c"], P["x0"], max_iter=1.7)
         else:
-            X, U = (sol.X, sol.U * float("nan")) if bad == "nan_U" else (sol.X[:, :-1], sol.U)
+            X, U = {"nan_U": (sol.X, sol.U * float("nan")), "short_X": (sol.X[:, :-1], sol.U),
+                    "wide_X": (torch.cat([sol.X, sol.X[..., :1]], -1), sol.U)}[bad]
             trajopt.lqr_cost(X, U, P["C"], P["c"])
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from dynamics.validation import check_consistent, check_finite, check_tensor
+from dynamics.validation import check_consistent, check_finite, check_tensor, set_dim
 from .._core.bounds import check_bounds
 from .._core.checks import check_bool, check_int, tolerance
 from .._core.compiled import compiled
@@ -194,7 +194,7 @@ def lqr_cost(X, U, C, c, C_final=None, c_final=None):
     where, dims = "lqr_cost", {}
     U = check_tensor(where, "U", U, ("T", "m"), dims, batchable=True)
     X = check_tensor(where, "X", X, ("T+1", "n"), {**dims, "T+1": dims["T"] + 1}, batchable=True)
-    dims["n"], dims["n+m"] = X.shape[-1], X.shape[-1] + dims["m"]
+    set_dim(dims, "n+m", X.shape[-1] + dims["m"], "X and U")
     C = check_tensor(where, "C", C, ("T", "n+m", "n+m"), dims)
     c = check_tensor(where, "c", c, ("T", "n+m"), dims)
     if C_final is not None:

@@ -2,6 +2,7 @@
 what was expected (no environment training here: every case fails before it, or runs a step or two)."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,8 +10,8 @@ import dynamics
 import trajopt
 from dynamics.learned import MLPDynamics, ProbabilisticEnsemble
 from trajopt.rl import (PETS, SHAC, DiffEnv, GaussianPolicy, LearnedCost, ModelBasedAgent, MPCPolicy,
-                        ObservationNormalizer, PendulumV1Cost, RandomPlanner, ValueNetwork, plot_learning_curves,
-                        tasks, train_in_learned_model)
+                        ObservationNormalizer, PendulumV1Cost, Planner, RandomPlanner, ValueNetwork,
+                        plot_learning_curves, tasks, train_in_learned_model)
 
 NAN, INF = math.nan, math.inf
 F64 = torch.float64
@@ -297,7 +298,7 @@ def test_random_planner_draws_within_integer_bounds():
 def test_model_based_agent_checks_its_options(options, error, match):
     pytest.importorskip("gymnasium")
     args = dict(make_env="Pendulum-v1", model=ProbabilisticEnsemble(3, 1, members=2, hidden=(8,)),
-                planner=RandomPlanner(-2.0, 2.0), progress=False, max_episode_steps=5)
+                planner=RandomPlanner(torch.tensor([-2.0]), 2.0), progress=False, max_episode_steps=5)
     args.update(options)
     raises(error, match, ModelBasedAgent, args.pop("make_env"), args.pop("model"), args.pop("planner"), **args)
 
@@ -305,7 +306,7 @@ def test_model_based_agent_checks_its_options(options, error, match):
 def test_model_based_agent_train_and_evaluate_check_their_budgets():
     pytest.importorskip("gymnasium")
     agent = ModelBasedAgent("Pendulum-v1", ProbabilisticEnsemble(3, 1, members=2, hidden=(8,)),
-                            RandomPlanner(-2.0, 2.0), progress=False, max_episode_steps=5)
+                            RandomPlanner(torch.tensor([-2.0]), 2.0), progress=False, max_episode_steps=5)
     raises(ValueError, r"ModelBasedAgent.train: env_steps must be an int >= 0, got -1", agent.train, -1)
     raises(TypeError, r"ModelBasedAgent.train: resume must be a bool", agent.train, 10, resume="yes")
     raises(ValueError, r"ModelBasedAgent.evaluate: episodes must be an int >= 1, got 0", agent.evaluate, 0)
@@ -392,3 +393,316 @@ def test_reward_residual_cost_checks_its_arguments_and_rows():
     c = cost.stage(torch.tensor([[0.1, 0.0], [NAN, 0.0]], dtype=F64), u)
     assert math.isfinite(float(c[0])) and math.isnan(float(c[1]))
     torch.testing.assert_close(c[0], cost.stage(torch.tensor([[0.1, 0.0]], dtype=F64), u[:1])[0])
+
+
+
+# ------------------------------------------------------------------------------------------------ held-out sweep:
+# errors that blamed the wrong thing, lists taken as bounds, NumPy integers, sizes that disagree
+def test_diffenv_step_names_u_and_its_rows_for_non_finite_actions_and_keeps_its_state():
+    e = env()
+    e.reset()
+    e.step(torch.zeros(2, 1, dtype=F64))
+    state, t = e.state.clone(), e.t.clone()
+    for u in (torch.tensor([[0.0], [NAN]], dtype=F64), torch.tensor([[0.0], [INF]], dtype=F64)):  # inf: not clamped
+        raises(ValueError, r"DiffEnv.step: u contains NaN or Inf in row\(s\) \[1\]", e.step, u)
+    torch.testing.assert_close(e.state, state, rtol=0, atol=0)
+    assert torch.equal(e.t, t)
+    unbounded = DiffEnv(dynamics.Pendulum().discretize().to(F64), reward=lambda x, u, y: -(y * y).sum(-1),
+                        reset=torch.zeros(4, 2, dtype=F64), episode_length=8, num_envs=2)
+    unbounded.reset()
+    raises(ValueError, r"DiffEnv.step: u contains NaN or Inf in row\(s\) \[0\]", unbounded.step,
+           torch.tensor([[NAN], [0.0]], dtype=F64))
+
+
+def test_diffenv_step_names_the_rows_where_the_dynamics_or_the_reward_give_nan():
+    nan_reward = DiffEnv(dynamics.Pendulum().discretize().to(F64), reward=lambda x, u, y: torch.where(
+        u[:, 0] > 0, NAN, 0.0), reset=torch.zeros(4, 2, dtype=F64), episode_length=8, num_envs=2)
+    nan_reward.reset()
+    raises(FloatingPointError, r"DiffEnv.step: the reward \(or cost\) gave NaN or Inf for row\(s\) \[1\]",
+           nan_reward.step, torch.tensor([[0.0], [1.0]], dtype=F64))
+
+    class Blows(dynamics.Dynamics):
+        def forward(self, x, u, t=None):
+            return x + torch.where(u > 1, INF, 0.0)
+    blows = DiffEnv(Blows(2, 1), qcost(), reset=torch.zeros(4, 2, dtype=F64), episode_length=8, num_envs=2)
+    blows.reset()
+    raises(FloatingPointError, r"DiffEnv.step: the dynamics gave NaN or Inf states for row\(s\) \[0\]", blows.step,
+           torch.tensor([[2.0], [0.0]], dtype=F64))
+
+
+def test_diffenv_refuses_list_bounds_at_construction_and_takes_numpy_scalars():
+    raises(TypeError, r"DiffEnv: u_lower must be a number or a float tensor broadcastable to \(m,\), got list",
+           env, u_lower=[-2.0])
+    raises(TypeError, r"DiffEnv: u_upper must be a number .* got ndarray", env,
+           reset=lambda n, g: torch.zeros(n, 2, dtype=F64), u_upper=np.array([2.0]))
+    e = env(u_lower=np.float32(-1.0), u_upper=np.int64(1), episode_length=np.int64(8), num_envs=np.int64(2),
+            shard=(np.int64(0), np.int64(1)))
+    assert e.lower.dtype == F64 and float(e.upper) == 1.0 and e.num_envs == 2
+    e.reset()
+    raises(TypeError, r"DiffEnv.step: generator must be a torch.Generator or None, got int", e.step,
+           torch.zeros(2, 1, dtype=F64), 3)
+    raises(TypeError, r"DiffEnv: generator must be a torch.Generator or None, got int", e.reset, 3)
+
+
+class Linear(torch.nn.Module):
+    """An actor of the right interface and the given widths."""
+
+    def __init__(self, inputs, outputs, dtype=torch.float32):
+        super().__init__()
+        self.layer = torch.nn.Linear(inputs, outputs, dtype=dtype)
+
+    def forward(self, obs, noise=None):
+        return self.layer(obs)
+
+
+@pytest.mark.parametrize("actor, error, match", [
+    (lambda: GaussianPolicy(3, 1, -2.0, 2.0), ValueError,
+     r"SHAC: actor does not take the env's observations \(B, o\) = \(2, 2\) .*GaussianPolicy: obs has shape"),
+    (lambda: GaussianPolicy(2, 2, -2.0, 2.0), ValueError,
+     r"SHAC: actor must return actions \(B, m\) = \(2, 1\) .* got a torch.float32 tensor of shape \(2, 2\)"),
+    (lambda: Linear(3, 1), ValueError, r"SHAC: actor does not take the env's observations \(B, o\) = \(2, 2\)"),
+    (lambda: Linear(2, 2), ValueError, r"SHAC: actor must return actions \(B, m\) = \(2, 1\)"),
+    (lambda: GaussianPolicy(2, 1, -2.0, 2.0, dtype=F64), TypeError,
+     r"SHAC: actor does not take the env's observations .*: GaussianPolicy: obs is torch.float32"),
+    (lambda: Linear(2, 1, F64), TypeError, r"SHAC: actor does not take the env's observations \(B, o\) = \(2, 2\) "
+     r"\(normalized, torch.float32\); the actor's parameters are torch.float64"),
+])
+def test_shac_names_the_actor_when_its_widths_or_dtype_do_not_fit_the_env(actor, error, match):
+    raises(error, match, shac, actor=actor())
+
+
+def test_shac_names_an_mpc_actor_that_does_not_take_the_observations():
+    raises(ValueError, r"SHAC: actor does not take the env's observations \(B, o\) = \(2, 3\) \(raw.*MPC: x has shape",
+           SHAC, env(time_feature=True), mpc_policy(), horizon=2, critic_minibatches=1, hidden=(8,), progress=False)
+    policy = mpc_policy()
+    s = SHAC(env(), policy, horizon=2, critic_minibatches=1, hidden=(8,), progress=False)
+    assert s.actor is policy and policy.mpc._plan is None              # the probe's warm start was forgotten
+
+
+def test_shac_names_its_default_networks_dtype_when_it_is_not_the_envs():
+    raises(TypeError, r"SHAC: actor returns torch.float64 actions but the env's states are torch.float32", shac,
+           dtype=F64)
+
+
+@pytest.mark.parametrize("options, error, match", [
+    (dict(actor_lr=NAN), ValueError, r"SHAC: actor_lr must be a positive finite number, got nan"),
+    (dict(critic_lr=INF), ValueError, r"SHAC: critic_lr must be a positive finite number, got inf"),
+    (dict(actor_lr=-1e-3), ValueError, r"SHAC: actor_lr must be a positive finite number"),
+    (dict(reward_scale=0.0), ValueError, r"SHAC: reward_scale must be a positive finite number"),
+    (dict(grad_norm=NAN), ValueError, r"SHAC: grad_norm must be a positive finite number"),
+    (dict(horizon=0), ValueError, r"SHAC: horizon must be an int >= 1, got 0"),
+    (dict(epochs=np.float64(2.0)), ValueError, r"SHAC: epochs must be an int >= 1"),
+    (dict(gamma=1.5), ValueError, r"SHAC: gamma must be a number in \[0, 1\], got 1.5"),
+    (dict(lam=INF), ValueError, r"SHAC: lam must be a number in \[0, 1\], got inf"),
+    (dict(critic_minibatches=8), ValueError, r"SHAC: critic_minibatches \(8\) must be at most horizon \(4\)"),
+    (dict(device="no-such-device"), ValueError, r"SHAC: device 'no-such-device' is not a device torch knows"),
+    (dict(device=1.5), TypeError, r"SHAC: device must be a torch.device, a str or None, got float"),
+    (dict(critic=ValueNetwork(2, hidden=(4,), dtype=F64)), TypeError,
+     r"SHAC: critic failed on the first observations \(2, 2\) .*ValueNetwork: obs is torch.float32"),
+])
+def test_shac_checks_its_hyperparameters(options, error, match):
+    raises(error, match, shac, **options)
+
+
+def test_shac_takes_numpy_integers_and_scalars():
+    s = shac(horizon=np.int64(4), epochs=np.int32(2), critic_minibatches=np.int64(2), critic_iterations=np.int64(1),
+             seed=np.int64(3), gamma=np.float32(0.9), actor_lr=np.float64(1e-3), hidden=(np.int64(8),))
+    assert (s.horizon, s.epochs, s.generator.initial_seed()) == (4, 2, 3)
+    assert len(s.train()) == 2
+
+
+def test_shac_checks_what_evaluate_returns():
+    raises(ValueError, r"SHAC: evaluate returned NaN", shac(evaluate=lambda s: NAN, eval_every=1, epochs=1).train)
+    raises(TypeError, r"SHAC: evaluate must return a number, got str",
+           shac(evaluate=lambda s: "good", eval_every=1, epochs=1).train)
+    assert shac(evaluate=lambda s: INF, eval_every=1, epochs=1).train()[-1]["eval_cost"] == INF   # a diverged policy
+
+
+def test_shac_load_names_the_file_and_what_does_not_fit(tmp_path):
+    s = shac()
+    before = [p.detach().clone() for p in s.actor.parameters()]
+    raises(FileNotFoundError, r"SHAC.load: no checkpoint file at '.*missing.pt'", s.load, str(tmp_path / "missing.pt"))
+    (tmp_path / "corrupt.pt").write_bytes(b"\x80\x04half a pickle")
+    raises(ValueError, r"SHAC.load: '.*corrupt.pt' is not a checkpoint torch.load can read .*UnpicklingError",
+           s.load, str(tmp_path / "corrupt.pt"))
+    torch.save({"epoch": 3}, tmp_path / "other.pt")
+    raises(ValueError, r"SHAC.load: the checkpoint '.*other.pt' is not a checkpoint of this kind: it lacks the "
+           r"entries \['env_steps'", s.load, str(tmp_path / "other.pt"))
+    torch.save([1, 2], tmp_path / "list.pt")
+    raises(ValueError, r"SHAC.load: the checkpoint '.*list.pt' is not a checkpoint of this kind .* holds a list",
+           s.load, tmp_path / "list.pt")
+    shac(hidden=(16,)).save(str(tmp_path / "wide.pt"))
+    raises(ValueError, r"SHAC.load: the checkpoint '.*wide.pt' was written by another configuration: its actor does "
+           r"not fit this run's GaussianPolicy: net.0.weight has shape \(16, 2\), this run's \(8, 2\)",
+           s.load, str(tmp_path / "wide.pt"))
+    shac(horizon=8).save(str(tmp_path / "long.pt"))
+    raises(ValueError, r"SHAC.load: the checkpoint '.*long.pt' was written by another configuration: it has "
+           r"horizon = 8, this run 4", s.load, str(tmp_path / "long.pt"))
+    SHAC(env(F64, num_envs=4), horizon=4, epochs=2, critic_minibatches=2, hidden=(8,),
+         progress=False).save(str(tmp_path / "wider_batch.pt"))
+    raises(ValueError, r"num_envs = 4, this run 2", s.load, str(tmp_path / "wider_batch.pt"))
+    raises(TypeError, r"SHAC.load: path must be a path \(str or os.PathLike\), got int", s.load, 3)
+    for p, q in zip(before, s.actor.parameters()):          # nothing of a failed load was applied
+        torch.testing.assert_close(p, q.detach(), rtol=0, atol=0)
+    state = s.state_dict()
+    state["obs"] = state["obs"].double()
+    raises(ValueError, r"SHAC.load_state_dict: the state dict was written by another configuration: its obs is "
+           r"torch.float64, this run's torch.float32", s.load_state_dict, state)
+    raises(ValueError, r"SHAC.load_state_dict: the state dict is not a checkpoint of this kind", s.load_state_dict,
+           "state")
+    s.save(str(tmp_path / "good.pt"))
+    shac().load(str(tmp_path / "good.pt"))
+
+
+def test_pets_and_random_planner_refuse_sequences_as_bounds_and_take_numpy_scalars():
+    raises(TypeError, r"PETS: u_lower must be a finite number or a float tensor broadcastable to \(m,\), got list "
+           r"\(convert it: torch.tensor", pets, u_lower=[-2.0])
+    raises(TypeError, r"PETS: u_upper must be a finite number .* got ndarray", pets, u_upper=np.array([2.0]))
+    raises(TypeError, r"RandomPlanner: low must be a finite number .* got list", RandomPlanner, [-2.0, -1.0], 2.0)
+    raises(TypeError, r"RandomPlanner: high must be a finite number .* got tuple", RandomPlanner, -2.0, (2.0,))
+    raises(TypeError, r"RandomPlanner: low must be a finite number .* got ndarray", RandomPlanner,
+           np.array([-2.0]), 2.0)
+    raises(TypeError, r"RandomPlanner: low must be a float tensor or a number, got a torch.int64 tensor",
+           RandomPlanner, torch.tensor([-2]), 2.0)
+    planner = RandomPlanner(np.float32(-1.5), np.int64(2))
+    assert planner.low.dtype == planner.high.dtype == torch.get_default_dtype() and float(planner.low) == -1.5
+    p = pets(u_lower=np.float64(-2.0), u_upper=torch.tensor([2.0]))
+    assert p.u_lower.shape == () and p.u_upper.shape == (1,)
+
+
+@pytest.mark.parametrize("options, error, match", [
+    (dict(horizon=np.int64(0)), ValueError, r"PETS: horizon must be an int >= 1, got np.int64\(0\)"),
+    (dict(particles=2.5), ValueError, r"PETS: particles must be an int >= 1, got 2.5"),
+    (dict(samples=-1), ValueError, r"PETS: samples must be an int >= 1"),
+    (dict(iterations=True), ValueError, r"PETS: iterations must be an int >= 1, got True"),
+    (dict(temperature=NAN), ValueError, r"PETS: temperature must be a positive finite number, got nan"),
+    (dict(noise_std=INF), ValueError, r"PETS: noise_std must be a positive finite number"),
+    (dict(noise_std=[0.5]), TypeError, r"PETS: noise_std must be a positive finite number, a float tensor \(m,\) or "
+                                       r"None, got list"),
+])
+def test_pets_checks_its_counts_and_scales(options, error, match):
+    raises(error, match, pets, **options)
+
+
+def test_pets_takes_numpy_integers():
+    p = pets(horizon=np.int64(3), particles=np.int32(4), samples=np.int64(16), elites=np.int64(4),
+             iterations=np.int64(1), first_iterations=np.int64(2), temperature=np.float32(2.0))
+    assert (p.horizon, p.particles, p.first_iterations) == (3, 4, 2) and type(p.horizon) is int
+    p.update(ProbabilisticEnsemble(3, 1, members=2, hidden=(8,)), None, {})
+    p.reset(2, torch.Generator().manual_seed(0))
+    u = p.act(torch.zeros(2, 3))
+    assert u.shape == (2, 1) and bool(torch.isfinite(u).all())
+
+
+def test_pets_update_checks_the_model_against_its_bounds_and_particles():
+    model = ProbabilisticEnsemble(3, 1, members=2, hidden=(8,))
+    raises(ValueError, r"PETS.update: u_lower has shape \(2,\) but the model's actions have m = 1", pets(
+        u_lower=-torch.ones(2)).update, model, None, {})
+    raises(ValueError, r"PETS.update: particles \(3\) must be a multiple of the ensemble members used \(2\)",
+           pets(particles=3).update, model, None, {})
+    raises(TypeError, r"PETS.update: model must be an ensemble .* got MLPDynamics", pets().update,
+           MLPDynamics(3, 1, hidden=(8,)), None, {})
+
+
+def test_train_in_learned_model_checks_real_against_the_learned_env():
+    imagined = DiffEnv(MLPDynamics(2, 1, hidden=(8,)), qcost(torch.float32), reset=torch.zeros(4, 2),
+                       episode_length=4, num_envs=2, u_lower=-2.0, u_upper=2.0)
+    s = SHAC(imagined, horizon=2, epochs=1, critic_minibatches=1, critic_iterations=1, hidden=(8,), progress=False)
+    raises(ValueError, r"train_in_learned_model: real's observations have size 3 but shac's actor and critic take 2",
+           train_in_learned_model, s, env(torch.float32, time_feature=True), progress=False)
+    raises(TypeError, r"train_in_learned_model: real's states are torch.float64 but shac.env's are torch.float32",
+           train_in_learned_model, s, env(F64), progress=False)
+    cart = DiffEnv(dynamics.Pendulum().discretize(), reward=lambda x, u, y: -(y * y).sum(-1),
+                   reset=torch.zeros(4, 2), episode_length=4, num_envs=2, u_lower=-2.0, u_upper=2.0)
+    cart.dynamics = dynamics.LinearDynamics(torch.eye(3), torch.ones(3, 2))
+    raises(ValueError, r"train_in_learned_model: real has state_dim = 3 but shac.env \(the learned model\) has 2",
+           train_in_learned_model, s, cart, progress=False)
+    raises(ValueError, r"train_in_learned_model: evaluate returned NaN", train_in_learned_model, s, env(torch.float32),
+           rounds=np.int64(1), transitions_per_round=np.int64(8), epochs_per_round=np.int64(1), seed=np.int64(1),
+           fit_options=dict(epochs=1), evaluate=lambda shac: NAN, progress=False)
+
+
+def tiny_agent(**options):
+    gym = pytest.importorskip("gymnasium")
+    del gym
+    args = dict(make_env="Pendulum-v1", model=ProbabilisticEnsemble(3, 1, members=2, hidden=(8,)),
+                planner=RandomPlanner(-torch.full((1,), 2.0), torch.full((1,), 2.0)), progress=False,
+                max_episode_steps=5, fit_options=dict(epochs=1))
+    args.update(options)
+    return ModelBasedAgent(args.pop("make_env"), args.pop("model"), args.pop("planner"), **args)
+
+
+def test_model_based_agent_takes_numpy_integers():
+    agent = tiny_agent(seed=np.int64(2), envs=np.int64(2), random_iterations=np.int32(1),
+                       max_episode_steps=np.int64(5), elite_members=np.int64(1))
+    assert (agent.seed, agent.envs, agent.elite_members) == (2, 2, 1) and type(agent.envs) is int
+    raises(ValueError, r"ModelBasedAgent: envs must be an int >= 1, got 0", tiny_agent, envs=0)
+    raises(ValueError, r"ModelBasedAgent: random_iterations must be an int >= 1, got 1.5", tiny_agent,
+           random_iterations=1.5)
+    raises(ValueError, r"ModelBasedAgent: elite_members must be None or an int in \[1, members\]", tiny_agent,
+           elite_members=np.int64(3))
+
+
+class Wrong(Planner):
+    def __init__(self, make):
+        self.make = make
+
+    def act(self, obs):
+        return self.make(obs.shape[0])
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda B: torch.zeros(B), r"ModelBasedAgent: planner \(Wrong\).act must return actions \(B, m\) = \(1, 1\) "
+                               r"\(the environment's action size m = 1\), got \(1,\)"),
+    (lambda B: [[0.0]] * B, r"ModelBasedAgent: planner \(Wrong\).act must return actions \(B, m\) .* got list"),
+    (lambda B: torch.full((B, 1), NAN), r"ModelBasedAgent: planner \(Wrong\).act returned NaN or Inf actions in "
+                                        r"row\(s\) \[0\]"),
+])
+def test_model_based_agent_names_a_planner_whose_actions_do_not_fit_the_env(make, match):
+    agent = tiny_agent(planner=Wrong(make))
+    raises(ValueError, match, agent.train, 10)
+    assert agent.iteration == 1                          # the random phase ran; the planner's failed before stepping
+
+
+def test_model_based_agent_checks_its_planners_bounds_against_the_action_space():
+    raises(ValueError, r"ModelBasedAgent: planner \(RandomPlanner\) draws actions of shape \(\) .* the environment's "
+           r"actions are \(m,\) = \(1,\)", tiny_agent, planner=RandomPlanner(-2.0, 2.0))
+    raises(ValueError, r"ModelBasedAgent: planner \(PETS\) has u_upper of shape \(2,\) but the environment's "
+           r"actions have m = 1", tiny_agent, planner=pets(u_upper=torch.ones(2)))
+    assert tiny_agent(planner=pets(u_lower=torch.tensor([-2.0]))).action_dim == 1
+
+
+def test_model_based_agent_load_names_the_file_and_what_does_not_fit(tmp_path):
+    ckpt = str(tmp_path / "agent.pt")
+    tiny_agent().save(ckpt)
+    raises(ValueError, r"ModelBasedAgent.load: the checkpoint '.*agent.pt' was written by another configuration: its "
+           r"model does not fit this run's ProbabilisticEnsemble: nets.0.0.weight has shape \(8, 4\), this run's "
+           r"\(16, 4\)", tiny_agent(model=ProbabilisticEnsemble(3, 1, members=2, hidden=(16,))).load, ckpt)
+    raises(ValueError, r"ModelBasedAgent.load: the checkpoint '.*agent.pt' was written by another configuration: it "
+           r"has seed = 0, this run 1", tiny_agent(seed=1).load, ckpt)
+    raises(FileNotFoundError, r"ModelBasedAgent.load: no checkpoint file at '.*nothing.pt'", tiny_agent().load,
+           str(tmp_path / "nothing.pt"))
+    (tmp_path / "corrupt.pt").write_bytes(b"not a checkpoint")
+    raises(ValueError, r"ModelBasedAgent.load: '.*corrupt.pt' is not a checkpoint torch.load can read",
+           tiny_agent().load, str(tmp_path / "corrupt.pt"))
+    state = tiny_agent().state_dict()
+    state["data"] = {k: torch.zeros(4, 2) for k in ("x", "u", "x_next")}
+    raises(ValueError, r"ModelBasedAgent.load_state_dict: the state dict was written by another configuration: its "
+           r"data\['x'\] has shape \(4, 2\), this run's \(4, 3\)", tiny_agent().load_state_dict, state)
+    resumed = tiny_agent(checkpoint=str(tmp_path / "corrupt.pt"))
+    raises(ValueError, r"ModelBasedAgent.load: '.*corrupt.pt' is not a checkpoint", resumed.train, 5)
+    tiny_agent().load(ckpt)
+
+
+def test_plot_learning_curves_checks_its_target():
+    raises(ValueError, r"plot_learning_curves: target must be a finite number .* got nan", plot_learning_curves, {},
+           target=NAN)
+    raises(TypeError, r"plot_learning_curves: target must be a number or None, got '0'", plot_learning_curves, {},
+           target="0")
+
+
+def test_gaussian_policy_takes_numpy_scalar_bounds_and_refuses_lists():
+    policy = GaussianPolicy(np.int64(3), np.int64(1), np.float32(-1.0), np.float64(1.0), hidden=(np.int64(4),))
+    assert policy(torch.zeros(2, 3)).shape == (2, 1)
+    raises(TypeError, r"GaussianPolicy: u_lower must be a number or a float tensor broadcastable to \(m,\), got list",
+           GaussianPolicy, 3, 1, [-1.0], 1.0)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import abc
 import csv
 import math
+import numbers
 import os
 import time
 
@@ -44,8 +45,9 @@ from .._core.checks import check_bool, check_int, check_positive
 from .._core.costs import Cost
 from .._core.problem import Problem
 from .._solvers.sampling import cem, mppi
-from ._checks import check_action_bounds, check_features, check_float_dtype
-from .logs import atomic_write, write_rows
+from ._checks import (check_action_bounds, check_checkpoint, check_features, check_float_dtype, check_module_state,
+                      check_state_tensor)
+from .logs import atomic_write, read_checkpoint, write_rows
 
 __all__ = ["Planner", "RandomPlanner", "PETS", "ParticleDynamics", "ParticleCost", "ModelBasedAgent",
            "PendulumV1Cost", "plot_learning_curves", "read_log"]
@@ -103,8 +105,13 @@ class Planner(abc.ABC):
 
 
 class RandomPlanner(Planner):
-    """Uniform random actions in ``[low, high]`` (finite, ``low <= high``, numbers or float tensors broadcastable
-    to ``(m,)``): the agent's collection phase."""
+    """Uniform random actions in ``[low, high]``: the agent's collection phase.
+
+    ``low``, ``high``: finite, ``low <= high``, each a number (a NumPy scalar too) or a float tensor of at most
+    one dimension, broadcastable together to ``(m,)``. A list, tuple or NumPy array raises a TypeError naming the
+    bound, as every bound of :mod:`trajopt` does (pass ``torch.tensor(...)``: its shape is then the action size).
+    With two numbers the actions have no action dimension: ``act`` returns ``(B,)``; give ``(m,)`` tensors (as
+    :class:`ModelBasedAgent` does from the action space) for ``(B, m)``."""
 
     def __init__(self, low, high):
         self.low, self.high = check_action_bounds("RandomPlanner", low, high)
@@ -139,6 +146,8 @@ class ParticleDynamics(Dynamics):
 
     def __init__(self, model: ProbabilisticEnsemble, particles: int, propagation: str = "random",
                  sample: bool = True, members=None):
+        check_int("ParticleDynamics", particles=particles)
+        particles = int(particles)
         super().__init__(particles * model.state_dim, model.control_dim)
         if propagation not in ProbabilisticEnsemble.PROPAGATIONS:
             raise ValueError(f"ParticleDynamics: propagation must be one of {ProbabilisticEnsemble.PROPAGATIONS}, "
@@ -208,14 +217,22 @@ class PETS(Planner):
     Args:
         cost: the task's known :class:`trajopt.Cost` on observations (time-invariant).
         horizon: planned steps ``T``.
-        u_lower, u_upper: the action bounds, broadcastable to ``(m,)``.
+        u_lower, u_upper: the action bounds, finite, each a number (a NumPy scalar too) or a float tensor
+            broadcastable to ``(m,)``; a list, tuple or NumPy array raises a TypeError naming it (pass
+            ``torch.tensor(...)``), as every bound of :mod:`trajopt` does. :meth:`update` checks them against the
+            model's ``m``.
         particles: ``P`` per candidate sequence (a multiple of the members used).
         samples, iterations, elites: candidate sequences per iteration, iterations per step, and CEM's elite
             samples (not the ensemble's elite members, which the agent chooses).
+        noise_std: the solver's initial spread, a positive finite number or float tensor ``(m,)``; a quarter of
+            the bounds' width by default.
         propagation: ``"random"`` (TS-1), ``"random_every_step"`` (TS-infinity) or ``"expectation"``.
         sample: draw each particle's next state from its member's Gaussian (else its mean).
         use_elites: plan with the elite members the agent chose (``info["elites"]``) when it chose some.
         compile: passed to the solver (a compiled rollout of the samples).
+
+    Counts may be NumPy integers and bounds NumPy scalars; every option is checked at construction (an error names
+    it).
     """
 
     def __init__(self, cost: Cost, horizon: int, u_lower, u_upper, *, solver: str = "cem", particles: int = 20,
@@ -233,10 +250,7 @@ class PETS(Planner):
         if propagation not in ProbabilisticEnsemble.PROPAGATIONS:
             raise ValueError(f"{where}: propagation must be one of {ProbabilisticEnsemble.PROPAGATIONS}, "
                              f"got {propagation!r}")
-        for name, value in dict(horizon=horizon, particles=particles, samples=samples, iterations=iterations).items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
-        check_int(where, elites=elites)
+        check_int(where, horizon=horizon, particles=particles, samples=samples, iterations=iterations, elites=elites)
         if first_iterations is not None:
             check_int(where, first_iterations=first_iterations)
         if solver == "cem" and elites > samples:
@@ -251,19 +265,39 @@ class PETS(Planner):
                     raise ValueError(f"{where}: noise_std must be a positive finite number or float tensor (m,), got "
                                      f"{noise_std!r}")
             else:
+                if isinstance(noise_std, bool) or not isinstance(noise_std, numbers.Real):
+                    raise TypeError(f"{where}: noise_std must be a positive finite number, a float tensor (m,) or "
+                                    f"None, got {type(noise_std).__name__}")
                 check_positive(where, noise_std=noise_std)
-        self.cost, self.horizon, self.solver = cost, horizon, solver
-        self.particles, self.propagation, self.sample = particles, propagation, sample
-        self.samples, self.iterations, self.elites = samples, iterations, elites
-        self.first_iterations = iterations if first_iterations is None else first_iterations
+                noise_std = float(noise_std)
+        self.cost, self.horizon, self.solver = cost, int(horizon), solver
+        self.particles, self.propagation, self.sample = int(particles), propagation, sample
+        self.samples, self.iterations, self.elites = int(samples), int(iterations), int(elites)
+        self.first_iterations = self.iterations if first_iterations is None else int(first_iterations)
         self.noise_std = ((self.u_upper - self.u_lower) / 4).clamp_min(1e-3) if noise_std is None else noise_std
-        self.temperature, self.use_elites, self.compile = temperature, use_elites, compile
+        self.temperature, self.use_elites, self.compile = float(temperature), use_elites, compile
         self.dynamics: ParticleDynamics | None = None
         self.particle_cost: ParticleCost | None = None
         self.generator, self._plan = None, None
 
     def update(self, model, data, info=None):
+        """Plan with ``model`` (a :class:`~dynamics.learned.ProbabilisticEnsemble`) from now on; its ``m`` must fit
+        the bounds and ``noise_std``, and ``particles`` must be a multiple of the members used."""
+        where = "PETS.update"
+        if not all(hasattr(model, k) for k in ("member_outputs", "members", "state_dim", "control_dim")):
+            raise TypeError(f"{where}: model must be an ensemble such as dynamics.learned.ProbabilisticEnsemble "
+                            f"(member_outputs, members, state_dim, control_dim), got {type(model).__name__}")
+        m = model.control_dim
+        for name, value in (("u_lower", self.u_lower), ("u_upper", self.u_upper), ("noise_std", self.noise_std)):
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[-1] not in (1, m):
+                raise ValueError(f"{where}: {name} has shape {tuple(value.shape)} but the model's actions have "
+                                 f"m = {m}; expected a number or (m,) = ({m},)")
         members = (info or {}).get("elites") if self.use_elites else None
+        K = model.members if members is None else len(members)
+        if self.propagation != "expectation" and self.particles % K:
+            raise ValueError(f"{where}: particles ({self.particles}) must be a multiple of the ensemble members "
+                             f"used ({K}{' elites' if members is not None else ''}) with propagation "
+                             f"{self.propagation!r}")
         self.dynamics = ParticleDynamics(model, self.particles, self.propagation, self.sample, members)
         self.particle_cost = ParticleCost(self.cost, self.particles, model.state_dim)
 
@@ -312,7 +346,9 @@ class ModelBasedAgent:
     Args:
         make_env: a function returning a fresh ``gymnasium.Env`` (a ``Box`` action space), or an environment id.
         model: the learned model (a :class:`~dynamics.learned.ProbabilisticEnsemble` for PETS) of the observation.
-        planner: a :class:`Planner`.
+        planner: a :class:`Planner`; its actions must be ``(B, m)`` for the action space's ``m`` and finite (an
+            error names the planner otherwise). A :class:`RandomPlanner`'s bounds must broadcast to ``(m,)`` and a
+            :class:`PETS`'s be numbers or of size 1 or ``m``: checked here.
         seed: an int >= 0; seeds everything (episode resets, random actions, the planner's draws, the fits).
         envs: episodes per iteration, stepped in parallel and planned as one batch.
         random_iterations: iterations of uniform random actions first (at least 1: the planner needs a model).
@@ -348,17 +384,19 @@ class ModelBasedAgent:
         if not isinstance(planner, Planner):
             raise TypeError(f"{where}: planner must be a trajopt.rl.agent.Planner, got "
                             f"{type(planner).__name__}")
-        for name, value in dict(envs=envs, random_iterations=random_iterations).items():
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+        check_int(where, envs=envs, random_iterations=random_iterations)
         check_int(where, minimum=0, seed=seed)
         if max_episode_steps is not None:
             check_int(where, max_episode_steps=max_episode_steps)
+            max_episode_steps = int(max_episode_steps)
         if elite_members is not None and not (isinstance(model, ProbabilisticEnsemble)
-                                              and isinstance(elite_members, int) and not isinstance(elite_members, bool)
+                                              and isinstance(elite_members, numbers.Integral)
+                                              and not isinstance(elite_members, bool)
                                               and 1 <= elite_members <= model.members):
             raise ValueError(f"{where}: elite_members must be None or an int in [1, members] for a "
                              f"ProbabilisticEnsemble, got {elite_members!r}")
+        seed, envs, random_iterations = int(seed), int(envs), int(random_iterations)
+        elite_members = None if elite_members is None else int(elite_members)
         if fit_options is not None and not isinstance(fit_options, dict):
             raise TypeError(f"{where}: fit_options must be a dict of dynamics.learned.fit's options or None, got "
                             f"{type(fit_options).__name__}")
@@ -390,9 +428,22 @@ class ModelBasedAgent:
         for name, want in (("state_dim", obs_shape[0] if obs_shape and len(obs_shape) == 1 else None),
                            ("control_dim", space.shape[0])):
             have = getattr(model, name, None)
-            if want is not None and isinstance(have, int) and have != want:
+            if want is not None and isinstance(have, numbers.Integral) and have != want:
                 raise ValueError(f"{where}: model has {name} = {have} but the environment's "
                                  f"{'observations' if name == 'state_dim' else 'actions'} have {want}")
+        self.action_dim = m = int(space.shape[0])
+        if isinstance(planner, PETS):
+            for name in ("u_lower", "u_upper"):
+                bound = getattr(planner, name)
+                if bound.ndim and bound.shape[-1] not in (1, m):
+                    raise ValueError(f"{where}: planner (PETS) has {name} of shape {tuple(bound.shape)} but the "
+                                     f"environment's actions have m = {m}; expected a number or (m,) = ({m},)")
+        elif isinstance(planner, RandomPlanner):
+            shape = torch.broadcast_shapes(planner.low.shape, planner.high.shape)
+            if shape != (m,):
+                raise ValueError(f"{where}: planner (RandomPlanner) draws actions of shape {tuple(shape)} (its low "
+                                 f"and high broadcast) but the environment's actions are (m,) = ({m},); give bounds "
+                                 f"of shape ({m},), e.g. torch.full(({m},), value)")
         self.u_low = torch.as_tensor(space.low, dtype=dtype)
         self.u_high = torch.as_tensor(space.high, dtype=dtype)
         self.random = RandomPlanner(self.u_low, self.u_high)
@@ -423,7 +474,7 @@ class ModelBasedAgent:
         xs, us, nexts = [], [], []
         while not done.all() and length < limit:
             x = torch.as_tensor(obs, dtype=self.dtype, device=self.device)
-            actions = planner.act(x).to("cpu", torch.float64).numpy()
+            actions = self._actions(planner, planner.act(x), len(envs))
             live = np.flatnonzero(~done)
             new = obs.copy()
             for i in live:
@@ -440,6 +491,21 @@ class ModelBasedAgent:
             data = Transitions(*(torch.as_tensor(np.concatenate(a), dtype=self.dtype, device=self.device)
                                  for a in (xs, us, nexts)))
         return returns, data, sum(len(x) for x in xs) if record else None
+
+    def _actions(self, planner, actions, B):
+        """The planner's actions as a float64 array ``(B, m)``: a tensor of that shape, finite (a planner's NaN would
+        reach the environment, its returns and the data the model is fitted to)."""
+        m, name = self.action_dim, type(planner).__name__
+        if not (isinstance(actions, torch.Tensor) and actions.shape == (B, m)):
+            got = tuple(actions.shape) if isinstance(actions, torch.Tensor) else type(actions).__name__
+            raise ValueError(f"ModelBasedAgent: planner ({name}).act must return actions (B, m) = ({B}, {m}) (the "
+                             f"environment's action size m = {m}), got {got}")
+        actions = actions.detach().to("cpu", torch.float64).numpy()
+        bad = np.flatnonzero(~np.isfinite(actions).all(-1))
+        if bad.size:
+            raise ValueError(f"ModelBasedAgent: planner ({name}).act returned NaN or Inf actions in row(s) "
+                             f"{bad[:8].tolist()}")
+        return actions
 
     # ---------------------------------------------------------------------------------- training
     def train(self, env_steps: int, *, resume: bool = True) -> list[dict]:
@@ -538,17 +604,42 @@ class ModelBasedAgent:
                     elites=self.chosen_elites, seed=self.seed, envs=self.envs)
 
     def load_state_dict(self, state: dict) -> None:
-        for name in ("seed", "envs"):
-            if state[name] != getattr(self, name):
-                raise ValueError(f"ModelBasedAgent.load_state_dict: the checkpoint has {name} = {state[name]}, "
-                                 f"this run {getattr(self, name)}")
+        """Continue from ``state`` (a :meth:`state_dict`). Everything of the agent's own is checked before anything
+        is loaded: a state of another run (its ``seed``, ``envs``, the model's sizes, the data's) raises a
+        ValueError naming what differs, and the agent is left as it was (the planner's own state is the planner's
+        to check)."""
+        self._load(state, "ModelBasedAgent.load_state_dict", "the state dict")
+
+    _STATE_KEYS = ("iteration", "env_steps", "elapsed", "rows", "model", "planner", "data", "elites", "seed", "envs")
+
+    def _load(self, state, where, source):
+        check_checkpoint(where, source, state, self._STATE_KEYS, dict(seed=self.seed, envs=self.envs))
+        check_module_state(where, source, "model", self.model, state["model"])
+        data = state["data"]
+        if data is not None:
+            if not (isinstance(data, dict) and all(k in data for k in ("x", "u", "x_next"))):
+                raise ValueError(f"{where}: {source}'s data must be None or a dict of x, u, x_next, got "
+                                 f"{type(data).__name__}")
+            N = len(data["x"]) if isinstance(data["x"], torch.Tensor) and data["x"].ndim else -1
+            dims = dict(x=getattr(self.model, "state_dim", None), u=getattr(self.model, "control_dim", None))
+            dims["x_next"] = dims["x"]
+            for k, d in dims.items():
+                value = data[k]
+                shape = (N, value.shape[-1] if d is None and isinstance(value, torch.Tensor) else d)
+                check_state_tensor(where, source, f"data[{k!r}]", value, shape)
+        elites = state["elites"]
+        members = getattr(self.model, "members", None)
+        if elites is not None and not (isinstance(elites, (list, tuple)) and all(
+                isinstance(e, numbers.Integral) and (members is None or 0 <= e < members) for e in elites)):
+            raise ValueError(f"{where}: {source}'s elites must be None or a list of member indices in [0, {members}), "
+                             f"got {elites!r}")
         self.iteration, self.env_steps, self.elapsed = state["iteration"], state["env_steps"], state["elapsed"]
         self.rows = list(state["rows"])
         self.model.load_state_dict(state["model"])
         self.planner.load_state_dict(state["planner"])
-        self.data = None if state["data"] is None else Transitions(
-            *(state["data"][k].to(self.device, self.dtype) for k in ("x", "u", "x_next")))
-        self.chosen_elites = state["elites"]
+        self.data = None if data is None else Transitions(
+            *(data[k].to(self.device, self.dtype) for k in ("x", "u", "x_next")))
+        self.chosen_elites = elites
         if self.data is not None:
             self.planner.update(self.model, self.data, {"elites": self.chosen_elites, "history": None})
 
@@ -557,8 +648,11 @@ class ModelBasedAgent:
         atomic_write(path, lambda tmp: torch.save(self.state_dict(), tmp))
 
     def load(self, path: str) -> None:
-        """Resume from a checkpoint written by :meth:`save` (rewrites the CSV log to the checkpoint's rows)."""
-        self.load_state_dict(torch.load(path, weights_only=False, map_location=self.device))
+        """Resume from a checkpoint written by :meth:`save` (rewrites the CSV log to the checkpoint's rows). A
+        missing file raises a FileNotFoundError, an unreadable one a ValueError, and a checkpoint of another run a
+        ValueError naming the file and what differs (see :meth:`load_state_dict`)."""
+        state = read_checkpoint("ModelBasedAgent.load", path, map_location=self.device)
+        self._load(state, "ModelBasedAgent.load", f"the checkpoint {os.fspath(path)!r}")
         self._write_log()
 
     def _write_log(self):
@@ -585,8 +679,11 @@ def plot_learning_curves(logs: dict, path: str | None = None, *, x: str = "env_s
     if not isinstance(logs, dict):
         raise TypeError(f"{where}: logs must be a dict label -> log (a CSV path, a list of rows or a "
                         f"ModelBasedAgent), got {type(logs).__name__}")
-    if target is not None and not (isinstance(target, (int, float)) and not isinstance(target, bool)):
-        raise TypeError(f"{where}: target must be a number or None, got {target!r}")
+    if target is not None:
+        if isinstance(target, bool) or not isinstance(target, numbers.Real):
+            raise TypeError(f"{where}: target must be a number or None, got {target!r}")
+        if not math.isfinite(target):
+            raise ValueError(f"{where}: target must be a finite number (a return to draw), got {target!r}")
     curves, keys = {}, (x, "return_mean", "return_min", "return_max")
     for label, log in logs.items():
         if isinstance(log, (str, os.PathLike)):

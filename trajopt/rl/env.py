@@ -22,6 +22,7 @@ from .._core.costs import Cost
 from .._core.bounds import check_bounds, clamp
 from .._core.checks import check_bool, check_callable, check_int
 from .._core.problem import check_cost_dims, check_module_tensors
+from ._checks import as_bound
 
 __all__ = ["DiffEnv", "Step"]
 
@@ -65,7 +66,9 @@ class DiffEnv:
             tensor of the cost's and the model's dtype), or a tensor ``(K, n)`` of starts drawn from uniformly.
         episode_length: steps before truncation.
         num_envs: ``B``, the number of copies (over all processes when ``shard`` is given).
-        u_lower, u_upper: control bounds broadcastable to ``(m,)``; actions are clamped into them.
+        u_lower, u_upper: control bounds broadcastable to ``(m,)``, each None, a number (a NumPy scalar too) or a
+            tensor of the states' dtype (as every bound of :mod:`trajopt`; a list raises a TypeError naming it:
+            pass ``torch.tensor(...)``); actions are clamped into them.
         observe: ``observe(x (B, n)) -> (B, o)``; the state itself when None.
         finite_horizon: the task ends at ``episode_length`` (as P2-P4's finite sums do): reaching it terminates
             the episode (no value follows) instead of truncating it.
@@ -109,7 +112,7 @@ class DiffEnv:
                 raise ValueError(f"{where}: shard must be a pair (rank, world) of ints, got {shard!r}")
             check_int(where, minimum=0, **{"shard[0] (rank)": shard[0]})
             check_int(where, **{"shard[1] (world)": shard[1]})
-            rank, world = shard
+            rank, world = int(shard[0]), int(shard[1])
         if world < 1 or not 0 <= rank < world or int(num_envs) % world:
             raise ValueError(f"{where}: shard must be (rank, world) with 0 <= rank < world and world dividing "
                              f"num_envs = {num_envs}, got {shard}")
@@ -134,8 +137,10 @@ class DiffEnv:
         self.local_envs = self.num_envs // world
         self.observe_fn, self.terminate_fn, self.time_feature = observe, terminate, bool(time_feature)
         self.finite_horizon = bool(finite_horizon)
-        self._bounds = (u_lower, u_upper)
+        self._bounds = (as_bound(where, "u_lower", u_lower), as_bound(where, "u_upper", u_upper))
         self.lower = self.upper = None
+        if isinstance(reset, torch.Tensor):             # the states' dtype is known: check the bounds now
+            self._resolve_bounds(reset)
         self.state: torch.Tensor | None = None
         self.t: torch.Tensor | None = None
 
@@ -165,6 +170,8 @@ class DiffEnv:
 
     def sample_starts(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """This process's slice ``(local_envs, n)`` of one draw of ``num_envs`` starts, detached."""
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"DiffEnv: generator must be a torch.Generator or None, got {type(generator).__name__}")
         if isinstance(self._reset, torch.Tensor):
             pick = torch.randint(self._reset.shape[0], (self.num_envs,), generator=generator)
             x = self._reset[pick.to(self._reset.device)]
@@ -188,10 +195,12 @@ class DiffEnv:
             check_module_tensors("DiffEnv", {"cost": self.cost, "dynamics": self.dynamics}, self.state,
                                  "reset")
         self.t = torch.zeros(self.local_envs, dtype=torch.long, device=self.state.device)
-        if self.lower is None and self.upper is None and any(b is not None for b in self._bounds):
-            self.lower, self.upper = check_bounds("DiffEnv", *self._bounds, (self.control_dim,), self.state,
-                                                  dims="(m,)")
+        self._resolve_bounds(self.state)
         return self.observe(self.state, self.t)
+
+    def _resolve_bounds(self, like):
+        if self.lower is None and self.upper is None and any(b is not None for b in self._bounds):
+            self.lower, self.upper = check_bounds("DiffEnv", *self._bounds, (self.control_dim,), like, dims="(m,)")
 
     def detach(self) -> None:
         """Cut the graph behind the current states (the start of a new window of differentiation)."""
@@ -201,7 +210,12 @@ class DiffEnv:
     def step(self, u: torch.Tensor, generator: torch.Generator | None = None) -> Step:
         """Step every copy with actions ``u (local_envs, m)`` (clamped into the bounds); copies whose episode
         ends are reset from ``generator`` (one draw of ``num_envs`` starts every step, used or not, so the
-        generator's state does not depend on which copies ended). Returns a :class:`Step`."""
+        generator's state does not depend on which copies ended). Returns a :class:`Step`.
+
+        ``u`` must be finite: a row with NaN or Inf (a NaN observation gives a NaN action) raises a ValueError
+        naming ``u`` and its rows. NaN or Inf from the dynamics or the reward for finite actions raises a
+        FloatingPointError naming the rows and which of them gave it. Either way the environment is left as it was
+        before the call (states, steps and generator untouched)."""
         self._require_reset()
         if not isinstance(u, torch.Tensor):
             raise TypeError(f"DiffEnv.step: u must be a torch.Tensor (B, m), got {type(u).__name__}")
@@ -211,11 +225,14 @@ class DiffEnv:
         if u.shape != (self.local_envs, self.control_dim):
             raise ValueError(f"DiffEnv.step: u has shape {tuple(u.shape)}; expected (B, m) = "
                              f"({self.local_envs}, {self.control_dim})")
-        x = self.state
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"DiffEnv.step: generator must be a torch.Generator or None, got "
+                            f"{type(generator).__name__}")
+        x, raw = self.state, u
         u = clamp(u, self.lower, self.upper)
         x_next = self.dynamics(x, u)
-        self.t = self.t + 1
-        truncated = self.t >= self.episode_length
+        t = self.t + 1
+        truncated = t >= self.episode_length
         if self.cost is not None:
             reward = -self.cost.stage(x, u)
             if type(self.cost).terminal is not Cost.terminal and bool(truncated.any()):
@@ -225,6 +242,9 @@ class DiffEnv:
             if not isinstance(reward, torch.Tensor) or reward.shape != (self.local_envs,):
                 raise ValueError(f"DiffEnv.step: reward must return a tensor of shape (B,) = ({self.local_envs},), "
                                  f"got {tuple(getattr(reward, 'shape', ()))}")
+        finite = (torch.isfinite(raw).all(-1), torch.isfinite(x_next).all(-1), torch.isfinite(reward))
+        if not bool(torch.stack(finite).all()):              # one host sync, before anything changes
+            self._raise_not_finite(*finite)
         if self.terminate_fn is None:
             terminated = torch.zeros_like(truncated)
         else:
@@ -240,17 +260,31 @@ class DiffEnv:
             terminated, truncated = terminated | truncated, torch.zeros_like(truncated)
         truncated = truncated & ~terminated
         done = terminated | truncated
-        final_obs = self.observe(x_next, self.t)
+        final_obs = self.observe(x_next, t)
         fresh = self.sample_starts(generator).to(x_next)   # drawn every step: the generator's use does not
-        if bool(done.any()):                                # depend on which copies ended (resume, shards)
+        self.t = t                                          # depend on which copies ended (resume, shards)
+        if bool(done.any()):
             self.state = torch.where(done.unsqueeze(-1), fresh, x_next)
             self.t = torch.where(done, 0, self.t)
             obs = self.observe(self.state, self.t)
         else:
             self.state, obs = x_next, final_obs
-        if not bool(torch.isfinite(reward).all()) or not bool(torch.isfinite(x_next).all()):
-            raise FloatingPointError("DiffEnv.step: the dynamics or the reward produced NaN or Inf")
         return Step(obs, reward, terminated, truncated, final_obs, x_next)
+
+    @staticmethod
+    def _raise_not_finite(u_ok, x_ok, r_ok):
+        """The error for a step with NaN or Inf: the actions' rows first (a bad input), else the model's."""
+        def rows(ok):
+            bad = (~ok).nonzero().flatten().tolist()
+            return f"{bad[:8]}{' ...' if len(bad) > 8 else ''}"
+        if not bool(u_ok.all()):
+            raise ValueError(f"DiffEnv.step: u contains NaN or Inf in row(s) {rows(u_ok)}; actions must be finite "
+                             "(a NaN observation gives a NaN action: check the policy's input)")
+        parts = [f"the dynamics gave NaN or Inf states for row(s) {rows(x_ok)}"] if not bool(x_ok.all()) else []
+        if not bool(r_ok.all()):
+            parts.append(f"the reward (or cost) gave NaN or Inf for row(s) {rows(r_ok)}")
+        raise FloatingPointError(f"DiffEnv.step: {'; '.join(parts)}, for finite actions u; check the model there "
+                                 "(or its inputs: huge states or controls overflow)")
 
     def _require_reset(self):
         if self.state is None:

@@ -1,4 +1,5 @@
-"""Files that a killed run must never leave half written: checkpoints and CSV logs, written atomically."""
+"""Files that a killed run must never leave half written: checkpoints and CSV logs, written atomically; and
+checkpoints read back with an error that names the file when it is missing or unreadable."""
 from __future__ import annotations
 
 import csv
@@ -6,7 +7,9 @@ import glob
 import os
 from contextlib import suppress
 
-__all__ = ["atomic_write", "write_rows"]
+import torch
+
+__all__ = ["atomic_write", "write_rows", "read_checkpoint"]
 
 
 def atomic_write(path: str, write) -> None:
@@ -46,3 +49,18 @@ def write_rows(path: str, columns, rows) -> None:
             writer.writeheader()
             writer.writerows(rows)
     atomic_write(path, write)
+
+
+def read_checkpoint(where: str, path, map_location=None):
+    """The object :func:`torch.save` wrote to ``path`` (a str or os.PathLike). A missing file raises a
+    FileNotFoundError, a file ``torch.load`` cannot read (truncated, corrupt, not a checkpoint) a ValueError; both
+    name ``where`` and the file. Whether it is a checkpoint of the right run is the caller's check."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{where}: path must be a path (str or os.PathLike), got {type(path).__name__}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{where}: no checkpoint file at {os.fspath(path)!r}")
+    try:
+        return torch.load(path, weights_only=False, map_location=map_location)
+    except Exception as error:          # pickle, zip and storage errors alike: the file is not a readable checkpoint
+        raise ValueError(f"{where}: {os.fspath(path)!r} is not a checkpoint torch.load can read (truncated, corrupt "
+                         f"or another kind of file): {type(error).__name__}: {error}") from error

@@ -17,6 +17,7 @@ import torch
 
 from dynamics.learned import Transitions, fit
 from .._core.checks import check_bool, check_callable, check_int, check_positive
+from ._checks import check_score
 from .env import DiffEnv
 from .shac import SHAC
 
@@ -55,7 +56,8 @@ def train_in_learned_model(shac: SHAC, real: DiffEnv, *, rounds: int = 5, transi
 
     Args:
         shac: a :class:`SHAC` run whose ``env`` steps the learned model (same cost, resets and bounds as ``real``).
-        real: the real system as a :class:`DiffEnv` (used without gradients).
+        real: the real system as a :class:`DiffEnv` (used without gradients), of ``shac.env``'s state and control
+            sizes, dtype and observation size.
         rounds: collect-fit-train rounds (an int >= 1, like the two counts below).
         transitions_per_round: real transitions collected per round (rounded up to whole steps of ``real``'s
             copies); the first round's come from uniform random controls.
@@ -82,8 +84,20 @@ def train_in_learned_model(shac: SHAC, real: DiffEnv, *, rounds: int = 5, transi
                         f"{type(fit_options).__name__}")
     check_callable(where, allow_none=True, evaluate=evaluate)
     check_bool(where, progress=progress)
-    if real.lower is None and real.upper is None:
-        real.reset(torch.Generator().manual_seed(seed))      # resolves the bounds
+    seed = int(seed)
+    imagined = shac.env
+    for name in ("state_dim", "control_dim"):
+        if getattr(real, name) != getattr(imagined, name):
+            raise ValueError(f"{where}: real has {name} = {getattr(real, name)} but shac.env (the learned model) "
+                             f"has {getattr(imagined, name)}; the model must be of the real system's states and "
+                             "controls")
+    obs = real.reset(torch.Generator().manual_seed(seed))    # resolves the bounds; the real run resets again
+    if imagined.state is not None and obs.dtype != imagined.state.dtype:
+        raise TypeError(f"{where}: real's states are {obs.dtype} but shac.env's are {imagined.state.dtype}; build "
+                        "both in one dtype")
+    if obs.shape[-1] != shac.normalizer.mean.shape[0]:
+        raise ValueError(f"{where}: real's observations have size {obs.shape[-1]} but shac's actor and critic take "
+                         f"{shac.normalizer.mean.shape[0]} (same observe and time_feature for both envs)")
     if real.lower is None or real.upper is None:
         raise ValueError(f"{where}: real needs finite u_lower and u_upper (random controls)")
     generator = torch.Generator().manual_seed(seed)
@@ -106,7 +120,8 @@ def train_in_learned_model(shac: SHAC, real: DiffEnv, *, rounds: int = 5, transi
         shac.train(shac.epoch + int(epochs_per_round), time_limit=seconds_per_round)
         history.append(dict(round=r + 1, real_transitions=len(data), model_val_loss=min(fitted["val_loss"]),
                             shac_epochs=shac.epoch, fit_time=fit_time, train_time=time.perf_counter() - tick,
-                            eval_cost=math.nan if evaluate is None else float(evaluate(shac))))
+                            eval_cost=math.nan if evaluate is None else check_score(where, "evaluate",
+                                                                                     evaluate(shac))))
         for p in model.parameters():
             p.requires_grad_(True)
     return history

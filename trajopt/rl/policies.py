@@ -31,7 +31,7 @@ from .._core.costs import Cost
 from .._core.bounds import check_bounds, clamp
 from .._core.checks import check_callable, check_int, check_positive
 from .._solvers.mpc import MPC
-from ._checks import check_features, check_float_dtype, check_hidden
+from ._checks import as_bound, check_features, check_float_dtype, check_hidden
 
 __all__ = ["GaussianPolicy", "MPCPolicy", "LearnedCost", "ValueNetwork", "ObservationNormalizer"]
 
@@ -47,6 +47,7 @@ def _check_network(where, dims, hidden, activation, dtype):
 def _bounds(where, control_dim, u_lower, u_upper, like):
     """The bounds as tensors of the policy's dtype (a float tensor of another dtype is converted: the env's
     bounds follow its states' dtype, the policy's parameters may differ)."""
+    u_lower, u_upper = (as_bound(where, name, b) for name, b in (("u_lower", u_lower), ("u_upper", u_upper)))
     u_lower, u_upper = (b.to(like.dtype) if isinstance(b, torch.Tensor) and b.is_floating_point() else b
                         for b in (u_lower, u_upper))
     lower, upper = check_bounds(where, u_lower, u_upper, (control_dim,), like, dims="(m,)")
@@ -244,8 +245,9 @@ class MPCPolicy(nn.Module):
         cost: the :class:`trajopt.Cost` it minimizes, typically a :class:`LearnedCost`.
         horizon: planning horizon; u_lower, u_upper: finite control bounds.
         to_state: a callable ``obs (B, o) -> x (B, n)``; the identity when None (observations are states).
-        noise_std: exploration standard deviation, in control units, ``(m,)`` or a number (fixed), finite and
-            ``>= 0``.
+        noise_std: exploration standard deviation, in control units (fixed), finite and ``>= 0``: a number, or
+            ``(m,)`` as a float tensor or a sequence of numbers (converted to the cost's dtype; its length is
+            checked against ``m``).
         **options: options of :class:`trajopt.MPC`: ``solver`` (:func:`trajopt.ilqr` by default), ``max_iter``,
             ``first_max_iter`` and the solver's own (``grad``, ... for iLQR; ``samples``, ... for MPPI), checked
             against the solver's signature.

@@ -32,8 +32,9 @@ from dynamics.validation import check_tensor
 from .._core.bounds import clamp
 from .._core.checks import check_bool, check_callable, check_fraction, check_int, check_interval, check_positive
 from .env import DiffEnv
-from .logs import atomic_write, write_rows
-from ._checks import check_features, check_hidden
+from .logs import atomic_write, read_checkpoint, write_rows
+from ._checks import (check_checkpoint, check_features, check_hidden, check_module_state, check_score,
+                      check_state_tensor)
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
 
 __all__ = ["SHAC"]
@@ -49,7 +50,10 @@ class SHAC:
     Args:
         env: the environment (its ``num_envs`` copies, or this process's shard of them).
         actor: an actor (see :mod:`trajopt.rl.policies`); a :class:`GaussianPolicy` of ``hidden`` widths when
-            None. Built from ``seed``, like every default here.
+            None. Built from ``seed``, like every default here. Called once on the first observations at
+            construction (deterministically, the global random state kept): an actor that does not take the env's
+            observations ``(B, o)`` or does not return actions ``(B, m)`` of the env's dtype raises an error
+            naming ``actor``.
         critic: a module ``obs (B, o) -> (B,)``; a :class:`ValueNetwork` when None. Called once on the first
             observations at construction: another output shape (``(B, 1)`` say) raises a ValueError.
         horizon: ``h``, the steps of each differentiated window.
@@ -75,6 +79,8 @@ class SHAC:
             at the end; logged as ``eval_cost``, not counted in ``time``.
         progress: show a tqdm bar.
         dtype, device: of the default networks and the statistics (default: the observations').
+
+    Counts may be NumPy integers; every option is checked at construction (an error names it).
 
     Differentiable: the actor loss is differentiated through the environment (dynamics, reward or cost, and
     the actor, including solver layers inside it); nothing is differentiated through the critic's targets.
@@ -114,6 +120,13 @@ class SHAC:
         if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise TypeError(f"{where}: dtype must be a floating torch.dtype (e.g. torch.float32) or None, "
                             f"got {dtype!r}")
+        if device is not None:
+            if not isinstance(device, (str, int, torch.device)) or isinstance(device, bool):
+                raise TypeError(f"{where}: device must be a torch.device, a str or None, got {type(device).__name__}")
+            try:
+                device = torch.device(device)
+            except RuntimeError as error:
+                raise ValueError(f"{where}: device {device!r} is not a device torch knows: {error}") from None
         if actor is None or critic is None:
             check_hidden(where, hidden, allow_empty=False)
         for name, value, call in (("actor", actor, "actor(obs, noise) -> actions (as trajopt.rl.GaussianPolicy)"),
@@ -139,13 +152,13 @@ class SHAC:
             raise ValueError(f"{where}: env is sharded as (rank, world) = ({env.rank}, {self.world}); initialize "
                              "torch.distributed with that rank and world size first")
         self.env = env
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(int(seed))
         first = env.reset(self.generator)
         dtype = first.dtype if dtype is None else dtype
-        device = first.device if device is None else torch.device(device)
+        device = first.device if device is None else device
         obs_dim = first.shape[-1]
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(int(seed))
             if actor is None:
                 if env.lower is None or env.upper is None:
                     raise ValueError(f"{where}: the default actor needs the env's u_lower and u_upper")
@@ -155,6 +168,8 @@ class SHAC:
                 critic = ValueNetwork(obs_dim, hidden=hidden, dtype=dtype)
         self.actor, self.critic = actor.to(device), critic.to(device)
         self.normalizer = ObservationNormalizer(obs_dim, dtype=dtype).to(device)
+        self.obs_norm = bool(obs_norm)
+        self._check_actor(where, first.to(device))
         self._check_critic(where, first.to(device), bool(obs_norm))
         self.target_critic = _frozen_copy(self.critic)
         self.actor_params = [p for p in self.actor.parameters() if p.requires_grad]
@@ -180,6 +195,36 @@ class SHAC:
         if self.obs_norm:
             self.normalizer.update(first)
 
+    def _check_actor(self, where, first):
+        """The actor's deterministic actions for the first observations must be ``(B, m)`` of the env's dtype
+        (otherwise the first step would fail inside the actor, blaming ``obs``, or in the env, blaming ``u``).
+        Run as :meth:`act` runs it, with the global random state and the actor's warm start (``reset``) kept."""
+        B, o, m, state_dtype = first.shape[0], first.shape[-1], self.env.control_dim, self.env.state.dtype
+        raw = getattr(self.actor, "raw_observations", False)
+        inputs = self._actor_input(first)
+        try:
+            with torch.random.fork_rng(devices=[]), (torch.enable_grad() if raw else torch.no_grad()):
+                u = self.actor(inputs, None)
+        except (RuntimeError, ValueError, TypeError) as error:
+            dtypes = {p.dtype for p in self.actor.parameters() if p.is_floating_point()}
+            other = dtypes - {inputs.dtype}
+            kind = TypeError if isinstance(error, TypeError) or other else ValueError
+            params = f"; the actor's parameters are {', '.join(sorted(map(str, dtypes)))}" if other else ""
+            raise kind(f"{where}: actor does not take the env's observations (B, o) = {tuple(first.shape)} "
+                       f"({'raw' if raw or not self.obs_norm else 'normalized'}, {inputs.dtype}){params}: "
+                       f"{error}") from error
+        finally:
+            if hasattr(self.actor, "reset"):
+                self.actor.reset()
+        if not (isinstance(u, torch.Tensor) and u.is_floating_point() and u.shape == (B, m)):
+            got = (f"a {u.dtype} tensor of shape {tuple(u.shape)}" if isinstance(u, torch.Tensor)
+                   else type(u).__name__)
+            raise ValueError(f"{where}: actor must return actions (B, m) = ({B}, {m}) (the env's control_dim m = "
+                             f"{m}) for observations (B, o) = ({B}, {o}), got {got}")
+        if u.dtype != state_dtype:
+            raise TypeError(f"{where}: actor returns {u.dtype} actions but the env's states are {state_dtype}; "
+                            f"build the actor in {state_dtype} (or pass dtype={state_dtype})")
+
     def _check_critic(self, where, first, obs_norm):
         """The critic's values of the first observations must be ``(B,)`` (a ``(B, 1)`` would broadcast against
         the rewards ``(B,)`` into ``(B, B)`` without an error)."""
@@ -187,9 +232,10 @@ class SHAC:
         try:
             with torch.no_grad():
                 values = self.critic(self.normalizer(first) if obs_norm else first)
-        except RuntimeError as error:
-            raise ValueError(f"{where}: critic failed on the first observations {tuple(first.shape)} (B, o): "
-                             f"{error}") from error
+        except (RuntimeError, ValueError, TypeError) as error:
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f"{where}: critic failed on the first observations {tuple(first.shape)} (B, o): "
+                       f"{error}") from error
         if not (isinstance(values, torch.Tensor) and values.shape == (B,) and values.is_floating_point()):
             got = (f"{values.dtype} tensor of shape {tuple(values.shape)}" if isinstance(values, torch.Tensor)
                    else type(values).__name__)
@@ -272,7 +318,7 @@ class SHAC:
             if bar is not None:
                 bar.close()
         if self.evaluate is not None and self.rows and math.isnan(self.rows[-1]["eval_cost"]):
-            self.rows[-1]["eval_cost"] = float(self.evaluate(self))
+            self.rows[-1]["eval_cost"] = check_score("SHAC", "evaluate", self.evaluate(self))
             self._write_log()
         return self.rows
 
@@ -303,7 +349,7 @@ class SHAC:
                    episode_cost=total / count if count else math.nan, episodes=int(count),
                    actor_lr=self.actor_lr * factor, eval_cost=math.nan)
         if self.evaluate is not None and (self.epoch % self.eval_every == 0 or self.epoch == self.epochs):
-            row["eval_cost"] = float(self.evaluate(self))
+            row["eval_cost"] = check_score("SHAC", "evaluate", self.evaluate(self))
         self.rows.append(row)
         self._append_log(row)
         if self.checkpoint_path is not None and (self.epoch % self.checkpoint_every == 0
@@ -434,11 +480,31 @@ class SHAC:
                     obs=self._obs, episode_cost=self._episode_cost, epochs=self.epochs,
                     num_envs=self.env.num_envs, horizon=self.horizon)
 
+    _STATE_KEYS = ("epoch", "env_steps", "elapsed", "rows", "actor", "critic", "target_critic", "normalizer",
+                   "actor_opt", "critic_opt", "generator", "env_state", "env_t", "obs", "episode_cost", "epochs",
+                   "num_envs", "horizon")
+
     def load_state_dict(self, state: dict) -> None:
-        for name in ("epochs", "num_envs", "horizon"):
-            mine = self.env.num_envs if name == "num_envs" else getattr(self, name)
-            if state[name] != mine:
-                raise ValueError(f"SHAC.load_state_dict: the checkpoint has {name} = {state[name]}, this run {mine}")
+        """Continue from ``state`` (a :meth:`state_dict`). Everything is checked before anything is loaded: a state
+        of another configuration (its ``epochs``, ``num_envs``, ``horizon``, the networks' sizes, the dtype of the
+        states) raises a ValueError naming what differs, and the run is left as it was."""
+        self._load(state, "SHAC.load_state_dict", "the state dict")
+
+    def _load(self, state, where, source):
+        check_checkpoint(where, source, state, self._STATE_KEYS,
+                         dict(epochs=self.epochs, num_envs=self.env.num_envs, horizon=self.horizon))
+        for name in ("actor", "critic", "target_critic", "normalizer", "actor_opt", "critic_opt"):
+            check_module_state(where, source, name, getattr(self, name), state[name])
+        N, dtype = self.env.local_envs, self._obs.dtype
+        check_state_tensor(where, source, "obs", state["obs"], tuple(self._obs.shape), dtype)
+        check_state_tensor(where, source, "env_state", state["env_state"], (N, self.env.state_dim), dtype,
+                           allow_none=True)
+        check_state_tensor(where, source, "env_t", state["env_t"], (N,), torch.long, allow_none=True)
+        check_state_tensor(where, source, "episode_cost", state["episode_cost"], tuple(self._episode_cost.shape))
+        check_state_tensor(where, source, "generator", state["generator"], tuple(self.generator.get_state().shape),
+                           torch.uint8)
+        if not isinstance(state["rows"], (list, tuple)):
+            raise ValueError(f"{where}: {source}'s rows must be a list of log rows, got {type(state['rows']).__name__}")
         self.epoch, self.env_steps, self.elapsed = state["epoch"], state["env_steps"], state["elapsed"]
         self.rows = list(state["rows"])
         for name in ("actor", "critic", "target_critic", "normalizer", "actor_opt", "critic_opt"):
@@ -455,8 +521,12 @@ class SHAC:
         atomic_write(path, lambda tmp: torch.save(self.state_dict(), tmp))
 
     def load(self, path: str) -> None:
-        """Resume from a checkpoint written by :meth:`save` (rewrites the CSV log to the checkpoint's rows)."""
-        self.load_state_dict(torch.load(path, weights_only=False))
+        """Resume from a checkpoint written by :meth:`save` (rewrites the CSV log to the checkpoint's rows). A
+        missing file raises a FileNotFoundError, an unreadable one a ValueError, and a checkpoint of another run's
+        configuration a ValueError naming the file and what differs (see :meth:`load_state_dict`); the run is left
+        as it was."""
+        state = read_checkpoint("SHAC.load", path)
+        self._load(state, "SHAC.load", f"the checkpoint {os.fspath(path)!r}")
         self._write_log()
 
     def _append_log(self, row):

@@ -20,12 +20,14 @@ import torch
 
 from ..analytic._params import scalar_parameters
 from ..base import ContinuousDynamics
+from ..validation import check_int, check_interval, check_nonnegative, check_positive
 from .primitives import smooth_coulomb_friction, soft_step, softplus_penetration
 
 
 class BouncingMass(ContinuousDynamics):
-    """Parameters: ``mass``, sharpness ``k`` (1/m), ground ``stiffness`` (N/m), ``restitution`` e in (0, 1],
-    friction coefficient ``mu`` and its velocity sharpness ``friction_k`` (s/m), gravity ``g``."""
+    """Parameters: ``mass > 0``, sharpness ``k > 0`` (1/m), ground ``stiffness > 0`` (N/m), ``restitution`` e in
+    [0, 1], friction coefficient ``mu >= 0`` and its velocity sharpness ``friction_k > 0`` (s/m), gravity ``g``
+    (any finite number), all finite (a ValueError names the one that is not)."""
 
     positions = (0, 1)
     default_dt = 1e-3
@@ -53,7 +55,15 @@ def event_based_bounce(z0: float, vz0: float, restitution: float, g: float = 9.8
     """Apex heights of the hard-contact model: ballistic flight, impacts that set ``vz <- -e vz`` at ``z = 0``.
 
     Returns a list of ``bounces`` apex heights after successive impacts (closed form, no time stepping).
+    ``z0 >= 0`` (at or above the ground) and ``vz0`` are finite numbers, ``restitution`` is in ``[0, 1]``, ``g > 0``
+    finite and ``bounces`` an int ``>= 0``; a ValueError names the argument that is not.
     """
+    where = "event_based_bounce"
+    check_nonnegative(where, z0=z0)
+    check_interval(where, -math.inf, math.inf, include_low=False, include_high=False, vz0=vz0)
+    check_interval(where, 0, 1, restitution=restitution)
+    check_positive(where, g=g)
+    check_int(where, minimum=0, bounces=bounces)
     v_impact = math.sqrt(vz0 ** 2 + 2 * g * z0)
     apexes = []
     for _ in range(bounces):

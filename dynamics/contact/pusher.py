@@ -16,12 +16,15 @@ import torch
 
 from ..analytic._params import scalar_parameters
 from ..base import ContinuousDynamics
+from ..validation import check_consistent
 from .primitives import smooth_coulomb_friction, soft_step, softplus_penetration
 
 
 class PlanarPusher(ContinuousDynamics):
     """Parameters: sharpness ``k`` (1/m), contact ``stiffness`` (N/m) and ``damping_ratio``, box ``mass``,
-    table friction ``mu`` and ``friction_k`` (s/m), box half-width ``half_width``, finger ``radius``, gravity ``g``."""
+    table friction ``mu`` and ``friction_k`` (s/m), box half-width ``half_width``, finger ``radius``, gravity ``g``:
+    finite numbers, ``damping_ratio`` and ``mu`` ``>= 0``, ``g`` of any sign and the others ``> 0`` (a ValueError
+    names the one that is not)."""
 
     positions = (0, 1, 2, 3)
     default_dt = 0.01
@@ -36,7 +39,24 @@ class PlanarPusher(ContinuousDynamics):
 
     def signed_distance(self, finger: torch.Tensor, box: torch.Tensor):
         """Smoothed distance from the finger's centre to the box's surface ``(...)``, and its gradient
-        in the finger's position ``(..., 2)`` (the outward normal of the box)."""
+        in the finger's position ``(..., 2)`` (the outward normal of the box).
+
+        ``finger`` and ``box`` are float tensors ``(..., 2)`` of positions, of one dtype and device and broadcastable
+        batch shapes (a TypeError or ValueError names the one that is not; the values are not scanned)."""
+        where = "PlanarPusher.signed_distance"
+        for name, value in (("finger", finger), ("box", box)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"{where}: {name} must be a float torch.Tensor (..., 2), got {type(value).__name__}")
+            if not value.is_floating_point():
+                raise TypeError(f"{where}: {name} must be a float tensor, got {value.dtype}")
+            if value.ndim < 1 or value.shape[-1] != 2:
+                raise ValueError(f"{where}: {name} must have shape (..., 2), got {tuple(value.shape)}")
+        check_consistent(where, {"finger": finger, "box": box}, {"finger": finger.ndim, "box": box.ndim})
+        try:
+            torch.broadcast_shapes(finger.shape, box.shape)
+        except RuntimeError:
+            raise ValueError(f"{where}: finger {tuple(finger.shape)} and box {tuple(box.shape)} do not broadcast"
+                             ) from None
         d = finger - box
         smooth_abs = torch.sqrt(d * d + 1.0 / self.k ** 2)
         q = smooth_abs - self.half_width

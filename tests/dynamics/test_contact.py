@@ -108,3 +108,82 @@ def test_bounce_to_target_example_hits_the_target():
     from bounce_to_target import optimize
     v0, miss, _ = optimize(guesses=[[2.2, -2.0]], iterations=6)
     assert float(miss.min()) < 1e-6
+
+
+# ------------------------------------------------------------------------------------------------ nothing silent
+_d = torch.linspace(-0.1, 0.1, 5, **D64)
+_v = torch.zeros(5, 2, **D64)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    # a sharpness or stiffness that is not a finite positive number
+    *[(lambda k=k: soft_step(_d, k), ValueError, r"soft_step: k must be a positive finite number")
+      for k in (math.nan, math.inf, 0.0, -1.0)],
+    *[(lambda k=k: softplus_penetration(_d, k), ValueError, r"softplus_penetration: k must be a positive finite")
+      for k in (math.nan, -math.inf, 0.0)],
+    *[(lambda k=k: smooth_coulomb_friction(_v, _d, 0.3, k), ValueError, r"smooth_coulomb_friction: k must be a pos")
+      for k in (math.nan, 0.0)],
+    *[(lambda mu=mu: smooth_coulomb_friction(_v, _d, mu, 10.0), ValueError,
+       r"smooth_coulomb_friction: mu must be a finite number >= 0") for mu in (math.nan, -0.1, math.inf)],
+    # constants of the wrong type
+    (lambda: soft_step(_d, "10"), TypeError, r"soft_step: k must be a positive finite number or a float tensor, got str"),
+    (lambda: soft_step(_d, True), TypeError, r"soft_step: k must be .* got bool"),
+    (lambda: softplus_penetration(_d, torch.tensor(3)), TypeError, r"softplus_penetration: k must be .* torch\.int64"),
+    (lambda: smooth_coulomb_friction(_v, _d, None, 10.0), TypeError, r"smooth_coulomb_friction: mu must be .*NoneType"),
+    # tensors of the wrong type, or shape
+    (lambda: soft_step([0.1, 0.2], 10.0), TypeError, r"soft_step: d must be a float torch\.Tensor, got list"),
+    (lambda: softplus_penetration(torch.arange(3), 10.0), TypeError, r"softplus_penetration: d must be a float tensor"),
+    (lambda: soft_step(_d, torch.ones(3, **D64)), ValueError, r"soft_step: k has shape \(3,\), which does not broadcast"),
+    (lambda: smooth_coulomb_friction(0.5, _d, 0.3, 10.0), TypeError, r"smooth_coulomb_friction: v must be a float"),
+    (lambda: smooth_coulomb_friction(torch.tensor(0.5), _d, 0.3, 10.0), ValueError,
+     r"smooth_coulomb_friction: v must have at least 1 dimension"),
+    (lambda: smooth_coulomb_friction(_v, 9.81, 0.3, 10.0), TypeError, r"smooth_coulomb_friction: normal_force must be"),
+    (lambda: smooth_coulomb_friction(_v, torch.ones(4, **D64), 0.3, 10.0), ValueError,
+     r"smooth_coulomb_friction: normal_force has shape \(4,\), which does not broadcast against v's"),
+    (lambda: smooth_coulomb_friction(_v, _d, torch.full((5, 2), 0.3, device="meta"), 10.0), ValueError,
+     r"smooth_coulomb_friction: mu is on meta but v's \(\.\.\., 1\) is on cpu"),
+])
+def test_primitives_name_a_bad_argument(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_primitives_take_tensor_constants_and_stay_differentiable_in_them():
+    k = torch.tensor(20.0, **D64, requires_grad=True)
+    soft_step(_d, k).sum().backward()
+    assert torch.isfinite(k.grad)
+    per_row = torch.full((5,), 20.0, **D64)                     # one sharpness per entry broadcasts
+    torch.testing.assert_close(softplus_penetration(_d, per_row), softplus_penetration(_d, 20.0))
+    torch.testing.assert_close(smooth_coulomb_friction(_v + 0.1, _d, torch.tensor(0.3, **D64), per_row.unsqueeze(-1)),
+                               smooth_coulomb_friction(_v + 0.1, _d, 0.3, 20.0))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(z0=-0.1), "z0 must be a finite number >= 0"),
+    (dict(z0=math.nan), "z0 must be a finite number >= 0"),
+    (dict(vz0=math.inf), r"vz0 must be a number in \(-inf, inf\)"),
+    (dict(vz0=math.nan), r"vz0 must be a number in \(-inf, inf\)"),
+    (dict(restitution=1.2), r"restitution must be a number in \[0, 1\]"),
+    (dict(restitution=-0.1), r"restitution must be a number in \[0, 1\]"),
+    (dict(restitution=math.nan), r"restitution must be a number in \[0, 1\]"),
+    (dict(g=0.0), "g must be a positive finite number"),
+    (dict(g=math.nan), "g must be a positive finite number"),
+    (dict(bounces=-1), "bounces must be an int >= 0"),
+    (dict(bounces=2.0), "bounces must be an int >= 0"),
+])
+def test_event_based_bounce_names_a_bad_argument(change, match):
+    with pytest.raises(ValueError, match=f"event_based_bounce: {match}"):
+        event_based_bounce(**{**dict(z0=1.0, vz0=0.0, restitution=0.8), **change})
+    assert event_based_bounce(z0=0.0, vz0=0.0, restitution=0.0, bounces=0) == []
+
+
+@pytest.mark.parametrize("finger, box, error, match", [
+    ([0.0, 0.0], torch.zeros(2, **D64), TypeError, r"finger must be a float torch\.Tensor \(\.\.\., 2\), got list"),
+    (torch.zeros(2, **D64), torch.zeros(2, dtype=torch.int64), TypeError, "box must be a float tensor"),
+    (torch.zeros(3, **D64), torch.zeros(2, **D64), ValueError, r"finger must have shape \(\.\.\., 2\), got \(3,\)"),
+    (torch.zeros(2, **D64), torch.zeros(2), TypeError, "box has dtype torch.float32 but finger has torch.float64"),
+    (torch.zeros(4, 2, **D64), torch.zeros(3, 2, **D64), ValueError, r"finger \(4, 2\) and box \(3, 2\) do not broadc"),
+])
+def test_pusher_signed_distance_names_a_bad_argument(finger, box, error, match):
+    with pytest.raises(error, match=f"PlanarPusher.signed_distance: {match}"):
+        PlanarPusher().double().signed_distance(finger, box)

@@ -37,10 +37,53 @@ def stack_columns(columns: Sequence[torch.Tensor], like: torch.Tensor) -> torch.
     operation of the next step runs at full speed (on 32,000 rows, ``stack`` along the last dimension takes
     about ten times as long as along the first). Any other ``like`` gives ``torch.stack(columns, -1)``.
     Differentiable like ``torch.stack``.
+
+    ``columns`` is a non-empty list or tuple of tensors of ``like``'s dtype and device, each of ``like``'s batch
+    shape ``like.shape[:-1]`` (``(R,)``, or ``()`` for an unbatched ``like (k,)``); ``like`` is a tensor of at
+    least one dimension. A TypeError (types, dtypes) or ValueError (shapes, devices) names the column that is
+    not. The check reads shapes, dtypes and devices only (this runs in models' inner loops).
     """
-    if like.ndim == 2 and like.shape[0] > 1 and like.shape[1] > 1 and like.stride(0) == 1:
-        return torch.stack(columns, 0).mT
-    return torch.stack(columns, -1)
+    error = None
+    try:
+        if like.ndim == 2 and like.shape[0] > 1 and like.shape[1] > 1 and like.stride(0) == 1:
+            out = torch.stack(columns, 0).mT
+        else:
+            out = torch.stack(columns, -1)
+        dtype = like.dtype                          # (stack would promote a column of another dtype silently)
+        ok = (out.shape[:-1] == like.shape[:-1] and out.device == like.device
+              and all(c.dtype is dtype for c in columns))
+    except (AttributeError, TypeError, RuntimeError, IndexError) as e:
+        error, ok = e, False
+    if not ok:
+        _check_columns(columns, like)               # names what is wrong, or
+        if error is not None:                       # torch's own error if the columns fit and something else failed
+            raise error
+    return out
+
+
+def _check_columns(columns, like) -> None:
+    """Raise naming what in :func:`stack_columns`'s arguments is wrong (reads shapes, dtypes and devices)."""
+    where = "stack_columns"
+    if not isinstance(like, torch.Tensor):
+        raise TypeError(f"{where}: like must be a torch.Tensor, got {type(like).__name__}")
+    if like.ndim < 1:
+        raise ValueError(f"{where}: like must have at least one dimension (its last is the columns'), got a 0-dim "
+                         "tensor")
+    if not isinstance(columns, (list, tuple)):
+        raise TypeError(f"{where}: columns must be a list or tuple of tensors, got {type(columns).__name__}")
+    if not columns:
+        raise ValueError(f"{where}: columns must hold at least one tensor, got an empty {type(columns).__name__}")
+    shape, dtype, device = like.shape[:-1], like.dtype, like.device
+    for i, c in enumerate(columns):
+        if not isinstance(c, torch.Tensor):
+            raise TypeError(f"{where}: columns[{i}] must be a torch.Tensor, got {type(c).__name__}")
+        if c.dtype != dtype:
+            raise TypeError(f"{where}: columns[{i}] has dtype {c.dtype} but like has {dtype}")
+        if c.shape != shape:
+            raise ValueError(f"{where}: columns[{i}] has shape {tuple(c.shape)}; expected like's batch shape "
+                             f"{tuple(shape)} (like has shape {tuple(like.shape)})")
+        if c.device != device:
+            raise ValueError(f"{where}: columns[{i}] is on {c.device} but like is on {device}")
 
 
 def accepts_unbatched(fn):

@@ -42,14 +42,20 @@ def semi_implicit_euler(g, x, u, dt, t=None, positions: torch.Tensor = None):
 
 
 def semi_implicit_euler_jacobians(g, jac, x, u, dt, t=None, positions: torch.Tensor = None):
-    p = positions.to(x.dtype).unsqueeze(-1)           # (n, 1) selects position rows
+    """The chain rule through the two stages, selecting the rows each stage leaves alone instead of multiplying
+    them by zero (or by an identity row): the positions' derivative at ``x`` and the velocities' at the
+    intermediate ``y`` are not part of the step, and the second stage passes the velocities through, so a NaN or
+    Inf in any of these (a kinematics or an acceleration whose derivative is undefined there) reaches only the
+    rows that depend on it (``0 * inf`` is NaN). The products, and so the rounding, are those of the plain chain
+    rule."""
+    p = positions.unsqueeze(-1)                       # (n, 1) selects position rows
     eye = _eye(x)
     gx, gu = jac(x, u, t)
     y = torch.where(positions, x, x + dt * g(x, u, t))
-    dy_dx, dy_du = eye + dt * (1 - p) * gx, dt * (1 - p) * gu
+    dy_dx, dy_du = torch.where(p, eye, eye + dt * gx), torch.where(p, 0.0, dt * gu)    # velocities: v + dt a(x)
     hx, hu = jac(y, u, t)
-    M = eye + dt * p * hx
-    return M @ dy_dx, M @ dy_du + dt * p * hu
+    M = eye + dt * hx                                 # its position rows: positions q + dt h(y)
+    return torch.where(p, M @ dy_dx, dy_dx), torch.where(p, M @ dy_du + dt * hu, dy_du)
 
 
 def rk4(g, x, u, dt, t=None, positions=None):

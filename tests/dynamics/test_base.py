@@ -160,3 +160,64 @@ def test_steps_keep_a_column_major_batch_column_major(model):
         by_column, by_row = f(x, u), f(x.contiguous(), u.contiguous())
         torch.testing.assert_close(by_column, by_row, rtol=1e-15, atol=0)
         assert by_column.stride(0) == 1 and by_row.is_contiguous()
+
+
+_like = torch.zeros(4, 3, dtype=torch.float64)
+_col = torch.zeros(4, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("columns, like, error, match", [
+    ((), _like, ValueError, "columns must hold at least one tensor, got an empty tuple"),
+    (_like, _like, TypeError, "columns must be a list or tuple of tensors, got Tensor"),
+    ((c for c in [_col]), _like, TypeError, "columns must be a list or tuple of tensors, got generator"),
+    ([_col, 1.0], _like, TypeError, r"columns\[1\] must be a torch\.Tensor, got float"),
+    ([_col, _col.float()], _like, TypeError, r"columns\[1\] has dtype torch\.float32 but like has torch\.float64"),
+    ([_col.float(), _col.float()], _like, TypeError, r"columns\[0\] has dtype torch\.float32 but like has"),
+    ([_col, _col[:3]], _like, ValueError, r"columns\[1\] has shape \(3,\); expected like's batch shape \(4,\)"),
+    ([_col[:3], _col[:3]], _like, ValueError, r"columns\[0\] has shape \(3,\); expected like's batch shape \(4,\)"),
+    ([_col, _col.to("meta")], _like, ValueError, r"columns\[1\] is on meta but like is on cpu"),
+    ([_col], "x", TypeError, "like must be a torch.Tensor, got str"),
+    ([_col], torch.tensor(1.0), ValueError, "like must have at least one dimension"),
+])
+def test_stack_columns_names_what_is_wrong(columns, like, error, match):
+    with pytest.raises(error, match=f"stack_columns: {match}"):
+        dynamics.stack_columns(columns, like)
+    assert dynamics.stack_columns([_col, _col], _like.mT.contiguous().mT).shape == (4, 2)   # fewer columns than like's
+
+
+class _RootKinematics(dynamics.ContinuousDynamics):
+    """``q1' = sqrt(v1)``, ``q2' = v2``, ``v1' = u1``, ``v2' = u2 - sqrt(v2)``, with closed-form Jacobians: a
+    kinematics and an acceleration whose derivatives are infinite where a velocity is 0."""
+
+    positions = (0, 1)
+
+    def __init__(self):
+        super().__init__(4, 2)
+
+    def derivative(self, x, u, t=None):
+        return torch.stack([x[..., 2].sqrt(), x[..., 3], u[..., 0], u[..., 1] - x[..., 3].sqrt()], -1)
+
+    def derivative_jacobians(self, x, u, t=None):
+        gx, gu = x.new_zeros(*x.shape, 4), x.new_zeros(*x.shape, 2)
+        gx[..., 0, 2], gx[..., 1, 3], gx[..., 3, 3] = 0.5 / x[..., 2].sqrt(), 1.0, -0.5 / x[..., 3].sqrt()
+        gu[..., 2, 0], gu[..., 3, 1] = 1.0, 1.0
+        return gx, gu
+
+
+def test_semi_implicit_euler_jacobians_ignore_what_the_step_does_not_use():
+    """The position rows' derivative at x and the velocity rows' at the intermediate state are not part of the
+    step: an infinite one there (0 * inf = NaN) must leave the Jacobians finite, and exact; an infinite one that is
+    part of it stays in the rows that depend on it."""
+    model, dt = _RootKinematics().discretize(0.5, "semi_implicit_euler"), 0.5
+    x = torch.tensor([[0.1, 0.2, 0.0, 0.25]], dtype=torch.float64)        # v1 = 0 at x; v2 = 0 after the kick
+    u = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    A, B = model.jacobians(x, u)
+    assert torch.isfinite(model(x, u)).all()
+    s = dt * 0.5 / 0.5 ** 0.5                                               # dt d sqrt(v1)/dv1 at v1 = dt u1
+    torch.testing.assert_close(A[0], torch.tensor([[1.0, 0, s, 0], [0, 1, 0, dt * 0.5], [0, 0, 1, 0],
+                                                   [0, 0, 0, 0.5]], dtype=torch.float64), rtol=1e-15, atol=0)
+    torch.testing.assert_close(B[0], torch.tensor([[s * dt, 0], [0, dt * dt], [dt, 0], [0, dt]],
+                                                  dtype=torch.float64), rtol=1e-15, atol=0)
+    A, B = model.jacobians(torch.tensor([[0.1, 0.2, 0.25, 0.0]], dtype=torch.float64), u)   # v2 = 0 at x: the
+    assert not torch.isfinite(A[0, 3]).all()                    # kick's row is not finite, the row the second
+    assert torch.isfinite(A[0, 2]).all() and torch.isfinite(B[0, 2]).all()      # stage passes through is

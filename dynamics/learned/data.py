@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from ..base import Dynamics
-from ..validation import check_consistent, check_finite, check_int, check_nonnegative, check_tensor
+from ..validation import check_callable, check_consistent, check_finite, check_int, check_nonnegative, check_tensor
 
 
 @dataclass
@@ -136,19 +136,89 @@ def _control_bound(where, name, value, dtype, m):
     return bound
 
 
+def _describe(value) -> str:
+    return f"a tuple of {len(value)}" if isinstance(value, tuple) else type(value).__name__
+
+
 def collect_from_env(env, steps: int, *, seed: int = 0, policy=None) -> Transitions:
     """Step a Gymnasium environment ``steps`` times (random actions unless a ``policy(obs) -> action`` is
-    given), resetting when an episode ends; transitions are ``(observation, action, next observation)``."""
-    obs, _ = env.reset(seed=seed)
-    env.action_space.seed(seed)
+    given), resetting when an episode ends; transitions are ``(observation, action, next observation)``.
+
+    ``env`` follows the Gymnasium API (``reset(seed=...) -> (observation, info)``, ``step(action) -> (observation,
+    reward, terminated, truncated, info)``) with a continuous (Box) action space of shape ``(m,)`` or ``()``;
+    ``steps`` is an int ``>= 1``, ``seed`` an int ``>= 0`` (it seeds the first reset and the action space), and
+    ``policy`` a callable or None. Every observation must be a finite vector ``(n,)`` (``n`` from the first) and
+    every action a finite vector of the action space's ``m`` entries (a NumPy array, a number or a tensor). A
+    TypeError or ValueError names the argument, or the step and what the environment or policy returned.
+    """
+    where = "collect_from_env"
+    check_int(where, steps=steps)
+    check_int(where, minimum=0, seed=seed)
+    check_callable(where, allow_none=True, policy=policy)
+    if not (callable(getattr(env, "reset", None)) and callable(getattr(env, "step", None))):
+        raise TypeError(f"{where}: env must be a Gymnasium environment (with reset() and step()), "
+                        f"got {type(env).__name__}")
+    space = getattr(env, "action_space", None)
+    shape = getattr(space, "shape", None)
+    if not (all(hasattr(space, a) for a in ("low", "high", "sample", "seed")) and isinstance(shape, tuple)):
+        raise TypeError(f"{where}: env.action_space must be a continuous (Box) space, got {type(space).__name__}")
+    if len(shape) > 1:
+        raise ValueError(f"{where}: env.action_space must have shape (m,) or (), got {shape}")
+    m = shape[0] if shape else 1
+
+    first = []                                      # the first observation's shape, (n,)
+
+    def observation(value, what):
+        try:
+            value = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: {what} must be a vector of numbers, got {type(value).__name__}") from None
+        if value.ndim != 1 or (first and value.shape != first[0]):
+            want = f"{first[0]}, as the first one" if first else "(n,)"
+            raise ValueError(f"{where}: {what} has shape {value.shape}; expected {want}")
+        if not first:
+            first.append(value.shape)
+        if not np.isfinite(value).all():
+            raise ValueError(f"{where}: {what} is not finite: {value}")
+        return value
+
+    def reset(what, **kwargs):
+        out = env.reset(**kwargs)
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(f"{where}: env.reset() must return (observation, info) (the Gymnasium API), "
+                            f"got {_describe(out)}")
+        return observation(out[0], what)
+
     xs, us, nxt = [], [], []
-    for _ in range(steps):
-        action = env.action_space.sample() if policy is None else policy(obs)
-        new_obs, _, terminated, truncated, _ = env.step(action)
-        xs.append(np.asarray(obs, dtype=np.float64))
-        us.append(np.atleast_1d(np.asarray(action, dtype=np.float64)))
-        nxt.append(np.asarray(new_obs, dtype=np.float64))
+    obs = reset("the observation of env.reset(seed=seed)", seed=seed)
+    space.seed(seed)
+    for t in range(steps):
+        source = "env.action_space.sample()" if policy is None else "policy(observation)"
+        raw = space.sample() if policy is None else policy(obs)
+        if isinstance(raw, torch.Tensor):
+            raw = raw.detach().cpu().numpy()
+        try:
+            if raw is None:
+                raise TypeError
+            action = np.atleast_1d(np.asarray(raw, dtype=np.float64))
+        except (TypeError, ValueError):
+            raise TypeError(f"{where}: {source} at step {t} must return numbers, got {type(raw).__name__}"
+                            ) from None
+        if action.shape != (m,):
+            raise ValueError(f"{where}: {source} at step {t} returned an action of shape {action.shape}; "
+                             f"env.action_space has m = {m} entries")
+        if not np.isfinite(action).all():
+            raise ValueError(f"{where}: {source} at step {t} returned a non-finite action: {action}")
+        out = env.step(raw)
+        if not (isinstance(out, tuple) and len(out) == 5):
+            raise TypeError(f"{where}: env.step() must return (observation, reward, terminated, truncated, info) "
+                            f"(the Gymnasium API), got {_describe(out)}")
+        new_obs, _, terminated, truncated, _ = out
+        new_obs = observation(new_obs, f"the observation of env.step() at step {t}")
+        xs.append(obs)
+        us.append(action)
+        nxt.append(new_obs)
         obs = new_obs
         if terminated or truncated:
-            obs, _ = env.reset()
+            obs = reset(f"the observation of env.reset() after step {t}")
     return Transitions(*(torch.tensor(np.stack(a)) for a in (xs, us, nxt)))

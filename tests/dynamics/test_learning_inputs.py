@@ -1,11 +1,12 @@
 """fit and identify refuse non-finite and degenerate data, and bad options, with named errors."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import dynamics
-from dynamics.learned import MLPDynamics, Transitions, fit, identify
+from dynamics.learned import MLPDynamics, Transitions, collect_from_env, fit, identify
 
 
 def _data(N=40, seed=0):
@@ -121,3 +122,91 @@ def test_identify_names_a_model_that_is_not_finite_on_the_data():
             return torch.where(x.abs() > 10, float("nan"), self.k * x)
     with pytest.raises(ValueError, match="identify: the model is not finite on data .* first: row 0"):
         identify(Partial(), data, ["k"])
+
+
+class _Box:
+    """The part of a Gymnasium Box action space that collect_from_env uses."""
+
+    def __init__(self, shape=(2,)):
+        self.shape, self.low, self.high = shape, -np.ones(shape), np.ones(shape)
+        self.rng = np.random.default_rng(0)
+
+    def seed(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self):
+        return np.asarray(self.rng.uniform(self.low, self.high), dtype=np.float32)
+
+
+class _Discrete:
+    shape = ()
+
+    def seed(self, seed):
+        pass
+
+    def sample(self):
+        return 0
+
+
+class _Env:
+    """A Gymnasium-style environment whose observation at step ``t`` is ``observe(t)``, episodes of 4 steps."""
+
+    def __init__(self, observe=lambda t: np.full(3, 0.1 * t), space=None, reset=None, step=None):
+        self.observe, self.t, self.action_space = observe, 0, _Box() if space is None else space
+        self._reset, self._step = reset, step
+
+    def reset(self, seed=None):
+        self.t = 0
+        return self._reset if self._reset is not None else (self.observe(self.t), {})
+
+    def step(self, action):
+        self.t += 1
+        return self._step if self._step is not None else (self.observe(self.t), 0.0, False, self.t % 4 == 0, {})
+
+
+@pytest.mark.parametrize("call, error, match", [
+    # the arguments
+    (lambda: collect_from_env(_Env(), 0), ValueError, "steps must be an int >= 1, got 0"),
+    (lambda: collect_from_env(_Env(), 2.5), ValueError, "steps must be an int >= 1, got 2.5"),
+    (lambda: collect_from_env(_Env(), 5, seed=-1), ValueError, "seed must be an int >= 0, got -1"),
+    (lambda: collect_from_env(_Env(), 5, seed=None), ValueError, "seed must be an int >= 0, got None"),
+    (lambda: collect_from_env(_Env(), 5, policy="random"), TypeError, "policy must be callable or None, got str"),
+    (lambda: collect_from_env("Pendulum-v1", 5), TypeError, r"env must be a Gymnasium environment .* got str"),
+    (lambda: collect_from_env(_Env(space=_Discrete()), 5), TypeError, "env.action_space must be a continuous \\(Box\\)"),
+    (lambda: collect_from_env(_Env(space=_Box((2, 2))), 5), ValueError, "env.action_space must have shape \\(m,\\)"),
+    # what the environment returns
+    (lambda: collect_from_env(_Env(reset=np.zeros(3)), 5), TypeError,
+     r"env.reset\(\) must return \(observation, info\) .* got ndarray"),
+    (lambda: collect_from_env(_Env(step=(np.zeros(3), 0.0, False, {})), 5), TypeError,
+     r"env.step\(\) must return \(observation, reward, terminated, truncated, info\) .* got a tuple of 4"),
+    (lambda: collect_from_env(_Env(observe=lambda t: np.full(3, math.nan if t == 2 else 0.0)), 5), ValueError,
+     r"the observation of env.step\(\) at step 1 is not finite"),
+    (lambda: collect_from_env(_Env(observe=lambda t: np.zeros(4 if t == 1 else 3)), 5), ValueError,
+     r"the observation of env.step\(\) at step 0 has shape \(4,\); expected \(3,\)"),
+    (lambda: collect_from_env(_Env(observe=lambda t: np.zeros((2, 2))), 5), ValueError,
+     r"the observation of env.reset\(seed=seed\) has shape \(2, 2\); expected \(n,\)"),
+    (lambda: collect_from_env(_Env(observe=lambda t: "abc"), 5), TypeError,
+     r"the observation of env.reset\(seed=seed\) must be a vector of numbers"),
+    (lambda: collect_from_env(_Env(observe=lambda t: np.full(3, math.inf if t == 4 else 0.0)), 5), ValueError,
+     r"the observation of env.step\(\) at step 3 is not finite"),
+    # what the policy returns
+    (lambda: collect_from_env(_Env(), 5, policy=lambda obs: np.zeros(3)), ValueError,
+     r"policy\(observation\) at step 0 returned an action of shape \(3,\); env.action_space has m = 2"),
+    (lambda: collect_from_env(_Env(), 5, policy=lambda obs: np.array([math.nan, 0.0])), ValueError,
+     r"policy\(observation\) at step 0 returned a non-finite action"),
+    (lambda: collect_from_env(_Env(), 5, policy=lambda obs: None), TypeError,
+     r"policy\(observation\) at step 0 must return numbers, got NoneType"),
+    (lambda: collect_from_env(_Env(), 5, policy=lambda obs: "left"), TypeError,
+     r"policy\(observation\) at step 0 must return numbers, got str"),
+])
+def test_collect_from_env_names_bad_arguments_and_bad_returns(call, error, match):
+    with pytest.raises(error, match=f"collect_from_env: {match}"):
+        call()
+
+
+def test_collect_from_env_takes_a_tensor_policy_and_resets_between_episodes():
+    data = collect_from_env(_Env(), 6, policy=lambda obs: torch.tensor([0.5, -0.5], requires_grad=True))
+    assert data.x.shape == (6, 3) and data.u.shape == (6, 2) and bool((data.u == torch.tensor([0.5, -0.5])).all())
+    assert float(data.x_next[3, 0]) == pytest.approx(0.4) and float(data.x[4, 0]) == 0.0    # reset after step 3
+    data = collect_from_env(_Env(space=_Box(())), 3)                        # a scalar Box: m = 1
+    assert data.u.shape == (3, 1)

@@ -445,9 +445,13 @@ def test_qp_step_reaches_the_box_ddp_optimum_on_a_nonlinear_problem_with_active_
 def test_float32_p2_stays_at_the_float64_optimum_and_converges_where_float64_does():
     """The starts where float32 once wandered off near the optimum (steps judged below rounding may raise the cost
     by the rounding band, which was thousands of float32 eps): every float32 solve ends within 5e-5 of the float64
-    cost, and converges wherever float64 does."""
+    cost or below it (row 31: both still iterating at the budget, float32 ahead), and converges wherever float64
+    does."""
     rows = [1, 8, 10, 16, 17, 19, 23, 24, 29, 31]
     s64 = trajopt.ilqr(canonical.pendulum(32).select(rows), grad=None)
     s32 = trajopt.ilqr(canonical.pendulum(32, dtype=torch.float32).select(rows), grad=None)
-    torch.testing.assert_close(s32.cost.double(), s64.cost, rtol=5e-5, atol=0)
+    assert (s32.cost.double() <= s64.cost * (1 + 5e-5)).all()
+    torch.testing.assert_close(s32.cost.double()[:-1], s64.cost[:-1], rtol=5e-5, atol=0)
     assert (s32.converged | ~s64.converged).all() and s64.converged.any()
+    # the same status, but where float64 runs out of iterations and float32 (its test scaled to its eps) does not
+    assert ((s32.status == s64.status) | (s64.status == trajopt.Status.MAX_ITER)).all()

@@ -50,6 +50,7 @@ __all__ = ["ilqr", "ddp"]
 
 _ROWS_AT_ONCE = 1024    # problems x step sizes evaluated in one forward pass
 _QP_MAX_ITER = 50       # iteration budget of a step="qp" subproblem
+_STRIKES = 3            # Newton steps below rounding in a row that do not halve the gradient: STALLED
 
 
 @solver(takes=())
@@ -89,8 +90,8 @@ def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None
     Returns:
         :class:`~trajopt.Solution` with ``X (B, T+1, n)``, ``U (B, T, m)``, ``cost (B,)``, ``status``
         (``CONVERGED``; ``MAX_ITER``; ``STALLED`` when no step was accepted even at ``mu_max``, or Newton steps below
-        rounding stopped shrinking the gradient short of ``grad_tol``; ``NOT_FINITE`` when the initial rollout or
-        guess is not finite: that problem keeps ``x0`` held over the horizon, its ``U_init`` and ``cost = inf``, and
+        rounding stopped shrinking the gradient short of ``grad_tol`` (three in a row did not halve it);
+        ``NOT_FINITE`` when the initial rollout or guess is not finite: that problem keeps ``x0`` held over the horizon, its ``U_init`` and ``cost = inf``, and
         the rest of the batch is solved; ``NOT_FINITE`` too when the Jacobians or the quadratization along an
         iterate are not finite where the step needs them: that problem keeps that iterate, with ``cost = inf`` and
         ``residual = inf``), ``iterations (B,)``, ``cost_history (B, I+1)``, ``residual (B,)`` (the projected
@@ -167,7 +168,9 @@ class _State:
     fine: torch.Tensor          # (B,) the last accepted step was below rounding
     polished: torch.Tensor      # (B,) ... and a Newton step
     pg: torch.Tensor            # (B, T, m) projected gradient at the current trajectory
-    pg_prev: torch.Tensor       # (B,) its largest entry at the previous iteration
+    pg_prev: torch.Tensor       # (B,) its largest entry at the previous iteration (the least since Newton steps
+    #                             stopped halving it)
+    strikes: torch.Tensor       # (B,) Newton steps below rounding in a row that did not halve it
     iterations: torch.Tensor    # (B,)
     K: torch.Tensor             # (B, T, m, n) gains of the last backward pass
     k: torch.Tensor             # (B, T, m)
@@ -245,8 +248,9 @@ def _start(p, unroll, mu_init) -> _State:
     return _State(X=X, U=U, J=J, feasible=torch.full((B,), p.X_init is None, **flags),
                   mu=torch.full((B,), mu_init, **opts), status=status.long(), done=~finite,
                   fine=torch.zeros(B, **flags), polished=torch.zeros(B, **flags), pg=torch.zeros(B, T, m, **opts),
-                  pg_prev=torch.full((B,), float("inf"), **opts), iterations=torch.zeros(B, dtype=torch.long,
-                                                                                        device=p.device),
+                  pg_prev=torch.full((B,), float("inf"), **opts),
+                  strikes=torch.zeros(B, dtype=torch.long, device=p.device),
+                  iterations=torch.zeros(B, dtype=torch.long, device=p.device),
                   K=torch.zeros(B, T, m, n, **opts), k=torch.zeros(B, T, m, **opts), at=at, history=[J.detach()])
 
 
@@ -291,13 +295,17 @@ def _test(s, model, grad_tol, budget_spent, shrink):
     pg_max = s.pg[a].abs().flatten(1).amax(-1)
     now_converged = (pg_max <= grad_tol) & s.feasible[a]
     # once steps are below rounding, Newton steps go on only while they still shrink the gradient: by half per
-    # step with an exact model, at all with a cost that couples stages (its model lacks the coupling blocks)
-    stuck = s.polished[a] & (pg_max > shrink * s.pg_prev[a]) & ~now_converged
+    # step with an exact model, at all with a cost that couples stages (its model lacks the coupling blocks). A
+    # gradient computed in float32 is noisy there: the problem stalls after _STRIKES such steps in a row.
+    weak = s.polished[a] & (pg_max > shrink * s.pg_prev[a]) & ~now_converged
+    strikes = torch.where(weak, s.strikes[a] + 1, 0)
+    stuck = strikes >= _STRIKES
     status = torch.where(now_converged, int(Status.CONVERGED), torch.where(stuck, int(Status.STALLED), s.status[a]))
     s.status = s.status.index_put((a,), status)
     stop = now_converged | stuck | budget_spent
     s.done = s.done.index_put((a,), stop)
-    s.pg_prev = s.pg_prev.index_put((a,), pg_max)
+    s.strikes = s.strikes.index_put((a,), strikes)
+    s.pg_prev = s.pg_prev.index_put((a,), torch.where(weak, torch.minimum(pg_max, s.pg_prev[a]), pg_max))
     return (~stop).nonzero().flatten()
 
 

@@ -3,7 +3,7 @@
 One small nonlinear problem (a pendulum held near upright, three starts, bounds active somewhere) runs through
 every solver: batched and unbatched input agree, float32 behaves as float64, bounds hold exactly, status and
 iterations have their documented meaning, every advertised gradient route agrees with central differences, a row
-whose model goes non-finite is reported for that row alone, and bad input raises an error naming the solver.
+whose model or cost goes non-finite is reported for that row alone, and bad input raises an error naming the solver.
 """
 from __future__ import annotations
 
@@ -213,6 +213,37 @@ def test_a_row_whose_model_goes_non_finite_is_reported_and_the_rest_solved(case)
     assert torch.isfinite(sol.X).all() and torch.isfinite(sol.U).all() and not torch.isnan(sol.cost).any()
     if case.exact:
         alone = case.call(problem(model=_Breaks().discretize(), x0=x0[[0, 2]], **case.fields))
+        torch.testing.assert_close(sol.U[[0, 2]], alone.U, rtol=0, atol=1e-8)
+
+
+class _CostBreaks(trajopt.Cost):
+    """A sum of squares with a log term, ``2 theta^2 + 0.2 omega^2 + 0.02 u^2 + (0.1 log(4 - |theta|))^2`` and
+    ``10 theta^2 + omega^2`` at the end: NaN where ``|theta| > 4`` (a cost evaluated outside its domain). Its
+    residuals are given, so the Gauss-Newton back ends (theseus) take it too."""
+
+    def stage_residuals(self, x, u, t=None):
+        w = torch.tensor([2.0, 0.2, 0.02], dtype=x.dtype, device=x.device).sqrt()
+        return torch.cat([torch.cat([x, u], -1) * w, 0.1 * torch.log(4 - x[..., :1].abs())], -1)
+
+    def terminal_residuals(self, x):
+        return x * torch.tensor([10.0, 1.0], dtype=x.dtype, device=x.device).sqrt()
+
+    def stage(self, x, u, t=None):
+        return (self.stage_residuals(x, u, t) ** 2).sum(-1)
+
+    def terminal(self, x):
+        return (self.terminal_residuals(x) ** 2).sum(-1)
+
+
+def test_a_row_whose_cost_goes_non_finite_is_reported_and_the_rest_solved(case):
+    x0 = torch.tensor([[0.15, 0.0], [5.0, 0.0], [0.18, -0.2]], **D64)      # row 1 starts outside the cost's domain
+    p = problem(x0=x0, **case.fields).replace(cost=_CostBreaks())
+    sol = case.call(p)
+    assert sol.status[1] == Status.NOT_FINITE and sol.cost[1] == math.inf
+    assert (sol.status[[0, 2]] != Status.NOT_FINITE).all() and torch.isfinite(sol.cost[[0, 2]]).all()
+    assert torch.isfinite(sol.X).all() and torch.isfinite(sol.U).all()
+    if case.exact:
+        alone = case.call(p.select([0, 2]))
         torch.testing.assert_close(sol.U[[0, 2]], alone.U, rtol=0, atol=1e-8)
 
 

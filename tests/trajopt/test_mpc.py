@@ -258,3 +258,37 @@ def test_mpc_refuses_a_solver_that_does_not_take_a_problem():
     cost = trajopt.QuadraticCost.from_weights(torch.eye(2, **D64), torch.eye(1, **D64))
     with pytest.raises(TypeError, match="MPC: solver must be a solver\\(problem, \\*\\*options\\).*lqr takes \\(F, f"):
         trajopt.MPC(dynamics.Pendulum().discretize(), cost, 5, solver=trajopt.lqr)
+
+
+class _UndefinedBeyond4(dynamics.ContinuousDynamics):
+    """The pendulum, NaN where ``|theta| > 4`` (a model undefined there)."""
+
+    positions, default_dt, default_method = (0,), 0.05, "semi_implicit_euler"
+
+    def __init__(self):
+        super().__init__(2, 1)
+        self.pendulum = dynamics.Pendulum()
+
+    def derivative(self, x, u, t=None):
+        return torch.where(x[..., :1].abs() > 4, float("nan"), self.pendulum.derivative(x, u, t))
+
+
+@pytest.mark.parametrize("solver, options", [(trajopt.ilqr, dict(max_iter=20)),
+                                             (trajopt.mppi, dict(samples=64, generator=None))])
+def test_mpc_flags_a_row_that_stays_non_finite_and_controls_the_others(solver, options):
+    model = _UndefinedBeyond4().discretize().to(torch.float64)
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([1.0, 0.1], **D64)), 0.01 * torch.eye(1, **D64))
+    x = torch.tensor([[0.3, 0.0], [5.0, 0.0], [-0.2, 0.1]], **D64)     # row 1 starts where the model is undefined
+
+    def run(states):
+        if solver is trajopt.mppi:
+            options["generator"] = torch.Generator().manual_seed(0)
+        mpc = trajopt.MPC(model, cost, 10, u_lower=-2.0, u_upper=2.0, solver=solver, **options)
+        return [mpc(states) for _ in range(2)]                            # a cold solve, then a warm one
+
+    for (u, plan), (u_ok, plan_ok) in zip(run(x), run(x[[0, 2]])):
+        assert plan.status[1] == Status.NOT_FINITE and plan.cost[1] == float("inf")
+        assert torch.isfinite(u).all() and torch.isfinite(plan.U).all() and torch.isfinite(plan.X).all()
+        assert (plan.status[[0, 2]] != Status.NOT_FINITE).all()
+        if solver is trajopt.ilqr:                                        # per row exact: as if solved alone
+            torch.testing.assert_close(u[[0, 2]], u_ok, rtol=0, atol=1e-10)

@@ -665,8 +665,10 @@ def test_model_based_agent_names_a_planner_whose_actions_do_not_fit_the_env(make
 
 
 def test_model_based_agent_checks_its_planners_bounds_against_the_action_space():
-    raises(ValueError, r"ModelBasedAgent: planner \(RandomPlanner\) draws actions of shape \(\) .* the environment's "
-           r"actions are \(m,\) = \(1,\)", tiny_agent, planner=RandomPlanner(-2.0, 2.0))
+    raises(ValueError, r"ModelBasedAgent: planner \(RandomPlanner\)'s low and high broadcast to \(2,\), not to the "
+           r"actions' \(m,\) = \(1,\)", tiny_agent, planner=RandomPlanner(-torch.ones(2), 2.0))
+    raises(ValueError, r"ModelBasedAgent: planner \(RandomPlanner\) has action_dim = 2 but the environment's "
+           r"actions have m = 1", tiny_agent, planner=RandomPlanner(-2.0, 2.0, action_dim=2))
     raises(ValueError, r"ModelBasedAgent: planner \(PETS\) has u_upper of shape \(2,\) but the environment's "
            r"actions have m = 1", tiny_agent, planner=pets(u_upper=torch.ones(2)))
     assert tiny_agent(planner=pets(u_lower=torch.tensor([-2.0]))).action_dim == 1
@@ -706,3 +708,118 @@ def test_gaussian_policy_takes_numpy_scalar_bounds_and_refuses_lists():
     assert policy(torch.zeros(2, 3)).shape == (2, 1)
     raises(TypeError, r"GaussianPolicy: u_lower must be a number or a float tensor broadcastable to \(m,\), got list",
            GaussianPolicy, 3, 1, [-1.0], 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- trajopt.rl.tasks
+PATH = tasks.PathTrackingCost
+
+
+@pytest.mark.parametrize("fn, error, match", [
+    (lambda: tasks.pusher_starts(-1), ValueError, r"pusher_starts: count must be an int >= 1, got -1"),
+    (lambda: tasks.pusher_starts(2.5), ValueError, r"pusher_starts: count must be an int >= 1, got 2.5"),
+    (lambda: tasks.pusher_starts(4, dtype=torch.int64), TypeError, r"pusher_starts: dtype must be a floating"),
+    (lambda: tasks.pusher_starts(4, generator=0), TypeError, r"pusher_starts: generator must be a torch.Generator"),
+    (lambda: tasks.bicycle_starts("road", 4), TypeError, r"bicycle_starts: cost must be a .*PathTrackingCost"),
+    (lambda: tasks.bicycle_starts(PATH(), 0), ValueError, r"bicycle_starts: count must be an int >= 1, got 0"),
+    (lambda: tasks.bicycle_starts(PATH(), 4, dtype=torch.int32), TypeError, r"bicycle_starts: dtype must be"),
+    (lambda: PATH(wavelength=0.0), ValueError, r"PathTrackingCost: wavelength must be a positive finite number"),
+    (lambda: PATH(speed=NAN), ValueError, r"PathTrackingCost: speed must be a positive finite number, got nan"),
+    (lambda: PATH(max_steer=-0.6), ValueError, r"PathTrackingCost: max_steer must be a number in \(0, 1.57"),
+    (lambda: PATH(max_steer=2.0), ValueError, r"PathTrackingCost: max_steer must be a number in \(0, 1.57"),
+    (lambda: PATH(amplitude=INF), ValueError, r"PathTrackingCost: amplitude must be a finite number >= 0, got inf"),
+    (lambda: PATH(w_limit=-1.0), ValueError, r"PathTrackingCost: w_limit must be a finite number >= 0"),
+    (lambda: tasks.stanley(PATH(), torch.zeros(3, 2)), ValueError, r"stanley: x has shape \(3, 2\); expected "
+                                                                   r"\(B, 4\)"),
+    (lambda: tasks.stanley(PATH(), torch.full((3, 4), NAN)), ValueError, r"stanley: x contains NaN"),
+    (lambda: tasks.stanley(PATH(), torch.zeros(3, 4), dt=0.0), ValueError, r"stanley: dt must be a positive finite"),
+    (lambda: tasks.stanley(PATH(), torch.zeros(3, 4), gain=NAN), ValueError, r"stanley: gain must be a finite "
+                                                                             r"number >= 0, got nan"),
+    (lambda: tasks.stanley(tasks.PusherCost(), torch.zeros(3, 4)), TypeError, r"stanley: cost must be a "
+                                                                              r".*PathTrackingCost"),
+    (lambda: tasks.angle_features(torch.zeros(3, 2), 5, torch.ones(2)), ValueError,
+     r"angle_features: angle must be an int in \[0, n\) = \[0, 2\)"),
+    (lambda: tasks.angle_features(torch.zeros(3, 2), 0, torch.ones(3)), ValueError,
+     r"angle_features: scale has shape \(3,\); expected a number or \(n,\) = \(2,\)"),
+    (lambda: tasks.angle_features(torch.zeros(3, 2), 0, 2.0), TypeError, r"angle_features: scale must be a float "
+                                                                         r"tensor"),
+    (lambda: tasks.angle_features([[0.0, 1.0]], 0, torch.ones(2)), TypeError, r"angle_features: x must be a float "
+                                                                              r"tensor"),
+    (lambda: tasks.references("foo"), ValueError, r"references: name must be one of .*got 'foo'"),
+    (lambda: tasks.PusherCost(reach=-1.0), ValueError, r"PusherCost: reach must be a finite number >= 0, got -1"),
+    (lambda: tasks.PusherCost(w_box=NAN), ValueError, r"PusherCost: w_box must be a finite number >= 0, got nan"),
+    (lambda: tasks.PusherCost(goal=(0.0,)), ValueError, r"PusherCost: goal has shape \(1,\)"),
+    (lambda: tasks.PusherCost(goal="origin"), TypeError, r"PusherCost: goal must be a pair of numbers"),
+    (lambda: tasks.PusherCost(goal=torch.tensor([0.0, NAN])), ValueError, r"PusherCost: goal contains NaN"),
+    (lambda: tasks.PusherCost(w_u=-1.0), ValueError, r"PusherCost: w_u must be a finite number >= 0, got -1"),
+    (lambda: tasks.evaluator(None), TypeError, r"evaluator: t must be a task dict"),
+])
+def test_task_helpers_check_their_arguments_by_name(fn, error, match):
+    raises(error, match, fn)
+
+
+def test_task_helpers_take_valid_arguments():
+    cost = PATH(amplitude=0.0, max_steer=1.5)
+    u = tasks.stanley(cost, tasks.bicycle_starts(cost, np.int64(3), torch.Generator().manual_seed(0)), gain=0.0)
+    assert u.shape == (3, 2) and bool(torch.isfinite(u).all())
+    assert tasks.pusher_starts(np.int64(2), dtype=F64).dtype == F64
+    assert tasks.PusherCost(goal=torch.zeros(2, dtype=F64)).goal.dtype == F64
+    assert tasks.angle_features(torch.zeros(3, 2), np.int64(1), torch.tensor(2.0)).shape == (3, 4)
+    assert tasks.references("P2")[0][1] == 410.2
+
+
+# ---------------------------------------------------------------------------------------------- PETS.act's obs
+def fitted_pets(**options):
+    planner = pets(**options)
+    planner.update(ProbabilisticEnsemble(3, 1, members=2, hidden=(8,)), None)
+    planner.reset(2, torch.Generator().manual_seed(0))
+    return planner
+
+
+def test_pets_act_names_obs():
+    planner = fitted_pets()
+    raises(ValueError, r"PETS.act: obs contains NaN or Inf", planner.act, torch.full((2, 3), NAN))
+    raises(TypeError, r"PETS.act: obs is torch.float64 but the module's parameters are torch.float32",
+           planner.act, torch.zeros(2, 3, dtype=F64))
+    u = planner.act(torch.zeros(2, 3))
+    assert u.shape == (2, 1) and bool(torch.isfinite(u).all())
+
+
+# ---------------------------------------------------------------------------------------------- MPCPolicy in float64
+@pytest.mark.parametrize("bounds", [(-2.0, 2.0), (-2 * torch.ones(1, dtype=F64), 2 * torch.ones(1, dtype=F64))])
+def test_mpc_policy_plans_in_float64_with_a_fixed_cost(bounds):
+    policy = MPCPolicy(dynamics.Pendulum().discretize().to(F64), qcost(), 5, *bounds, max_iter=3)
+    assert policy.lower.dtype == F64
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.5]], dtype=F64)
+    for noise in (None, torch.randn(2, 1, dtype=F64)):
+        u = policy(x, noise)
+        assert u.dtype == F64 and u.shape == (2, 1) and bool(torch.isfinite(u).all()) and bool((u.abs() <= 2).all())
+
+
+# ---------------------------------------------------------------------------------------------- RandomPlanner numbers
+def test_random_planner_with_number_bounds_serves_an_env_of_m_actions():
+    planner = RandomPlanner(-2.0, 2.0, action_dim=np.int64(3))
+    planner.reset(4, torch.Generator().manual_seed(0))
+    u = planner.act(torch.zeros(4, 5))
+    assert u.shape == (4, 3) and bool((u.abs() <= 2).all())
+    raises(ValueError, r"RandomPlanner: action_dim must be an int >= 1, got 0", RandomPlanner, -1.0, 1.0,
+           action_dim=0)
+    raises(ValueError, r"RandomPlanner: low and high broadcast to \(2,\), not to the actions' \(m,\) = \(3,\)",
+           RandomPlanner, -torch.ones(2), 1.0, action_dim=3)
+    agent = tiny_agent(planner=RandomPlanner(-2.0, 2.0), random_iterations=1)
+    assert agent.planner.action_dim == 1
+    rows = agent.train(10)                               # the second iteration acts with the number-bound planner
+    assert rows[-1]["phase"] == "planner" and all(math.isfinite(r["return_mean"]) for r in rows)
+
+
+# ---------------------------------------------------------------------------------------------- SHAC device, plot path
+def test_shac_names_an_unavailable_device():
+    if torch.cuda.is_available() and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    raises(ValueError, r"SHAC: device 'cuda:7' is not available on this machine", shac, device="cuda:7")
+
+
+def test_plot_learning_curves_names_a_path_in_a_missing_folder(tmp_path):
+    rows = [dict(env_steps=1, time=1.0, return_mean=1.0, return_min=0.0, return_max=2.0)]
+    raises(FileNotFoundError, r"plot_learning_curves: path '/nonexistent_dir/x.png' is in a folder that does not "
+           r"exist", plot_learning_curves, {"a": rows}, path="/nonexistent_dir/x.png")
+    raises(TypeError, r"plot_learning_curves: path must be a file path", plot_learning_curves, {"a": rows}, path=3)

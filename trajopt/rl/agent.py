@@ -41,6 +41,7 @@ import torch
 
 from dynamics import Dynamics
 from dynamics.learned import ProbabilisticEnsemble, Transitions, fit
+from dynamics.validation import check_finite
 from .._core.checks import check_bool, check_int, check_positive
 from .._core.costs import Cost
 from .._core.problem import Problem
@@ -110,12 +111,33 @@ class RandomPlanner(Planner):
     ``low``, ``high``: finite, ``low <= high``, each a number (a NumPy scalar too) or a float tensor of at most
     one dimension, broadcastable together to ``(m,)``. A list, tuple or NumPy array raises a TypeError naming the
     bound, as every bound of :mod:`trajopt` does (pass ``torch.tensor(...)``: its shape is then the action size).
-    With two numbers the actions have no action dimension: ``act`` returns ``(B,)``; give ``(m,)`` tensors (as
-    :class:`ModelBasedAgent` does from the action space) for ``(B, m)``."""
 
-    def __init__(self, low, high):
+    ``action_dim``: the action size ``m`` (an int >= 1), to which the bounds broadcast: ``act`` returns
+    ``(B, m)``. When None (the default) the actions take the bounds' own shape: ``(B, m)`` for ``(m,)`` tensors,
+    ``(B,)`` for two numbers, until a :class:`ModelBasedAgent` is given the planner: it sets ``action_dim`` to its
+    environment's ``m`` (so ``RandomPlanner(-2.0, 2.0)`` serves an environment of any action size)."""
+
+    def __init__(self, low, high, action_dim: int | None = None):
         self.low, self.high = check_action_bounds("RandomPlanner", low, high)
+        self.action_dim = None
+        if action_dim is not None:
+            check_int("RandomPlanner", action_dim=action_dim)
+            self.action_dim = int(action_dim)
+            self.shape_for("RandomPlanner", self.action_dim)
         self.generator = None
+
+    def shape_for(self, where, m, name="low and high"):
+        """The actions' shape ``(m,)`` for an action size ``m``, checked: the bounds must broadcast to it (a
+        ValueError names the planner's bounds otherwise)."""
+        shape = torch.broadcast_shapes(self.low.shape, self.high.shape)
+        try:
+            ok = torch.broadcast_shapes(shape, (m,)) == (m,)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{where}: {name} broadcast to {tuple(shape)}, not to the actions' (m,) = ({m},); give "
+                             f"numbers or bounds of shape ({m},)")
+        return (m,)
 
     def reset(self, count, generator):
         self.generator = generator
@@ -125,7 +147,7 @@ class RandomPlanner(Planner):
             raise ValueError(f"RandomPlanner.act: obs must be a float tensor (B, n), got "
                              f"{tuple(obs.shape) if isinstance(obs, torch.Tensor) else type(obs).__name__}")
         low, high = (b.to(obs) for b in (self.low, self.high))
-        m = torch.broadcast_shapes(low.shape, high.shape)
+        m = torch.broadcast_shapes(low.shape, high.shape) if self.action_dim is None else (self.action_dim,)
         draw = torch.rand(obs.shape[0], *m, generator=self.generator, dtype=obs.dtype, device=obs.device)
         return low + (high - low) * draw
 
@@ -311,7 +333,9 @@ class PETS(Planner):
         if not (isinstance(obs, torch.Tensor) and obs.ndim == 2):
             raise ValueError(f"PETS.act: obs must be a tensor (B, n), got "
                              f"{tuple(obs.shape) if isinstance(obs, torch.Tensor) else type(obs).__name__}")
-        check_features("PETS.act", "obs", obs, self.dynamics.model.state_dim, dims="n")
+        model_dtype = next((p.dtype for p in self.dynamics.model.parameters() if p.is_floating_point()), None)
+        check_features("PETS.act", "obs", obs, self.dynamics.model.state_dim, model_dtype, dims="n")
+        check_finite("PETS.act", {"obs": obs})
         B, T, m = obs.shape[0], self.horizon, self.dynamics.control_dim
         low, high = (b.to(obs).expand(m) for b in (self.u_lower, self.u_upper))
         if self._plan is None or self._plan.shape[0] != B:
@@ -347,8 +371,9 @@ class ModelBasedAgent:
         make_env: a function returning a fresh ``gymnasium.Env`` (a ``Box`` action space), or an environment id.
         model: the learned model (a :class:`~dynamics.learned.ProbabilisticEnsemble` for PETS) of the observation.
         planner: a :class:`Planner`; its actions must be ``(B, m)`` for the action space's ``m`` and finite (an
-            error names the planner otherwise). A :class:`RandomPlanner`'s bounds must broadcast to ``(m,)`` and a
-            :class:`PETS`'s be numbers or of size 1 or ``m``: checked here.
+            error names the planner otherwise). A :class:`RandomPlanner`'s bounds must broadcast to ``(m,)`` (numbers
+            do: the agent sets its ``action_dim`` to ``m``) and a :class:`PETS`'s be numbers or of size 1 or ``m``:
+            checked here.
         seed: an int >= 0; seeds everything (episode resets, random actions, the planner's draws, the fits).
         envs: episodes per iteration, stepped in parallel and planned as one batch.
         random_iterations: iterations of uniform random actions first (at least 1: the planner needs a model).
@@ -439,11 +464,11 @@ class ModelBasedAgent:
                     raise ValueError(f"{where}: planner (PETS) has {name} of shape {tuple(bound.shape)} but the "
                                      f"environment's actions have m = {m}; expected a number or (m,) = ({m},)")
         elif isinstance(planner, RandomPlanner):
-            shape = torch.broadcast_shapes(planner.low.shape, planner.high.shape)
-            if shape != (m,):
-                raise ValueError(f"{where}: planner (RandomPlanner) draws actions of shape {tuple(shape)} (its low "
-                                 f"and high broadcast) but the environment's actions are (m,) = ({m},); give bounds "
-                                 f"of shape ({m},), e.g. torch.full(({m},), value)")
+            if planner.action_dim is not None and planner.action_dim != m:
+                raise ValueError(f"{where}: planner (RandomPlanner) has action_dim = {planner.action_dim} but the "
+                                 f"environment's actions have m = {m}")
+            planner.shape_for(where, m, "planner (RandomPlanner)'s low and high")
+            planner.action_dim = m
         self.u_low = torch.as_tensor(space.low, dtype=dtype)
         self.u_high = torch.as_tensor(space.high, dtype=dtype)
         self.random = RandomPlanner(self.u_low, self.u_high)
@@ -672,7 +697,8 @@ def read_log(path: str) -> list[dict]:
 def plot_learning_curves(logs: dict, path: str | None = None, *, x: str = "env_steps", ax=None, target=None):
     """Draw the mean episode return (and its min-max band) of each log against ``x`` (``"env_steps"`` or
     ``"time"``). ``logs`` maps a label to a CSV path, a list of rows or a :class:`ModelBasedAgent`; ``target``
-    draws a horizontal line. Saves to ``path`` when given; returns the matplotlib axes. Needs matplotlib."""
+    draws a horizontal line. Saves to ``path`` (a str or os.PathLike in an existing folder, checked before
+    anything is drawn) when given; returns the matplotlib axes. Needs matplotlib."""
     where = "plot_learning_curves"
     if x not in ("env_steps", "time"):
         raise ValueError(f"{where}: x must be 'env_steps' or 'time', got {x!r}")
@@ -701,6 +727,14 @@ def plot_learning_curves(logs: dict, path: str | None = None, *, x: str = "env_s
                                  f"ModelBasedAgent's log); row {i} is "
                                  f"{sorted(row) if isinstance(row, dict) else type(row).__name__}")
         curves[label] = rows
+    if path is not None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"{where}: path must be a file path (str or os.PathLike) or None, got "
+                            f"{type(path).__name__}")
+        folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{where}: path {os.fspath(path)!r} is in a folder that does not exist "
+                                    f"({folder!r}); create it first")
     try:
         import matplotlib
         if ax is None and path is not None:

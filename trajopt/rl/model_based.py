@@ -68,7 +68,8 @@ def train_in_learned_model(shac: SHAC, real: DiffEnv, *, rounds: int = 5, transi
         seed: an int >= 0; seeds the collection's random controls, noise and resets.
 
     Returns one dict per round: ``round``, ``real_transitions`` (collected so far), ``model_val_loss``,
-    ``shac_epochs`` (so far), ``fit_time`` and ``train_time`` (seconds, this round), ``eval_cost``.
+    ``shac_epochs`` (so far), ``fit_time`` and ``train_time`` (seconds, this round), ``eval_cost`` (NaN when
+    ``evaluate`` is None: "not measured").
     """
     where = "train_in_learned_model"
     if not isinstance(shac, SHAC):

@@ -236,6 +236,18 @@ def _weights(where, name, value, dtype):
     return tensor if dtype is None else tensor.to(dtype)
 
 
+def _tensor_dtype(*modules):
+    """The dtype of the first floating tensor of ``modules`` (their parameters, then buffers, then plain tensor
+    attributes: a non-learnable cost may keep its weights as any of these), or None when they hold none."""
+    for module in modules:
+        tensors = [*module.parameters(), *module.buffers()]
+        tensors += [v for m in module.modules() for v in vars(m).values() if isinstance(v, torch.Tensor)]
+        for tensor in tensors:
+            if tensor.is_floating_point():
+                return tensor.dtype
+    return None
+
+
 class MPCPolicy(nn.Module):
     """The first control of a differentiable MPC solve of ``cost`` over ``horizon`` steps of ``dynamics``,
     plus ``std * noise`` (clamped into the bounds) when exploring.
@@ -243,7 +255,8 @@ class MPCPolicy(nn.Module):
     Args:
         dynamics: the discrete model the solver plans with (a submodule: learnable tensors train too).
         cost: the :class:`trajopt.Cost` it minimizes, typically a :class:`LearnedCost`.
-        horizon: planning horizon; u_lower, u_upper: finite control bounds.
+        horizon: planning horizon; u_lower, u_upper: finite control bounds, numbers or float tensors
+            broadcastable to ``(m,)``.
         to_state: a callable ``obs (B, o) -> x (B, n)``; the identity when None (observations are states).
         noise_std: exploration standard deviation, in control units (fixed), finite and ``>= 0``: a number, or
             ``(m,)`` as a float tensor or a sequence of numbers (converted to the cost's dtype; its length is
@@ -257,6 +270,11 @@ class MPCPolicy(nn.Module):
     (under common random numbers; it does not vanish where the action is at a bound, as a box-constrained
     solve's does). The warm start follows the batch from call to call. Observations are not normalized
     (``raw_observations``).
+
+    The policy's dtype (of its bounds and ``noise_std``) is that of the cost's tensors (parameters, buffers or
+    tensor attributes), else of float tensor bounds, else of the model's tensors, else the default float dtype;
+    at each call the bounds and ``noise_std`` are taken in the observations' dtype, so a float64 model and cost
+    with number or float64 bounds plan in float64.
     """
 
     raw_observations = True
@@ -272,7 +290,10 @@ class MPCPolicy(nn.Module):
             raise TypeError(f"{where}: cost must be a trajopt.Cost (e.g. a trajopt.rl.LearnedCost), got "
                             f"{type(cost).__name__}")
         check_callable(where, allow_none=True, to_state=to_state)
-        like = torch.empty(0, dtype=next(iter(cost.parameters()), torch.empty(0)).dtype)
+        bound_dtype = next((b.dtype for b in (u_lower, u_upper)
+                            if isinstance(b, torch.Tensor) and b.is_floating_point()), None)
+        dtype = _tensor_dtype(cost) or bound_dtype or _tensor_dtype(dynamics) or torch.get_default_dtype()
+        like = torch.empty(0, dtype=dtype)
         lower, upper = _bounds(where, dynamics.control_dim, u_lower, u_upper, like)
         if isinstance(noise_std, bool):
             raise TypeError(f"{where}: noise_std must be a number or a float tensor broadcastable to (m,), got "
@@ -297,10 +318,14 @@ class MPCPolicy(nn.Module):
 
     def forward(self, obs: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
         x = obs if self.to_state is None else self.to_state(obs)
+        lower, upper, std = self.lower, self.upper, self.noise_std
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dtype != lower.dtype:
+            lower, upper, std = (b.to(x.dtype) for b in (lower, upper, std))
+        self.mpc.u_lower, self.mpc.u_upper = lower, upper
         u, _ = self.mpc(x)
         if noise is not None:
             if not isinstance(noise, torch.Tensor) or noise.shape != u.shape:
                 raise ValueError(f"MPCPolicy: noise must be a tensor of the actions' shape {tuple(u.shape)}, got "
                                  f"{tuple(noise.shape) if isinstance(noise, torch.Tensor) else type(noise).__name__}")
-            u = clamp(u + self.noise_std * noise, self.lower, self.upper)
+            u = clamp(u + std * noise, lower, upper)
         return u

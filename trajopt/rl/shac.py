@@ -71,7 +71,9 @@ class SHAC:
         seed: seeds the default networks' initialization and the generator of the resets, the exploration
             noise and the minibatches.
         log: path of a CSV log, one row per epoch (columns ``epoch, env_steps, time, actor_loss, critic_loss,
-            actor_grad_norm, episode_cost, episodes, actor_lr, eval_cost``), or None.
+            actor_grad_norm, episode_cost, episodes, actor_lr, eval_cost``), or None. NaN in a row means "not
+            measured": ``episode_cost`` is NaN in an epoch where no episode finished, ``eval_cost`` in an epoch
+            without an evaluation (no ``evaluate``, or not an ``eval_every`` epoch).
         checkpoint: path to write checkpoints to (atomically; ``.rank{r}`` is appended under
             ``torch.distributed`` with more than one process), or None.
         checkpoint_every: epochs between checkpoints.
@@ -127,6 +129,11 @@ class SHAC:
                 device = torch.device(device)
             except RuntimeError as error:
                 raise ValueError(f"{where}: device {device!r} is not a device torch knows: {error}") from None
+            try:
+                torch.empty(0, device=device)
+            except (AssertionError, RuntimeError) as error:
+                raise ValueError(f"{where}: device {str(device)!r} is not available on this machine "
+                                 f"({type(error).__name__}: {error})") from None
         if actor is None or critic is None:
             check_hidden(where, hidden, allow_empty=False)
         for name, value, call in (("actor", actor, "actor(obs, noise) -> actions (as trajopt.rl.GaussianPolicy)"),
@@ -294,7 +301,9 @@ class SHAC:
     def train(self, epochs: int | None = None, *, time_limit: float | None = None) -> list[dict]:
         """Run epochs until ``epochs`` (default: the run's ``epochs``) are done in total, or until ``time_limit``
         seconds of wall time (evaluations included) have passed in this call; an epoch that ends without a
-        score is scored at the end. Returns the log rows (dicts) of the whole run."""
+        score is scored at the end. Returns the log rows (dicts) of the whole run (the columns of ``log``; NaN
+        in a row means "not measured": ``episode_cost`` where no episode finished in that epoch, ``eval_cost``
+        where it was not evaluated)."""
         if epochs is not None:
             check_int("SHAC.train", minimum=0, epochs=epochs)
         if time_limit is not None:

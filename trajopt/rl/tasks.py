@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from dynamics.contact import PlanarPusher
 from .._core.costs import Cost, QuadraticCost
 from .._core.rollout import unchecked_rollout
 from ..problems import reference as problems
-from dynamics.validation import check_interval, check_tensor
+from dynamics.validation import check_int, check_interval, check_nonnegative, check_positive, check_tensor
 from ._checks import check_float_dtype
 from .env import DiffEnv
 
@@ -72,8 +73,23 @@ REFERENCES = {"P2": [("multistart iLQR, open loop", 410.2, "--")],
 
 
 def references(name: str) -> list:
-    """The reference costs of a task, ``[(label, cost, line style), ...]``."""
+    """The reference costs of a task, ``[(label, cost, line style), ...]``; ``name`` one of ``"P2"``, ``"P3"``,
+    ``"pusher"``, ``"bicycle"`` (another raises a ValueError naming it)."""
+    if not (isinstance(name, str) and name in REFERENCES):
+        raise ValueError(f"references: name must be one of {sorted(REFERENCES)}, got {name!r}")
     return REFERENCES[name]
+
+
+def _check_generator(where, generator):
+    """``generator`` None or a ``torch.Generator``."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{where}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+
+def _check_path_cost(where, cost):
+    """``cost`` a :class:`PathTrackingCost` (the road the bicycle functions read)."""
+    if not isinstance(cost, PathTrackingCost):
+        raise TypeError(f"{where}: cost must be a trajopt.rl.tasks.PathTrackingCost, got {type(cost).__name__}")
 
 
 class PusherCost(Cost):
@@ -81,11 +97,22 @@ class PusherCost(Cost):
 
     ``stage = w_box |box - goal|^2 + w_reach (|finger - box| - reach)^2 + w_u |u|^2`` (the reach term keeps
     the finger at the box, where the contact gradients are; ``reach`` is about the box's half-width plus the
-    finger's radius), ``terminal = w_final (|box - goal|^2 + 0.1 |box velocity|^2)``."""
+    finger's radius), ``terminal = w_final (|box - goal|^2 + 0.1 |box velocity|^2)``.
+
+    ``goal``: the box's target ``(2,)``, finite: a pair of numbers (the default float dtype) or a float tensor
+    (its dtype kept); ``reach`` and the weights ``w_*``: finite numbers ``>= 0``. Each is checked by name."""
 
     def __init__(self, goal=(0.0, 0.0), reach=0.12, w_box=10.0, w_reach=1.0, w_u=0.01, w_final=100.0):
         super().__init__()
-        self.register_buffer("goal", torch.as_tensor(goal, dtype=torch.get_default_dtype()))
+        where = "PusherCost"
+        check_nonnegative(where, reach=reach, w_box=w_box, w_reach=w_reach, w_u=w_u, w_final=w_final)
+        if not isinstance(goal, torch.Tensor):
+            if not (isinstance(goal, (tuple, list)) and all(
+                    isinstance(g, numbers.Real) and not isinstance(g, bool) for g in goal)):
+                raise TypeError(f"{where}: goal must be a pair of numbers or a float tensor (2,), got {goal!r}")
+            goal = torch.tensor([float(g) for g in goal], dtype=torch.get_default_dtype())
+        goal = check_tensor(where, "goal", goal, ("2",), {"2": 2}, batchable=False)
+        self.register_buffer("goal", goal.clone())
         self.reach, self.w_box, self.w_reach, self.w_u, self.w_final = reach, w_box, w_reach, w_u, w_final
 
     def stage(self, x, u, t=None):
@@ -106,11 +133,19 @@ class PathTrackingCost(Cost):
     + w_limit max(0, |delta| - max_steer)^2``, with ``e`` the lateral offset from the road (to first order,
     ``(y - road(x)) cos(heading)``) and ``heading`` the road's direction at ``x``; the heading term is
     ``e_psi^2`` near zero and periodic, so the heading needs no wrapping. The last term is the steering lock
-    (the model has none, and ``tan(delta)`` is singular at 90 degrees)."""
+    (the model has none, and ``tan(delta)`` is singular at 90 degrees).
+
+    ``amplitude``: a finite number ``>= 0`` (0: a straight road); ``wavelength`` and ``speed``: finite numbers
+    ``> 0``; ``max_steer``: in ``(0, pi/2)`` radians; the weights ``w_*``: finite numbers ``>= 0``. Each is
+    checked by name."""
 
     def __init__(self, amplitude=2.0, wavelength=20.0, speed=4.0, w_v=0.1, w_delta=0.5, w_rate=0.1,
                  max_steer=0.6, w_limit=100.0):
         super().__init__()
+        where = "PathTrackingCost"
+        check_nonnegative(where, amplitude=amplitude, w_v=w_v, w_delta=w_delta, w_rate=w_rate, w_limit=w_limit)
+        check_positive(where, wavelength=wavelength, speed=speed)
+        check_interval(where, 0, math.pi / 2, include_low=False, include_high=False, max_steer=max_steer)
         self.amplitude, self.wavenumber, self.speed = amplitude, 2 * math.pi / wavelength, speed
         self.w_v, self.w_delta, self.w_rate, self.max_steer, self.w_limit = w_v, w_delta, w_rate, max_steer, w_limit
 
@@ -130,7 +165,15 @@ class PathTrackingCost(Cost):
 def stanley(cost: PathTrackingCost, x: torch.Tensor, gain: float = 1.0, dt: float = 0.1) -> torch.Tensor:
     """The Stanley controller (Thrun et al. 2006) for the bicycle task: controls ``(B, 2)`` at states ``x (B, 4)``
     that drive at the task's speed and steer toward ``-(heading error) - atan(gain e / v)`` (within the
-    steering lock), at the steering rate the bounds allow."""
+    steering lock), at the steering rate the bounds allow.
+
+    ``cost`` a :class:`PathTrackingCost`; ``x`` a finite float tensor ``(B, 4)`` or ``(4,)``; ``gain`` a finite
+    number ``>= 0``; ``dt`` (the step the rate is computed over) a finite number ``> 0``."""
+    where = "stanley"
+    _check_path_cost(where, cost)
+    check_tensor(where, "x", x, ("4",), {"4": 4})
+    check_nonnegative(where, gain=gain)
+    check_positive(where, dt=dt)
     offset, heading_error = cost.errors(x)
     heading_error = torch.atan2(torch.sin(heading_error), torch.cos(heading_error))
     target = (-heading_error - torch.atan(gain * offset / cost.speed)).clamp(-cost.max_steer, cost.max_steer)
@@ -140,7 +183,12 @@ def stanley(cost: PathTrackingCost, x: torch.Tensor, gain: float = 1.0, dt: floa
 
 def pusher_starts(count: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
     """``count`` pusher states ``(count, 6)``: box 0.3-0.5 m behind the goal (the origin) along x, up to 0.2 m
-    aside; finger 0.2-0.3 m behind the box, up to 0.15 m aside of it; at rest."""
+    aside; finger 0.2-0.3 m behind the box, up to 0.15 m aside of it; at rest. ``count`` an int ``>= 1``,
+    ``generator`` a ``torch.Generator`` or None, ``dtype`` a float dtype."""
+    check_int("pusher_starts", count=count)
+    _check_generator("pusher_starts", generator)
+    check_float_dtype("pusher_starts", dtype)
+    count = int(count)
     r = torch.rand(count, 4, generator=generator, dtype=dtype)
     box = torch.stack([-0.3 - 0.2 * r[:, 0], 0.4 * r[:, 1] - 0.2], -1)
     finger = box + torch.stack([-0.2 - 0.1 * r[:, 2], 0.3 * r[:, 3] - 0.15], -1)
@@ -150,7 +198,14 @@ def pusher_starts(count: int, generator: torch.Generator | None = None, dtype=to
 def bicycle_starts(cost: PathTrackingCost, count: int, generator: torch.Generator | None = None,
                    dtype=torch.float32) -> torch.Tensor:
     """``count`` bicycle states ``(count, 4)``: anywhere along one wavelength of ``cost``'s road, up to 1.5 m off
-    it and 0.5 rad off its heading, wheels straight."""
+    it and 0.5 rad off its heading, wheels straight. ``cost`` a :class:`PathTrackingCost`, ``count`` an int
+    ``>= 1``, ``generator`` a ``torch.Generator`` or None, ``dtype`` a float dtype."""
+    where = "bicycle_starts"
+    _check_path_cost(where, cost)
+    check_int(where, count=count)
+    _check_generator(where, generator)
+    check_float_dtype(where, dtype)
+    count = int(count)
     r = torch.rand(count, 3, generator=generator, dtype=dtype)
     x = r[:, 0] * 2 * math.pi / cost.wavenumber
     on_road = torch.stack([x, cost.amplitude * torch.sin(cost.wavenumber * x), torch.zeros_like(x),
@@ -161,7 +216,23 @@ def bicycle_starts(cost: PathTrackingCost, count: int, generator: torch.Generato
 
 def angle_features(x: torch.Tensor, angle: int, scale: torch.Tensor) -> torch.Tensor:
     """P2's and P3's observation of states ``x (..., n)``: ``x / scale``, then the sine and cosine of the angle
-    ``x[..., angle]``: ``(..., n + 2)``."""
+    ``x[..., angle]``: ``(..., n + 2)``. ``angle`` an int in ``[0, n)``; ``scale`` a float tensor broadcastable
+    to ``(n,)`` (a number or ``(n,)``). Shapes and dtypes are checked (cheap: it runs at every step), not values
+    (NaN propagates to the features)."""
+    where = "angle_features"
+    if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim >= 1):
+        raise TypeError(f"{where}: x must be a float tensor (..., n), got "
+                        f"{x.dtype if isinstance(x, torch.Tensor) else type(x).__name__}")
+    n = x.shape[-1]
+    if isinstance(angle, bool) or not isinstance(angle, numbers.Integral) or not 0 <= angle < n:
+        raise ValueError(f"{where}: angle must be an int in [0, n) = [0, {n}) (the index of the angle in x), "
+                         f"got {angle!r}")
+    if not (isinstance(scale, torch.Tensor) and scale.is_floating_point()):
+        raise TypeError(f"{where}: scale must be a float tensor (n,), got "
+                        f"{scale.dtype if isinstance(scale, torch.Tensor) else type(scale).__name__}")
+    if scale.ndim > 1 or scale.numel() not in (1, n):
+        raise ValueError(f"{where}: scale has shape {tuple(scale.shape)}; expected a number or (n,) = ({n},)")
+    angle = int(angle)
     s, c = torch.sin(x[..., angle:angle + 1]), torch.cos(x[..., angle:angle + 1])
     return torch.cat([x / scale, s, c], -1)
 
@@ -278,7 +349,11 @@ def score(t: dict, U: torch.Tensor) -> float:
 
 def evaluator(t: dict):
     """``evaluate(shac)`` for :class:`~trajopt.rl.SHAC`: the closed-loop :func:`score` of its deterministic
-    policy from the task's 32 starts."""
+    policy from the task's 32 starts. ``t`` a task dict of :func:`task`."""
+    if not (isinstance(t, dict) and all(k in t for k in ("x0", "T", "model"))):
+        raise TypeError(f"evaluator: t must be a task dict of trajopt.rl.tasks.task (with 'x0', 'T', 'model'), got "
+                        f"{type(t).__name__}")
+
     def evaluate(shac):
         _, U = shac.closed_loop(t["x0"], t["T"])
         return score(t, U)

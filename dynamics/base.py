@@ -105,6 +105,7 @@ def accepts_unbatched(fn):
 
 _F32, _F64 = torch.float32, torch.float64
 _CHECKED = ("forward", "jacobians", "vector_hessians")      # the model calls every subclass's version goes through
+_OUTPUT_CHECKED = ("derivative", "derivative_jacobians")    # the vector field's calls: their outputs are checked
 
 
 def _fits(x, u, n, m) -> bool:
@@ -135,21 +136,83 @@ def _check_inputs(model, name, x, u, lam=None, with_lam=False):
     return tuple(tensors.values())
 
 
+def _output_shapes(name, n, m):
+    """The trailing shapes of what the model call ``name`` returns (one per output), after the batch."""
+    return {"forward": ((n,),), "derivative": ((n,),), "jacobians": ((n, n), (n, m)),
+            "derivative_jacobians": ((n, n), (n, m)), "vector_hessians": ((n, n), (m, n), (m, m))}[name]
+
+
+def _check_output(model, name, out, x, u):
+    """Raise naming the model's method unless it returned tensors of ``x``'s dtype and device with the shapes
+    :func:`_output_shapes` gives after the batch shape of ``x`` and ``u`` (shapes and dtypes only)."""
+    n, m = model.state_dim, model.control_dim
+    shapes = _output_shapes(name, n, m)
+    single = len(shapes) == 1
+    outs = (out,) if single else out
+    batch = x.shape[:-1] if x.shape[:-1] == u.shape[:-1] else torch.broadcast_shapes(x.shape[:-1], u.shape[:-1])
+    if isinstance(outs, (tuple, list)) and len(outs) == len(shapes) and all(
+            isinstance(o, torch.Tensor) and o.shape == (*batch, *s) and o.dtype is x.dtype and o.device == x.device
+            for o, s in zip(outs, shapes)):
+        return
+    where = f"{type(model).__name__}.{name}"
+    want = " and ".join(str((*batch, *s)) for s in shapes)
+    if not isinstance(outs, (tuple, list)) or len(outs) != len(shapes):
+        raise TypeError(f"{where} must return {'a tensor' if single else f'{len(shapes)} tensors'} {want}, got "
+                        f"{type(out).__name__}{'' if not isinstance(out, (tuple, list)) else f' of {len(out)}'}")
+    for i, (o, s) in enumerate(zip(outs, shapes)):
+        label = "its output" if single else ("A = df/dx", "B = df/du", "f_xx", "f_ux", "f_uu")[
+            i + (2 if name == "vector_hessians" else 0)]
+        if not isinstance(o, torch.Tensor):
+            raise TypeError(f"{where} must return {'a tensor' if single else 'tensors'} {want}; {label} is a "
+                            f"{type(o).__name__}")
+        if o.shape != (*batch, *s):
+            raise ValueError(f"{where} returned shape {tuple(o.shape)} as {label}; expected {(*batch, *s)} for x "
+                             f"{tuple(x.shape)} and u {tuple(u.shape)} (n={n}, m={m})")
+        if o.dtype is not x.dtype:
+            raise TypeError(f"{where} returned {o.dtype} as {label} for {x.dtype} inputs; a model computes in its "
+                            f"inputs' dtype")
+        if o.device != x.device:
+            raise ValueError(f"{where} returned {label} on {o.device} for inputs on {x.device}")
+
+
 def _checks_inputs(fn, name):
-    """``fn(self, x, u, ...)`` (``fn(self, x, u, lam, ...)`` for ``vector_hessians``) behind the input check."""
+    """``fn(self, x, u, ...)`` (``fn(self, x, u, lam, ...)`` for ``vector_hessians``) behind the input check, and
+    its output checked (:func:`_check_output`). The vector field's calls (``derivative``, ``derivative_jacobians``:
+    their inputs are those of the discretization's checked call) get the output check only."""
     if name == "vector_hessians":
         @functools.wraps(fn)
         def wrapper(self, x, u, lam, *args, **kwargs):
             if not (_fits(x, u, self.state_dim, self.control_dim) and isinstance(lam, torch.Tensor)
                     and lam.shape == x.shape and lam.dtype == x.dtype and lam.device == x.device):
                 x, u, lam = _check_inputs(self, name, x, u, lam, with_lam=True)
-            return fn(self, x, u, lam, *args, **kwargs)
+            out = fn(self, x, u, lam, *args, **kwargs)
+            _check_output(self, name, out, x, u)
+            return out
+    elif name in _OUTPUT_CHECKED:
+        @functools.wraps(fn)
+        def wrapper(self, x, u, *args, **kwargs):
+            out = fn(self, x, u, *args, **kwargs)
+            if not (type(out) is torch.Tensor and out.shape == x.shape and out.dtype is x.dtype) and isinstance(
+                    x, torch.Tensor) and isinstance(u, torch.Tensor):
+                _check_output(self, name, out, x, u)
+            return out
+    elif name == "forward":
+        @functools.wraps(fn)
+        def wrapper(self, x, u, *args, **kwargs):
+            if not _fits(x, u, self.state_dim, self.control_dim):
+                x, u = _check_inputs(self, name, x, u)
+            out = fn(self, x, u, *args, **kwargs)
+            if not (type(out) is torch.Tensor and out.shape == x.shape and out.dtype is x.dtype):   # the usual case
+                _check_output(self, name, out, x, u)
+            return out
     else:
         @functools.wraps(fn)
         def wrapper(self, x, u, *args, **kwargs):
             if not _fits(x, u, self.state_dim, self.control_dim):
                 x, u = _check_inputs(self, name, x, u)
-            return fn(self, x, u, *args, **kwargs)
+            out = fn(self, x, u, *args, **kwargs)
+            _check_output(self, name, out, x, u)
+            return out
     wrapper._checks_inputs = True
     return wrapper
 
@@ -209,7 +272,7 @@ class _Model(nn.Module, abc.ABC):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        for name in _CHECKED:
+        for name in _CHECKED + _OUTPUT_CHECKED:
             fn = cls.__dict__.get(name)
             if callable(fn) and not getattr(fn, "_checks_inputs", False) and not getattr(fn, "__isabstractmethod__",
                                                                                            False):
@@ -298,7 +361,8 @@ class ContinuousDynamics(_Model):
 
     ``model(x, u, t)`` (its ``forward``: the vector field) and its discretizations' calls check their inputs as
     :class:`Dynamics` describes; ``derivative`` and ``derivative_jacobians``, the hooks a model implements, are
-    called by the integrators at every stage and are not checked again.
+    called by the integrators at every stage: their inputs are not checked again, their outputs are (shapes and
+    dtype: a vector field returning ``(B, 1)`` for ``n = 2`` raises naming ``derivative``).
 
     Attributes:
         state_dim, control_dim: ``n`` and ``m``.

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import dynamics
+from dynamics import integrators
 from trajopt.problems import reference as problems
 from tests.dynamics.models import Coupled, PendulumODE
 
@@ -221,3 +222,25 @@ def test_semi_implicit_euler_jacobians_ignore_what_the_step_does_not_use():
     A, B = model.jacobians(torch.tensor([[0.1, 0.2, 0.25, 0.0]], dtype=torch.float64), u)   # v2 = 0 at x: the
     assert not torch.isfinite(A[0, 3]).all()                    # kick's row is not finite, the row the second
     assert torch.isfinite(A[0, 2]).all() and torch.isfinite(B[0, 2]).all()      # stage passes through is
+
+
+@pytest.mark.parametrize("call, error, pattern", [
+    (lambda I, g, x, u: I.rk4("g", x, u, 0.05), TypeError, "rk4: g must be callable"),
+    (lambda I, g, x, u: I.euler(g, x, u, float("nan")), ValueError, "euler: dt must be a positive finite number"),
+    (lambda I, g, x, u: I.euler(g, x, u, 0.0), ValueError, "euler: dt must be a positive finite number"),
+    (lambda I, g, x, u: I.euler(g, x, u[:2], 0.05), ValueError, "euler: batch sizes differ"),
+    (lambda I, g, x, u: I.rk4(g, x.float(), u, 0.05), TypeError, "rk4: u has dtype torch.float64 but x"),
+    (lambda I, g, x, u: I.rk4(g, x.tolist(), u, 0.05), TypeError, "rk4: x must be a torch.Tensor"),
+    (lambda I, g, x, u: I.semi_implicit_euler(g, x, u, 0.05), TypeError, "semi_implicit_euler: positions must be"),
+    (lambda I, g, x, u: I.rk4_jacobians(g, None, x, u, 0.05), TypeError, "rk4_jacobians: jac must be callable"),
+    (lambda I, g, x, u: I.euler(g, x, u), TypeError, r"euler\(g, x, u, dt, t=None, positions=None\) takes 4"),
+])
+def test_the_public_integrators_name_a_bad_argument(call, error, pattern):
+    pendulum = dynamics.Pendulum().double()
+    x, u = torch.zeros(3, 2, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.float64)
+    with pytest.raises(error, match=pattern):
+        call(integrators, pendulum.derivative, x, u)
+    # the checked functions step as the models' discretizations (the unchecked dispatch table) do
+    step, jac = integrators.METHODS["rk4"]
+    torch.testing.assert_close(integrators.rk4(pendulum.derivative, x + 0.3, u, 0.05),
+                               step(pendulum.derivative, x + 0.3, u, 0.05), rtol=0, atol=0)

@@ -5,6 +5,8 @@ are learnable (``learnable=True``).
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from ..validation import check_bool, check_consistent, check_tensor
@@ -56,6 +58,8 @@ class LinearDynamics(Dynamics):
             return self.A, self.B, self.offset
         if t is None:
             raise ValueError("LinearDynamics: this model is time-varying; pass the stage index t")
+        if isinstance(t, bool) or not isinstance(t, numbers.Integral):
+            raise TypeError(f"LinearDynamics: the stage index t must be an int, got {t!r}")
         if not 0 <= t < self.stages:
             raise IndexError(f"LinearDynamics: this time-varying model has {self.stages} stages (A is "
                              f"{tuple(self.A.shape)}); stage t={t} is beyond them")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 
 import torch
 from tqdm.auto import tqdm
@@ -41,9 +42,12 @@ def fit(model, data: Transitions, *, epochs: int = 100, batch_size: int = 256, l
     check_bool(where, progress=progress)
     check_positive(where, lr=lr)
     check_fraction(where, val_fraction=val_fraction)
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
+    if not (isinstance(weight_decay, numbers.Real) and not isinstance(weight_decay, bool)
+            and math.isfinite(weight_decay) and weight_decay >= 0):
         raise ValueError(f"{where}: weight_decay must be a finite number >= 0, got {weight_decay!r}")
-    g = torch.Generator().manual_seed(seed)
+    # data that carries a graph (collected through a differentiable model) is fitted as values
+    data = Transitions(data.x.detach(), data.u.detach(), data.x_next.detach())
+    g = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(seed)
     model.to(dtype=data.x.dtype, device=data.x.device)
     train, val = data.split(val_fraction, generator=g)

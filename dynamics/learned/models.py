@@ -9,13 +9,14 @@ Differentiable with respect to: state, control and every weight.
 """
 from __future__ import annotations
 
+import numbers
 import operator
 
 import torch
 from torch import nn
 
 from ..base import Dynamics, accepts_unbatched
-from ..validation import check_int
+from ..validation import check_bool, check_int
 from .data import Transitions
 
 
@@ -37,8 +38,8 @@ class _Normalized(Dynamics):
     def __init__(self, state_dim, control_dim, hidden=()):
         where = type(self).__name__
         check_int(where, state_dim=state_dim, control_dim=control_dim)
-        if not (isinstance(hidden, (tuple, list)) and all(isinstance(h, int) and not isinstance(h, bool) and h >= 1
-                                                          for h in hidden)):
+        if not (isinstance(hidden, (tuple, list)) and all(
+                isinstance(h, numbers.Integral) and not isinstance(h, bool) and h >= 1 for h in hidden)):   # NumPy too
             raise ValueError(f"{where}: hidden must be a tuple of layer widths, ints >= 1, got {hidden!r}")
         super().__init__(state_dim, control_dim)
         n, m = state_dim, control_dim
@@ -96,6 +97,7 @@ class ResidualDynamics(_Normalized):
             raise TypeError(f"ResidualDynamics: base must be a dynamics.Dynamics, got {type(base).__name__}")
         super().__init__(base.state_dim, base.control_dim, hidden)
         self.base = base
+        check_bool(type(self).__name__, train_base=train_base)
         base.requires_grad_(train_base)
         self.net = mlp(base.state_dim + base.control_dim, base.state_dim, hidden)
         nn.init.zeros_(self.net[-1].weight)

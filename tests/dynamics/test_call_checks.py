@@ -166,6 +166,76 @@ def test_every_subclass_gets_the_check_without_doing_anything():
     assert Plain.forward.__wrapped__.__name__ == "forward" and Plain.forward.__name__ == "forward"
 
 
+class _Returns(dynamics.Dynamics):
+    """A user model whose forward or jacobians return what ``bad`` makes of the right answer."""
+
+    def __init__(self, forward=lambda y: y, jacobians=lambda A, B: (A, B), hessians=lambda *h: h):
+        super().__init__(2, 1)
+        self.wrap_forward, self.wrap_jacobians, self.wrap_hessians = forward, jacobians, hessians
+
+    def forward(self, x, u, t=None):
+        return self.wrap_forward(torch.stack([x[..., 0] + 0.1 * x[..., 1], x[..., 1] + 0.1 * u[..., 0]], -1))
+
+    def jacobians(self, x, u, t=None):
+        A = torch.tensor([[1.0, 0.1], [0.0, 1.0]], dtype=x.dtype).expand(*x.shape[:-1], 2, 2)
+        B = torch.tensor([[0.0], [0.1]], dtype=x.dtype).expand(*x.shape[:-1], 2, 1)
+        return self.wrap_jacobians(A, B)
+
+    def vector_hessians(self, x, u, lam, t=None):
+        return self.wrap_hessians(x.new_zeros(*x.shape[:-1], 2, 2), x.new_zeros(*x.shape[:-1], 1, 2),
+                                  x.new_zeros(*x.shape[:-1], 1, 1))
+
+
+class _Field(dynamics.ContinuousDynamics):
+    """A continuous user model whose vector field returns ``(B, 1)``: one column short."""
+
+    def __init__(self):
+        super().__init__(2, 1)
+
+    def derivative(self, x, u, t=None):
+        return x[..., 1:]
+
+
+BAD_OUTPUTS = [
+    ("forward (B, 1)", dict(forward=lambda y: y[..., :1]), "forward", ValueError,
+     r"_Returns\.forward returned shape \(4, 1\) as its output; expected \(4, 2\)"),
+    ("forward float32", dict(forward=lambda y: y.float()), "forward", TypeError,
+     r"_Returns\.forward returned torch\.float32 as its output for torch\.float64 inputs"),
+    ("forward a list", dict(forward=lambda y: y.tolist()), "forward", TypeError,
+     r"_Returns\.forward must return a tensor \(4, 2\); its output is a list"),
+    ("forward one row", dict(forward=lambda y: y[:1]), "forward", ValueError, r"returned shape \(1, 2\)"),
+    ("jacobians A (B, 2, 1)", dict(jacobians=lambda A, B: (A[..., :1], B)), "jacobians", ValueError,
+     r"_Returns\.jacobians returned shape \(4, 2, 1\) as A = df/dx; expected \(4, 2, 2\)"),
+    ("jacobians B float32", dict(jacobians=lambda A, B: (A, B.float())), "jacobians", TypeError,
+     r"_Returns\.jacobians returned torch\.float32 as B = df/du"),
+    ("jacobians one tensor", dict(jacobians=lambda A, B: A), "jacobians", TypeError,
+     r"_Returns\.jacobians must return 2 tensors"),
+    ("vector_hessians f_uu (B, 2, 2)", dict(hessians=lambda a, b, c: (a, b, a)), "vector_hessians", ValueError,
+     r"_Returns\.vector_hessians returned shape \(4, 2, 2\) as f_uu; expected \(4, 1, 1\)"),
+]
+
+
+@pytest.mark.parametrize("label, wrap, method, error, pattern", BAD_OUTPUTS, ids=[c[0] for c in BAD_OUTPUTS])
+def test_a_model_returning_the_wrong_shape_dtype_or_type_is_named(label, wrap, method, error, pattern):
+    x, u = torch.zeros(4, 2, **D64), torch.zeros(4, 1, **D64)
+    args = (x, u, torch.zeros(4, 2, **D64)) if method == "vector_hessians" else (x, u)
+    with pytest.raises(error, match=pattern):
+        getattr(_Returns(**wrap), method)(*args)
+    good = getattr(_Returns(), method)(*args)
+    assert all(torch.isfinite(z).all() for z in ((good,) if method == "forward" else good))
+
+
+def test_a_continuous_models_vector_field_returning_the_wrong_shape_is_named_by_every_consumer():
+    import trajopt
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(2, **D64), torch.eye(1, **D64))
+    problem = trajopt.Problem(_Field().discretize(0.1), cost, torch.ones(3, 2, **D64), horizon=4)
+    for call in (lambda: trajopt.ilqr(problem), lambda: trajopt.collocation(problem, backend=trajopt.Scipy()),
+                 lambda: _Field().discretize(0.1).jacobians(torch.ones(3, 2, **D64), torch.ones(3, 1, **D64))):
+        with pytest.raises(ValueError, match=r"_Field\.derivative returned shape \((\d+), 1\) as its output; "
+                                             r"expected \(\1, 2\)"):
+            call()
+
+
 @pytest.mark.parametrize("dims, pattern", [((2.5, 1), "state_dim must be an int >= 1, got 2.5"),
                                            (("2", 1), "state_dim must be an int >= 1, got '2'"),
                                            ((0, 1), "state_dim must be an int >= 1, got 0"),
@@ -330,3 +400,33 @@ def test_mujoco_options_are_checked(option, error, pattern):
     from dynamics.mujoco import MuJoCoDynamics
     with pytest.raises(error, match="MuJoCoDynamics: " + pattern):
         MuJoCoDynamics(ARM, **option)
+
+
+def test_a_time_varying_linear_models_stage_index_is_an_int():
+    model = dynamics.LinearDynamics(torch.eye(2, **D64).expand(4, 2, 2), torch.ones(4, 2, 1, **D64))
+    x, u = torch.zeros(1, 2, **D64), torch.zeros(1, 1, **D64)
+    with pytest.raises(TypeError, match=r"LinearDynamics: the stage index t must be an int, got 1\.5"):
+        model(x, u, 1.5)
+    torch.testing.assert_close(model(x, u, np.int64(1)), model(x, u, 1))
+
+
+def test_residual_dynamics_train_base_is_a_bool():
+    with pytest.raises(TypeError, match="ResidualDynamics: train_base must be a bool"):
+        ResidualDynamics(dynamics.Pendulum().discretize(), hidden=(8,), train_base="yes")
+
+
+def test_fit_takes_data_that_carries_a_graph_as_values():
+    from dynamics.learned import Transitions, fit
+    g = torch.Generator().manual_seed(0)
+    x, u = torch.randn(64, 2, generator=g), torch.randn(64, 1, generator=g)
+    scale = torch.ones(1, requires_grad=True)                  # x_next computed through a differentiable step
+    data = Transitions(x, u, (x + 0.1 * u) * scale)
+    torch.manual_seed(0)
+    fitted = MLPDynamics(2, 1, hidden=(8,))
+    fit(fitted, data, epochs=3, progress=False)
+    torch.manual_seed(0)
+    reference = MLPDynamics(2, 1, hidden=(8,))
+    fit(reference, Transitions(x, u, (x + 0.1 * u).detach()), epochs=3, progress=False)
+    for a, b in zip(fitted.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert scale.grad is None

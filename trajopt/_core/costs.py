@@ -9,6 +9,7 @@ Differentiable with respect to: states, controls and the module's parameters.
 from __future__ import annotations
 
 import abc
+import numbers
 from typing import NamedTuple
 
 import torch
@@ -16,7 +17,7 @@ from torch import nn
 
 from dynamics.base import Dynamics, register_tensors, rowwise_hessians
 from dynamics.validation import check_bool, check_finite, check_int, check_tensor
-from .stages import over_stages
+from .stages import check_rows, over_stages
 
 __all__ = ["Cost", "QuadraticCost", "Quadratization", "SlewRateCost"]
 
@@ -110,10 +111,15 @@ class Cost(nn.Module, abc.ABC):
 
     def forward(self, X: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
         """Total cost ``(B,)`` of states ``X (B, T+1, n)`` and controls ``U (B, T, m)`` (checked by
-        :meth:`check_trajectory`: shapes and dtypes; NaN or Inf in them gives a non-finite cost)."""
+        :meth:`check_trajectory`: shapes and dtypes; NaN or Inf in them gives a non-finite cost), or of unbatched
+        ``X (T+1, n)``, ``U (T, m)``: a scalar."""
         self.check_trajectory(X, U)
-        stage = over_stages(self.stage, self, X[..., :-1, :], U)
-        return stage.sum(1) + self.terminal(X[..., -1, :])
+        _at_most_one_batch(f"{type(self).__name__}.forward", X)
+        if X.ndim == 2:
+            return self(X.unsqueeze(0), U.unsqueeze(0))[0]
+        stage = over_stages(self.stage, self, X[..., :-1, :], U, scalar=True)
+        xT = X[..., -1, :]
+        return stage.sum(1) + check_rows(self, self.terminal, self.terminal(xT), xT.shape[0], xT, scalar=True)
 
     def quadratize(self, X: torch.Tensor, U: torch.Tensor) -> Quadratization:
         """Gradients and Hessians of the cost at every stage of ``X (B, T+1, n)``, ``U (B, T, m)`` (or unbatched
@@ -159,7 +165,7 @@ def _same_dtype(where, name, value, like, like_name, *, number=False, convert=Fa
     """``value``: a tensor of ``like``'s dtype (moved to its device; a float tensor of another dtype is converted
     where ``convert``) or, where ``number``, a Python number (converted to a 0-dim tensor of that dtype). Anything
     else raises a TypeError naming ``name``."""
-    if number and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if number and isinstance(value, numbers.Real) and not isinstance(value, bool):       # NumPy numbers too
         return torch.tensor(float(value), dtype=like.dtype, device=like.device)
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{where}: {name} must be a torch.Tensor{' or a number' if number else ''}, "
@@ -233,6 +239,11 @@ class QuadraticCost(Cost):
         self._dims = {key: dims[key] for key in ("n+m", "n") if key in dims}
         if tv:
             self._dims["T"] = C.shape[-3]
+            if C.shape[-3] == 0:
+                raise ValueError(f"{where}: C has shape {tuple(C.shape)}: a time-varying cost of T=0 stages; give at "
+                                 "least one")
+        if batched and C.shape[0] == 0:
+            raise ValueError(f"{where}: C has shape {tuple(C.shape)}: a per-problem cost of B=0 problems")
         register_tensors(self, learnable, **tensors)
         for name in ("C_final", "c_final"):
             if name not in tensors:

@@ -37,6 +37,7 @@ from .._core.checks import check_bool, check_fraction, check_int, check_positive
 from .._core.compiled import compiled
 from .._core.problem import Problem, Solution, Status, solver
 from .._core.rollout import unchecked_rollout
+from .._core.stages import check_rows
 
 __all__ = ["mppi", "cem", "random_shooting"]
 
@@ -347,9 +348,10 @@ def _summed_costs(dynamics, cost, x, U):
     """``sum_t stage(x_t, u_t, t) + terminal(x_T)`` (the cost's definition) along the rollout from ``x (R, n)``
     under ``U (T, m, R)``, ``(R,)``, and ``inf`` where the final state ``x_T`` is not finite; ``u_t = U[t].mT`` is a
     column-major view, and so are the states when the model builds them with :func:`dynamics.stack_columns`."""
-    J = 0.0
+    J, R = 0.0, x.shape[0]
     for t in range(U.shape[0]):
         u = U[t].mT
-        J = J + cost.stage(x, u, t)
+        J = J + check_rows(cost, cost.stage, cost.stage(x, u, t), R, x, True)
         x = dynamics(x, u, t)
-    return torch.where(torch.isfinite(x).all(-1), J + cost.terminal(x), math.inf)
+    return torch.where(torch.isfinite(x).all(-1), J + check_rows(cost, cost.terminal, cost.terminal(x), R, x, True),
+                       math.inf)

@@ -321,8 +321,24 @@ def test_constrained_ilqr_rejects_bad_input():
             constrained_ilqr(problem, **{name: value})
     with pytest.raises(TypeError, match="iterations"):
         constrained_ilqr(problem, iterations=3)
-    with pytest.raises(ValueError, match="constraint at the initial trajectory contains NaN"):
-        constrained_ilqr(speed_limited(x0, lambda x, u: torch.full_like(x[..., :1], float("nan"))))
+    nowhere = constrained_ilqr(speed_limited(x0, lambda x, u: torch.full_like(x[..., :1], float("nan"))))
+    assert (nowhere.status == Status.NOT_FINITE).all() and (nowhere.cost == float("inf")).all()
+    assert torch.isfinite(nowhere.X).all() and torch.isfinite(nowhere.U).all()
+
+
+def test_a_row_whose_constraint_is_not_finite_is_flagged_and_the_others_solved():
+    model, cost = double_integrator()
+    x0 = torch.tensor([[0.0, 0.0], [7.0, 0.0], [-0.5, 0.2]], **D64)   # the constraint is undefined beyond q = 5
+
+    def limited(x, u):
+        return torch.where(x[..., :1] > 5, float("nan"), x[..., 1:] - V_MAX)
+
+    sol = constrained_ilqr(trajopt.Problem(model, cost, x0, horizon=T, constraint=limited))
+    assert sol.status[1] == Status.NOT_FINITE and sol.cost[1] == float("inf")
+    assert (sol.status[[0, 2]] == Status.CONVERGED).all()
+    assert torch.isfinite(sol.X).all() and torch.isfinite(sol.U).all()
+    alone = constrained_ilqr(trajopt.Problem(model, cost, x0[[0, 2]], horizon=T, constraint=limited))
+    torch.testing.assert_close(sol.U[[0, 2]], alone.U, rtol=0, atol=1e-10)
 
 
 # ---------------------------------------------------------------------------------------- issue 21: nothing silent

@@ -76,6 +76,15 @@ def test_base_cost_checks_its_trajectory(method):
     assert torch.equal(cost(X, U), torch.zeros(3, **D))        # valid input still works
 
 
+def test_base_cost_of_an_unbatched_trajectory_is_a_scalar():
+    g = torch.Generator().manual_seed(0)
+    X, U = torch.randn(T + 1, 2, generator=g, **D), torch.randn(T, 1, generator=g, **D)
+    total = StageOnly()(X, U)
+    assert total.shape == () and float(total) == pytest.approx(float((X[:-1] ** 2).sum() + (U ** 2).sum()), rel=1e-14)
+    with pytest.raises(ValueError, match=r"StageOnly\.forward: X has shape \(1, 1, 7, 2\)"):
+        StageOnly()(X[None, None], U[None, None])
+
+
 def test_cost_declared_horizon_and_batch_are_checked():
     tv = QuadraticCost(torch.eye(3, **D).expand(4, 3, 3))
     with pytest.raises(ValueError, match=r"U has shape \(3, 6, 1\); the cost is time-varying with T=4"):
@@ -191,6 +200,13 @@ BAD_COST_OUTPUTS = [
     ("terminal (B, 1)", dict(terminal=lambda v: v[:, None]), ValueError, r"terminal must return one value per row"),
     ("terminal float32", dict(terminal=lambda v: v.float()), TypeError, "terminal must return the problem's dtype"),
     ("terminal list", dict(terminal=lambda v: v.tolist()), TypeError, "terminal must return a tensor"),
+    # wrong only on more rows than the one-row probe: named by the solvers' own evaluations
+    ("stage (1,) on a batch", dict(stage=lambda v: v[:1]), ValueError,
+     r"_OutputCost\.stage returned shape \(1,\) for \d+ input rows; it must return one value per input row"),
+    ("stage float32 on a batch", dict(stage=lambda v: v.float() if len(v) > 1 else v), TypeError,
+     r"_OutputCost\.stage returned torch\.float32 for torch\.float64 inputs"),
+    ("terminal (B, 1) on a batch", dict(terminal=lambda v: v[:, None] if len(v) > 1 else v), ValueError,
+     r"_OutputCost\.terminal returned shape \((\d+), 1\) for \1 input rows"),
 ]
 
 
@@ -342,3 +358,43 @@ def test_sampling_noise_std_given_as_a_sequence_is_converted(solver):
         torch.testing.assert_close(run(std), reference, rtol=1e-6, atol=0)     # np.float32: to its precision
     with pytest.raises(ValueError, match=r"noise_std must be a scalar or \(1,\)"):
         run([0.4, 0.4])
+
+
+def test_numpy_numbers_are_taken_as_python_numbers():
+    """NumPy integers and floats where Python's are expected: budgets, tolerances, segment lengths, bounds and
+    constants (a NumPy bool met with a tensor would not combine, so each is converted where it is checked)."""
+    p = problem()
+    ref = trajopt.ilqr(p, max_iter=3)
+    for budget in (np.int64(3), np.int32(3)):
+        for solver in (trajopt.ilqr, trajopt.ddp):
+            assert solver(p, max_iter=budget).iterations.tolist() == solver(p, max_iter=3).iterations.tolist()
+    torch.testing.assert_close(trajopt.ilqr(p, max_iter=np.int64(3)).U, ref.U, rtol=0, atol=0)
+    pc = problem(constraint=lambda x, u: u - 0.8)
+    torch.testing.assert_close(
+        trajopt.constrained_ilqr(pc, max_iter=np.int64(20), intermediate_grad_tol=np.float32(0.01)).U,
+        trajopt.constrained_ilqr(pc, max_iter=20, intermediate_grad_tol=float(np.float32(0.01))).U, rtol=0, atol=0)
+    guesses = torch.zeros(2, T, 1, **D)
+    torch.testing.assert_close(trajopt.multistart(p, U_inits=guesses, screen_iter=np.int32(2)).U,
+                               trajopt.multistart(p, U_inits=guesses, screen_iter=2).U, rtol=0, atol=0)
+    assert trajopt.multiple_shooting(p, segment=np.int64(3)).U.shape == (3, T, 1)
+    bounded = problem(u_lower=np.float32(-0.5), u_upper=np.int64(1))
+    assert bounded.u_lower.dtype == torch.float64 and float(bounded.u_lower.max()) == -0.5
+    assert float(bounded.u_upper.min()) == 1.0
+    C = torch.eye(3, **D)
+    assert float(QuadraticCost(C, const=np.float32(1.5)).stage(torch.zeros(1, 2, **D), torch.zeros(1, 1, **D))) == 1.5
+    from dynamics.learned import MLPDynamics
+    assert MLPDynamics(np.int64(2), np.int64(1), hidden=(np.int64(8),))(torch.zeros(3, 2), torch.zeros(3, 1)).shape \
+        == (3, 2)
+
+
+def test_lqr_cost_takes_no_linear_term():
+    X, U = torch.ones(2, T + 1, 2, **D), torch.ones(2, T, 1, **D)
+    C = torch.eye(3, **D).expand(T, 3, 3)
+    torch.testing.assert_close(trajopt.lqr_cost(X, U, C, None), trajopt.lqr_cost(X, U, C, torch.zeros(T, 3, **D)))
+
+
+def test_quadratic_cost_of_no_stages_and_a_horizon_too_long_to_allocate_are_named():
+    with pytest.raises(ValueError, match=r"QuadraticCost: C has shape \(0, 3, 3\): a time-varying cost of T=0"):
+        QuadraticCost(torch.zeros(0, 3, 3, **D))
+    with pytest.raises(ValueError, match=r"Problem: horizon=10000000000000 is too long to allocate"):
+        problem(horizon=10 ** 13)

@@ -1,6 +1,8 @@
 """Box bounds: the one check every solver's bounds pass, clamping, the projected gradient and the clamped set."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 __all__ = ["check_bounds", "clamp", "project", "clamped"]
@@ -19,7 +21,7 @@ def check_bounds(where, lower, upper, shape, like, names=("u_lower", "u_upper"),
         if value is None:
             bounds.append(None)
             continue
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):      # NumPy numbers too
             value = torch.tensor(float(value), dtype=like.dtype, device=like.device)
         elif not isinstance(value, torch.Tensor):
             raise TypeError(f"{where}: {name} must be a number or a tensor broadcastable to {dims}, "

@@ -251,7 +251,11 @@ class Problem:
             check_int(where, horizon=horizon)
             horizon = operator.index(horizon)
         if U_init is None:
-            U_init = x0.new_zeros((*x0.shape[:-1], horizon, dims["m"]))
+            try:
+                U_init = x0.new_zeros((*x0.shape[:-1], horizon, dims["m"]))
+            except RuntimeError as e:       # the allocator's own message, named
+                raise ValueError(f"{where}: horizon={horizon} is too long to allocate its controls "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
         U_init = check_tensor(where, "U_init", U_init, ("T", "m"), dims)
         T = U_init.shape[-2]
         if T < 1:

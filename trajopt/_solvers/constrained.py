@@ -25,7 +25,6 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from dynamics.validation import check_finite
 from .._core.checks import check_bool, check_int, check_interval, check_positive, tolerance
 from .._core.constraint import Constraint, FunctionConstraint
 from .._core.costs import Cost, Quadratization
@@ -226,6 +225,12 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
     check_interval(where, 0, 1, include_low=False, include_high=False, violation_shrink=violation_shrink)
     if penalty_max < penalty_init:
         raise ValueError(f"{where}: penalty_max must be >= penalty_init ({penalty_init!r}), got {penalty_max!r}")
+    # NumPy numbers as Python's (a NumPy bool met with a tensor in the loop below would not combine)
+    max_outer, max_iter = int(max_outer), int(max_iter)
+    constraint_tol, penalty_init, penalty_max, penalty_growth, violation_shrink = (
+        float(v) for v in (constraint_tol, penalty_init, penalty_max, penalty_growth, violation_shrink))
+    grad_tol, intermediate_grad_tol, tol = (None if v is None else float(v)
+                                            for v in (grad_tol, intermediate_grad_tol, tol))
     grad_tol = tolerance(grad_tol, 1e-6, problem.dtype)
 
     B, T, n, m = problem.B, problem.T, problem.n, problem.m
@@ -243,7 +248,15 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
         # a bad row never sinks the batch: it keeps x0 held and its initial controls, and is not solved
         X = torch.where(finite.view(B, 1, 1), X, x0.unsqueeze(1).expand(B, T + 1, n)).clone()
         J = torch.where(finite, J, inf)
-        G, GT = _evaluate(where, constraint, X, U, finite)
+        G, GT = _evaluate(where, constraint, X, U)
+        # a row whose constraint is not finite at its initial trajectory is NOT_FINITE too, and not solved
+        bad = finite & ~(torch.isfinite(G).flatten(1).all(1) & torch.isfinite(GT).all(1))
+        if bool(bad.any()):
+            finite = finite & ~bad
+            status = torch.where(bad, int(Status.NOT_FINITE), status)
+            X = torch.where(bad.view(B, 1, 1), x0.unsqueeze(1).expand(B, T + 1, n), X).clone()
+            J = torch.where(bad, inf, J)
+        G, GT = torch.where(finite.view(B, 1, 1), G, 0.0), torch.where(finite.view(B, 1), GT, 0.0)
         k, kT = G.shape[-1], GT.shape[-1]
         lam, lam_T = x0.new_zeros(B, T, k), x0.new_zeros(B, kT)
         rho, rho_T = torch.full_like(lam, penalty_init), torch.full_like(lam_T, penalty_init)
@@ -337,9 +350,8 @@ def constrained_ilqr(problem: Problem, *, max_outer: int = 20, max_iter: int = 1
                     residual=worst, K=K, k=kff, extras=extras)
 
 
-def _evaluate(where, constraint, X, U, finite):
-    """The constraint at the initial trajectory, with its output shapes checked, and its values on the rows
-    ``finite`` (those with a finite rollout)."""
+def _evaluate(where, constraint, X, U):
+    """The constraint at the initial trajectory, with its output shapes checked."""
     B, T = U.shape[:2]
     x, u = X[:, :-1].reshape(B * T, -1), U.reshape(B * T, -1)
     N = B * T
@@ -362,8 +374,6 @@ def _evaluate(where, constraint, X, U, finite):
     if G.shape[-1] + GT.shape[-1] == 0:
         raise ValueError(f"{where}: constraint has no constraints (k = 0 stage and k_T = 0 terminal values); "
                          "use trajopt.ilqr")
-    check_finite(where, {"the constraint at the initial trajectory": G[finite],
-                         "the terminal constraint at the initial trajectory": GT[finite]})
     return G, GT
 
 

@@ -120,6 +120,7 @@ def ilqr(problem: Problem, *, max_iter: int = 100, grad_tol: float | None = None
         return back(ilqr.__wrapped__(lifted, max_iter=max_iter, grad_tol=grad_tol, tol=tol, second_order=second_order,
                                      grad=grad, mu_init=mu_init, mu_min=mu_min, mu_max=mu_max, step=step))
     check_int(where, minimum=0, max_iter=max_iter)
+    max_iter = int(max_iter)                # a NumPy integer too
     check_bool(where, second_order=second_order)
     if step not in ("box_ddp", "qp"):
         raise ValueError(f"{where}: step must be 'box_ddp' or 'qp', got {step!r}")

@@ -188,7 +188,7 @@ def _unbounded(F, f, C, c, x0, C_final, c_final, grad, parallel):
 def lqr_cost(X, U, C, c, C_final=None, c_final=None):
     """``sum_t 1/2 tau_t' C_t tau_t + c_t' tau_t + 1/2 x_T' C_final x_T + c_final' x_T``, shape ``(B,)``.
 
-    ``X (B, T+1, n)``, ``U (B, T, m)``, the rest as in :func:`lqr` (batched or shared). Every input is checked
+    ``X (B, T+1, n)``, ``U (B, T, m)``, the rest as in :func:`lqr` (batched or shared; ``c`` None for zero). Every input is checked
     (shapes, finite values: no NaN is returned). Differentiable with respect to every argument.
     """
     where, dims = "lqr_cost", {}
@@ -196,7 +196,7 @@ def lqr_cost(X, U, C, c, C_final=None, c_final=None):
     X = check_tensor(where, "X", X, ("T+1", "n"), {**dims, "T+1": dims["T"] + 1}, batchable=True)
     set_dim(dims, "n+m", X.shape[-1] + dims["m"], "X and U")
     C = check_tensor(where, "C", C, ("T", "n+m", "n+m"), dims)
-    c = check_tensor(where, "c", c, ("T", "n+m"), dims)
+    c = C.new_zeros(C.shape[:-1]) if c is None else check_tensor(where, "c", c, ("T", "n+m"), dims)
     if C_final is not None:
         C_final = check_tensor(where, "C_final", C_final, ("n", "n"), dims)
     if c_final is not None:

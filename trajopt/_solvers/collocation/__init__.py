@@ -24,6 +24,7 @@ and one vector-Jacobian product per backward pass), ``grad="unroll"`` (theseus) 
 from __future__ import annotations
 
 import contextlib
+import numbers
 
 import torch
 
@@ -191,8 +192,10 @@ def multiple_shooting(problem: Problem, *, segment: int = 1, backend: Scipy | Th
     """
     where = "multiple_shooting"
     T = problem.T
-    if isinstance(segment, bool) or not (isinstance(segment, int) and 1 <= segment <= T and T % segment == 0):
+    if isinstance(segment, bool) or not (isinstance(segment, numbers.Integral) and 1 <= segment <= T
+                                         and T % segment == 0):
         raise ValueError(f"{where}: segment must be a positive int dividing the horizon T={T}, got {segment!r}")
+    segment = int(segment)
     if (problem.x_lower is not None or problem.x_upper is not None) and segment > 1:
         raise ValueError(f"{where}: x_lower/x_upper bound the decision variables, which are every state only "
                          f"with segment=1 (got segment={segment}: the states inside a segment are not variables)")

@@ -14,6 +14,8 @@ when ``import mpc`` works.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 import trajopt
@@ -51,8 +53,29 @@ def solve_old(p, grad="implicit"):
     return trajopt.ilqr(problem, max_iter=100, grad=grad)
 
 
+MPC_LQR_ITER = 100     # mpc.pytorch's iteration budget (its default, 10, stops it short at umax 1)
+
+
+def solve_mpc(mpc, p, backprop=True):
+    """The same problems by mpc.pytorch's box-constrained iLQR (``mpc.MPC`` on ``LinDx``/``QuadCost``): ``N + 1``
+    cost stages (the last holds the terminal ``C_final`` on ``x_N`` and ``R`` on a control that moves nothing, so
+    it is zero at the optimum) and ``N`` dynamics steps. Returns the controls ``U (B, N, NU)``."""
+    tm = lambda z: z.transpose(0, 1)                             # noqa: E731 - mpc.pytorch is time-major
+    pad = lambda z: torch.cat([z, z[:, -1:]], 1)                 # noqa: E731
+    C = pad(p["C"]).clone()
+    C[:, -1, :NX, :NX] = p["C_final"]
+    C[:, -1, :NX, NX:], C[:, -1, NX:, :NX] = 0.0, 0.0
+    solver = mpc.MPC(NX, NU, N + 1, u_lower=tm(pad(p["lower"])), u_upper=tm(pad(p["upper"])), lqr_iter=MPC_LQR_ITER,
+                     exit_unconverged=False, verbose=-1, n_batch=p["F"].shape[0], backprop=backprop,
+                     grad_method=mpc.GradMethods.ANALYTIC)
+    with warnings.catch_warnings():          # torch.lu and torch.lu_solve, deprecated, inside mpc.pytorch
+        warnings.simplefilter("ignore", UserWarning)
+        _, U, _ = solver(p["x0"], mpc.QuadCost(tm(C), tm(pad(p["c"]))), mpc.LinDx(tm(p["F"]), tm(p["f"])))
+    return tm(U)[:, :N]
+
+
 def _loss(sol):
-    return sol.U[:, 0].sum()
+    return (sol if isinstance(sol, torch.Tensor) else sol.U)[:, 0].sum()
 
 
 def _leaves(p):
@@ -118,10 +141,19 @@ def measure(umax: float, repeat: int) -> dict:
 
     fns = {"new": lambda: solve_new(p, grad=None), "new_grad": with_grad(solve_new),
            "old": lambda: solve_old(p, grad=None), "old_grad": with_grad(solve_old)}
+    mpc = peers.mpc_pytorch()
+    if mpc is not None:
+        fns.update(mpc=lambda: solve_mpc(mpc, p, backprop=False), mpc_grad=with_grad(lambda q: solve_mpc(mpc, q)))
     times = interleaved_ms(fns, repeat=repeat if umax > 10 else max(3, repeat // 4), warmup=1)
     new, old = solve_new(p, grad=None), solve_old(p, grad=None)
     summary = lambda s: s.summary().split(": ", 1)[1]            # noqa: E731
-    return {"umax": f"{umax:g}", "solve": times["new"], "solve_grad": times["new_grad"],
+    peer = {}
+    if mpc is not None:
+        U_mpc = solve_mpc(mpc, p, backprop=False)
+        peer = {"mpc": times["mpc"], "mpc_grad": times["mpc_grad"], "speedup": times["mpc"] / times["new"],
+                "speedup_grad": times["mpc_grad"] / times["new_grad"],
+                "mpc_err": float((U_mpc - new.U).abs().max())}
+    return {**peer, "umax": f"{umax:g}", "solve": times["new"], "solve_grad": times["new_grad"],
             "old_solve": times["old"], "old_grad": times["old_grad"],
             "ratio": times["new"] / times["old"], "ratio_grad": times["new_grad"] / times["old_grad"],
             "iters": f"{new.iterations.double().mean():.1f}/{int(new.iterations.max())}",
@@ -138,6 +170,10 @@ COLUMNS = [("umax", "umax", "s"), ("solve", "solve ms", ".1f"), ("solve_grad", "
            ("active", "active frac", "s"), ("clarabel", "|U - Clarabel|", ".1e"), ("grad_err", "grad rel err", ".1e")]
 
 
+MPC_COLUMNS = [("umax", "umax", "s"), ("mpc", "mpc.pytorch ms", ".1f"), ("mpc_grad", "+grad ms", ".1f"),
+               ("speedup", "speedup", ".2f"), ("speedup_grad", "speedup +grad", ".2f"), ("mpc_err", "|U - ours|", ".1e")]
+
+
 def run(repeat: int = 20) -> str:
     lines = [f"Bounded LQR (Frey et al. 2025 setup): B={B}, N={N}, nx={NX}, nu={NU}, float64, seed 42; "
              f"loss = sum of the first controls, gradients w.r.t. F (A, B), f (b), C",
@@ -147,4 +183,8 @@ def run(repeat: int = 20) -> str:
         lines.append("mpc.pytorch: not installed (pip install --no-deps mpc), no column")
     rows = [measure(umax, repeat) for umax in UMAX]
     lines.append(table(rows, COLUMNS))
+    if peers.mpc_pytorch() is not None:
+        lines += ["", f"mpc.pytorch (box-constrained iLQR, lqr_iter={MPC_LQR_ITER}), in the same rounds; speedup = its time / "
+                  "ours; |U - ours|: its largest control difference from our solution (ours equals Clarabel's)",
+                  table(rows, MPC_COLUMNS)]
     return "\n".join(lines)

@@ -416,7 +416,7 @@ def test_diffenv_step_names_u_and_its_rows_for_non_finite_actions_and_keeps_its_
 
 def test_diffenv_step_names_the_rows_where_the_dynamics_or_the_reward_give_nan():
     nan_reward = DiffEnv(dynamics.Pendulum().discretize().to(F64), reward=lambda x, u, y: torch.where(
-        u[:, 0] > 0, NAN, 0.0), reset=torch.zeros(4, 2, dtype=F64), episode_length=8, num_envs=2)
+        u[:, 0] > 0, NAN, 0.0).to(x), reset=torch.zeros(4, 2, dtype=F64), episode_length=8, num_envs=2)
     nan_reward.reset()
     raises(FloatingPointError, r"DiffEnv.step: the reward \(or cost\) gave NaN or Inf for row\(s\) \[1\]",
            nan_reward.step, torch.tensor([[0.0], [1.0]], dtype=F64))
@@ -823,3 +823,103 @@ def test_plot_learning_curves_names_a_path_in_a_missing_folder(tmp_path):
     raises(FileNotFoundError, r"plot_learning_curves: path '/nonexistent_dir/x.png' is in a folder that does not "
            r"exist", plot_learning_curves, {"a": rows}, path="/nonexistent_dir/x.png")
     raises(TypeError, r"plot_learning_curves: path must be a file path", plot_learning_curves, {"a": rows}, path=3)
+
+
+# ------------------------------------------------------------------------ sweep 6: names for what passed silently
+def test_diffenv_step_names_a_reward_or_cost_of_another_dtype_or_shape():
+    e = DiffEnv(dynamics.Pendulum().discretize(), reward=lambda x, u, y: -(x * x).sum(-1).double(),
+                reset=torch.zeros(4, 2), episode_length=8, num_envs=2)
+    e.reset()
+    raises(TypeError, r"DiffEnv.step: reward returned torch.float64 for torch.float32 states", e.step,
+           torch.zeros(2, 1))
+    e = DiffEnv(dynamics.Pendulum().discretize(), reward=lambda x, u, y: x[:, :1], reset=torch.zeros(4, 2),
+                episode_length=8, num_envs=2)
+    e.reset()
+    raises(ValueError, r"DiffEnv.step: reward must return a tensor of shape \(B,\) = \(2,\), got \(2, 1\)", e.step,
+           torch.zeros(2, 1))
+
+    class WideCost(trajopt.Cost):
+        def stage(self, x, u, t=None):
+            return (x * x).sum(-1).unsqueeze(-1).expand(-1, 2) if x.shape[0] == 2 else (x * x).sum(-1)
+    e = DiffEnv(dynamics.Pendulum().discretize().to(F64), WideCost(), reset=torch.zeros(4, 2, dtype=F64),
+                episode_length=8, num_envs=2)
+    e.reset()
+    raises(ValueError, r"DiffEnv.step: the cost's stage must return a tensor of shape \(B,\)", e.step,
+           torch.zeros(2, 1, dtype=F64))
+
+
+def test_diffenv_observe_names_x():
+    e = env()
+    raises(ValueError, r"DiffEnv.observe: x has shape \(2, 3\); expected \(B, n\) = \(B, 2\)", e.observe,
+           torch.zeros(2, 3, dtype=F64))
+    raises(TypeError, r"DiffEnv.observe: x must be a torch.Tensor \(B, n\), got list", e.observe, [[0.0, 0.0]])
+    e.reset()
+    raises(TypeError, r"DiffEnv.observe: x must be a float tensor of the states dtype torch.float64, got "
+           r"torch.float32", e.observe, torch.zeros(2, 2))
+    assert e.observe(torch.zeros(3, 2, dtype=F64)).shape == (3, 2)
+
+
+def test_gaussian_policy_names_noise_of_another_dtype():
+    p = GaussianPolicy(2, 1, -1.0, 1.0, hidden=(4,))
+    raises(TypeError, r"GaussianPolicy: noise is torch.float64 but the module's parameters are torch.float32",
+           p, torch.zeros(3, 2), torch.zeros(3, 1, dtype=F64))
+    raises(ValueError, r"GaussianPolicy: noise has shape \(3, 2\)", p, torch.zeros(3, 2), torch.zeros(3, 2))
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda: tasks.task("pusher", 2, dtype=torch.float16), r"task: dtype must be .*torch.float32 or torch.float64"),
+    (lambda: tasks.bicycle_starts(tasks.PathTrackingCost(), 3, dtype=torch.float16),
+     r"bicycle_starts: dtype must be .*torch.float32 or torch.float64, got torch.float16"),
+    (lambda: tasks.pusher_starts(3, dtype=torch.bfloat16), r"pusher_starts: dtype must be .*torch.float64"),
+    (lambda: GaussianPolicy(2, 1, -1.0, 1.0, dtype=torch.float16), r"GaussianPolicy: dtype must be"),
+    (lambda: shac(dtype=torch.float16), r"SHAC: dtype must be .*torch.float32 or torch.float64"),
+])
+def test_half_precision_dtypes_are_refused_by_name(fn, match):
+    raises(TypeError, match, fn)
+
+
+def test_shac_closed_loop_names_the_rows_where_the_dynamics_give_nan():
+    class NanRow(dynamics.Dynamics):
+        def forward(self, x, u, t=None):
+            y = x + 0.1 * u
+            return torch.where((torch.arange(x.shape[0]) == 1).unsqueeze(-1) & (x[:, :1] > -1), NAN, y)
+    s = shac()
+    raises(FloatingPointError, r"SHAC.closed_loop: the dynamics gave NaN or Inf states for row\(s\) \[1\], first at "
+           r"step t=0", s.closed_loop, torch.zeros(3, 2), 4, NanRow(2, 1))
+    X, U = s.closed_loop(torch.zeros(3, 2), 4)
+    assert X.shape == (3, 5, 2) and bool(torch.isfinite(X).all() & torch.isfinite(U).all())
+
+
+def test_checkpoint_and_log_in_a_missing_folder_are_named_at_construction(tmp_path):
+    missing = str(tmp_path / "no_such_dir" / "run.pt")
+    raises(FileNotFoundError, r"SHAC: checkpoint '.*run.pt' is in a folder that does not exist", shac,
+           checkpoint=missing)
+    raises(FileNotFoundError, r"SHAC: log '.*run.pt' is in a folder that does not exist", shac, log=missing)
+    raises(TypeError, r"SHAC: checkpoint must be a path \(str or os.PathLike\) or None, got int", shac, checkpoint=3)
+    shac(checkpoint=str(tmp_path / "run.pt"), log=tmp_path / "log.csv")
+    raises(FileNotFoundError, r"ModelBasedAgent: checkpoint '.*run.pt' is in a folder that does not exist",
+           tiny_agent, checkpoint=missing)
+
+
+def test_learned_cost_names_terminal_and_x():
+    X, U = torch.zeros(3, 6, 2) + 0.3, torch.zeros(3, 5, 1) + 0.1
+    raises(ValueError, r"LearnedCost: terminal returned shape \(3, 2\) for x \(3, 2\); it must return one value "
+           r"per state: \(3,\) or \(3, 1\)", LearnedCost(torch.tensor([1.0, 0.1]), torch.tensor([0.01]),
+                                                         terminal=torch.nn.Linear(2, 2)), X, U)
+    raises(TypeError, r"LearnedCost: terminal's tensor 'weight' is torch.float64 but q is torch.float32",
+           LearnedCost, torch.tensor([1.0, 0.1]), torch.tensor([0.01]), terminal=torch.nn.Linear(2, 1).double())
+
+    class Double(torch.nn.Module):
+        def forward(self, x):
+            return (x * x).sum(-1).double()
+    raises(TypeError, r"LearnedCost: terminal returned torch.float64 for torch.float32 states",
+           LearnedCost(torch.tensor([1.0, 0.1]), torch.tensor([0.01]), terminal=Double()), X, U)
+    c = LearnedCost(torch.tensor([1.0, 0.1]), torch.tensor([0.01]), terminal=torch.nn.Linear(2, 1))
+    assert c(X, U).shape == (3,)
+    raises(ValueError, r"LearnedCost.forward: X has shape \(3, 6, 3\): n=3 states; the cost is for n=2", c,
+           torch.zeros(3, 6, 3), U)
+    raises(ValueError, r"LearnedCost.forward: U has shape \(3, 5, 2\): m=2 controls; the cost is for m=1", c,
+           X, torch.zeros(3, 5, 2))
+    raises(ValueError, r"LearnedCost.stage: x has shape \(3, 3\); expected \(\.\.\., n\) = \(\.\.\., 2\)", c.stage,
+           torch.zeros(3, 3), torch.zeros(3, 1))
+    raises(ValueError, r"LearnedCost.terminal: x has shape \(3, 3\)", c.terminal, torch.zeros(3, 3))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from collections.abc import Mapping
 
 import torch
@@ -16,7 +17,7 @@ import torch
 from .._core.checks import check_int
 
 __all__ = ["check_hidden", "check_float_dtype", "check_features", "as_bound", "check_action_bounds",
-           "check_checkpoint", "check_module_state", "check_state_tensor", "check_score"]
+           "check_checkpoint", "check_module_state", "check_state_tensor", "check_score", "check_output_path"]
 
 
 def check_hidden(where, hidden, allow_empty=True):
@@ -28,9 +29,25 @@ def check_hidden(where, hidden, allow_empty=True):
 
 
 def check_float_dtype(where, dtype, name="dtype"):
-    """``dtype`` a floating ``torch.dtype``."""
-    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"{where}: {name} must be a floating torch.dtype (e.g. torch.float32), got {dtype!r}")
+    """``dtype`` one of the floating dtypes the library computes in: ``torch.float32`` or ``torch.float64``
+    (a TypeError otherwise: half precision too, as :func:`dynamics.validation.check_tensor` refuses its tensors)."""
+    if not isinstance(dtype, torch.dtype) or dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"{where}: {name} must be a floating torch.dtype, torch.float32 or torch.float64, got "
+                        f"{dtype!r}")
+
+
+def check_output_path(where, name, path):
+    """``path`` None or a file path (str or os.PathLike) in a folder that exists: a TypeError, or a
+    FileNotFoundError naming ``name``, the path and the folder (checked when a run is built, not when it first
+    writes there)."""
+    if path is None:
+        return
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{where}: {name} must be a path (str or os.PathLike) or None, got {type(path).__name__}")
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{where}: {name} {os.fspath(path)!r} is in a folder that does not exist "
+                                f"({folder!r}); create it first")
 
 
 def check_features(where, name, value, size, dtype=None, dims="o"):

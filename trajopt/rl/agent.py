@@ -47,7 +47,7 @@ from .._core.costs import Cost
 from .._core.problem import Problem
 from .._solvers.sampling import cem, mppi
 from ._checks import (check_action_bounds, check_checkpoint, check_features, check_float_dtype, check_module_state,
-                      check_state_tensor)
+                      check_output_path, check_state_tensor)
 from .logs import atomic_write, read_checkpoint, write_rows
 
 __all__ = ["Planner", "RandomPlanner", "PETS", "ParticleDynamics", "ParticleCost", "ModelBasedAgent",
@@ -378,9 +378,12 @@ class ModelBasedAgent:
         envs: episodes per iteration, stepped in parallel and planned as one batch.
         random_iterations: iterations of uniform random actions first (at least 1: the planner needs a model).
         max_episode_steps: cut episodes at this length, an int >= 1 (default None: the environment's own limit).
-        dtype: of the observations, the model and the plans (float32 by default: the planner's speed).
+        dtype: of the observations, the model and the plans, torch.float32 (the default: the planner's
+            speed) or torch.float64.
         log: CSV path of one row per iteration (:data:`LOG_COLUMNS`), rewritten from the checkpoint on resume.
         checkpoint: path written atomically after every iteration; :meth:`train` resumes from it when it exists.
+            ``log`` and ``checkpoint`` must lie in folders that exist (a FileNotFoundError naming the path at
+            construction, not at the first write).
         progress: a tqdm bar over environment steps.
 
     ``rows`` holds the log; a row's ``return_*`` are the returns of that iteration's episodes, ``env_steps`` the
@@ -426,10 +429,8 @@ class ModelBasedAgent:
             raise TypeError(f"{where}: fit_options must be a dict of dynamics.learned.fit's options or None, got "
                             f"{type(fit_options).__name__}")
         check_float_dtype(where, dtype)
-        for name, value in (("log", log), ("checkpoint", checkpoint)):
-            if value is not None and not isinstance(value, (str, os.PathLike)):
-                raise TypeError(f"{where}: {name} must be a path (str or os.PathLike) or None, "
-                                f"got {type(value).__name__}")
+        check_output_path(where, "log", log)
+        check_output_path(where, "checkpoint", checkpoint)
         check_bool(where, progress=progress)
         self.make_env, self.model, self.planner = make_env, model.to(dtype), planner
         self.seed, self.envs, self.random_iterations = seed, envs, random_iterations
@@ -731,10 +732,7 @@ def plot_learning_curves(logs: dict, path: str | None = None, *, x: str = "env_s
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"{where}: path must be a file path (str or os.PathLike) or None, got "
                             f"{type(path).__name__}")
-        folder = os.path.dirname(os.path.abspath(os.fspath(path)))
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"{where}: path {os.fspath(path)!r} is in a folder that does not exist "
-                                    f"({folder!r}); create it first")
+        check_output_path(where, "path", path)
     try:
         import matplotlib
         if ax is None and path is not None:

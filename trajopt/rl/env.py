@@ -61,7 +61,7 @@ class DiffEnv:
         cost: a time-invariant :class:`trajopt.Cost`; the reward of a step is ``-cost.stage(x, u)``, and the
             step that reaches ``episode_length`` also gets ``-cost.terminal(x_next)``. Give exactly one of
             ``cost`` and ``reward``.
-        reward: a callable ``reward(x (B, n), u (B, m), x_next (B, n)) -> (B,)``.
+        reward: a callable ``reward(x (B, n), u (B, m), x_next (B, n)) -> (B,)`` in the states' dtype.
         reset: the reset distribution: a callable ``reset(count, generator) -> (count, n)`` states (a finite float
             tensor of the cost's and the model's dtype), or a tensor ``(K, n)`` of starts drawn from uniformly.
         episode_length: steps before truncation.
@@ -154,7 +154,12 @@ class DiffEnv:
 
     def observe(self, x: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
         """Observations ``(B, o)`` of states ``x (B, n)`` at steps ``t (B,)`` of their episodes (used only with
-        ``time_feature``)."""
+        ``time_feature``). The shape and dtype of ``x`` and ``t`` are checked (a TypeError or ValueError naming
+        them)."""
+        self._check_x("DiffEnv.observe", x)
+        if self.time_feature and t is not None and not (isinstance(t, torch.Tensor) and t.shape == x.shape[:1]):
+            raise ValueError(f"DiffEnv.observe: t must be a tensor of steps (B,) = ({x.shape[0]},), got "
+                             f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
         obs = x if self.observe_fn is None else self.observe_fn(x)
         if self.observe_fn is not None and not (isinstance(obs, torch.Tensor) and obs.ndim == 2
                                                 and obs.shape[0] == x.shape[0] and obs.is_floating_point()):
@@ -167,6 +172,30 @@ class DiffEnv:
         if t is None:
             raise ValueError("DiffEnv.observe: this env has time_feature=True; give the steps t (B,)")
         return torch.cat([obs, (t.to(obs.dtype) / self.episode_length).unsqueeze(-1)], -1)
+
+    def _check_x(self, where, x):
+        """``x`` a float tensor ``(B, n)`` (of the states' dtype once they are known): shapes and dtypes only."""
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{where}: x must be a torch.Tensor (B, n), got {type(x).__name__}")
+        if x.ndim != 2 or x.shape[-1] != self.state_dim:
+            raise ValueError(f"{where}: x has shape {tuple(x.shape)}; expected (B, n) = (B, {self.state_dim})")
+        dtype = None if self.state is None else self.state.dtype
+        if not x.is_floating_point() or (dtype is not None and x.dtype != dtype):
+            raise TypeError(f"{where}: x must be a float tensor{'' if dtype is None else f' of the states dtype {dtype}'}"
+                            f", got {x.dtype}")
+
+    def _check_reward(self, reward, x, source):
+        """What ``source`` (the reward function, or the cost's stage or terminal) returned for states ``x``: a
+        tensor ``(B,)`` of their dtype (shapes and dtypes only: every step)."""
+        if not isinstance(reward, torch.Tensor):
+            raise TypeError(f"DiffEnv.step: {source} must return a tensor (B,) = ({x.shape[0]},), got "
+                            f"{type(reward).__name__}")
+        if reward.shape != x.shape[:1]:
+            raise ValueError(f"DiffEnv.step: {source} must return a tensor of shape (B,) = ({x.shape[0]},), got "
+                             f"{tuple(reward.shape)}")
+        if reward.dtype != x.dtype:
+            raise TypeError(f"DiffEnv.step: {source} returned {reward.dtype} for {x.dtype} states; it must compute "
+                            f"in the states' dtype")
 
     def sample_starts(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """This process's slice ``(local_envs, n)`` of one draw of ``num_envs`` starts, detached."""
@@ -212,6 +241,8 @@ class DiffEnv:
         ends are reset from ``generator`` (one draw of ``num_envs`` starts every step, used or not, so the
         generator's state does not depend on which copies ended). Returns a :class:`Step`.
 
+        The reward (or the cost's stage and terminal) must return a tensor ``(B,)`` of the states' dtype, as the
+        dynamics must return ``(B, n)`` of it (a TypeError or ValueError naming it otherwise).
         ``u`` must be finite: a row with NaN or Inf (a NaN observation gives a NaN action) raises a ValueError
         naming ``u`` and its rows. NaN or Inf from the dynamics or the reward for finite actions raises a
         FloatingPointError naming the rows and which of them gave it. Either way the environment is left as it was
@@ -234,14 +265,16 @@ class DiffEnv:
         t = self.t + 1
         truncated = t >= self.episode_length
         if self.cost is not None:
-            reward = -self.cost.stage(x, u)
+            reward = self.cost.stage(x, u)
+            self._check_reward(reward, x, "the cost's stage")
+            reward = -reward
             if type(self.cost).terminal is not Cost.terminal and bool(truncated.any()):
-                reward = reward - torch.where(truncated, self.cost.terminal(x_next), 0.0)
+                final = self.cost.terminal(x_next)
+                self._check_reward(final, x, "the cost's terminal")
+                reward = reward - torch.where(truncated, final, 0.0)
         else:
             reward = self.reward_fn(x, u, x_next)
-            if not isinstance(reward, torch.Tensor) or reward.shape != (self.local_envs,):
-                raise ValueError(f"DiffEnv.step: reward must return a tensor of shape (B,) = ({self.local_envs},), "
-                                 f"got {tuple(getattr(reward, 'shape', ()))}")
+            self._check_reward(reward, x, "reward")
         finite = (torch.isfinite(raw).all(-1), torch.isfinite(x_next).all(-1), torch.isfinite(reward))
         if not bool(torch.stack(finite).all()):              # one host sync, before anything changes
             self._raise_not_finite(*finite)

@@ -65,10 +65,10 @@ class GaussianPolicy(nn.Module):
         u_lower, u_upper: finite control bounds broadcastable to ``(m,)``.
         hidden: widths of the MLP's hidden layers; activation: their activation (SHAC's ELU by default).
         init_std: initial standard deviation of the pre-squash noise (learned, in log space), finite and > 0.
-        dtype: of the parameters (a float dtype).
+        dtype: of the parameters, torch.float32 or torch.float64.
 
-    Called as ``policy(obs (..., o), noise (..., m) or None) -> u (..., m)``: ``obs`` of the parameters' dtype
-    (its shape and dtype are checked; its values are not: a NaN observation gives a NaN action, which
+    Called as ``policy(obs (..., o), noise (..., m) or None) -> u (..., m)``: ``obs`` and ``noise`` (of the
+    actions' shape) of the parameters' dtype (their shapes and dtypes are checked; its values are not: a NaN observation gives a NaN action, which
     :class:`~trajopt.rl.DiffEnv` reports when it steps).
     """
 
@@ -95,7 +95,7 @@ class GaussianPolicy(nn.Module):
         check_features("GaussianPolicy", "obs", obs, self.net[0].in_features, dtype)
         z = self.net(obs)
         if noise is not None:
-            check_features("GaussianPolicy", "noise", noise, z.shape[-1], dims="m")
+            check_features("GaussianPolicy", "noise", noise, z.shape[-1], dtype, dims="m")
             if noise.shape != z.shape:
                 raise ValueError(f"GaussianPolicy: noise has shape {tuple(noise.shape)}; expected the actions' "
                                  f"shape {tuple(z.shape)} (one standard normal draw per action)")
@@ -181,10 +181,14 @@ class LearnedCost(Cost):
             sequence of numbers (converted to the default float dtype).
         r: ``(m,)`` initial control weights (positive, finite), converted to ``q``'s dtype.
         goal: ``(n,)`` finite target state (fixed), zero by default; converted to ``q``'s dtype.
-        terminal: a module ``x (B, n) -> (B,)`` (e.g. a small smooth MLP, learned), or None for none.
+        terminal: a module ``x (B, n) -> (B,)`` or ``(B, 1)`` (e.g. a small smooth MLP with one output, learned)
+            in ``x``'s dtype, or None for none; what it returns is checked at each call (shape and dtype: a
+            ValueError or TypeError naming ``terminal``).
             iLQR quadratizes it by autograd, so it should be twice differentiable (SiLU or tanh, not ReLU/ELU).
 
-    With ``q, r`` doubled from a ``problems.py`` cost it starts equal to it (no 1/2 here).
+    With ``q, r`` doubled from a ``problems.py`` cost it starts equal to it (no 1/2 here). It declares
+    ``n = len(q)`` and ``m = len(r)`` (:meth:`declared_dims`), so ``X`` and ``U`` of other sizes raise a ValueError
+    naming them; :meth:`stage` and :meth:`terminal` check the sizes of ``x`` and ``u`` (shapes only, not values).
     """
 
     def __init__(self, q, r, *, goal=None, terminal: nn.Module | None = None):
@@ -204,16 +208,39 @@ class LearnedCost(Cost):
             if not bool(torch.isfinite(goal).all()):
                 raise ValueError(f"{where}: goal must be finite, got {goal.tolist()}")
         check_callable(where, allow_none=True, terminal=terminal)
+        if isinstance(terminal, nn.Module):
+            for name, tensor in [*terminal.named_parameters(), *terminal.named_buffers()]:
+                if tensor.is_floating_point() and tensor.dtype != q.dtype:
+                    raise TypeError(f"{where}: terminal's tensor {name!r} is {tensor.dtype} but q is {q.dtype}; "
+                                    f"convert one: terminal.to({q.dtype}) or q.to({tensor.dtype})")
         self.log_q, self.log_r = nn.Parameter(q.log()), nn.Parameter(r.log())
         self.register_buffer("goal", q.new_zeros(q.shape) if goal is None else goal.clone())
         self.value = terminal
 
+    def declared_dims(self) -> dict:
+        return {"n": self.log_q.shape[0], "m": self.log_r.shape[0]}
+
     def stage(self, x, u, t=None):
+        check_features("LearnedCost.stage", "x", x, self.log_q.shape[0], dims="n")
+        check_features("LearnedCost.stage", "u", u, self.log_r.shape[0], dims="m")
         e = x - self.goal
         return (e * e) @ self.log_q.exp() + (u * u) @ self.log_r.exp()
 
     def terminal(self, x):
-        return x.new_zeros(x.shape[:-1]) if self.value is None else self.value(x).reshape(x.shape[:-1])
+        check_features("LearnedCost.terminal", "x", x, self.log_q.shape[0], dims="n")
+        if self.value is None:
+            return x.new_zeros(x.shape[:-1])
+        v = self.value(x)
+        batch = x.shape[:-1]
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"LearnedCost: terminal must return a tensor (B,) or (B, 1), got {type(v).__name__}")
+        if v.shape not in (batch, (*batch, 1)):
+            raise ValueError(f"LearnedCost: terminal returned shape {tuple(v.shape)} for x {tuple(x.shape)}; it must "
+                             f"return one value per state: {tuple(batch)} or {(*batch, 1)}")
+        if v.dtype != x.dtype:
+            raise TypeError(f"LearnedCost: terminal returned {v.dtype} for {x.dtype} states; it must compute in "
+                            "x's dtype")
+        return v.reshape(batch)
 
 
 def _weights(where, name, value, dtype):

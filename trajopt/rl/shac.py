@@ -33,8 +33,8 @@ from .._core.bounds import clamp
 from .._core.checks import check_bool, check_callable, check_fraction, check_int, check_interval, check_positive
 from .env import DiffEnv
 from .logs import atomic_write, read_checkpoint, write_rows
-from ._checks import (check_checkpoint, check_features, check_hidden, check_module_state, check_score,
-                      check_state_tensor)
+from ._checks import (check_checkpoint, check_features, check_float_dtype, check_hidden, check_module_state,
+                      check_output_path, check_score, check_state_tensor)
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
 
 __all__ = ["SHAC"]
@@ -75,12 +75,14 @@ class SHAC:
             measured": ``episode_cost`` is NaN in an epoch where no episode finished, ``eval_cost`` in an epoch
             without an evaluation (no ``evaluate``, or not an ``eval_every`` epoch).
         checkpoint: path to write checkpoints to (atomically; ``.rank{r}`` is appended under
-            ``torch.distributed`` with more than one process), or None.
+            ``torch.distributed`` with more than one process), or None. ``log`` and ``checkpoint`` must lie in
+            folders that exist (a FileNotFoundError naming the path at construction, not at the first write).
         checkpoint_every: epochs between checkpoints.
         evaluate: ``evaluate(shac) -> float`` (e.g. a closed-loop cost), called every ``eval_every`` epochs and
             at the end; logged as ``eval_cost``, not counted in ``time``.
         progress: show a tqdm bar.
-        dtype, device: of the default networks and the statistics (default: the observations').
+        dtype, device: of the default networks and the statistics (default: the observations'); ``dtype``
+            torch.float32 or torch.float64.
 
     Counts may be NumPy integers; every option is checked at construction (an error names it).
 
@@ -115,13 +117,10 @@ class SHAC:
         check_int(where, minimum=0, seed=seed)
         check_bool(where, obs_norm=obs_norm, progress=progress)
         check_callable(where, allow_none=True, evaluate=evaluate)
-        for name, value in (("log", log), ("checkpoint", checkpoint)):
-            if value is not None and not isinstance(value, (str, os.PathLike)):
-                raise TypeError(f"{where}: {name} must be a path (str or os.PathLike) or None, "
-                                f"got {type(value).__name__}")
-        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-            raise TypeError(f"{where}: dtype must be a floating torch.dtype (e.g. torch.float32) or None, "
-                            f"got {dtype!r}")
+        check_output_path(where, "log", log)
+        check_output_path(where, "checkpoint", checkpoint)
+        if dtype is not None:
+            check_float_dtype(where, dtype)
         if device is not None:
             if not isinstance(device, (str, int, torch.device)) or isinstance(device, bool):
                 raise TypeError(f"{where}: device must be a torch.device, a str or None, got {type(device).__name__}")
@@ -269,7 +268,12 @@ class SHAC:
                     dynamics=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the deterministic policy on ``dynamics`` (default the env's) from ``x0 (B, n)`` for ``steps``
         (default the episode length; an int >= 0) steps, without resets; returns states ``(B, steps+1, n)`` and
-        controls ``(B, steps, m)``. ``x0`` must be finite, of the environment's dtype."""
+        controls ``(B, steps, m)``. ``x0`` must be finite, of the environment's dtype.
+
+        No NaN is returned: when the dynamics give NaN or Inf states (a model undefined there, e.g. outside its
+        :meth:`~dynamics.ContinuousDynamics.domain`, or an overflow), or the policy NaN or Inf controls, it raises
+        a FloatingPointError naming the rows and the first step, as :func:`trajopt.rollout` does (one check, after
+        the loop)."""
         where, env = "SHAC.closed_loop", self.env
         check_tensor(where, "x0", x0, ("B", "n"), {"n": env.state_dim}, batchable=False)
         dtype = (env.state if env.state is not None else self._obs).dtype
@@ -295,7 +299,20 @@ class SHAC:
                 U.append(u)
         if hasattr(self.actor, "reset"):
             self.actor.reset()
-        return torch.stack(X, 1), torch.stack(U, 1)
+        X, U = torch.stack(X, 1), torch.stack(U, 1)
+        bad_x, bad_u = ~torch.isfinite(X[:, 1:]).all(-1), ~torch.isfinite(U).all(-1)      # (B, steps)
+        if bool((bad_x | bad_u).any()):
+            parts = []
+            for what, bad in (("the dynamics gave NaN or Inf states", bad_x),
+                              ("the policy gave NaN or Inf controls", bad_u)):
+                if bool(bad.any()):
+                    rows = bad.any(1).nonzero().flatten().tolist()
+                    step = int(bad.any(0).nonzero()[0])
+                    parts.append(f"{what} for row(s) {rows[:8]}{' ...' if len(rows) > 8 else ''}, first at step "
+                                 f"t={step}")
+            raise FloatingPointError(f"{where}: {'; '.join(parts)}; check the model there (or the policy: a "
+                                     "closed loop that leaves the model's domain or overflows)")
+        return X, U
 
     # ------------------------------------------------------------------ training
     def train(self, epochs: int | None = None, *, time_limit: float | None = None) -> list[dict]:

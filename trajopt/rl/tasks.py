@@ -184,7 +184,7 @@ def stanley(cost: PathTrackingCost, x: torch.Tensor, gain: float = 1.0, dt: floa
 def pusher_starts(count: int, generator: torch.Generator | None = None, dtype=torch.float32) -> torch.Tensor:
     """``count`` pusher states ``(count, 6)``: box 0.3-0.5 m behind the goal (the origin) along x, up to 0.2 m
     aside; finger 0.2-0.3 m behind the box, up to 0.15 m aside of it; at rest. ``count`` an int ``>= 1``,
-    ``generator`` a ``torch.Generator`` or None, ``dtype`` a float dtype."""
+    ``generator`` a ``torch.Generator`` or None, ``dtype`` torch.float32 or torch.float64."""
     check_int("pusher_starts", count=count)
     _check_generator("pusher_starts", generator)
     check_float_dtype("pusher_starts", dtype)
@@ -199,7 +199,7 @@ def bicycle_starts(cost: PathTrackingCost, count: int, generator: torch.Generato
                    dtype=torch.float32) -> torch.Tensor:
     """``count`` bicycle states ``(count, 4)``: anywhere along one wavelength of ``cost``'s road, up to 1.5 m off
     it and 0.5 rad off its heading, wheels straight. ``cost`` a :class:`PathTrackingCost`, ``count`` an int
-    ``>= 1``, ``generator`` a ``torch.Generator`` or None, ``dtype`` a float dtype."""
+    ``>= 1``, ``generator`` a ``torch.Generator`` or None, ``dtype`` torch.float32 or torch.float64."""
     where = "bicycle_starts"
     _check_path_cost(where, cost)
     check_int(where, count=count)
@@ -217,8 +217,13 @@ def bicycle_starts(cost: PathTrackingCost, count: int, generator: torch.Generato
 def angle_features(x: torch.Tensor, angle: int, scale: torch.Tensor) -> torch.Tensor:
     """P2's and P3's observation of states ``x (..., n)``: ``x / scale``, then the sine and cosine of the angle
     ``x[..., angle]``: ``(..., n + 2)``. ``angle`` an int in ``[0, n)``; ``scale`` a float tensor broadcastable
-    to ``(n,)`` (a number or ``(n,)``). Shapes and dtypes are checked (cheap: it runs at every step), not values
-    (NaN propagates to the features)."""
+    to ``(n,)`` (0-dim or ``(n,)``; a Python number raises a TypeError), whose entries must be positive and
+    finite.
+
+    It runs at every step, so only shapes and dtypes are checked, never values: a zero entry of ``scale`` gives
+    Inf, a NaN one NaN, in that feature of every row, and NaN or Inf in a row of ``x`` pass through to that
+    row's features only (other rows are unaffected). :class:`~trajopt.rl.DiffEnv` raises for NaN features of finite
+    states, and for non-finite states when it steps."""
     where = "angle_features"
     if not (isinstance(x, torch.Tensor) and x.is_floating_point() and x.ndim >= 1):
         raise TypeError(f"{where}: x must be a float tensor (..., n), got "
@@ -273,7 +278,8 @@ def _contact_task(name, num_envs, dtype, env_options):
 def task(name: str, num_envs: int = 64, dtype=torch.float32, wide_starts: float = 0.0, **env_options) -> dict:
     """``{"env", "x0", "T", "model", "cost", ...}`` of a task: ``"P2"`` (pendulum swing-up), ``"P3"`` (cart-pole
     swing-up), ``"pusher"`` (pushing a box to a goal through smoothed contact) or ``"bicycle"`` (path
-    tracking). ``env`` is a :class:`~trajopt.rl.DiffEnv` of ``num_envs`` copies in ``dtype``, ``x0 (32, n)`` the
+    tracking). ``env`` is a :class:`~trajopt.rl.DiffEnv` of ``num_envs`` copies in ``dtype`` (torch.float32 or
+    torch.float64), ``x0 (32, n)`` the
     scoring starts, ``T`` the episode length. P2 and P3 also give ``"step", "Q", "R", "u_max"``
     (:mod:`trajopt.problems.reference`'s NumPy model and weights); the pusher and bicycle ``"u_lower",
     "u_upper"``. ``env_options`` go to :class:`~trajopt.rl.DiffEnv` (over ``finite_horizon=True,
@@ -349,12 +355,19 @@ def score(t: dict, U: torch.Tensor) -> float:
 
 def evaluator(t: dict):
     """``evaluate(shac)`` for :class:`~trajopt.rl.SHAC`: the closed-loop :func:`score` of its deterministic
-    policy from the task's 32 starts. ``t`` a task dict of :func:`task`."""
+    policy from the task's 32 starts. ``t`` a task dict of :func:`task`. A closed loop whose states leave the
+    model's domain (:meth:`~trajopt.rl.SHAC.closed_loop` raises a FloatingPointError for NaN or Inf) scores
+    ``inf``, as :func:`score` scores such a rollout."""
     if not (isinstance(t, dict) and all(k in t for k in ("x0", "T", "model"))):
         raise TypeError(f"evaluator: t must be a task dict of trajopt.rl.tasks.task (with 'x0', 'T', 'model'), got "
                         f"{type(t).__name__}")
 
     def evaluate(shac):
-        _, U = shac.closed_loop(t["x0"], t["T"])
+        try:
+            _, U = shac.closed_loop(t["x0"], t["T"])
+        except FloatingPointError as error:     # the closed loop left the model's domain; not observe's error
+            if not str(error).startswith("SHAC.closed_loop:"):
+                raise
+            return math.inf
         return score(t, U)
     return evaluate

@@ -1,5 +1,7 @@
 """Bad input to the core entry points (costs, Problem, projected_gradient, constrained_ilqr, collocation_defects)
 raises an error naming the argument; a model with no finite derivative at the fixed x0 does not sink iLQR."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -398,3 +400,26 @@ def test_quadratic_cost_of_no_stages_and_a_horizon_too_long_to_allocate_are_name
         QuadraticCost(torch.zeros(0, 3, 3, **D))
     with pytest.raises(ValueError, match=r"Problem: horizon=10000000000000 is too long to allocate"):
         problem(horizon=10 ** 13)
+
+
+def test_constrained_ilqr_flags_a_single_problem_whose_jacobians_are_not_finite():
+    class NaNJacobians(dynamics.Dynamics):
+        def __init__(self):
+            super().__init__(2, 1)
+
+        def forward(self, x, u, t=None):
+            return torch.stack([x[..., 0] + 0.1 * x[..., 1], x[..., 1] + 0.1 * u[..., 0]], -1)
+
+        def jacobians(self, x, u, t=None):
+            nan = torch.full((*x.shape[:-1], 2, 2), float("nan"), dtype=x.dtype)
+            return nan, torch.zeros(*x.shape[:-1], 2, 1, dtype=x.dtype)
+
+    sol = trajopt.constrained_ilqr(problem(model=NaNJacobians(), x0=x0s()[:1], constraint=lambda x, u: u - 5.0))
+    assert sol.status.tolist() == [Status.NOT_FINITE] and sol.cost.tolist() == [math.inf]
+    assert torch.isfinite(sol.X).all() and torch.isfinite(sol.U).all()
+
+
+def test_lqr_names_an_empty_batch():
+    F = torch.zeros(T, 2, 3, **D)
+    with pytest.raises(ValueError, match=r"lqr: the batch is empty \(B=0\)"):
+        trajopt.lqr(F, None, torch.eye(3, **D).expand(T, 3, 3), None, torch.zeros(0, 2, **D))

@@ -108,11 +108,14 @@ class Solution:
         # The last guard of "nothing silent": a problem whose cost, states or controls are not finite is NOT_FINITE,
         # its cost and the non-finite entries of its cost history inf (solvers flag such problems themselves; this
         # catches what they cannot see, e.g. a cost that returns NaN only when evaluated again).
-        rows = (lambda z: z.flatten(1).all(-1)) if self.status.ndim else (lambda z: z.all())   # noqa: E731
+        if self.status.ndim:        # per problem (an empty selection of problems too)
+            rows = lambda z: (z.flatten(1) if z.ndim > 1 else z.unsqueeze(-1)).all(-1)     # noqa: E731
+        else:
+            rows = lambda z: z.all()                                                          # noqa: E731
         finite = rows(torch.isfinite(self.U.detach()))
         for z in (self.X, self.cost):
             if z is not None:
-                finite = finite & rows(torch.isfinite(z.detach().reshape(*self.status.shape, -1)))
+                finite = finite & rows(torch.isfinite(z.detach()))
         self.status = torch.where(finite, self.status, int(Status.NOT_FINITE))
         if self.cost is not None:
             self.cost = torch.where(finite, self.cost, math.inf)

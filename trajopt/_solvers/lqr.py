@@ -134,6 +134,8 @@ def lqr(
     }
     ndims = {"F": 3, "f": 2, "C": 3, "c": 2, "x0": 1, "C_final": 2, "c_final": 1}
     batch = check_consistent(where, inputs, ndims)
+    if batch == 0:
+        raise ValueError(f"{where}: the batch is empty (B=0)")
     B = 1 if batch is None else batch
 
     def batched(name, shape):

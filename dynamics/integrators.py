@@ -92,6 +92,23 @@ def _rk4_jacobians(g, jac, x, u, dt, t=None, positions=None):
     return A, B
 
 
+def _checked_jac(where, jac):
+    """``jac`` whose outputs must be ``(g_x (B, n, n), g_u (B, n, m))`` of its inputs' dtype, or a TypeError or
+    ValueError names ``jac``."""
+    def checked(x, u, t):
+        out = jac(x, u, t)
+        n, m, batch = x.shape[-1], u.shape[-1], x.shape[:-1]
+        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(o, torch.Tensor) for o in out)):
+            raise TypeError(f"{where}: jac must return (g_x, g_u), two tensors, got {type(out).__name__}")
+        for name, o, shape in (("g_x", out[0], (*batch, n, n)), ("g_u", out[1], (*batch, n, m))):
+            if o.shape != shape:
+                raise ValueError(f"{where}: jac returned {name} of shape {tuple(o.shape)}; expected {shape}")
+            if o.dtype != x.dtype:
+                raise TypeError(f"{where}: jac returned {name} of dtype {o.dtype} for {x.dtype} inputs")
+        return out
+    return checked
+
+
 def _checked(fn, jacobians):
     """``fn`` (a step, or its Jacobians when ``jacobians``) behind a check of its arguments, naming the one that is
     wrong: ``g`` (and ``jac``) callable, ``x (B, n)`` and ``u (B, m)`` (or unbatched) float tensors of one dtype,
@@ -108,6 +125,7 @@ def _checked(fn, jacobians):
                                 f"got {1 + len(args)}")
             jac, x, u, dt = args
             check_callable(where, jac=jac)
+            args = (_checked_jac(where, jac), x, u, dt)
         else:
             if len(args) != 3:
                 raise TypeError(f"{where}(g, x, u, dt, t=None, positions=None) takes 4 positional arguments, got "

@@ -65,12 +65,19 @@ class LinearDynamics(Dynamics):
                              f"{tuple(self.A.shape)}); stage t={t} is beyond them")
         return self.A[..., t, :, :], self.B[..., t, :, :], self.offset[..., t, :]
 
+    def _rows(self, x, A):
+        if self.batched and x.shape[:-1] != A.shape[:1]:      # one row per problem (a solver selects them)
+            raise ValueError(f"LinearDynamics: x has shape {tuple(x.shape)}; this per-problem model (batched=True) "
+                             f"holds {A.shape[0]} problems, one row each: expected ({A.shape[0]}, {self.state_dim})")
+
     def forward(self, x, u, t=None):
         A, B, offset = self._at(t)
+        self._rows(x, A)
         if self.batched:        # rows are problems
             return (A @ x.unsqueeze(-1) + B @ u.unsqueeze(-1)).squeeze(-1) + offset
         return x @ A.mT + u @ B.mT + offset
 
     def jacobians(self, x, u, t=None):
         A, B, _ = self._at(t)
+        self._rows(x, A)
         return A.expand(*x.shape[:-1], *A.shape[-2:]), B.expand(*x.shape[:-1], *B.shape[-2:])

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from ..base import Dynamics
-from ..validation import check_callable, check_consistent, check_finite, check_int, check_nonnegative, check_tensor
+from ..validation import (check_callable, check_consistent, check_finite, check_int, check_interval, check_nonnegative,
+                          check_tensor)
 
 
 @dataclass
@@ -69,7 +70,9 @@ class Transitions:
         return Transitions._unchecked(self.x[index], self.u[index], self.x_next[index])
 
     def split(self, fraction: float, generator: torch.Generator | None = None):
-        """A random ``(1 - fraction, fraction)`` split, e.g. into training and validation sets."""
+        """A random ``(1 - fraction, fraction)`` split, e.g. into training and validation sets; ``fraction`` in
+        ``(0, 1)``."""
+        check_interval("Transitions.split", 0, 1, include_low=False, include_high=False, fraction=fraction)
         perm = torch.randperm(len(self), generator=generator)
         cut = len(self) - max(1, int(round(fraction * len(self))))
         return self[perm[:cut]], self[perm[cut:]]
@@ -113,6 +116,13 @@ def collect_from_model(model: Dynamics, x0: torch.Tensor, steps: int, u_low, u_h
         for t in range(steps):
             xs.append(model(xs[-1], U[:, t], t))
     X = torch.stack(xs, 1)
+    bad = ~torch.isfinite(X).flatten(1).all(1)
+    if bool(bad.any()):                 # data collection is once: no NaN goes into a dataset
+        rows = bad.nonzero().flatten().tolist()
+        step = int((~torch.isfinite(X[rows[0]])).any(-1).nonzero()[0])
+        raise FloatingPointError(f"{where}: the model's rollout is not finite from x0 row(s) {rows[:10]}"
+                                 f"{' ...' if len(rows) > 10 else ''} (row {rows[0]} from step {step}); collect from "
+                                 "states and controls where the model is defined")
     if noise_std > 0 or relative_noise > 0:
         std = noise_std + relative_noise * X.reshape(-1, X.shape[-1]).std(0)
         X = X + std * torch.randn(X.shape, generator=generator, dtype=X.dtype).to(X.device)
@@ -154,6 +164,7 @@ def collect_from_env(env, steps: int, *, seed: int = 0, policy=None) -> Transiti
     where = "collect_from_env"
     check_int(where, steps=steps)
     check_int(where, minimum=0, seed=seed)
+    seed = int(seed)                        # Gymnasium takes Python integers only
     check_callable(where, allow_none=True, policy=policy)
     if not (callable(getattr(env, "reset", None)) and callable(getattr(env, "step", None))):
         raise TypeError(f"{where}: env must be a Gymnasium environment (with reset() and step()), "

@@ -52,6 +52,9 @@ def fit(model, data: Transitions, *, epochs: int = 100, batch_size: int = 256, l
     model.to(dtype=data.x.dtype, device=data.x.device)
     train, val = data.split(val_fraction, generator=g)
     model.fit_normalization(train)
+    if not all(bool(torch.isfinite(b).all()) for b in model.buffers()):
+        raise ValueError(f"{where}: data's normalization statistics (means, spreads) overflow the {data.x.dtype} "
+                         "range; rescale the states and controls")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     ensemble = isinstance(model, ProbabilisticEnsemble)
@@ -129,5 +132,10 @@ def open_loop_error(model: Dynamics, reference: Dynamics, x0: torch.Tensor, U: t
     x, y, errs = x0, x0, []
     for t in range(U.shape[1]):
         x, y = model(x, U[:, t], t), reference(y, U[:, t], t)
+        for name, z in (("model", x), ("reference", y)):
+            bad = ~torch.isfinite(z).all(-1)
+            if bool(bad.any()):         # no NaN error curve: name the model and the rows
+                raise FloatingPointError(f"{where}: the {name}'s rollout is not finite at step {t} for row(s) "
+                                         f"{bad.nonzero().flatten().tolist()[:10]}")
         errs.append((x - y).square().sum(-1).mean().sqrt())
     return torch.stack(errs)

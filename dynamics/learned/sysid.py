@@ -76,7 +76,14 @@ def residuals(model: Dynamics, data: Transitions, values: dict) -> torch.Tensor:
         if v.shape != known[k].shape:
             raise ValueError(f"{where}: values[{k!r}] has shape {tuple(v.shape)}; expected {tuple(known[k].shape)}, "
                              "that of the model's tensor")
-    return _residuals(model, data, values)
+        if not bool(torch.isfinite(v).all()):
+            raise ValueError(f"{where}: values[{k!r}] contains NaN or Inf")
+    out = _residuals(model, data, values)
+    bad = ~torch.isfinite(out.detach()).all(-1)
+    if bool(bad.any()):     # e.g. a mass of zero: the model is undefined with these values
+        raise FloatingPointError(f"{where}: the model with these values gives non-finite residuals on transition(s) "
+                                 f"{bad.nonzero().flatten().tolist()[:10]}; values outside the model's valid range?")
+    return out
 
 
 def _residuals(model, data, values):

@@ -430,3 +430,69 @@ def test_fit_takes_data_that_carries_a_graph_as_values():
     for a, b in zip(fitted.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert scale.grad is None
+
+
+class _NaNRow(dynamics.Dynamics):
+    """A step that is NaN on rows whose first state exceeds 5."""
+
+    def __init__(self):
+        super().__init__(2, 1)
+
+    def forward(self, x, u, t=None):
+        y = torch.stack([x[..., 0] + 0.1 * x[..., 1], x[..., 1] + 0.1 * u[..., 0]], -1)
+        return torch.where(x[..., :1] > 5, float("nan"), y)
+
+
+def test_one_off_learning_helpers_name_a_model_that_turns_non_finite():
+    x0 = torch.tensor([[0.0, 0.0], [6.0, 0.0]], **D64)
+    with pytest.raises(FloatingPointError, match=r"collect_from_model: the model's rollout is not finite from x0 "
+                                                 r"row\(s\) \[1\]"):
+        collect_from_model(_NaNRow(), x0, 5, -1.0, 1.0)
+    with pytest.raises(FloatingPointError, match=r"open_loop_error: the model's rollout is not finite at step 0 for "
+                                                 r"row\(s\) \[1\]"):
+        open_loop_error(_NaNRow(), _linear_2(), x0, torch.zeros(2, 4, 1, **D64))
+
+
+def _linear_2():
+    return dynamics.LinearDynamics(torch.eye(2, **D64), torch.ones(2, 1, **D64))
+
+
+def test_residuals_name_non_finite_values_and_an_undefined_model(pendulum_data):
+    model, data = pendulum_data
+    name = next(n for n, _ in model.named_parameters())
+    value = dict(model.named_parameters())[name]
+    with pytest.raises(ValueError, match=rf"residuals: values\['{name}'\] contains NaN or Inf"):
+        residuals(model, data, {name: torch.full_like(value, float("nan"))})
+
+
+def test_fit_names_data_whose_statistics_overflow_and_split_names_its_fraction():
+    from dynamics.learned import Transitions, fit
+    g = torch.Generator().manual_seed(0)
+    x, u = 1e200 * torch.randn(64, 2, generator=g, **D64), torch.randn(64, 1, generator=g, **D64)
+    with pytest.raises(ValueError, match="fit: data's normalization statistics .* overflow"):
+        fit(MLPDynamics(2, 1, hidden=(8,)).double(), Transitions(x, u, x), epochs=1, progress=False)
+    data = Transitions(x / 1e200, u, x / 1e200)
+    for bad in (1.5, -0.1, float("nan"), 0.0):
+        with pytest.raises(ValueError, match="Transitions.split: fraction must be a number in"):
+            data.split(bad)
+    assert [len(part) for part in data.split(0.25)] == [48, 16]
+
+
+def test_a_per_problem_linear_model_names_a_batch_of_another_size():
+    model = dynamics.LinearDynamics(torch.eye(2, **D64).expand(4, 2, 2), torch.ones(4, 2, 1, **D64), batched=True)
+    with pytest.raises(ValueError, match=r"LinearDynamics: x has shape \(3, 2\); this per-problem model .* holds 4"):
+        model(torch.zeros(3, 2, **D64), torch.zeros(3, 1, **D64))
+    assert model(torch.zeros(4, 2, **D64), torch.ones(4, 1, **D64)).shape == (4, 2)
+
+
+def test_the_public_integrators_name_a_jac_returning_the_wrong_shape():
+    from dynamics import integrators
+    pendulum = dynamics.Pendulum().double()
+    x, u = torch.zeros(3, 2, **D64), torch.zeros(3, 1, **D64)
+
+    def short(x, u, t):
+        gx, gu = pendulum.derivative_jacobians(x, u)
+        return gx[..., :1], gu
+    for name in ("euler_jacobians", "rk4_jacobians"):
+        with pytest.raises(ValueError, match=rf"{name}: jac returned g_x of shape \(3, 2, 1\); expected \(3, 2, 2\)"):
+            getattr(integrators, name)(pendulum.derivative, short, x, u, 0.05)

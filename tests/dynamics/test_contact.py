@@ -187,3 +187,12 @@ def test_event_based_bounce_names_a_bad_argument(change, match):
 def test_pusher_signed_distance_names_a_bad_argument(finger, box, error, match):
     with pytest.raises(error, match=f"PlanarPusher.signed_distance: {match}"):
         PlanarPusher().double().signed_distance(finger, box)
+
+
+def test_primitives_name_a_tensor_of_another_dtype():
+    from dynamics.contact import primitives as P
+    with pytest.raises(TypeError, match="smooth_coulomb_friction: normal_force has dtype torch.float64 but v has "
+                                        "torch.float32"):
+        P.smooth_coulomb_friction(torch.ones(3, 2), torch.ones(3, dtype=torch.float64), 0.5, 10.0)
+    with pytest.raises(TypeError, match="soft_step: k has dtype torch.float64 but d has torch.float32"):
+        P.soft_step(torch.ones(3), torch.ones(3, dtype=torch.float64))

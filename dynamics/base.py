@@ -217,8 +217,20 @@ def _checks_inputs(fn, name):
     return wrapper
 
 
-def _autodiff_jacobians(fn, x, u, t, mode):
-    """Per-sample Jacobians of ``fn(x, u, t)`` in ``x (B, n)`` and ``u (B, m)`` by vmapped jacrev/jacfwd."""
+def _autodiff_jacobians(fn, x, u, t, mode, rowwise=False):
+    """Per-sample Jacobians of ``fn(x, u, t)`` in ``x (B, n)`` and ``u (B, m)`` by vmapped jacrev/jacfwd; with
+    ``rowwise`` (a model with per-problem tensors, whose rows cannot be called one at a time) by one batched
+    backward pass per output coordinate of the whole batch (the rows are independent)."""
+    if rowwise:
+        with torch.enable_grad():
+            xg = x if x.requires_grad else x.detach().requires_grad_(True)
+            ug = u if u.requires_grad else u.detach().requires_grad_(True)
+            y = fn(xg, ug, t)
+            n = y.shape[-1]
+            basis = torch.eye(n, dtype=y.dtype, device=y.device).view(n, *[1] * (y.ndim - 1), n).expand(n, *y.shape)
+            gx, gu = torch.autograd.grad(y, (xg, ug), basis, is_grads_batched=True, materialize_grads=True,
+                                         create_graph=torch.is_grad_enabled())
+        return gx.movedim(0, -2), gu.movedim(0, -2)
     jac = jacrev if mode == "rev" else jacfwd
 
     def single(xi, ui):
@@ -328,7 +340,7 @@ class Dynamics(_Model):
 
         Differentiable with respect to ``x``, ``u`` and the model's parameters.
         """
-        return _autodiff_jacobians(self.forward, x, u, t, self.jacobian_mode)
+        return _autodiff_jacobians(self.forward, x, u, t, self.jacobian_mode, bool(getattr(self, "per_problem", ())))
 
     @accepts_unbatched
     def vector_hessians(self, x: torch.Tensor, u: torch.Tensor, lam: torch.Tensor, t: int | None = None):
@@ -393,7 +405,8 @@ class ContinuousDynamics(_Model):
         """``(d g / d x (B, n, n), d g / d u (B, n, m))`` of the vector field ``g``; by ``torch.func``
         unless a model overrides it with closed forms (then its discretizations' Jacobians are closed-form too).
         """
-        return _autodiff_jacobians(self.derivative, x, u, t, self.jacobian_mode)
+        return _autodiff_jacobians(self.derivative, x, u, t, self.jacobian_mode,
+                                   bool(getattr(self, "per_problem", ())))
 
     @accepts_unbatched
     def forward(self, x, u, t=None):

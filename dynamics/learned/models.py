@@ -161,6 +161,11 @@ class ProbabilisticEnsemble(_Normalized):
         Differentiable with respect to the inputs and every member's weights.
         """
         nets = self.nets if members is None else [self.nets[e] for e in self._member_indices(members)]
+        for name, z, size in (("x", x, self.state_dim), ("u", u, self.control_dim)):
+            if not isinstance(z, torch.Tensor) or z.ndim == 0 or z.shape[-1] != size:
+                got = f"shape {tuple(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__
+                raise ValueError(f"ProbabilisticEnsemble.member_outputs: {name} must end in its size {size} "
+                                 f"({'n' if name == 'x' else 'm'}), got {got}")
         h = self.normalized_inputs(x, u)
         E = len(nets)
         if h.ndim == 3 and h.shape[0] != E:

@@ -496,3 +496,50 @@ def test_the_public_integrators_name_a_jac_returning_the_wrong_shape():
     for name in ("euler_jacobians", "rk4_jacobians"):
         with pytest.raises(ValueError, match=rf"{name}: jac returned g_x of shape \(3, 2, 1\); expected \(3, 2, 2\)"):
             getattr(integrators, name)(pendulum.derivative, short, x, u, 0.05)
+
+
+class _Gained(dynamics.ContinuousDynamics):
+    """A pendulum whose gain differs per problem (a per-problem tensor), Jacobians by autodiff."""
+
+    per_problem = ("gain",)
+    positions, default_dt, default_method = (0,), 0.05, "rk4"
+
+    def __init__(self, gain):
+        super().__init__(2, 1)
+        self.gain = gain
+
+    def derivative(self, x, u, t=None):
+        return torch.stack([x[:, 1], -self.gain * torch.sin(x[:, 0]) + u[:, 0]], -1)
+
+
+class _GainedClosed(_Gained):
+    def derivative_jacobians(self, x, u, t=None):
+        z, o = torch.zeros_like(x[:, 0]), torch.ones_like(x[:, 0])
+        A = torch.stack([torch.stack([z, o], -1), torch.stack([-self.gain * torch.cos(x[:, 0]), z], -1)], -2)
+        return A, torch.stack([z, o], -1).unsqueeze(-1)
+
+
+def test_autodiff_jacobians_of_a_model_with_per_problem_tensors_are_its_rows_own():
+    import trajopt
+    gain = torch.tensor([1.0, 9.8, 3.0], **D64, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    x, u = torch.randn(3, 2, generator=g, **D64), torch.randn(3, 1, generator=g, **D64)
+    for got, want in zip(_Gained(gain).discretize().jacobians(x, u), _GainedClosed(gain).discretize().jacobians(x, u)):
+        torch.testing.assert_close(got, want, rtol=1e-14, atol=1e-14)
+    (dA,) = torch.autograd.grad(_Gained(gain).derivative_jacobians(x, u)[0][:, 1, 0].sum(), gain)
+    torch.testing.assert_close(dA, -torch.cos(x[:, 0]))            # differentiable in the model's tensors
+    cost = trajopt.QuadraticCost.from_weights(torch.eye(2, **D64), 0.1 * torch.eye(1, **D64))
+    x0 = torch.tensor([[1.0, 0.0], [0.5, 0.1], [-0.3, 0.2]], **D64)
+    auto, closed = (trajopt.ilqr(trajopt.Problem(M(gain.detach()).discretize(), cost, x0, horizon=8), grad=None)
+                    for M in (_Gained, _GainedClosed))
+    assert (auto.status == trajopt.Status.CONVERGED).all()
+    torch.testing.assert_close(auto.U, closed.U, rtol=0, atol=1e-12)
+
+
+def test_ensemble_member_outputs_name_x_and_u_of_another_size():
+    ensemble = ProbabilisticEnsemble(2, 1, members=3, hidden=(8,))
+    with pytest.raises(ValueError, match=r"member_outputs: x must end in its size 2 \(n\), got shape \(4, 3\)"):
+        ensemble.member_outputs(torch.zeros(4, 3), torch.zeros(4, 1))
+    with pytest.raises(ValueError, match=r"member_outputs: u must end in its size 1 \(m\)"):
+        ensemble.member_outputs(torch.zeros(4, 2), torch.zeros(4, 2))
+    assert ensemble.member_outputs(torch.zeros(4, 2), torch.zeros(4, 1))[0].shape == (3, 4, 2)

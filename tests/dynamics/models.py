@@ -34,3 +34,17 @@ class Coupled(dynamics.Dynamics):
     def forward(self, x, u, t=None):
         tau = torch.cat([x, u], -1)
         return x + 0.1 * torch.tanh(tau @ self.W.mT) * (1 + (t or 0)) + 0.05 * x * u.sum(-1, keepdim=True) ** 2
+
+
+class PendulumBreaks(dynamics.ContinuousDynamics):
+    """P2's pendulum, NaN where ``|theta| > 4`` (a simulator blowing up, a model undefined there); continuous, so
+    that collocation takes it too."""
+
+    positions, default_dt, default_method = (0,), 0.05, "semi_implicit_euler"
+
+    def __init__(self):
+        super().__init__(2, 1)
+        self.pendulum = dynamics.Pendulum()
+
+    def derivative(self, x, u, t=None):
+        return torch.where(x[..., :1].abs() > 4, float("nan"), self.pendulum.derivative(x, u, t))

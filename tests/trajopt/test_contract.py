@@ -15,24 +15,11 @@ import torch
 
 import dynamics
 import trajopt
+from tests.dynamics.models import PendulumBreaks
 from trajopt import Status
 
 D64 = dict(dtype=torch.float64)
 T, U_MAX = 12, 1.0
-
-
-class _Breaks(dynamics.ContinuousDynamics):
-    """P2's pendulum, NaN where ``|theta| > 4`` (a simulator blowing up); continuous, so that collocation takes it
-    too."""
-
-    positions, default_dt, default_method = (0,), 0.05, "semi_implicit_euler"
-
-    def __init__(self):
-        super().__init__(2, 1)
-        self.pendulum = dynamics.Pendulum()
-
-    def derivative(self, x, u, t=None):
-        return torch.where(x[..., :1].abs() > 4, float("nan"), self.pendulum.derivative(x, u, t))
 
 
 def problem(dtype=torch.float64, model=None, x0=None, **fields):
@@ -207,12 +194,12 @@ def test_solvers_without_a_gradient_route_return_detached_solutions(case):
 
 def test_a_row_whose_model_goes_non_finite_is_reported_and_the_rest_solved(case):
     x0 = torch.tensor([[0.15, 0.0], [5.0, 0.0], [0.18, -0.2]], **D64)      # row 1 starts where the model breaks
-    sol = case.call(problem(model=_Breaks().discretize(), x0=x0, **case.fields))
+    sol = case.call(problem(model=PendulumBreaks().discretize(), x0=x0, **case.fields))
     assert sol.status[1] == Status.NOT_FINITE
     assert (sol.status[[0, 2]] != Status.NOT_FINITE).all()
     assert torch.isfinite(sol.X).all() and torch.isfinite(sol.U).all() and not torch.isnan(sol.cost).any()
     if case.exact:
-        alone = case.call(problem(model=_Breaks().discretize(), x0=x0[[0, 2]], **case.fields))
+        alone = case.call(problem(model=PendulumBreaks().discretize(), x0=x0[[0, 2]], **case.fields))
         torch.testing.assert_close(sol.U[[0, 2]], alone.U, rtol=0, atol=1e-8)
 
 

@@ -5,6 +5,7 @@ import torch
 
 import dynamics
 import trajopt
+from tests.dynamics.models import PendulumBreaks
 from tests.skips import GYMNASIUM
 from trajopt import Status
 from trajopt.problems import pumping_guesses
@@ -260,23 +261,10 @@ def test_mpc_refuses_a_solver_that_does_not_take_a_problem():
         trajopt.MPC(dynamics.Pendulum().discretize(), cost, 5, solver=trajopt.lqr)
 
 
-class _UndefinedBeyond4(dynamics.ContinuousDynamics):
-    """The pendulum, NaN where ``|theta| > 4`` (a model undefined there)."""
-
-    positions, default_dt, default_method = (0,), 0.05, "semi_implicit_euler"
-
-    def __init__(self):
-        super().__init__(2, 1)
-        self.pendulum = dynamics.Pendulum()
-
-    def derivative(self, x, u, t=None):
-        return torch.where(x[..., :1].abs() > 4, float("nan"), self.pendulum.derivative(x, u, t))
-
-
 @pytest.mark.parametrize("solver, options", [(trajopt.ilqr, dict(max_iter=20)),
                                              (trajopt.mppi, dict(samples=64, generator=None))])
 def test_mpc_flags_a_row_that_stays_non_finite_and_controls_the_others(solver, options):
-    model = _UndefinedBeyond4().discretize().to(torch.float64)
+    model = PendulumBreaks().discretize().to(torch.float64)
     cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([1.0, 0.1], **D64)), 0.01 * torch.eye(1, **D64))
     x = torch.tensor([[0.3, 0.0], [5.0, 0.0], [-0.2, 0.1]], **D64)     # row 1 starts where the model is undefined
 

@@ -150,11 +150,11 @@ def test_out_of_iterations_gives_max_iter_a_feasible_rollout_and_the_rollout_gra
     assert torch.isfinite(gf).all() and torch.allclose(gf[:, -1], torch.ones_like(gf[:, -1]))
 
 
-@pytest.mark.parametrize("overflow", ["F", "x0"])
+@pytest.mark.parametrize("overflow", ["F", "x0", "C"])
 def test_a_problem_that_overflows_is_not_finite_with_no_nan_and_the_others_are_solved(overflow):
     p, lower, upper = _problem(B=3, seed=4)
     bad = {k: v.clone() for k, v in p.items()}
-    bad[overflow][1] *= 1e200 if overflow == "F" else 1e300     # its rollout (or its cost) leaves the float64 range
+    bad[overflow][1] *= 1e200 if overflow == "F" else 1e300     # its rollout, its cost or its adjoint overflows
     leaves = {k: v.requires_grad_(True) for k, v in bad.items()}
     sol = _solve(leaves, lower, upper)
     assert sol.status.tolist()[1] == trajopt.Status.NOT_FINITE and sol.cost[1] == torch.inf

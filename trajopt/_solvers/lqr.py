@@ -98,9 +98,10 @@ def lqr(
         scale of the gradient, ``MAX_ITER`` when the budget ran out first (the last iterate clamped into the
         bounds and its rollout; its gradient is that of the rollout of its controls), ``NOT_FINITE`` when a step
         or the cost overflowed (the last finite iterate, or where there is none ``x0`` held and zero controls
-        clamped into the bounds; cost ``inf``); ``iterations`` the interior-point iterations (0 for a problem
-        within its bounds); ``residual`` the projected gradient's largest entry; ``K`` the feedback of the
-        active-set LQR (zero rows on controls at a bound).
+        clamped into the bounds; cost ``inf``; with a gradient, also a problem whose differentiable solve overflows;
+        no gradient reaches a ``NOT_FINITE`` problem's inputs); ``iterations`` the interior-point iterations (0 for
+        a problem within its bounds); ``residual`` the projected gradient's largest entry; ``K`` the feedback of
+        the active-set LQR (zero rows on controls at a bound).
 
     Raises:
         ValueError: wrong shapes, mismatched batch sizes, NaN/Inf in an input, or a
@@ -190,8 +191,8 @@ def _unbounded(F, f, C, c, x0, C_final, c_final, grad, parallel):
 def lqr_cost(X, U, C, c, C_final=None, c_final=None):
     """``sum_t 1/2 tau_t' C_t tau_t + c_t' tau_t + 1/2 x_T' C_final x_T + c_final' x_T``, shape ``(B,)``.
 
-    ``X (B, T+1, n)``, ``U (B, T, m)``, the rest as in :func:`lqr` (batched or shared; ``c`` None for zero). Every input is checked
-    (shapes, finite values: no NaN is returned). Differentiable with respect to every argument.
+    ``X (B, T+1, n)``, ``U (B, T, m)``, the rest as in :func:`lqr` (batched or shared; ``c`` None for zero). Every
+    input is checked (shapes, finite values: no NaN is returned). Differentiable with respect to every argument.
     """
     where, dims = "lqr_cost", {}
     U = check_tensor(where, "U", U, ("T", "m"), dims, batchable=True)
@@ -372,17 +373,16 @@ def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad
             kept = X.clone(), U.clone(), cost.clone()
         if record:      # the LQR of the active set, differentiable (see the docstring)
             values = torch.where(U == lower, lower, torch.where(U == upper, upper, U))
-            parts = (F, f, C, c, x0, C_final, c_final)
-            if bool(detached.any()):
-                benign = (0.0, 0.0, torch.eye(n + m, dtype=F.dtype, device=F.device), 0.0, 0.0, 0.0, 0.0)
-                parts = tuple(torch.where(detached.view(-1, *[1] * (z.ndim - 1)), b, z) for z, b in zip(parts, benign))
-                values = torch.where(detached.view(B, 1, 1), 0.0, values)
-            Fk, fk, Ck, ck, constant = fix_active(*parts[:4], fixed, values)
-            X, Uk, cost, _, _, _ = LQRFunction.apply(Fk, fk, Ck, ck, *parts[4:])
-            U, cost = torch.where(fixed, values, Uk), cost + constant
+            X, U, cost, overflowed = _active_set_solve(F, f, C, c, x0, C_final, c_final, fixed, values, detached)
+            if bool(overflowed.any()):      # its adjoint would overflow too: NOT_FINITE, and no gradient through it
+                detached = detached | overflowed
+                status = torch.where(overflowed, int(Status.NOT_FINITE), status)
+                X, U, cost, _ = _active_set_solve(F, f, C, c, x0, C_final, c_final, fixed, values, detached)
+                cost = torch.where(overflowed, torch.inf, cost)
             if bool(detached.any()):
                 X, U, cost = (torch.where(detached.view(-1, *[1] * (z.ndim - 1)), old, z)
                               for z, old in zip((X, U, cost), kept))
+                cost = torch.where(detached & (status == int(Status.NOT_FINITE)), torch.inf, cost)
     # a problem with no finite iterate (its recursion or rollout overflows from any controls): x0 held over the
     # horizon, zero controls clamped into the bounds, no feedback, cost inf (no NaN is returned)
     lost = ~(torch.isfinite(X.detach()).flatten(1).all(1) & torch.isfinite(U.detach()).flatten(1).all(1))
@@ -395,6 +395,23 @@ def _box_constrained(F, f, C, c, x0, C_final, c_final, *, u_lower, u_upper, grad
         status = torch.where(lost, int(Status.NOT_FINITE), status)
     return Solution(X=X, U=U, cost=cost, status=status, iterations=iterations,
                     cost_history=cost.detach().unsqueeze(-1), residual=residual, K=K, k=k)
+
+
+def _active_set_solve(F, f, C, c, x0, C_final, c_final, fixed, values, detached):
+    """The differentiable LQR of the active set (``fixed`` controls at ``values``), with the problems ``detached``
+    replaced by a benign one (no gradient reaches their inputs, and no overflow of theirs enters the adjoint):
+    ``X, U, cost`` and the problems not ``detached`` whose solution or cost is not finite ``(B,)``."""
+    B, _, n, nm = F.shape
+    parts = (F, f, C, c, x0, C_final, c_final)
+    if bool(detached.any()):
+        benign = (0.0, 0.0, torch.eye(nm, dtype=F.dtype, device=F.device), 0.0, 0.0, 0.0, 0.0)
+        parts = tuple(torch.where(detached.view(-1, *[1] * (z.ndim - 1)), b, z) for z, b in zip(parts, benign))
+        values = torch.where(detached.view(B, 1, 1), 0.0, values)
+    Fk, fk, Ck, ck, constant = fix_active(*parts[:4], fixed, values)
+    X, Uk, cost, _, _, _ = LQRFunction.apply(Fk, fk, Ck, ck, *parts[4:])
+    U, cost = torch.where(fixed, values, Uk), cost + constant
+    overflowed = ~detached & ~(torch.isfinite(cost.detach()) & torch.isfinite(X.detach()).flatten(1).all(1))
+    return X, U, cost, overflowed
 
 
 def rollout_of(F, f, C, c, x0, C_final, c_final, U):

@@ -221,6 +221,9 @@ def _autodiff_jacobians(fn, x, u, t, mode, rowwise=False):
     """Per-sample Jacobians of ``fn(x, u, t)`` in ``x (B, n)`` and ``u (B, m)`` by vmapped jacrev/jacfwd; with
     ``rowwise`` (a model with per-problem tensors, whose rows cannot be called one at a time) by one batched
     backward pass per output coordinate of the whole batch (the rows are independent)."""
+    if x.ndim == 2 and x.shape[0] == 0:     # an empty batch: vmap cannot map over no rows
+        n = fn(x, u, t).shape[-1]
+        return x.new_zeros(0, n, x.shape[-1]), x.new_zeros(0, n, u.shape[-1])
     if rowwise:
         with torch.enable_grad():
             xg = x if x.requires_grad else x.detach().requires_grad_(True)

@@ -543,3 +543,9 @@ def test_ensemble_member_outputs_name_x_and_u_of_another_size():
     with pytest.raises(ValueError, match=r"member_outputs: u must end in its size 1 \(m\)"):
         ensemble.member_outputs(torch.zeros(4, 2), torch.zeros(4, 2))
     assert ensemble.member_outputs(torch.zeros(4, 2), torch.zeros(4, 1))[0].shape == (3, 4, 2)
+
+
+def test_autodiff_jacobians_of_an_empty_batch_are_empty():
+    for model in (ProbabilisticEnsemble(2, 1, members=3, hidden=(8,)), MLPDynamics(2, 1, hidden=(8,))):
+        A, B = model.jacobians(torch.zeros(0, 2), torch.zeros(0, 1))
+        assert A.shape == (0, 2, 2) and B.shape == (0, 2, 1)

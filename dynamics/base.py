@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import jacfwd, jacrev, vmap
 
 from . import integrators
-from .validation import check_consistent, check_int, check_tensor
+from .validation import check_consistent, check_int, check_outputs, check_tensor
 
 __all__ = ["Dynamics", "ContinuousDynamics", "Discretized", "stack_columns", "accepts_unbatched"]
 
@@ -136,43 +136,21 @@ def _check_inputs(model, name, x, u, lam=None, with_lam=False):
     return tuple(tensors.values())
 
 
-def _output_shapes(name, n, m):
-    """The trailing shapes of what the model call ``name`` returns (one per output), after the batch."""
-    return {"forward": ((n,),), "derivative": ((n,),), "jacobians": ((n, n), (n, m)),
-            "derivative_jacobians": ((n, n), (n, m)), "vector_hessians": ((n, n), (m, n), (m, m))}[name]
+_STATE = (lambda n, m: [(n,)], ("its output",))
+_JACOBIANS = (lambda n, m: [(n, n), (n, m)], ("A = df/dx", "B = df/du"))
+_OUTPUTS = {"forward": _STATE, "derivative": _STATE, "jacobians": _JACOBIANS, "derivative_jacobians": _JACOBIANS,
+            "vector_hessians": (lambda n, m: [(n, n), (m, n), (m, m)], ("f_xx", "f_ux", "f_uu"))}
 
 
 def _check_output(model, name, out, x, u):
-    """Raise naming the model's method unless it returned tensors of ``x``'s dtype and device with the shapes
-    :func:`_output_shapes` gives after the batch shape of ``x`` and ``u`` (shapes and dtypes only)."""
+    """Raise naming the model's method unless it returned what ``name`` returns (:data:`_OUTPUTS`: ``(B, n)``; the
+    Jacobians ``(B, n, n)``, ``(B, n, m)``; the vector-Hessians ``(B, n, n)``, ``(B, m, n)``, ``(B, m, m)``) for the
+    batch shape of ``x`` and ``u``, in ``x``'s dtype and device (:func:`~dynamics.validation.check_outputs`)."""
     n, m = model.state_dim, model.control_dim
-    shapes = _output_shapes(name, n, m)
-    single = len(shapes) == 1
-    outs = (out,) if single else out
     batch = x.shape[:-1] if x.shape[:-1] == u.shape[:-1] else torch.broadcast_shapes(x.shape[:-1], u.shape[:-1])
-    if isinstance(outs, (tuple, list)) and len(outs) == len(shapes) and all(
-            isinstance(o, torch.Tensor) and o.shape == (*batch, *s) and o.dtype is x.dtype and o.device == x.device
-            for o, s in zip(outs, shapes)):
-        return
-    where = f"{type(model).__name__}.{name}"
-    want = " and ".join(str((*batch, *s)) for s in shapes)
-    if not isinstance(outs, (tuple, list)) or len(outs) != len(shapes):
-        raise TypeError(f"{where} must return {'a tensor' if single else f'{len(shapes)} tensors'} {want}, got "
-                        f"{type(out).__name__}{'' if not isinstance(out, (tuple, list)) else f' of {len(out)}'}")
-    for i, (o, s) in enumerate(zip(outs, shapes)):
-        label = "its output" if single else ("A = df/dx", "B = df/du", "f_xx", "f_ux", "f_uu")[
-            i + (2 if name == "vector_hessians" else 0)]
-        if not isinstance(o, torch.Tensor):
-            raise TypeError(f"{where} must return {'a tensor' if single else 'tensors'} {want}; {label} is a "
-                            f"{type(o).__name__}")
-        if o.shape != (*batch, *s):
-            raise ValueError(f"{where} returned shape {tuple(o.shape)} as {label}; expected {(*batch, *s)} for x "
-                             f"{tuple(x.shape)} and u {tuple(u.shape)} (n={n}, m={m})")
-        if o.dtype is not x.dtype:
-            raise TypeError(f"{where} returned {o.dtype} as {label} for {x.dtype} inputs; a model computes in its "
-                            f"inputs' dtype")
-        if o.device != x.device:
-            raise ValueError(f"{where} returned {label} on {o.device} for inputs on {x.device}")
+    trailing, labels = _OUTPUTS[name]
+    check_outputs(f"{type(model).__name__}.{name}", out, [(*batch, *s) for s in trailing(n, m)], x, labels,
+                  f" for x {tuple(x.shape)} and u {tuple(u.shape)} (n={n}, m={m})")
 
 
 def _checks_inputs(fn, name):
@@ -222,8 +200,8 @@ def _autodiff_jacobians(fn, x, u, t, mode, rowwise=False):
     ``rowwise`` (a model with per-problem tensors, whose rows cannot be called one at a time) by one batched
     backward pass per output coordinate of the whole batch (the rows are independent)."""
     if x.ndim == 2 and x.shape[0] == 0:     # an empty batch: vmap cannot map over no rows
-        n = fn(x, u, t).shape[-1]
-        return x.new_zeros(0, n, x.shape[-1]), x.new_zeros(0, n, u.shape[-1])
+        n = x.shape[-1]                     # a step or a vector field maps n states to n
+        return x.new_zeros(0, n, n), x.new_zeros(0, n, u.shape[-1])
     if rowwise:
         with torch.enable_grad():
             xg = x if x.requires_grad else x.detach().requires_grad_(True)

@@ -15,7 +15,7 @@ import functools
 
 import torch
 
-from .validation import check_callable, check_consistent, check_positive, check_tensor
+from .validation import check_callable, check_consistent, check_outputs, check_positive, check_tensor
 
 __all__ = ["euler", "semi_implicit_euler", "rk4", "euler_jacobians", "semi_implicit_euler_jacobians",
            "rk4_jacobians", "METHODS"]
@@ -94,17 +94,11 @@ def _rk4_jacobians(g, jac, x, u, dt, t=None, positions=None):
 
 def _checked_jac(where, jac):
     """``jac`` whose outputs must be ``(g_x (B, n, n), g_u (B, n, m))`` of its inputs' dtype, or a TypeError or
-    ValueError names ``jac``."""
+    ValueError names ``jac`` (:func:`~dynamics.validation.check_outputs`)."""
     def checked(x, u, t):
         out = jac(x, u, t)
-        n, m, batch = x.shape[-1], u.shape[-1], x.shape[:-1]
-        if not (isinstance(out, (tuple, list)) and len(out) == 2 and all(isinstance(o, torch.Tensor) for o in out)):
-            raise TypeError(f"{where}: jac must return (g_x, g_u), two tensors, got {type(out).__name__}")
-        for name, o, shape in (("g_x", out[0], (*batch, n, n)), ("g_u", out[1], (*batch, n, m))):
-            if o.shape != shape:
-                raise ValueError(f"{where}: jac returned {name} of shape {tuple(o.shape)}; expected {shape}")
-            if o.dtype != x.dtype:
-                raise TypeError(f"{where}: jac returned {name} of dtype {o.dtype} for {x.dtype} inputs")
+        n, batch = x.shape[-1], x.shape[:-1]
+        check_outputs(f"{where}: jac", out, [(*batch, n, n), (*batch, n, u.shape[-1])], x, ("g_x", "g_u"))
         return out
     return checked
 

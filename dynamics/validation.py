@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-__all__ = ["check_tensor", "set_dim", "check_consistent", "check_finite", "check_positive", "check_nonnegative", "check_int",
+__all__ = ["check_tensor", "set_dim", "check_outputs", "check_consistent", "check_finite", "check_positive", "check_nonnegative", "check_int",
            "check_fraction", "check_interval", "check_bool", "check_callable"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -69,6 +69,34 @@ def check_tensor(
     if finite:
         check_finite(where, {name: value})
     return value
+
+
+def check_outputs(where: str, out, shapes, like: torch.Tensor, labels, context: str = "") -> None:
+    """What a call (``where``, e.g. ``"MyModel.forward"``) returned: a tensor of the one shape in ``shapes`` or a
+    tuple (or list) of ``len(shapes)`` tensors, each of its full shape in ``shapes`` and of ``like``'s dtype and
+    device; otherwise a TypeError or ValueError names ``where`` and the output (``labels``, one per output;
+    ``context`` ends the shape error, e.g. the inputs' shapes). Shapes and dtypes only."""
+    single = len(shapes) == 1
+    outs = (out,) if single else out
+    if isinstance(outs, (tuple, list)) and len(outs) == len(shapes) and all(
+            isinstance(o, torch.Tensor) and o.shape == s and o.dtype is like.dtype and o.device == like.device
+            for o, s in zip(outs, shapes)):
+        return
+    want = " and ".join(str(tuple(s)) for s in shapes)
+    if not isinstance(outs, (tuple, list)) or len(outs) != len(shapes):
+        raise TypeError(f"{where} must return {'a tensor' if single else f'{len(shapes)} tensors'} {want}, got "
+                        f"{type(out).__name__}{'' if not isinstance(out, (tuple, list)) else f' of {len(out)}'}")
+    for o, s, label in zip(outs, shapes, labels):
+        if not isinstance(o, torch.Tensor):
+            raise TypeError(f"{where} must return {'a tensor' if single else 'tensors'} {want}; {label} is a "
+                            f"{type(o).__name__}")
+        if o.shape != s:
+            raise ValueError(f"{where} returned shape {tuple(o.shape)} as {label}; expected {tuple(s)}{context}")
+        if o.dtype is not like.dtype:
+            raise TypeError(f"{where} returned {o.dtype} as {label} for {like.dtype} inputs; it must compute in its "
+                            "inputs' dtype")
+        if o.device != like.device:
+            raise ValueError(f"{where} returned {label} on {o.device} for inputs on {like.device}")
 
 
 def set_dim(dims: dict, name: str, size: int, source: str) -> None:

@@ -494,7 +494,7 @@ def test_the_public_integrators_name_a_jac_returning_the_wrong_shape():
         gx, gu = pendulum.derivative_jacobians(x, u)
         return gx[..., :1], gu
     for name in ("euler_jacobians", "rk4_jacobians"):
-        with pytest.raises(ValueError, match=rf"{name}: jac returned g_x of shape \(3, 2, 1\); expected \(3, 2, 2\)"):
+        with pytest.raises(ValueError, match=rf"{name}: jac returned shape \(3, 2, 1\) as g_x; expected \(3, 2, 2\)"):
             getattr(integrators, name)(pendulum.derivative, short, x, u, 0.05)
 
 

@@ -196,12 +196,17 @@ class _OutputCost(Cost):
 
 
 BAD_COST_OUTPUTS = [
-    ("stage float32", dict(stage=lambda v: v.float()), TypeError, "stage must return the problem's dtype"),
-    ("stage int", dict(stage=lambda v: v.long()), TypeError, "stage must return the problem's dtype"),
-    ("stage (B, 1)", dict(stage=lambda v: v[:, None]), ValueError, r"stage must return one value per row"),
-    ("terminal (B, 1)", dict(terminal=lambda v: v[:, None]), ValueError, r"terminal must return one value per row"),
-    ("terminal float32", dict(terminal=lambda v: v.float()), TypeError, "terminal must return the problem's dtype"),
-    ("terminal list", dict(terminal=lambda v: v.tolist()), TypeError, "terminal must return a tensor"),
+    ("stage float32", dict(stage=lambda v: v.float()), TypeError,
+     r"_OutputCost\.stage returned torch\.float32 for torch\.float64 inputs"),
+    ("stage int", dict(stage=lambda v: v.long()), TypeError,
+     r"_OutputCost\.stage returned torch\.int64 for torch\.float64 inputs"),
+    ("stage (B, 1)", dict(stage=lambda v: v[:, None]), ValueError,
+     r"_OutputCost\.stage returned shape \(1, 1\) for 1 input rows; it must return one value per input row"),
+    ("terminal (B, 1)", dict(terminal=lambda v: v[:, None]), ValueError,
+     r"_OutputCost\.terminal returned shape \(1, 1\) for 1 input rows; it must return one value per input row"),
+    ("terminal float32", dict(terminal=lambda v: v.float()), TypeError,
+     r"_OutputCost\.terminal returned torch\.float32 for torch\.float64 inputs"),
+    ("terminal list", dict(terminal=lambda v: v.tolist()), TypeError, r"_OutputCost\.terminal must return a tensor"),
     # wrong only on more rows than the one-row probe: named by the solvers' own evaluations
     ("stage (1,) on a batch", dict(stage=lambda v: v[:1]), ValueError,
      r"_OutputCost\.stage returned shape \(1,\) for \d+ input rows; it must return one value per input row"),

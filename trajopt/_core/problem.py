@@ -24,6 +24,7 @@ from .bounds import check_bounds, clamp
 from .constraint import Constraint, FunctionConstraint
 from .costs import Cost
 from .per_problem import check_per_problem, has_per_problem, rows
+from .stages import check_rows
 
 __all__ = ["Problem", "Solution", "Status", "SolveError", "solver", "merge", "check_takes"]
 
@@ -385,7 +386,7 @@ def check_cost_dims(where, cost, n, m, T, like):
     """The cost fits the dynamics' ``n``, ``m`` and the horizon ``T``: by the dimensions it declares
     (:meth:`trajopt.Cost.declared_dims`), else by one call of its ``stage`` on zeros ``(1, n)``, ``(1, m)`` and of
     its ``terminal`` on zeros ``(1, n)``, each of which must return a float tensor ``(1,)`` of the problem's dtype
-    (once per cost, dimensions and dtype; not for a cost with per-problem tensors, whose rows are the batch's, nor
+    (:func:`~trajopt._core.stages.check_rows`, as the solvers check every evaluation; once per cost, dimensions and dtype; not for a cost with per-problem tensors, whose rows are the batch's, nor
     for one that couples stages). A constraint is checked by the solver that takes it."""
     declared = cost.declared_dims()
     if declared:
@@ -405,25 +406,17 @@ def check_cost_dims(where, cost, n, m, T, like):
     key = (n, m, T if cost.time_varying else None, like.dtype)
     if key in _PROBED.get(cost, ()):
         return
-    calls = ((f"cost.stage(zeros(1, {n}), zeros(1, {m}){', t=0' if cost.time_varying else ''})", "stage",
+    calls = ((f"cost.stage(zeros(1, {n}), zeros(1, {m}){', t=0' if cost.time_varying else ''})", cost.stage,
               lambda: cost.stage(like.new_zeros(1, n), like.new_zeros(1, m), 0 if cost.time_varying else None)),
-             (f"cost.terminal(zeros(1, {n}))", "terminal", lambda: cost.terminal(like.new_zeros(1, n))))
-    for call, term, evaluate in calls:
+             (f"cost.terminal(zeros(1, {n}))", cost.terminal, lambda: cost.terminal(like.new_zeros(1, n))))
+    for call, method, evaluate in calls:
         try:
             with torch.no_grad():
                 out = evaluate()
         except Exception as e:              # noqa: BLE001 -- any failure here is the user's cost meeting n and m
             raise ValueError(f"{where}: the cost failed on the dynamics' states (n={n}) and controls (m={m}): "
                              f"{call} raised {type(e).__name__}: {e}") from e
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"{where}: the cost's {term} must return a tensor (B,); {call} returned "
-                            f"{type(out).__name__}")
-        if out.shape != (1,):
-            raise ValueError(f"{where}: the cost's {term} must return one value per row (B,); {call} returned shape "
-                             f"{tuple(out.shape)}, expected (1,)")
-        if out.dtype != like.dtype:
-            raise TypeError(f"{where}: the cost's {term} must return the problem's dtype {like.dtype} (that of x0); "
-                            f"{call} returned {out.dtype}")
+        check_rows(cost, method, out, 1, like, scalar=True)      # the check of every evaluation in the solvers
     with contextlib.suppress(TypeError):        # a cost that is not weak-referenceable is probed again next time
         _PROBED.setdefault(cost, set()).add(key)
 

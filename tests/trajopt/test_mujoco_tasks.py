@@ -156,3 +156,74 @@ def test_mppi_takes_the_cost():
 def test_bad_arguments():
     with pytest.raises(ValueError, match="env_id"):
         mujoco_task("Ant-v5")
+
+
+# ---------------------------------------------------------------------------------------------- SHAC through MuJoCo
+def _random_episode_steps(task, steps, seed):
+    """``steps`` transitions (x, u, x_next, reward, terminated) of the environment's own step under uniform random
+    controls, across episodes (a new one, reset with the next seed, after each termination)."""
+    rng = np.random.default_rng(seed)
+    env = task.make_env()
+    env.reset(seed=seed)
+    out = []
+    while len(out) < steps:
+        x = task.state(env)
+        u = rng.uniform(task.u_lower.numpy(), task.u_upper.numpy())
+        _, reward, terminated, truncated, _ = env.step(u)
+        out.append((x, torch.from_numpy(u), task.state(env), reward, terminated))
+        if terminated or truncated:
+            env.reset(seed=seed + len(out))
+    env.close()
+    X, U, Xn = (torch.stack([o[i] for o in out]) for i in range(3))
+    return X, U, Xn, torch.tensor([o[3] for o in out], dtype=torch.float64), torch.tensor([o[4] for o in out])
+
+
+@pytest.mark.parametrize("env_id", ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "InvertedPendulum-v5",
+                                    "InvertedDoublePendulum-v5", "Swimmer-v5"])
+def test_reward_and_termination_equal_the_environments(env_id):
+    """The reward of a transition (barrier=0: Gymnasium's reward everywhere, the terminating step without the healthy
+    bonus) and the termination test against the environment's own step, along random-control episodes that
+    terminate (the tasks with a healthy set) or run on."""
+    options = {"barrier": 0.0} if env_id not in ("HalfCheetah-v5", "Swimmer-v5") else {}
+    task = mujoco_task(env_id, **options)
+    X, U, Xn, R, terminated = _random_episode_steps(task, 150, seed=3)
+    tol = 2e-4 if env_id == "InvertedDoublePendulum-v5" else 1e-12    # RK4's last-stage tip (the module says so)
+    assert torch.allclose(task.reward(X, U, Xn), R, rtol=0, atol=tol)
+    if task.unhealthy is None:
+        assert not terminated.any()
+    else:
+        assert terminated.any()                              # the test reaches terminations
+        assert torch.equal(task.unhealthy(Xn), terminated)
+
+
+def test_diff_env_resets_observes_and_steps_as_the_environment():
+    task = mujoco_task("Hopper-v5", barrier=0.0)
+    env = task.diff_env(3, starts=5, seed=7, centered=True)
+    ref = task.make_env()
+    starts = []
+    for i in range(5):
+        ref.reset(seed=7 + i)
+        starts.append(task.state(ref))
+    assert torch.equal(env._reset, torch.stack(starts))      # Gymnasium's own reset states
+    obs = env.reset(torch.Generator().manual_seed(0))
+    assert obs.shape == (3, 11) and env.observe(env.state).shape == (3, 11)
+    assert torch.equal(obs, env.state[:, 1:])               # the root's x left out, as Gymnasium's observation
+    x = env.state.clone()
+    u = torch.tensor([[0.3, -0.2, 0.1]], dtype=torch.float64).expand(3, 3)
+    step = env.step(u)
+    expected = task.model(x, u)
+    assert torch.equal(step.final_state, expected)
+    assert torch.allclose(step.reward, task.reward(x, u, expected), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="exact=True"):
+        mujoco_task("Hopper-v5", exact=False).reward(x, u, expected)
+
+
+def test_shac_actor_gradient_through_mujoco_matches_central_differences():
+    """SHAC's actor loss on HalfCheetah-v5 through MuJoCo (each step's backward: the finite-differenced transition
+    Jacobians, centred) against central differences of the loss in parameter space, float64, a short window."""
+    from tests.trajopt.test_rl import assert_actor_gradient_matches_central_differences, small_shac
+    task = mujoco_task("HalfCheetah-v5")
+    env = task.diff_env(3, starts=6, centered=True, episode_length=5)
+    shac = small_shac(env, horizon=4, reward_scale=0.1)
+    shac.train(1)
+    assert_actor_gradient_matches_central_differences(shac, seed=2)

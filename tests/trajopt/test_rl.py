@@ -131,9 +131,9 @@ def test_shac_actor_gradient_matches_central_differences():
     assert_actor_gradient_matches_central_differences(shac, seed=5)
 
 
-def assert_actor_gradient_matches_central_differences(shac, seed, directions=3, eps=1e-6):
+def assert_actor_gradient_matches_central_differences(shac, seed, directions=3, eps=1e-6, rel=1e-6):
     """The actor loss's gradient along random directions in parameter space against central differences of
-    the loss (each evaluated from the same saved state: same window, same noise)."""
+    the loss (each evaluated from the same saved state: same window, same noise), to ``rel``."""
     start = shac.state_dict()
     params = list(shac.actor.parameters())
 
@@ -150,7 +150,7 @@ def assert_actor_gradient_matches_central_differences(shac, seed, directions=3, 
         d = torch.randn(base.shape, generator=generator, dtype=base.dtype)
         with torch.no_grad():
             fd = (loss_at(base + eps * d) - loss_at(base - eps * d)) / (2 * eps)
-        assert float(grad @ d) == pytest.approx(float(fd), rel=1e-6, abs=1e-9)
+        assert float(grad @ d) == pytest.approx(float(fd), rel=rel, abs=1e-9)
 
 
 def test_shac_is_deterministic_under_a_seed_and_depends_on_it():

@@ -307,6 +307,17 @@ class RewardResidualCost(Cost):
         ``exact``); differentiable with respect to ``x`` and ``u``."""
         return self.penalty_fn(self.residuals(x, u))
 
+    def transition_cost(self, x: torch.Tensor, u: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
+        """Stage cost ``(B,)`` of a step already taken, ``x (B, n) -> x_next (B, n)`` under ``u (B, m)``. An exact
+        cost without ``points`` reads ``x_next`` as given (no MuJoCo call: a torch function, differentiable with
+        respect to all three); otherwise this is :meth:`stage` (which simulates the step again when exact, and
+        ignores ``x_next``)."""
+        if not (self.exact and not self.point_names):
+            return self.stage(x, u)
+        self._check_rows("RewardResidualCost.transition_cost", x, u)
+        check_features("RewardResidualCost.transition_cost", "x_next", x_next, self.nq + self.nv, dims="n")
+        return self.penalty_fn(self.residual_fn(Residuals(x, u, x_next, {}, self.dt, True, self.nq)))
+
     def gauss_newton(self, x: torch.Tensor, u: torch.Tensor):
         """``(value (B,), c (B, n+m), C (B, n+m, n+m), J (B, p, n+m))`` at rows ``x (B, n)``, ``u (B, m)``:
         ``c = J' penalty'(r)``, ``C = J' penalty''(r) J`` with the residual Jacobian ``J`` (finite differences of
@@ -356,6 +367,22 @@ class RewardResidualCost(Cost):
                               X.new_zeros(B, n))
 
 
+class _Kinematics:
+    """The first of a cost's ``points`` at states ``x (B, n)``, ``(B, 3)``: one ``mj_forward`` per row (the
+    sensors of a one-substep rollout, read before its integration); NaN where ``x`` is not finite. Not
+    differentiable (for termination tests)."""
+
+    def __init__(self, cost: RewardResidualCost):
+        ev = cost._ev
+        self.nu = cost.nu
+        self.ev = _MuJoCoOutputs(ev.m, 1, ev.nq, ev.nv, False, ev.eps, ev.nthread)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        xd = x.detach().to("cpu", torch.float64).reshape(-1, x.shape[-1]).numpy()
+        y = self.ev.values(xd, np.zeros((xd.shape[0], self.nu)))[:, :3]
+        return torch.from_numpy(y).to(dtype=x.dtype, device=x.device).reshape(*x.shape[:-1], 3)
+
+
 # ---------------------------------------------------------------------------------------------- penalties
 def _hinge(v, margin):
     """``relu(v + margin)^2``: zero while ``v <= -margin`` (at least ``margin`` inside ``v <= 0``), C1 and convex."""
@@ -367,7 +394,10 @@ class MuJoCoTask:
     """A Gymnasium MuJoCo task: ``env_id``, the ``model`` (:class:`dynamics.MuJoCoDynamics`), the ``cost``
     (:class:`RewardResidualCost`, the negative reward), the control bounds ``u_lower``, ``u_upper`` ``(m,)``
     (float64), a suggested MPC ``horizon`` (steps), the episode length ``max_steps`` and ``max_return``, the best
-    return an episode can have where it is bounded (else None)."""
+    return an episode can have where it is bounded (else None); ``unhealthy(x_next (B, n)) -> (B,)`` bool, the
+    environment's termination test (None for tasks that never terminate), ``bonus``, the healthy reward the
+    terminating step does not get, and ``exclude``, the leading ``qpos`` coordinates Gymnasium leaves out of the
+    observation (the root's position on the locomotion tasks)."""
     env_id: str
     model: object
     cost: RewardResidualCost
@@ -376,6 +406,9 @@ class MuJoCoTask:
     horizon: int
     max_steps: int
     max_return: float | None = None
+    unhealthy: Callable | None = None
+    bonus: float = 0.0
+    exclude: int = 0
 
     def make_env(self, **kwargs):
         """``gymnasium.make(env_id, **kwargs)``."""
@@ -386,6 +419,66 @@ class MuJoCoTask:
         """The model's state ``[qpos; qvel]`` ``(n,)`` (float64) of a Gymnasium environment."""
         d = env.unwrapped.data
         return torch.from_numpy(np.concatenate([d.qpos, d.qvel]))
+
+    def observe(self, x: torch.Tensor) -> torch.Tensor:
+        """The state without the first :attr:`exclude` coordinates, ``(..., n - exclude)``: what a policy of
+        :meth:`diff_env` sees (translation-invariant on the locomotion tasks, as Gymnasium's observations;
+        Gymnasium's own observation functions also clip velocities or add contact forces, not done here)."""
+        return x[..., self.exclude:]
+
+    def starts(self, count: int, seed: int = 0) -> torch.Tensor:
+        """``(count, n)`` float64 states of Gymnasium's own resets with seeds ``seed .. seed + count - 1``: draws
+        from the environment's reset distribution."""
+        check_int("MuJoCoTask.starts", count=count)
+        check_int("MuJoCoTask.starts", minimum=0, seed=seed)
+        env = self.make_env()
+        rows = []
+        try:
+            for i in range(count):
+                env.reset(seed=seed + i)
+                rows.append(self.state(env))
+        finally:
+            env.close()
+        return torch.stack(rows)
+
+    def reward(self, x: torch.Tensor, u: torch.Tensor, x_next: torch.Tensor) -> torch.Tensor:
+        """The reward ``(B,)`` of the step ``x (B, n) -> x_next (B, n)`` under ``u (B, m)``: the negative of an
+        exact cost (:meth:`RewardResidualCost.transition_cost`; Gymnasium's reward where the state stays at least
+        the task's ``margin`` inside the healthy set, and everywhere with ``barrier=0``; the terminating step
+        without the healthy :attr:`bonus`). Differentiable with
+        respect to ``x``, ``u`` and ``x_next`` (tasks with MuJoCo positions: ``x`` and ``u``, by finite
+        differences)."""
+        if not self.cost.exact:
+            raise ValueError(f"MuJoCoTask.reward: the task's cost is not exact (built with exact=False); build "
+                             f"{self.env_id} with exact=True for its reward")
+        reward = -self.cost.transition_cost(x, u, x_next)
+        if self.unhealthy is not None and self.bonus:
+            reward = torch.where(self.unhealthy(x_next), reward - self.bonus, reward)
+        return reward
+
+    def diff_env(self, num_envs: int, *, starts: int = 1000, seed: int = 0, episode_length: int | None = None,
+                 centered: bool = False, eps: float | None = None, dtype: torch.dtype = torch.float64, **options):
+        """A :class:`trajopt.rl.DiffEnv` of this task for first-order policy learning (SHAC) through MuJoCo.
+
+        The dynamics are a copy of :attr:`model` whose Jacobians (the backward of each step) take ``centered``
+        or forward differences (forward: half the simulations, accurate to ``O(eps)``) with step ``eps`` (default
+        the model's; a larger step smooths the gradient across contacts, as a difference quotient over that
+        width, no longer the derivative); the reward is
+        :meth:`reward`; copies reset to one of ``starts`` states of Gymnasium's own resets (:meth:`starts` from
+        ``seed``); episodes end after ``episode_length`` steps (default :attr:`max_steps`, truncation) or
+        where :attr:`unhealthy` (termination); observations are :meth:`observe`; actions are clamped into the
+        control bounds. ``dtype``: of the states and rewards (MuJoCo computes in float64 either way).
+        ``options`` go to :class:`~trajopt.rl.DiffEnv` (``shard``, ``time_feature``)."""
+        import dynamics
+        from .env import DiffEnv
+        check_bool("MuJoCoTask.diff_env", centered=centered)
+        model = dynamics.MuJoCoDynamics(self.model.mjmodel, self.model.frame_skip, nthread=self.model.nthread,
+                                        eps=self.model.eps if eps is None else eps, centered=centered)
+        return DiffEnv(model, reward=lambda x, u, x_next: self.reward(x, u, x_next).to(x.dtype),
+                       reset=self.starts(starts, seed).to(dtype), num_envs=num_envs,
+                       episode_length=self.max_steps if episode_length is None else episode_length,
+                       u_lower=self.u_lower.to(dtype), u_upper=self.u_upper.to(dtype), observe=self.observe,
+                       terminate=self.unhealthy, **options)
 
 
 def _check_task(where, exact, horizon, **weights):
@@ -429,7 +522,10 @@ def inverted_pendulum(exact: bool = True, horizon: int = 25, barrier: float = 1e
         return (-1.0 + barrier * (_hinge(a - 0.2, margin) + _hinge(-a - 0.2, margin))
                 + cart_weight * r[..., 1] ** 2 + ctrl_weight * (r[..., 2:] ** 2).sum(-1))
     cost = RewardResidualCost(model, residual, penalty, exact=exact)
-    return MuJoCoTask("InvertedPendulum-v5", model, cost, lo, hi, horizon, steps, float(steps))
+
+    def unhealthy(x):          # Gymnasium: not all finite, or |angle| > 0.2
+        return ~torch.isfinite(x).all(-1) | (x[..., 1].abs() > 0.2)
+    return MuJoCoTask("InvertedPendulum-v5", model, cost, lo, hi, horizon, steps, float(steps), unhealthy, 1.0)
 
 
 def inverted_double_pendulum(exact: bool = True, horizon: int = 20, barrier: float = 1e3,
@@ -459,7 +555,11 @@ def inverted_double_pendulum(exact: bool = True, horizon: int = 20, barrier: flo
                 + barrier * _hinge(-1.0 - r[..., 1], margin) + cart_weight * (r[..., 4] ** 2 + r[..., 7] ** 2)
                 + angle_weight * (r[..., 5] ** 2 + r[..., 6] ** 2) + ctrl_weight * (r[..., 8:] ** 2).sum(-1))
     cost = RewardResidualCost(model, residual, penalty, points={"tip": ("site", "tip")}, spec=spec, exact=exact)
-    return MuJoCoTask("InvertedDoublePendulum-v5", model, cost, lo, hi, horizon, steps, None)
+    tip = _Kinematics(cost)
+
+    def unhealthy(x):          # Gymnasium: the tip at or below z = 1 (read at x_next here; RK4: see the module)
+        return ~(tip(x)[..., 2] > 1.0)
+    return MuJoCoTask("InvertedDoublePendulum-v5", model, cost, lo, hi, horizon, steps, None, unhealthy, 10.0)
 
 
 def reacher(exact: bool = True, horizon: int = 25, smooth: float = 0.0) -> MuJoCoTask:
@@ -484,9 +584,10 @@ def reacher(exact: bool = True, horizon: int = 25, smooth: float = 0.0) -> MuJoC
     return MuJoCoTask("Reacher-v5", model, cost, lo, hi, horizon, steps, None)
 
 
-def _locomotion(env_id, ctrl_weight, exact, horizon, healthy=None, barrier=1e3):
+def _locomotion(env_id, ctrl_weight, exact, horizon, healthy=None, barrier=1e3, exclude=1):
     """Forward velocity ``(x_after - x_before) / dt`` minus ``ctrl_weight |u|^2``, plus the healthy bonus and
-    its smooth termination penalty: ``healthy = (bonus, [(index in qpos, low, high, margin)], state_range)``."""
+    its smooth termination penalty: ``healthy = (bonus, [(index in qpos, low, high, margin)], state_range)``;
+    ``exclude``: the root coordinates left out of the observation."""
     model, spec, lo, hi, steps = _setup(env_id)
 
     def residual(s):
@@ -516,7 +617,15 @@ def _locomotion(env_id, ctrl_weight, exact, horizon, healthy=None, barrier=1e3):
                 out = out + barrier * (_hinge(v - bound, margin) + _hinge(-v - bound, margin)).sum(-1)
         return out
     cost = RewardResidualCost(model, residual, penalty, exact=exact)
-    return MuJoCoTask(env_id, model, cost, lo, hi, horizon, steps, None)
+    def unhealthy(x):          # Gymnasium's is_healthy negated: strict ranges of qpos entries and of x[2:]
+        ok = torch.isfinite(x).all(-1)
+        for i, low, high, _ in healthy[1]:
+            ok = ok & (x[..., i] > low) & (x[..., i] < high)
+        if healthy[2] is not None:
+            ok = ok & (x[..., 2:].abs() < healthy[2][0]).all(-1)
+        return ~ok
+    return MuJoCoTask(env_id, model, cost, lo, hi, horizon, steps, None, None if healthy is None else unhealthy,
+                      0.0 if healthy is None else healthy[0], exclude)
 
 
 def half_cheetah(exact: bool = True, horizon: int = 30) -> MuJoCoTask:
@@ -545,7 +654,7 @@ def walker2d(exact: bool = True, horizon: int = 50, barrier: float = 1e3, margin
 def swimmer(exact: bool = True, horizon: int = 30) -> MuJoCoTask:
     """Swimmer-v5: reward ``(x_after - x_before) / dt - 1e-4 |u|^2``."""
     _check_task("swimmer", exact, horizon)
-    return _locomotion("Swimmer-v5", 1e-4, exact, horizon)
+    return _locomotion("Swimmer-v5", 1e-4, exact, horizon, exclude=2)
 
 
 def pusher(exact: bool = True, horizon: int = 30) -> MuJoCoTask:

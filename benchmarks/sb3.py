@@ -57,10 +57,12 @@ def evaluate(model, env_id: str, episodes: int = 10, seed: int = 0) -> np.ndarra
 
 
 def train(algo: str, env_id: str, *, seed: int = 0, env_steps: int | None = None, seconds: float | None = None,
-          eval_every: int = 5000, eval_episodes: int = 10, threads: int = 1, **options) -> dict:
+          eval_every: int = 5000, eval_episodes: int = 10, eval_seed: int = 10_000, threads: int = 1,
+          **options) -> dict:
     """Train stable-baselines3's ``algo`` (``"sac"`` or ``"ppo"``) on ``env_id`` until ``env_steps`` environment
     steps or ``seconds`` of training time (whichever comes first; at least one must be given), evaluating every
-    ``eval_every`` steps and at the end (:func:`evaluate`, ``eval_episodes`` episodes, not timed). ``options``
+    ``eval_every`` steps and at the end (:func:`evaluate`, ``eval_episodes`` episodes from reset seed ``eval_seed``,
+    not timed). ``options``
     replace :data:`SAC_OPTIONS` / :data:`PPO_OPTIONS` (``n_envs`` for PPO's vectorized environments).
 
     Returns ``dict(algo, env_id, seed, points=[(env_steps, train_seconds, mean_return, std_return), ...],
@@ -92,7 +94,7 @@ def train(algo: str, env_id: str, *, seed: int = 0, env_steps: int | None = None
 
         def _score(self):
             self.spent += time.perf_counter() - self.tick
-            R = evaluate(self.model, env_id, eval_episodes, seed=10_000)
+            R = evaluate(self.model, env_id, eval_episodes, seed=eval_seed)
             points.append((int(self.num_timesteps), self.spent, float(R.mean()), float(R.std())))
             self.tick = time.perf_counter()
 
@@ -122,10 +124,11 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-every", type=int, default=5000)
     parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--eval-seed", type=int, default=10_000, help="first reset seed of the evaluations")
     parser.add_argument("--final-episodes", type=int, default=100, help="evaluation episodes at the end (seeds 0..)")
     a = parser.parse_args(argv)
     r = train(a.algo, a.env, seed=a.seed, env_steps=a.steps, seconds=a.seconds, eval_every=a.eval_every,
-              eval_episodes=a.eval_episodes)
+              eval_episodes=a.eval_episodes, eval_seed=a.eval_seed)
     for steps, spent, mean, std in r["points"]:
         print(f"{a.algo} {a.env} seed {a.seed}: {steps} steps, {spent:.0f} s: {mean:.1f} +- {std:.1f}")
     R = evaluate(r["model"], a.env, a.final_episodes, seed=0)

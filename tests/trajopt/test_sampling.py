@@ -352,3 +352,97 @@ def test_sampling_options_of_the_wrong_type_are_refused_by_name(solver, option, 
     p = trajopt.problems.pendulum(1).replace(U_init=torch.zeros(1, 10, 1, dtype=torch.float64))
     with pytest.raises(TypeError, match=f"{solver.__name__}: {named}"):
         solver(p, samples=8, **({"elites": 4} if solver is trajopt.cem else {}), **{option: value})
+
+
+# ---------------------------------------------------------------------------------------------- mppi's proposals
+def test_mppi_without_proposals_is_the_plain_update_bit_for_bit():
+    """``proposals=None`` (the default) is MPPI's update over the perturbed samples alone, unchanged: one iteration
+    recomputed from the same draws by the documented formula matches to the last bit."""
+    p = double_integrator(u_lower=-1.0, u_upper=1.0)
+    options = dict(samples=64, max_iter=1, temperature=0.3, noise_std=0.7)
+    sol = mppi(p, generator=seeded(4), **options)
+    again = mppi(p, proposals=None, generator=seeded(4), **options)
+    trial = sampling.perturbed(p.U_init, 64, p.u_lower, p.u_upper, seeded(4), torch.tensor(0.7, **D64))
+    J = sampling.sample_costs(p, p.x0, trial)[:, 1:]
+    w = torch.softmax(-(J - J.amin(1, keepdim=True)) / 0.3, 1)
+    drawn = trial[:, 1:].permute(0, 2, 3, 1).reshape(3, -1, 64)
+    U = p.U_init + (torch.bmm(drawn, w.unsqueeze(-1)).view_as(p.U_init) - w.sum(1).view(3, 1, 1) * p.U_init)
+    for s in (sol, again):
+        torch.testing.assert_close(s.U, U.clamp(-1, 1), rtol=0, atol=0)
+        torch.testing.assert_close(s.extras["weights"], w, rtol=0, atol=0)
+        assert s.extras["weights"].shape == (3, 64)
+
+
+def test_a_proposal_at_the_optimum_pulls_the_plan_onto_it():
+    p = double_integrator(u_lower=-1.0, u_upper=1.0)
+    optimum = trajopt.ilqr(p, grad=None)
+    options = dict(samples=50, max_iter=2, temperature=0.01, noise_std=1.0)
+    alone = mppi(p, generator=seeded(1), **options)
+    K = 3                                    # the optimum among two poor proposals (zero and a constant push)
+    proposals = torch.stack([torch.zeros_like(optimum.U), optimum.U, torch.full_like(optimum.U, 0.9)], 1)
+    guided = mppi(p, proposals=proposals, generator=seeded(1), **options)
+    assert guided.extras["weights"].shape == (3, 50 + K)
+    assert (guided.extras["weights"][:, 50 + 1] > 0.99).all()            # the proposals are weighted last
+    assert (guided.cost / optimum.cost - 1).abs().max() < 1e-3
+    assert (alone.cost / optimum.cost - 1).abs().min() > 1e-2            # the samples alone do not get there
+    assert (guided.extras["best_sample"][:, -1] <= optimum.cost * (1 + 1e-9)).all()
+    # an unbatched problem takes (K, T, m)
+    single = trajopt.Problem(p.dynamics, p.cost, p.x0[0], horizon=20, u_lower=-1.0, u_upper=1.0)
+    one = mppi(single, proposals=proposals[0], generator=seeded(1), **options)
+    assert one.U.shape == (20, 1) and float((one.cost / optimum.cost[0] - 1).detach()) < 1e-3
+
+
+def test_proposals_are_clamped_into_the_bounds_and_count_as_samples_with_zero_noise():
+    p = double_integrator(u_lower=-0.5, u_upper=0.5)
+    far = torch.full((3, 1, 20, 1), 7.0, **D64)                  # beyond the bound: evaluated as 0.5 everywhere
+    clamped = torch.full((3, 1, 20, 1), 0.5, **D64)
+    options = dict(samples=30, max_iter=2, temperature=0.5)
+    a = mppi(p, proposals=far, generator=seeded(2), **options)
+    b = mppi(p, proposals=clamped, generator=seeded(2), **options)
+    torch.testing.assert_close(a.U, b.U, rtol=0, atol=0)
+    assert (a.U.abs() <= 0.5).all()
+    # a proposal equal to the plan is the plan's own sample with zero noise: weighted by the plan's cost among the
+    # perturbed samples' costs (the same draws)
+    one = mppi(p, proposals=p.U_init.unsqueeze(1), samples=30, max_iter=1, temperature=0.5, generator=seeded(2))
+    trial = sampling.perturbed(p.U_init, 30, p.u_lower, p.u_upper, seeded(2), torch.tensor(1.0, **D64))
+    J = torch.cat([sampling.sample_costs(p, p.x0, trial)[:, 1:], one.cost_history[:, :1]], 1)     # (B, N + 1)
+    torch.testing.assert_close(one.extras["weights"], torch.softmax(-J / 0.5, 1))
+
+
+def test_the_plan_is_differentiable_with_respect_to_the_proposals():
+    model = dynamics.Pendulum().discretize().requires_grad_(False)
+    cost = trajopt.QuadraticCost.from_weights(torch.diag(torch.tensor([2.0, 0.2], **D64)),
+                                              torch.tensor([[0.02]], **D64))
+    x0 = torch.tensor([[0.8, 0.0], [-0.4, 1.0]], **D64)
+    options = dict(samples=100, max_iter=2, temperature=2.0, noise_std=0.7)
+    base = torch.randn(2, 4, 10, 1, generator=seeded(7), **D64).clamp(-1.5, 1.5)
+
+    def plan(proposals):
+        p = trajopt.Problem(model, cost, x0, horizon=10, u_lower=-2.0, u_upper=2.0)
+        return mppi(p, proposals=proposals, generator=seeded(3), **options).U[:, :3].sum()
+    proposals = base.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(plan(proposals), proposals)
+    i = (1, 2, 4, 0)
+    values = []
+    for sign in (1, -1):
+        moved = base.clone()
+        moved[i] += sign * 1e-6
+        values.append(float(plan(moved)))
+    assert abs(grad[i].item()) > 1e-3
+    assert grad[i].item() == pytest.approx((values[0] - values[1]) / 2e-6, rel=1e-5)
+
+
+def test_bad_proposals_are_refused_by_name():
+    p = double_integrator()
+    good = torch.zeros(3, 2, 20, 1, **D64)
+    with pytest.raises(TypeError, match=r"mppi: proposals must be None or a tensor \(B, K, T, m\) = \(3, K, 20, 1\)"):
+        mppi(p, proposals=good.numpy())
+    for shape in ((2, 2, 20, 1), (3, 2, 19, 1), (3, 2, 20, 2), (2, 20, 1)):
+        with pytest.raises(ValueError, match=rf"mppi: proposals has shape \({shape[0]}, .*expected \(B, K, T, m\)"):
+            mppi(p, proposals=torch.zeros(shape, **D64))
+    with pytest.raises(TypeError, match="mppi: proposals is torch.float32 but the problem is torch.float64"):
+        mppi(p, proposals=good.float())
+    bad = good.clone()
+    bad[1, 0, 3] = float("nan")
+    with pytest.raises(ValueError, match="mppi: proposals contains NaN or Inf"):
+        mppi(p, proposals=bad)

@@ -46,8 +46,8 @@ STORED_ROWS = 2 ** 17    # sample-stages up to which sample_costs stores the tra
 
 @solver(takes=())
 def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperature: float = 1.0, noise_std=1.0,
-         correlation: float = 0.0, smoothing: int = 1, generator: torch.Generator | None = None,
-         rollout_plan: bool = True, compile: bool = False) -> Solution:
+         correlation: float = 0.0, smoothing: int = 1, proposals: torch.Tensor | None = None,
+         generator: torch.Generator | None = None, rollout_plan: bool = True, compile: bool = False) -> Solution:
     """Model-predictive path integral control on a batch of problems.
 
     Starts from ``problem.U_init`` (clamped into the bounds); every sample is clamped into ``problem.u_lower``,
@@ -64,6 +64,11 @@ def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperatur
         correlation: ``rho`` in ``[0, 1)`` of the time-correlated noise ``e_t = rho e_{t-1} + sqrt(1 - rho^2)
             w_t`` (same marginal spread; 0 gives white noise).
         smoothing: width of a moving average applied to each update along time (1: none).
+        proposals: None, or ``K`` candidate sequences of each problem's own, ``(B, K, T, m)`` (``(K, T, m)`` for an
+            unbatched problem; the problem's dtype and device, finite): a policy's rollouts, say. Clamped into the
+            bounds like every sample, they join the ``N`` perturbed samples of every iteration as samples with zero
+            noise: costed with them and weighted in the same softmax (``N + K`` weights). None (the default) changes
+            nothing.
         generator: the random source (common random numbers when seeded alike).
         rollout_plan: roll out the final plan for ``X`` and ``cost``. A receding-horizon loop that uses only
             the plan's first control can pass False: that skips one sequential pass, as long as all the
@@ -82,12 +87,12 @@ def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperatur
         ``cost_history (B, max_iter+1)``: the plan's cost before each iteration and after the last (without
         the last, ``(B, max_iter)``, when ``rollout_plan`` is False), ``residual`` None, and ``extras``:
         ``best_sample (B, max_iter)``, the cheapest sample's cost per iteration, and ``weights (B, N)`` of the
-        last update (detached). A sample whose cost or final state is not finite gets cost ``inf`` and weight
+        last update (detached; ``(B, N + K)`` with proposals, theirs last; both count the proposals as samples). A sample whose cost or final state is not finite gets cost ``inf`` and weight
         zero; a problem with no finite sample keeps its plan for that iteration. With ``rollout_plan`` False a
         problem is ``NOT_FINITE`` when nothing of its last iteration was finite, the plan it kept included.
 
-    Differentiable with respect to ``x0`` and the model's and the cost's tensors (and ``U_init``) through
-    every iteration's samples and weights, with the random draws held fixed: the exact derivative of the
+    Differentiable with respect to ``x0`` and the model's and the cost's tensors (and ``U_init`` and
+    ``proposals``) through every iteration's samples and weights, with the random draws held fixed: the exact derivative of the
     returned plan under common random numbers. The graph holds ``max_iter`` rollouts of ``B N`` samples.
     """
     where = "mppi"
@@ -97,13 +102,17 @@ def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperatur
     check_fraction(where, correlation=correlation)
     B, x0, U, lower, upper = problem.B, problem.x0, problem.U_init, problem.u_lower, problem.u_upper
     std = _noise_std(where, noise_std, U)
+    extra = _proposals(where, proposals, problem)                                   # (T, m, B, K) or None
+    count = samples + (0 if extra is None else extra.shape[-1])
     costs, best = [], []
     for _ in range(max_iter):
         # the plan rides along as an unweighted extra sample, for its cost in the history
         trial = perturbed(U, samples, lower, upper, generator, std, correlation)    # (B, 1 + N, T, m)
+        if extra is not None:         # the proposals after the samples, still time-major: (B, 1 + N + K, T, m)
+            trial = torch.cat([trial.permute(2, 3, 0, 1), extra], -1).permute(2, 3, 0, 1)
         J = sample_costs(problem, x0, trial, compile)
         costs.append(J[:, 0].detach())
-        J = J[:, 1:]                                                                 # (B, N)
+        J = J[:, 1:]                                                                 # (B, N [+ K])
         logits = -(J - J.detach().amin(1, keepdim=True)) / temperature
         # weights that would fall below the smallest normal float are zero: denormal arithmetic in the update
         # below runs ~10x slower on CPUs, and such a weight changes nothing
@@ -112,7 +121,7 @@ def mppi(problem: Problem, *, samples: int = 1000, max_iter: int = 1, temperatur
         # weights 0 and so a zero step: it keeps its plan
         weights = torch.nan_to_num(torch.softmax(logits, 1))
         # sum_i w_i (trial_i - U); the reshape is a view of the time-major samples, the product one bmm
-        drawn = trial[:, 1:].permute(0, 2, 3, 1).reshape(B, -1, samples)                # (B, T m, N)
+        drawn = trial[:, 1:].permute(0, 2, 3, 1).reshape(B, -1, count)                  # (B, T m, N [+ K])
         step = torch.bmm(drawn, weights.unsqueeze(-1)).view_as(U) - weights.sum(1).view(B, 1, 1) * U
         U = U + smooth(step, smoothing)
         best.append(J.detach().amin(1))
@@ -258,6 +267,31 @@ def _noise_std(where, noise_std, like):
     for value in std.detach().reshape(-1).tolist():
         check_positive(where, noise_std=value)
     return std
+
+
+def _proposals(where, proposals, problem):
+    """``proposals`` (None, or ``(B, K, T, m)`` of the problem's dtype and device, finite; ``(K, T, m)`` for an
+    unbatched problem) clamped into the problem's bounds and laid out time-major as :func:`perturbed`'s samples:
+    ``(T, m, B, K)``. Differentiable (the clamp). A TypeError or ValueError names ``proposals`` otherwise."""
+    if proposals is None:
+        return None
+    B, T, m = problem.B, problem.T, problem.m
+    want = f"(B, K, T, m) = ({B}, K, {T}, {m})" + ("" if problem.batched else f" or (K, T, m) = (K, {T}, {m})")
+    if not isinstance(proposals, torch.Tensor):
+        raise TypeError(f"{where}: proposals must be None or a tensor {want}, got {type(proposals).__name__}")
+    if not problem.batched and proposals.ndim == 3:
+        proposals = proposals.unsqueeze(0)
+    if proposals.ndim != 4 or proposals.shape[0] != B or tuple(proposals.shape[2:]) != (T, m):
+        raise ValueError(f"{where}: proposals has shape {tuple(proposals.shape)}; expected {want}")
+    if proposals.dtype != problem.dtype:
+        raise TypeError(f"{where}: proposals is {proposals.dtype} but the problem is {problem.dtype}; convert it "
+                        f"(proposals.to({problem.dtype}))")
+    if proposals.device != problem.device:
+        raise ValueError(f"{where}: proposals is on {proposals.device} but the problem on {problem.device}")
+    if not bool(torch.isfinite(proposals).all()):
+        raise ValueError(f"{where}: proposals contains NaN or Inf")
+    lower, upper = (None if b is None else b.unsqueeze(1) for b in (problem.u_lower, problem.u_upper))
+    return clamp_to_bounds(proposals, lower, upper).permute(2, 3, 0, 1)
 
 
 def perturbed(U, N, lower, upper, generator, std=None, rho=0.0):

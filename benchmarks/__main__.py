@@ -23,6 +23,16 @@ def _mujoco_mpc(repeat: int = 1, quick: bool = False) -> str:
     return mujoco_mpc.run(repeat, quick=quick)
 
 
+def _shac_mujoco(repeat: int = 1, quick: bool = False) -> str:
+    from benchmarks import shac_mujoco
+    return shac_mujoco.run(repeat, quick=quick)
+
+
+def _value_mppi(repeat: int = 1, quick: bool = False) -> str:
+    from benchmarks import value_mppi
+    return value_mppi.run(repeat, quick=quick)
+
+
 def _mbrl(repeat: int = 1, quick: bool = False) -> str:
     from benchmarks import mbrl
     return mbrl.run(repeat, quick=quick)
@@ -33,7 +43,8 @@ SUITES = {"tour": tour.run, "figures": tour.figures, "lqr": lqr.run, "box-lqr": 
           "mpc-pendulum-v1": gym_pendulum.run, "mppi-pendulum-v1": gym_pendulum.run_mppi,
           "sampling": sampling.run, "shooting": shooting.run, "collocation": collocation.run,
           "shac": rl.run, "shac-tasks": rl.run_tasks, "shac-mpc": rl.run_mpc, "shac-learned": rl.run_learned,
-          "ppo": ppo.run, "mujoco": _mujoco, "mujoco-mpc": _mujoco_mpc, "mbrl": _mbrl}
+          "ppo": ppo.run, "mujoco": _mujoco, "mujoco-mpc": _mujoco_mpc, "shac-mujoco": _shac_mujoco,
+          "mbrl": _mbrl, "value-mppi": _value_mppi}
 
 # what `--help` lists for each suite: purpose, typical time on the shared 2-core machine (rough; the training suites
 # run for a fixed budget), and the optional packages it needs beyond `pip install -e ".[bench]"` (peers add columns
@@ -70,8 +81,14 @@ ABOUT = {
                "mujoco extra"),
     "mujoco-mpc": ("iLQR and MPPI MPC on the Gymnasium MuJoCo tasks (InvertedDoublePendulum 10 x 1000 steps, "
                    "HalfCheetah, Hopper); --quick: fewer seeds and steps", "25+ min", "mujoco extra"),
+    "shac-mujoco": ("SHAC through MuJoCo (HalfCheetah-v5) against stable-baselines3's PPO and SAC at the same wall "
+                    "time, 3 seeds x 300 s each (--quick: 1 x 60 s)", "50 min", "mujoco and rl extras"),
+    "value-mppi": ("value-guided MPPI (TD-MPC's idea: learned critic and policy prior, known cost, the PETS "
+                   "ensemble) on Pendulum-v1: 5,000 env steps, then 100 evaluation episodes (--quick: 1,000 steps, "
+                   "10 episodes)", "~15 min", "gymnasium"),
     "mbrl": ("PETS (ensemble, TS-1, CEM) on Pendulum-v1: 5,000 env steps, then 100 evaluation episodes "
-             "(--quick: 1,000 steps, 10 episodes)", "~25 min", "gymnasium"),
+             "(--quick: 1,000 steps, 10 episodes); MBPO and SAC (Pendulum-v1, InvertedPendulum-v5) by "
+             "`python -m benchmarks.mbrl --method mbpo|sac`", "~25 min", "gymnasium (MBPO, SAC: rl extra)"),
 }
 
 

@@ -77,7 +77,8 @@ class Planner(abc.ABC):
 
     - ``update(model, data, info)``: after every fit, the fitted model, all transitions so far and a dict
       ``info`` (``elites``: the ensemble members chosen, or None; ``history``: :func:`~dynamics.learned.fit`'s,
-      None when the agent rebuilds the planner from a checkpoint).
+      None when the agent rebuilds the planner from a checkpoint; ``generator``: a seeded ``torch.Generator``
+      for the update's own draws, absent on a rebuild).
     - ``reset(count, generator)``: ``count`` episodes start in parallel; ``generator`` (a seeded
       ``torch.Generator`` on the model's device) is the planner's random source until the next reset.
     - ``act(obs (B, n)) -> actions (B, m)``: actions for the current observations (a tensor of the model's
@@ -85,7 +86,11 @@ class Planner(abc.ABC):
       actions are ignored.
     - ``state_dict()`` / ``load_state_dict(state)``: what a checkpoint taken between iterations must keep
       (a planner with trained weights, say); reset state need not be kept.
+    - ``evaluating``: True while :meth:`ModelBasedAgent.evaluate` runs (the agent sets it), so that a planner may
+      act differently there (:class:`~trajopt.rl.MBPO`: its policy's mean action).
     """
+
+    evaluating: bool = False
 
     def update(self, model, data: Transitions, info: dict | None = None) -> None:
         """Nothing to learn by default (a planner on a fixed model or a random one)."""
@@ -458,12 +463,13 @@ class ModelBasedAgent:
                 raise ValueError(f"{where}: model has {name} = {have} but the environment's "
                                  f"{'observations' if name == 'state_dim' else 'actions'} have {want}")
         self.action_dim = m = int(space.shape[0])
-        if isinstance(planner, PETS):
-            for name in ("u_lower", "u_upper"):
+        if all(isinstance(getattr(planner, name, None), torch.Tensor) for name in ("u_lower", "u_upper")):
+            for name in ("u_lower", "u_upper"):        # a planner with bounds (PETS, ValueGuidedMPPI)
                 bound = getattr(planner, name)
                 if bound.ndim and bound.shape[-1] not in (1, m):
-                    raise ValueError(f"{where}: planner (PETS) has {name} of shape {tuple(bound.shape)} but the "
-                                     f"environment's actions have m = {m}; expected a number or (m,) = ({m},)")
+                    raise ValueError(f"{where}: planner ({type(planner).__name__}) has {name} of shape "
+                                     f"{tuple(bound.shape)} but the environment's actions have m = {m}; expected a "
+                                     f"number or (m,) = ({m},)")
         elif isinstance(planner, RandomPlanner):
             if planner.action_dim is not None and planner.action_dim != m:
                 raise ValueError(f"{where}: planner (RandomPlanner) has action_dim = {planner.action_dim} but the "
@@ -570,7 +576,8 @@ class ModelBasedAgent:
         options = {"progress": False, **self.fit_options, "seed": self._seed(3, it)}
         history = fit(self.model, self.data, **options)
         self.chosen_elites = self._choose_elites(options) if self.elite_members is not None else None
-        self.planner.update(self.model, self.data, {"elites": self.chosen_elites, "history": history})
+        self.planner.update(self.model, self.data, {"elites": self.chosen_elites, "history": history,
+                                                    "generator": self._generator(5, it)})
         self.iteration += 1
         self.elapsed += time.perf_counter() - start
         row = dict(iteration=it, phase=phase, env_steps=self.env_steps, episodes=len(returns),
@@ -599,7 +606,7 @@ class ModelBasedAgent:
     def evaluate(self, episodes: int = 100, *, seed: int = 0, progress: bool | None = None) -> np.ndarray:
         """Returns ``(episodes,)`` of the planner on ``episodes`` fresh environments reset with seeds ``seed ..
         seed + episodes - 1``, all planned as one batch (the planner's draws seeded by the agent's seed and
-        ``seed``). Changes nothing of the training run."""
+        ``seed``), with ``planner.evaluating`` True meanwhile. Changes nothing of the training run."""
         check_int("ModelBasedAgent.evaluate", episodes=episodes)
         check_int("ModelBasedAgent.evaluate", minimum=0, seed=seed)
         if progress is not None:
@@ -611,10 +618,12 @@ class ModelBasedAgent:
         if self.progress if progress is None else progress:
             from tqdm.auto import tqdm
             bar = tqdm(desc=f"evaluate ({episodes} episodes)", unit="step")
+        self.planner.evaluating = True
         try:
             returns, _, _ = self._episodes(envs, self.planner, range(seed, seed + episodes),
                                            self._generator(4, seed), False, bar)
         finally:
+            self.planner.evaluating = False
             if bar is not None:
                 bar.close()
             for env in envs:

@@ -35,6 +35,7 @@ from .env import DiffEnv
 from .logs import atomic_write, read_checkpoint, write_rows
 from ._checks import (check_checkpoint, check_features, check_float_dtype, check_hidden, check_module_state,
                       check_output_path, check_score, check_state_tensor)
+from ._returns import td_lambda
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
 
 __all__ = ["SHAC"]
@@ -441,17 +442,10 @@ class SHAC:
 
     @torch.no_grad()
     def _targets(self, rewards, dones, values):
-        """TD(lambda) targets ``(h, B)``: ``G_i = r_i + gamma ((1 - lam) V'(s_{i+1}) + lam G_{i+1})``, with
-        ``G_{i+1}`` replaced by ``V'(s_{i+1})`` at the window's end and at an episode's end (where ``V'`` is of
-        the final state, zero if terminated)."""
-        targets = torch.empty_like(rewards)
-        G = values[-1]
-        for i in reversed(range(rewards.shape[0])):
-            boot = values[i] if i == rewards.shape[0] - 1 else torch.where(
-                dones[i], values[i], (1.0 - self.lam) * values[i] + self.lam * G)
-            G = rewards[i] + self.gamma * boot
-            targets[i] = G
-        return targets
+        """TD(lambda) targets ``(h, B)`` (:func:`~trajopt.rl._returns.td_lambda`): ``G_i = r_i + gamma ((1 - lam)
+        V'(s_{i+1}) + lam G_{i+1})``, with ``G_{i+1}`` replaced by ``V'(s_{i+1})`` at the window's end and at an
+        episode's end (where ``V'`` is of the final state, zero if terminated)."""
+        return td_lambda(rewards, values, self.gamma, self.lam, dones[:-1])
 
     def _critic_update(self, obs, targets):
         inputs = self._critic_input(obs)

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .._core.checks import check_int
+from .._core.checks import check_int, check_positive
 
 __all__ = ["check_hidden", "check_float_dtype", "check_features", "as_bound", "check_action_bounds",
            "check_checkpoint", "check_module_state", "check_state_tensor", "check_score", "check_output_path"]
@@ -115,6 +115,24 @@ def check_action_bounds(where, low, high, names=("low", "high")):
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
+def check_noise_std(where, noise_std):
+    """A sampling planner's ``noise_std``: None, a positive finite number (returned as a float) or a float tensor
+    ``(m,)`` (or 0-dim) of positive finite values."""
+    if noise_std is None:
+        return None
+    if isinstance(noise_std, torch.Tensor):
+        if not (noise_std.is_floating_point() and noise_std.ndim <= 1
+                and bool((torch.isfinite(noise_std) & (noise_std > 0)).all())):
+            raise ValueError(f"{where}: noise_std must be a positive finite number or float tensor (m,), got "
+                             f"{noise_std!r}")
+        return noise_std
+    if isinstance(noise_std, bool) or not isinstance(noise_std, numbers.Real):
+        raise TypeError(f"{where}: noise_std must be a positive finite number, a float tensor (m,) or None, got "
+                        f"{type(noise_std).__name__}")
+    check_positive(where, noise_std=noise_std)
+    return float(noise_std)
+
+
 def check_checkpoint(where, source, state, keys, expected=None):
     """``state`` (read from ``source``, e.g. ``"the checkpoint 'run.pt'"``) a dict holding ``keys``, whose entries
     named in ``expected`` equal this run's values there; a ValueError names ``source`` and what differs."""

@@ -30,6 +30,7 @@ is trained by :func:`~dynamics.learned.fit`.
 from __future__ import annotations
 
 import abc
+from collections.abc import Mapping
 import csv
 import math
 import numbers
@@ -47,7 +48,7 @@ from .._core.costs import Cost
 from .._core.problem import Problem
 from .._solvers.sampling import cem, mppi
 from ._checks import (check_action_bounds, check_checkpoint, check_features, check_float_dtype, check_module_state,
-                      check_output_path, check_state_tensor)
+                      check_noise_std, check_output_path, check_state_tensor)
 from .logs import atomic_write, read_checkpoint, write_rows
 
 __all__ = ["Planner", "RandomPlanner", "PETS", "ParticleDynamics", "ParticleCost", "ModelBasedAgent",
@@ -109,6 +110,47 @@ class Planner(abc.ABC):
     def load_state_dict(self, state: dict) -> None:
         """Nothing to restore by default."""
 
+
+
+def check_update(where: str, model, data, info, bounds, dims, seen: int, use_elites: bool):
+    """The checks of a learning planner's :meth:`Planner.update` (MBPO, ValueGuidedMPPI): ``model`` an ensemble
+    (:class:`~dynamics.learned.ProbabilisticEnsemble`'s interface), ``data`` its :class:`Transitions` that only grow
+    (``seen`` of the last update), ``info`` None or a dict, ``bounds`` ``((name, tensor or number), ...)`` of sizes 1
+    or ``m``, ``dims`` ``(n, m)`` of the planner's networks or None, ``info["generator"]`` a ``torch.Generator`` or
+    None and ``info["elites"]`` (read when ``use_elites``) None or member indices. Returns ``(info, generator,
+    elites)``."""
+    if not all(hasattr(model, k) for k in ("member_outputs", "members", "state_dim", "control_dim", "out_std",
+                                           "out_mean", "parameters")):
+        raise TypeError(f"{where}: model must be an ensemble such as dynamics.learned.ProbabilisticEnsemble "
+                        f"(member_outputs, members, state_dim, control_dim), got {type(model).__name__}")
+    if not isinstance(data, Transitions):
+        raise TypeError(f"{where}: data must be a dynamics.learned.Transitions, got {type(data).__name__}")
+    data.check_model(where, model)
+    if info is not None and not isinstance(info, Mapping):
+        raise TypeError(f"{where}: info must be a dict (elites, generator) or None, got {type(info).__name__}")
+    info = info or {}
+    n, m = model.state_dim, model.control_dim
+    for name, value in bounds:
+        if isinstance(value, torch.Tensor) and value.ndim and value.shape[-1] not in (1, m):
+            raise ValueError(f"{where}: {name} has shape {tuple(value.shape)} but the model's actions have "
+                             f"m = {m}; expected a number or (m,) = ({m},)")
+    if dims is not None and dims != (n, m):
+        raise ValueError(f"{where}: model has n={n}, m={m} but this planner's networks were built for n={dims[0]}, "
+                         f"m={dims[1]}")
+    if len(data) < seen:
+        raise ValueError(f"{where}: data holds {len(data)} transitions, fewer than the {seen} of the last update; it "
+                         "must only grow (all real transitions so far)")
+    generator = info.get("generator")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{where}: info['generator'] must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")
+    elites = info.get("elites") if use_elites else None
+    if elites is not None and not (isinstance(elites, (list, tuple)) and elites and all(
+            isinstance(e, numbers.Integral) and not isinstance(e, bool) and 0 <= e < model.members
+            for e in elites)):
+        raise ValueError(f"{where}: info['elites'] must be None or a non-empty list of member indices in "
+                         f"[0, {model.members}), got {elites!r}")
+    return info, generator, elites
 
 class RandomPlanner(Planner):
     """Uniform random actions in ``[low, high]``: the agent's collection phase.
@@ -285,18 +327,7 @@ class PETS(Planner):
         check_positive(where, temperature=temperature)
         check_bool(where, sample=sample, use_elites=use_elites, compile=compile)
         self.u_lower, self.u_upper = check_action_bounds(where, u_lower, u_upper, ("u_lower", "u_upper"))
-        if noise_std is not None:
-            if isinstance(noise_std, torch.Tensor):
-                if not (noise_std.is_floating_point() and noise_std.ndim <= 1
-                        and bool((torch.isfinite(noise_std) & (noise_std > 0)).all())):
-                    raise ValueError(f"{where}: noise_std must be a positive finite number or float tensor (m,), got "
-                                     f"{noise_std!r}")
-            else:
-                if isinstance(noise_std, bool) or not isinstance(noise_std, numbers.Real):
-                    raise TypeError(f"{where}: noise_std must be a positive finite number, a float tensor (m,) or "
-                                    f"None, got {type(noise_std).__name__}")
-                check_positive(where, noise_std=noise_std)
-                noise_std = float(noise_std)
+        noise_std = check_noise_std(where, noise_std)
         self.cost, self.horizon, self.solver = cost, int(horizon), solver
         self.particles, self.propagation, self.sample = int(particles), propagation, sample
         self.samples, self.iterations, self.elites = int(samples), int(iterations), int(elites)

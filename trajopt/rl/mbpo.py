@@ -26,7 +26,7 @@ import torch
 from .._core.checks import check_bool, check_callable, check_int, check_interval, check_positive
 from .._core.costs import Cost
 from ._checks import check_action_bounds, check_checkpoint, check_features, check_module_state
-from .agent import Planner
+from .agent import Planner, check_update
 
 __all__ = ["MBPO"]
 
@@ -457,38 +457,10 @@ class MBPO(Planner):
         it only takes the model and the data. ``info``: the agent's (``elites``, ``generator``) or None. The
         bounds must fit the model's ``m``; ``data`` may only grow between updates."""
         where = "MBPO.update"
-        from dynamics.learned import Transitions
-        if not all(hasattr(model, k) for k in ("member_outputs", "members", "state_dim", "control_dim", "out_std",
-                                               "out_mean")):
-            raise TypeError(f"{where}: model must be an ensemble such as dynamics.learned.ProbabilisticEnsemble "
-                            f"(member_outputs, members, state_dim, control_dim), got {type(model).__name__}")
-        if not isinstance(data, Transitions):
-            raise TypeError(f"{where}: data must be a dynamics.learned.Transitions, got {type(data).__name__}")
-        data.check_model(where, model)
-        if info is not None and not isinstance(info, Mapping):
-            raise TypeError(f"{where}: info must be a dict (elites, generator) or None, got {type(info).__name__}")
-        info = info or {}
+        info, generator, elites = check_update(where, model, data, info, (("u_lower", self.u_lower),
+                                                                          ("u_upper", self.u_upper)),
+                                               self.dims, self.seen, self.use_elites)
         n, m = model.state_dim, model.control_dim
-        for name, value in (("u_lower", self.u_lower), ("u_upper", self.u_upper)):
-            if value.ndim and value.shape[-1] not in (1, m):
-                raise ValueError(f"{where}: {name} has shape {tuple(value.shape)} but the model's actions have "
-                                 f"m = {m}; expected a number or (m,) = ({m},)")
-        if self.dims is not None and self.dims != (n, m):
-            raise ValueError(f"{where}: model has n={n}, m={m} but this MBPO's policy was built for n={self.dims[0]}, "
-                             f"m={self.dims[1]}")
-        if len(data) < self.seen:
-            raise ValueError(f"{where}: data holds {len(data)} transitions, fewer than the {self.seen} of the last "
-                             "update; it must only grow (all real transitions so far)")
-        generator = info.get("generator")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"{where}: info['generator'] must be a torch.Generator or None, got "
-                            f"{type(generator).__name__}")
-        elites = info.get("elites") if self.use_elites else None
-        if elites is not None and not (isinstance(elites, (list, tuple)) and elites and all(
-                isinstance(e, numbers.Integral) and not isinstance(e, bool) and 0 <= e < model.members
-                for e in elites)):
-            raise ValueError(f"{where}: info['elites'] must be None or a non-empty list of member indices in "
-                             f"[0, {model.members}), got {elites!r}")
         self.model, self.members = model, None if elites is None else [int(e) for e in elites]
         new = len(data) - self.seen
         seed = None

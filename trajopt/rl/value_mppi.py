@@ -62,8 +62,9 @@ from .._core.checks import check_bool, check_int, check_interval, check_positive
 from .._core.costs import Cost
 from .._core.problem import Problem
 from .._solvers.sampling import mppi
-from ._checks import check_action_bounds, check_checkpoint, check_features, check_hidden, check_module_state
-from .agent import ParticleDynamics, Planner
+from ._checks import (check_action_bounds, check_checkpoint, check_features, check_hidden, check_module_state,
+                      check_noise_std)
+from .agent import ParticleDynamics, Planner, check_update
 from ._returns import td_lambda
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
 
@@ -214,18 +215,7 @@ class ValueGuidedMPPI(Planner):
         if planning_model not in ("members", "mean"):
             raise ValueError(f"{where}: planning_model must be 'members' or 'mean', got {planning_model!r}")
         self.u_lower, self.u_upper = check_action_bounds(where, u_lower, u_upper, ("u_lower", "u_upper"))
-        if noise_std is not None:
-            if isinstance(noise_std, torch.Tensor):
-                if not (noise_std.is_floating_point() and noise_std.ndim <= 1
-                        and bool((torch.isfinite(noise_std) & (noise_std > 0)).all())):
-                    raise ValueError(f"{where}: noise_std must be a positive finite number or float tensor (m,), got "
-                                     f"{noise_std!r}")
-            else:
-                if isinstance(noise_std, bool) or not isinstance(noise_std, numbers.Real):
-                    raise TypeError(f"{where}: noise_std must be a positive finite number, a float tensor (m,) or "
-                                    f"None, got {type(noise_std).__name__}")
-                check_positive(where, noise_std=noise_std)
-                noise_std = float(noise_std)
+        noise_std = check_noise_std(where, noise_std)
         self.cost, self.horizon = cost, int(horizon)
         self.samples, self.policy_samples, self.iterations = int(samples), int(policy_samples), int(iterations)
         self.first_iterations = self.iterations if first_iterations is None else int(first_iterations)
@@ -342,37 +332,10 @@ class ValueGuidedMPPI(Planner):
         module). ``info``: the agent's dict (``elites``; ``generator``, the seed of this update's draws) or None. The
         bounds and ``noise_std`` must fit the model's ``m``."""
         where = "ValueGuidedMPPI.update"
-        if not all(hasattr(model, k) for k in ("member_outputs", "members", "state_dim", "control_dim", "out_std",
-                                               "out_mean", "parameters")):
-            raise TypeError(f"{where}: model must be an ensemble such as dynamics.learned.ProbabilisticEnsemble "
-                            f"(member_outputs, members, state_dim, control_dim), got {type(model).__name__}")
-        if not isinstance(data, Transitions):
-            raise TypeError(f"{where}: data must be a dynamics.learned.Transitions, got {type(data).__name__}")
-        data.check_model(where, model)
-        if info is not None and not isinstance(info, Mapping):
-            raise TypeError(f"{where}: info must be a dict (elites, generator) or None, got {type(info).__name__}")
-        info = info or {}
+        info, generator, elites = check_update(where, model, data, info, (
+            ("u_lower", self.u_lower), ("u_upper", self.u_upper), ("noise_std", self.noise_std)),
+            self.dims, self.seen, self.use_elites)
         n, m = model.state_dim, model.control_dim
-        for name, value in (("u_lower", self.u_lower), ("u_upper", self.u_upper), ("noise_std", self.noise_std)):
-            if isinstance(value, torch.Tensor) and value.ndim and value.shape[-1] not in (1, m):
-                raise ValueError(f"{where}: {name} has shape {tuple(value.shape)} but the model's actions have "
-                                 f"m = {m}; expected a number or (m,) = ({m},)")
-        if self.dims is not None and self.dims != (n, m):
-            raise ValueError(f"{where}: model has n={n}, m={m} but this planner's networks were built for "
-                             f"n={self.dims[0]}, m={self.dims[1]}")
-        if len(data) < self.seen:
-            raise ValueError(f"{where}: data holds {len(data)} transitions, fewer than the {self.seen} of the last "
-                             "update; it must only grow (all real transitions so far)")
-        generator = info.get("generator")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"{where}: info['generator'] must be a torch.Generator or None, got "
-                            f"{type(generator).__name__}")
-        elites = info.get("elites") if self.use_elites else None
-        if elites is not None and not (isinstance(elites, (list, tuple)) and elites and all(
-                isinstance(e, numbers.Integral) and not isinstance(e, bool) and 0 <= e < model.members
-                for e in elites)):
-            raise ValueError(f"{where}: info['elites'] must be None or a non-empty list of member indices in "
-                             f"[0, {model.members}), got {elites!r}")
         param = next(model.parameters())
         dtype, device = param.dtype, param.device
         if data.x.dtype != dtype:

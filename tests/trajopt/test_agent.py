@@ -70,26 +70,27 @@ class Interrupt(Exception):
     pass
 
 
-class Killed(PETS):
-    """PETS that dies after ``after`` actions: a run killed in the middle of an iteration."""
+def killed(planner_class, after, *args, **kwargs):
+    """A ``planner_class(*args, **kwargs)`` that raises :class:`Interrupt` at its ``after + 1``-th action: a run
+    killed in the middle of an iteration (shared by the planners' kill-and-resume tests)."""
+    class Killed(planner_class):
+        def act(self, obs):
+            self.after -= 1
+            if self.after < 0:
+                raise Interrupt
+            return super().act(obs)
 
-    def __init__(self, after, **kwargs):
-        super().__init__(PendulumV1Cost(), 4, -2.0, 2.0, particles=2, samples=8, iterations=1, first_iterations=2,
-                         elites=2, **kwargs)
-        self.after = after
-
-    def act(self, obs):
-        self.after -= 1
-        if self.after < 0:
-            raise Interrupt
-        return super().act(obs)
+    planner = Killed(*args, **kwargs)
+    planner.after = after
+    return planner
 
 
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
     ckpt, log = str(tmp_path / "run.pt"), str(tmp_path / "run.csv")
-    killed = tiny_agent(log=log, checkpoint=ckpt, planner=Killed(after=EPISODE + 15))
+    planner = killed(PETS, EPISODE + 15, PendulumV1Cost(), 4, -2.0, 2.0, particles=2, samples=8, iterations=1,
+                     first_iterations=2, elites=2)
     with pytest.raises(Interrupt):
-        killed.train(4 * EPISODE)                       # dies 15 steps into its third iteration
+        tiny_agent(log=log, checkpoint=ckpt, planner=planner).train(4 * EPISODE)   # dies 15 steps into its third iteration
     assert len(read_log(log)) == 2
     resumed = tiny_agent(log=log, checkpoint=ckpt)   # a fresh process: a new agent, the same files
     rows = resumed.train(4 * EPISODE)

@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from dynamics.learned import ProbabilisticEnsemble, Transitions
 from tests.skips import GYMNASIUM
+from tests.trajopt.test_agent import Interrupt, killed
 from trajopt.rl import MBPO, ModelBasedAgent, PendulumV1Cost
 from trajopt.rl.agent import read_log
 
@@ -233,31 +234,12 @@ def test_the_same_seed_gives_the_same_run_and_evaluation_uses_the_mean_action():
     assert fresh.stats and torch.equal(drawn, torch.rand(3))
 
 
-class Interrupt(Exception):
-    pass
-
-
-class Killed(MBPO):
-    """MBPO that dies after ``after`` actions: a run killed in the middle of an iteration."""
-
-    def __init__(self, after):
-        super().__init__(PendulumV1Cost(), -2.0, 2.0, rollout_batch=64, updates_per_step=1, batch_size=32,
-                         net_arch=(16, 16), rollout_schedule=(0, 2, 1, 3), retain_epochs=2)
-        self.after = after
-
-    def act(self, obs):
-        self.after -= 1
-        if self.after < 0:
-            raise Interrupt
-        return super().act(obs)
-
-
-@needs_sb3
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
     ckpt, log = str(tmp_path / "run.pt"), str(tmp_path / "run.csv")
-    killed = tiny_agent(log=log, checkpoint=ckpt, planner=Killed(after=2 * EPISODE + 10))
+    planner = killed(MBPO, 2 * EPISODE + 10, PendulumV1Cost(), -2.0, 2.0, rollout_batch=64, updates_per_step=1,
+                     batch_size=32, net_arch=(16, 16), rollout_schedule=(0, 2, 1, 3), retain_epochs=2)
     with pytest.raises(Interrupt):
-        killed.train(5 * EPISODE)                     # dies 10 steps into its fourth iteration
+        tiny_agent(log=log, checkpoint=ckpt, planner=planner).train(5 * EPISODE)   # dies 10 steps into its fourth iteration
     assert len(read_log(log)) == 3
     resumed = tiny_agent(log=log, checkpoint=ckpt)  # a fresh process: a new agent and planner, the same files
     rows = resumed.train(5 * EPISODE)

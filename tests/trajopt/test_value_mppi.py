@@ -6,6 +6,7 @@ import torch
 
 from dynamics.learned import ProbabilisticEnsemble, Transitions
 from tests.skips import GYMNASIUM
+from tests.trajopt.test_agent import Interrupt, killed
 from trajopt import Cost
 from trajopt.rl.agent import ModelBasedAgent, PendulumV1Cost
 from trajopt.rl.value_mppi import ValueGuidedMPPI, td_lambda
@@ -187,29 +188,11 @@ def test_the_same_seed_gives_the_same_actions_and_weights():
     assert (a.evaluate(2, seed=1, progress=False) == b.evaluate(2, seed=1, progress=False)).all()
 
 
-class Interrupt(Exception):
-    pass
-
-
-class Killed(ValueGuidedMPPI):
-    """Dies after ``after`` actions: a run killed in the middle of an iteration."""
-
-    def __init__(self, after):
-        super().__init__(PendulumV1Cost(), 4, -2.0, 2.0, **TINY)
-        self.after = after
-
-    def act(self, obs):
-        self.after -= 1
-        if self.after < 0:
-            raise Interrupt
-        return super().act(obs)
-
-
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(tmp_path):
     ckpt, log = str(tmp_path / "run.pt"), str(tmp_path / "run.csv")
-    killed = tiny_agent(log=log, checkpoint=ckpt, planner=Killed(after=EPISODE + 10))
+    planner = killed(ValueGuidedMPPI, EPISODE + 10, PendulumV1Cost(), 4, -2.0, 2.0, **TINY)
     with pytest.raises(Interrupt):
-        killed.train(3 * EPISODE)                          # dies 10 steps into its third iteration
+        tiny_agent(log=log, checkpoint=ckpt, planner=planner).train(3 * EPISODE)   # dies 10 steps into its third iteration
     resumed = tiny_agent(log=log, checkpoint=ckpt)        # a fresh process: a new agent, the same files
     rows = resumed.train(3 * EPISODE)
     straight = tiny_agent()

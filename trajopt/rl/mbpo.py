@@ -26,6 +26,7 @@ import torch
 from .._core.checks import check_bool, check_callable, check_int, check_interval, check_positive
 from .._core.costs import Cost
 from ._checks import check_action_bounds, check_checkpoint, check_features, check_module_state
+from ._draws import draw_randint, draw_randn
 from .agent import Planner, check_update
 
 __all__ = ["MBPO"]
@@ -122,17 +123,6 @@ def _replay_buffer_class():
 
 def _rng_devices(device: torch.device) -> list:
     return list(range(torch.cuda.device_count())) if device.type == "cuda" else []
-
-
-def _draw_randn(shape, generator, dtype, device):
-    """``torch.randn`` from ``generator`` (on its own device), moved to ``device``."""
-    at = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, dtype=dtype, device=at).to(device)
-
-
-def _draw_randint(high, shape, generator, device):
-    at = generator.device if generator is not None else device
-    return torch.randint(high, shape, generator=generator, device=at).to(device)
 
 
 class MBPO(Planner):
@@ -371,7 +361,7 @@ class MBPO(Planner):
             raise ValueError(f"MBPO.act: obs must be a tensor (B, n), got "
                              f"{tuple(obs.shape) if isinstance(obs, torch.Tensor) else type(obs).__name__}")
         check_features("MBPO.act", "obs", obs, self.dims[0], dims="n")
-        noise = None if self.evaluating else _draw_randn((obs.shape[0], self.dims[1]), self.generator,
+        noise = None if self.evaluating else draw_randn((obs.shape[0], self.dims[1]), self.generator,
                                                          torch.float32, self.sac.device)
         return self._unscale(self._squashed(obs, noise), obs)
 
@@ -410,11 +400,11 @@ class MBPO(Planner):
         out = {k: [] for k in ("obs", "u", "action", "reward", "next_obs", "done", "kept")}
         x = x0
         for _ in range(steps):
-            a = self._squashed(x, _draw_randn((B, m), generator, torch.float32, self.sac.device))
+            a = self._squashed(x, draw_randn((B, m), generator, torch.float32, self.sac.device))
             u = self._unscale(a, x)
-            member = _draw_randint(K, (B,), generator, x.device)
+            member = draw_randint(K, (B,), generator, x.device)
             mean, logvar = model.member_outputs(x, u, members)
-            noise = _draw_randn((B, n), generator, x.dtype, x.device)
+            noise = draw_randn((B, n), generator, x.dtype, x.device)
             delta = (mean[member, rows] + noise * (0.5 * logvar[member, rows]).exp()) * model.out_std + model.out_mean
             x_next = x + delta
             reward = -self._stage(where, x, u)

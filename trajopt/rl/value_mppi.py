@@ -64,6 +64,7 @@ from .._core.problem import Problem
 from .._solvers.sampling import mppi
 from ._checks import (check_action_bounds, check_checkpoint, check_features, check_hidden, check_module_state,
                       check_noise_std)
+from ._draws import draw_randint, draw_randn
 from .agent import ParticleDynamics, Planner, check_update
 from ._returns import td_lambda
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
@@ -112,17 +113,6 @@ class _SplitDynamics(Dynamics):
                                             self.members)                              # (E, k, n)
         delta = (mean * self.model.out_std + self.model.out_mean).transpose(0, 1).reshape(k * E, n)
         return x + delta[:R]
-
-
-def _draw_randn(shape, generator, dtype, device):
-    """``torch.randn`` from ``generator`` (on its own device), moved to ``device``."""
-    at = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, dtype=dtype, device=at).to(device)
-
-
-def _draw_randint(high, shape, generator, device):
-    at = generator.device if generator is not None else device
-    return torch.randint(high, shape, generator=generator, device=at).to(device)
 
 
 def _copy(state):
@@ -280,7 +270,7 @@ class ValueGuidedMPPI(Planner):
         ``generator``), each rolled through the planning model (``planning_model``). Not differentiable (no
         graph)."""
         B, K, H, m = obs.shape[0], self.policy_samples, self.horizon, self.dims[1]
-        noise = _draw_randn((H, B, K, m), generator, obs.dtype, obs.device) if K > 1 else obs.new_zeros(H, B, K, m)
+        noise = draw_randn((H, B, K, m), generator, obs.dtype, obs.device) if K > 1 else obs.new_zeros(H, B, K, m)
         noise[:, :, 0] = 0.0                                             # the mean rollout
         with torch.no_grad():
             _, us = self._rollout(self.dynamics, obs.repeat_interleave(K, 0), noise.reshape(H, B * K, m))
@@ -411,9 +401,9 @@ class ValueGuidedMPPI(Planner):
         skipped = 0
         with torch.enable_grad():                        # the agent may call under no_grad
             for _ in range(self.gradient_steps):
-                starts = _draw_randint(N, (batch,), g, device)
-                noise = _draw_randn((h, batch, m), g, dtype, device)
-                windows = _draw_randint(N - L + 1, (batch,), g, device)
+                starts = draw_randint(N, (batch,), g, device)
+                noise = draw_randn((h, batch, m), g, dtype, device)
+                windows = draw_randint(N - L + 1, (batch,), g, device)
                 # the policy: its model return, differentiated through the ensemble's mean and the target critic
                 xs, us = self._rollout(self.mean_dynamics, data.x[starts].detach(), noise)
                 rewards = self._reward(where, xs[:-1], us)                              # (h, batch)

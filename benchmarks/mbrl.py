@@ -82,17 +82,22 @@ def learn_and_evaluate(seed: int = 0, env_steps: int = ENV_STEPS, episodes: int 
     return result
 
 
-def report(results: list[dict]) -> str:
+def report(results: list[dict], title: str | None = None, phases=None) -> str:
+    """The learning curves and the evaluation of ``results`` (one dict per seed: ``rows``, ``returns``,
+    ``env_steps``, ``train_seconds``, ``eval_seconds``) under a ``title`` line (default: PETS's settings);
+    ``phases(r)``: extra words on the training time of one result."""
     first = results[0]
-    lines = [f"PETS ({first['solver'].upper()}, {first['propagation']}) on gymnasium Pendulum-v1 from observations: "
-             f"ensemble {MODEL}, planner {PLANNER}, fit {FIT}"]
+    title = title or (f"PETS ({first['solver'].upper()}, {first['propagation']}) on gymnasium Pendulum-v1 from "
+                      f"observations: ensemble {MODEL}, planner {PLANNER}, fit {FIT}")
+    lines = [title]
     for r in results:
         curve = ", ".join(f"{int(row['env_steps'])}: {row['return_mean']:.0f}" for row in r["rows"])
         R = np.asarray(r["returns"])
         lines += [f"seed {r['seed']}: learning curve (env steps: return) {curve}",
                   f"  {len(R)} evaluation episodes (seeds 0..{len(R) - 1}, one batch): mean {R.mean():.1f} "
                   f"(std {R.std():.1f}, worst {R.min():.1f}, best {R.max():.1f}) after {r['env_steps']} env steps; "
-                  f"training {r['train_seconds']:.0f} s, evaluation {r['eval_seconds']:.0f} s"]
+                  f"training {r['train_seconds']:.0f} s{phases(r) if phases else ''}, evaluation "
+                  f"{r['eval_seconds']:.0f} s"]
     if len(results) > 1:
         means = [np.mean(r["returns"]) for r in results]
         lines.append(f"over {len(results)} seeds: mean {np.mean(means):.1f} (std {np.std(means):.1f})")

@@ -27,7 +27,8 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.mbrl import FIT, MODEL, ZOO      # imports benchmarks: OMP_WAIT_POLICY before any parallel region
+from benchmarks import mbrl
+from benchmarks.mbrl import FIT, MODEL      # imports benchmarks: OMP_WAIT_POLICY before any parallel region
 from dynamics.learned import ProbabilisticEnsemble
 from trajopt.rl.agent import ModelBasedAgent, PendulumV1Cost
 from trajopt.rl.value_mppi import ValueGuidedMPPI
@@ -77,23 +78,9 @@ def learn_and_evaluate(seed: int = 0, env_steps: int = ENV_STEPS, episodes: int 
 
 
 def report(results: list[dict]) -> str:
-    first = results[0]
-    lines = [f"Value-guided MPPI on gymnasium Pendulum-v1 from observations: planner {first['planner']}, ensemble "
-             f"{MODEL}, fit {FIT}"]
-    for r in results:
-        curve = ", ".join(f"{int(row['env_steps'])}: {row['return_mean']:.0f}" for row in r["rows"])
-        R = np.asarray(r["returns"])
-        updates = sum(s["seconds"] for s in r["stats"])
-        lines += [f"seed {r['seed']}: learning curve (env steps: training episode return) {curve}",
-                  f"  {len(R)} evaluation episodes (seeds 0..{len(R) - 1}, one batch): mean {R.mean():.1f} "
-                  f"(std {R.std():.1f}, worst {R.min():.1f}, best {R.max():.1f}) after {r['env_steps']} env steps; "
-                  f"training {r['train_seconds']:.0f} s (planner updates {updates:.0f} s), evaluation "
-                  f"{r['eval_seconds']:.0f} s"]
-    if len(results) > 1:
-        means = [np.mean(r["returns"]) for r in results]
-        lines.append(f"over {len(results)} seeds: mean {np.mean(means):.1f} (std {np.std(means):.1f})")
-    lines.append("rl-baselines3-zoo agents: " + ", ".join(f"{k} {v}" for k, v in ZOO.items()))
-    return "\n".join(lines)
+    return mbrl.report(results, f"Value-guided MPPI on gymnasium Pendulum-v1 from observations: planner "
+                                f"{results[0]['planner']}, ensemble {MODEL}, fit {FIT}",
+                       lambda r: f" (planner updates {sum(s['seconds'] for s in r['stats']):.0f} s)")
 
 
 def run(repeat: int = 1, quick: bool = False, verbose: bool = False) -> str:

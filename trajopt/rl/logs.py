@@ -1,5 +1,6 @@
-"""Files that a killed run must never leave half written: checkpoints and CSV logs, written atomically; and
-checkpoints read back with an error that names the file when it is missing or unreadable."""
+"""Files that a killed run must never leave half written: checkpoints and CSV logs, written atomically;
+checkpoints read back with an error that names the file when it is missing or unreadable; and the CPU copies of
+modules' and optimizers' state that go into them."""
 from __future__ import annotations
 
 import csv
@@ -9,7 +10,7 @@ from contextlib import suppress
 
 import torch
 
-__all__ = ["atomic_write", "write_rows", "read_checkpoint"]
+__all__ = ["atomic_write", "write_rows", "read_checkpoint", "cpu_copy"]
 
 
 def atomic_write(path: str, write) -> None:
@@ -64,3 +65,14 @@ def read_checkpoint(where: str, path, map_location=None):
     except Exception as error:          # pickle, zip and storage errors alike: the file is not a readable checkpoint
         raise ValueError(f"{where}: {os.fspath(path)!r} is not a checkpoint torch.load can read (truncated, corrupt "
                          f"or another kind of file): {type(error).__name__}: {error}") from error
+
+
+def cpu_copy(state):
+    """A deep copy of a (module's or optimizer's) state dict for a checkpoint, tensors detached on the CPU."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu().clone()
+    if isinstance(state, dict):
+        return {k: cpu_copy(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(cpu_copy(v) for v in state)
+    return state

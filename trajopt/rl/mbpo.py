@@ -27,6 +27,7 @@ from .._core.checks import check_bool, check_callable, check_int, check_interval
 from .._core.costs import Cost
 from ._checks import check_action_bounds, check_checkpoint, check_features, check_module_state
 from ._draws import draw_randint, draw_randn
+from .logs import cpu_copy
 from .agent import Planner, check_update
 
 __all__ = ["MBPO"]
@@ -522,11 +523,11 @@ class MBPO(Planner):
         if self.sac is not None:
             s = self.sac
             sac = {"policy": {k: v.detach().cpu().clone() for k, v in s.policy.state_dict().items()},
-                   "actor_optimizer": _copy(s.actor.optimizer.state_dict()),
-                   "critic_optimizer": _copy(s.critic.optimizer.state_dict()),
+                   "actor_optimizer": cpu_copy(s.actor.optimizer.state_dict()),
+                   "critic_optimizer": cpu_copy(s.critic.optimizer.state_dict()),
                    "log_ent_coef": None if s.log_ent_coef is None else s.log_ent_coef.detach().cpu().clone(),
                    "ent_coef_optimizer": None if s.ent_coef_optimizer is None else
-                   _copy(s.ent_coef_optimizer.state_dict()),
+                   cpu_copy(s.ent_coef_optimizer.state_dict()),
                    "n_updates": int(s._n_updates)}
         buffer = None if self.mixture.model is None else {k: v.cpu().clone() for k, v in self.mixture.model.items()}
         return dict(dims=self.dims, updates=self.updates, seen=self.seen, stats=[dict(r) for r in self.stats],
@@ -595,17 +596,6 @@ class MBPO(Planner):
                 sac.log_ent_coef.copy_(state["log_ent_coef"].to(sac.log_ent_coef))
             sac.ent_coef_optimizer.load_state_dict(state["ent_coef_optimizer"])
         sac._n_updates = int(state["n_updates"])
-
-
-def _copy(state):
-    """A deep copy of an optimizer's state dict, tensors on the CPU."""
-    if isinstance(state, torch.Tensor):
-        return state.detach().cpu().clone()
-    if isinstance(state, dict):
-        return {k: _copy(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_copy(v) for v in state)
-    return state
 
 
 def _real(value) -> bool:

@@ -65,6 +65,7 @@ from .._solvers.sampling import mppi
 from ._checks import (check_action_bounds, check_checkpoint, check_features, check_hidden, check_module_state,
                       check_noise_std)
 from ._draws import draw_randint, draw_randn
+from .logs import cpu_copy
 from .agent import ParticleDynamics, Planner, check_update
 from ._returns import td_lambda
 from .policies import GaussianPolicy, ObservationNormalizer, ValueNetwork
@@ -113,17 +114,6 @@ class _SplitDynamics(Dynamics):
                                             self.members)                              # (E, k, n)
         delta = (mean * self.model.out_std + self.model.out_mean).transpose(0, 1).reshape(k * E, n)
         return x + delta[:R]
-
-
-def _copy(state):
-    """A deep copy of a (module's or optimizer's) state dict, tensors on the CPU."""
-    if isinstance(state, torch.Tensor):
-        return state.detach().cpu().clone()
-    if isinstance(state, dict):
-        return {k: _copy(v) for k, v in state.items()}
-    if isinstance(state, (list, tuple)):
-        return type(state)(_copy(v) for v in state)
-    return state
 
 
 _NETWORKS = ("policy", "critic", "target_critic", "normalizer", "actor_optimizer", "critic_optimizer")
@@ -244,7 +234,7 @@ class ValueGuidedMPPI(Planner):
         self.dims = (n, m)
 
     def _networks_state(self) -> dict:
-        return {name: _copy(getattr(self, name).state_dict()) for name in _NETWORKS}
+        return {name: cpu_copy(getattr(self, name).state_dict()) for name in _NETWORKS}
 
     def _load_networks(self, state: dict) -> None:
         for name in _NETWORKS:
